@@ -1,0 +1,93 @@
+//! Builds stages from settings and runs them under one runtime and one
+//! health server.
+
+use anyhow::Context;
+use reelfleet_core::{
+    broker::Broker,
+    envelope::Tier,
+    health::{self, Readiness},
+    manifest::ManifestStore,
+    metrics::Metrics,
+    runtime::{Runtime, Stage},
+    settings::Settings,
+    storage::Storage,
+};
+use reelfleet_inference::Inference;
+use reelfleet_ingest::Ingest;
+use reelfleet_postprocess::Postprocess;
+use reelfleet_preprocess::Preprocess;
+use std::{net::SocketAddr, str::FromStr, sync::Arc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// A stage name on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StageName {
+    /// S3 events in, validated jobs out.
+    Ingest,
+    /// Normalize, keyframes, complexity, tier.
+    Preprocess,
+    /// Model calls, cost ledger.
+    Inference,
+    /// Renditions, thumbnails, quality, final manifest.
+    Postprocess,
+}
+
+impl FromStr for StageName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        <Self as clap::ValueEnum>::from_str(s, true)
+    }
+}
+
+/// Builds the stage objects.
+pub fn build_stages(settings: &Arc<Settings>, storage: &Storage, stages: &[StageName], tiers: &[Tier]) -> anyhow::Result<Vec<Arc<dyn Stage>>> {
+    let mut out: Vec<Arc<dyn Stage>> = Vec::new();
+    for s in stages {
+        out.push(match s {
+            StageName::Ingest => Arc::new(Ingest::new(settings.clone(), storage.clone())),
+            StageName::Preprocess => Arc::new(Preprocess::new(settings.clone(), storage.clone())),
+            StageName::Inference => Arc::new(Inference::new(settings.clone(), storage.clone(), tiers.to_vec()).context("inference provider")?),
+            StageName::Postprocess => Arc::new(Postprocess::new(settings.clone(), storage.clone())),
+        });
+    }
+    Ok(out)
+}
+
+/// Running workers.
+#[derive(Debug)]
+pub struct FleetHandle {
+    /// Where `/healthz`, `/readyz` and `/metrics` answer.
+    pub health_addr: SocketAddr,
+    /// The metrics.
+    pub metrics: Metrics,
+    /// Readiness.
+    pub readiness: Readiness,
+    tasks: JoinSet<()>,
+}
+
+impl FleetHandle {
+    /// Waits until every worker has drained and stopped.
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Starts `stages` consuming until `shutdown` is cancelled.
+pub async fn start(settings: Arc<Settings>, stages: Vec<Arc<dyn Stage>>, shutdown: CancellationToken) -> anyhow::Result<FleetHandle> {
+    let storage = Storage::new(&settings.s3);
+    let broker = Broker::new(&settings.broker, &format!("reelfleet-{}", std::process::id()))?;
+    let metrics = Metrics::new();
+    let readiness = Readiness::default();
+    let manifests = ManifestStore::new(storage, settings.s3.work_bucket.clone());
+    let runtime = Runtime::new(&settings, broker, manifests, metrics.clone(), readiness.clone());
+    let health_addr = health::serve(&settings.runtime.health_addr, readiness.clone(), metrics.clone(), shutdown.clone())
+        .await
+        .with_context(|| format!("cannot serve health endpoints on {}", settings.runtime.health_addr))?;
+    let mut tasks = JoinSet::new();
+    for stage in stages {
+        let (rt, stop) = (runtime.clone(), shutdown.clone());
+        tasks.spawn(async move { rt.run(stage, stop).await });
+    }
+    Ok(FleetHandle { health_addr, metrics, readiness, tasks })
+}

@@ -1,0 +1,12 @@
+//! reelfleet-cli: the `reelfleet` binary's library.
+//!
+//! Layout:
+//! - [`fleet`]: builds stages from settings and runs them with one runtime,
+//!   health server included.
+//! - [`dev`]: the embedded default: S3 endpoint, provider simulator and all
+//!   four workers in one process.
+//! - [`ops`]: operator commands: submit, status, jobs, queues.
+
+pub mod dev;
+pub mod fleet;
+pub mod ops;

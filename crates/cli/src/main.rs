@@ -1,0 +1,263 @@
+//! `reelfleet`: run workers, the embedded dev stack, and operator commands.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use reelfleet_cli::{
+    dev::{DevOptions, DevStack},
+    fleet::{self, StageName},
+    ops,
+};
+use reelfleet_core::{
+    broker::Broker,
+    envelope::{Quality, Tier},
+    manifest::JobManifest,
+    runtime::shutdown_signal,
+    settings::Settings,
+    storage::Storage,
+    telemetry,
+    topology::Topology,
+};
+use std::{path::PathBuf, sync::Arc, time::Duration};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(name = "reelfleet", version, about = "A queue-driven video AI pipeline: ingest, preprocess, inference, postprocess")]
+struct Cli {
+    /// TOML settings file; REELFLEET_SECTION__FIELD environment variables override it.
+    #[arg(long, global = true, env = "REELFLEET_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the embedded S3 endpoint, the provider simulator and all four workers in one process.
+    Dev {
+        /// Folder for objects and the written configuration (DIR/reelfleet.toml).
+        #[arg(long, default_value = ".reelfleet")]
+        data_dir: PathBuf,
+        /// Queue namespace (default: the settings').
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Port of the embedded S3 endpoint.
+        #[arg(long, default_value_t = 9000)]
+        s3_port: u16,
+        /// Port of the provider simulator.
+        #[arg(long, default_value_t = 9100)]
+        sim_port: u16,
+    },
+    /// Run one stage's worker until SIGTERM/SIGINT.
+    Worker {
+        /// The stage.
+        stage: StageName,
+        /// Inference tiers to consume (default: all four).
+        #[arg(long = "tier")]
+        tiers: Vec<Tier>,
+    },
+    /// Upload videos or a generation prompt into the upload bucket.
+    Submit {
+        /// Video files (or prompt documents, *.json).
+        files: Vec<PathBuf>,
+        /// Generate a video from this prompt instead.
+        #[arg(long)]
+        prompt: Option<String>,
+        /// Seconds of generated video.
+        #[arg(long, default_value_t = 4.0)]
+        duration: f64,
+        /// Priority, 1 (lowest) to 5 (highest).
+        #[arg(long)]
+        priority: Option<u8>,
+        /// Requested quality: 720p, 1080p or 4k.
+        #[arg(long)]
+        quality: Option<Quality>,
+        /// Follow the jobs until they complete or fail.
+        #[arg(long)]
+        wait: bool,
+        /// Seconds to wait with --wait.
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job's manifest.
+    Status {
+        /// Job id.
+        job_id: String,
+        /// Print the manifest as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List jobs.
+    Jobs {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ready, unacked and consumers per queue.
+    Queues {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage the broker topology.
+    Topology {
+        #[command(subcommand)]
+        action: TopologyAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TopologyAction {
+    /// Declare every queue and exchange of the namespace (idempotent).
+    Declare,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format == "json");
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Dev { data_dir, namespace, s3_port, sim_port } => {
+            let stack = DevStack::start(settings, DevOptions { data_dir, namespace, s3_port, sim_port }).await?;
+            eprintln!(
+                "reelfleet dev: S3 {} (bucket {}), simulator {}, health http://{}/readyz, namespace {}\n  other commands: reelfleet --config {} <command>\n  Ctrl-C to stop",
+                stack.settings.s3.endpoint,
+                stack.settings.s3.upload_bucket,
+                stack.settings.inference.base_url,
+                stack.fleet.health_addr,
+                stack.settings.namespace,
+                stack.config_path.display()
+            );
+            shutdown_signal().await;
+            eprintln!("reelfleet dev: draining");
+            stack.stop().await;
+            Ok(0)
+        }
+        Command::Worker { stage, tiers } => {
+            let settings = Arc::new(settings);
+            let storage = Storage::new(&settings.s3);
+            let stages = fleet::build_stages(&settings, &storage, &[stage], &tiers)?;
+            let shutdown = CancellationToken::new();
+            let handle = fleet::start(settings.clone(), stages, shutdown.clone()).await?;
+            tracing::info!(stage = ?stage, health = %handle.health_addr, namespace = %settings.namespace, "Worker started");
+            shutdown_signal().await;
+            tracing::info!("Shutdown requested; draining");
+            shutdown.cancel();
+            handle.wait().await;
+            tracing::info!("Worker stopped");
+            Ok(0)
+        }
+        Command::Submit { files, prompt, duration, priority, quality, wait, timeout, json } => {
+            let req = ops::SubmitRequest { files, prompt, duration_seconds: duration, priority, quality };
+            let submitted = ops::submit(&settings, &req).await?;
+            if !wait {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&submitted)?);
+                } else {
+                    for s in &submitted {
+                        println!("{}  {}  s3://{}/{}", s.job_id, s.kind, s.bucket, s.key);
+                    }
+                }
+                return Ok(0);
+            }
+            let manifests = ops::wait(&settings, &submitted, Duration::from_secs(timeout), !json).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&manifests)?);
+            } else {
+                print_jobs(&manifests);
+            }
+            let failed = manifests.iter().filter(|m| m.status != reelfleet_core::manifest::JobStatus::Completed).count();
+            Ok(if failed == 0 { 0 } else { 2 })
+        }
+        Command::Status { job_id, json } => {
+            let m = ops::status(&settings, &job_id).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&m)?);
+            } else {
+                print_manifest(&m);
+            }
+            Ok(0)
+        }
+        Command::Jobs { json } => {
+            let all = ops::jobs(&settings).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                print_jobs(&all);
+            }
+            Ok(0)
+        }
+        Command::Queues { json } => {
+            let stats = ops::queues(&settings).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                println!("{:<40} {:>8} {:>8} {:>9}", "QUEUE", "READY", "UNACKED", "CONSUMERS");
+                for q in stats {
+                    let unacked = q.unacked.map(|u| u.to_string()).unwrap_or_else(|| "-".into());
+                    println!("{:<40} {:>8} {:>8} {:>9}", q.name, q.ready, unacked, q.consumers);
+                }
+            }
+            Ok(0)
+        }
+        Command::Topology { action: TopologyAction::Declare } => {
+            let broker = Broker::new(&settings.broker, "reelfleet-cli")?;
+            let topology = Topology::new(settings.namespace.clone(), settings.broker.delivery_limit);
+            broker.declare(&topology).await.context("cannot declare the topology")?;
+            println!("declared {} queues and exchange {}", topology.all_queue_names().len(), topology.events_exchange());
+            Ok(0)
+        }
+    }
+}
+
+fn print_jobs(all: &[JobManifest]) {
+    println!("{:<32} {:<8} {:<11} {:<8} {:<17} {:>10}  SOURCE", "JOB", "KIND", "STATUS", "TIER", "MODEL", "COST USD");
+    for m in all {
+        let model = m.inference.as_ref().map(|i| i.model.as_str()).unwrap_or("-");
+        let tier = m.tier.map(|t| t.to_string()).unwrap_or_else(|| "-".into());
+        println!("{:<32} {:<8} {:<11} {:<8} {:<17} {:>10.6}  s3://{}/{}", m.job_id, m.kind, m.status, tier, model, m.cost_usd(), m.source.bucket, m.source.key);
+    }
+}
+
+fn print_manifest(m: &JobManifest) {
+    println!("job      {}", m.job_id);
+    println!("kind     {}", m.kind);
+    println!("status   {}", m.status);
+    println!("source   s3://{}/{}", m.source.bucket, m.source.key);
+    if let Some(t) = m.tier {
+        let reason = m.preprocess.as_ref().map(|p| p.tier_reason.as_str()).unwrap_or("");
+        println!("tier     {t} ({reason})");
+    }
+    for (stage, t) in &m.stages {
+        println!("stage    {stage:<12} {:>8.2} s  attempts {}", t.duration_ms as f64 / 1000.0, t.attempts);
+    }
+    if let Some(i) = &m.inference {
+        println!("model    {}  tokens in {} out {}  cost ${:.6}", i.model, i.input_tokens, i.output_tokens, i.cost_usd);
+    }
+    for o in &m.outputs {
+        let q = match (o.psnr_db, o.ssim) {
+            (Some(p), Some(s)) => format!("  PSNR {p:.2} dB SSIM {s:.4}"),
+            _ => String::new(),
+        };
+        println!("output   {:<12} {:<5} {}x{}  {}{q}", o.name, o.codec, o.width, o.height, o.key);
+    }
+    if let Some(e) = &m.error {
+        println!("error    [{}] {} {}: {}", e.stage, e.class, e.code, e.message);
+    }
+}

@@ -1,0 +1,264 @@
+//! Operator commands: submit uploads, follow jobs, read manifests, inspect queues.
+
+use anyhow::{bail, Context};
+use reelfleet_core::{
+    broker::Broker,
+    envelope::{Quality, SourceObject},
+    manifest::{JobManifest, JobStatus, ManifestStore, PromptDocument},
+    settings::Settings,
+    storage::Storage,
+    topology::{Topology, WorkQueue},
+};
+use serde::Serialize;
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+/// What `submit` uploads.
+#[derive(Clone, Debug, Default)]
+pub struct SubmitRequest {
+    /// Video files.
+    pub files: Vec<PathBuf>,
+    /// A prompt to generate a video from.
+    pub prompt: Option<String>,
+    /// Seconds of generated video.
+    pub duration_seconds: f64,
+    /// Priority 1 to 5.
+    pub priority: Option<u8>,
+    /// Requested quality (resolution of a generated video).
+    pub quality: Option<Quality>,
+}
+
+/// One uploaded submission.
+#[derive(Clone, Debug, Serialize)]
+pub struct Submitted {
+    /// The job it becomes.
+    pub job_id: String,
+    /// Bucket.
+    pub bucket: String,
+    /// Key.
+    pub key: String,
+    /// `analyze` or `generate`.
+    pub kind: &'static str,
+}
+
+fn source_of(bucket: &str, key: &str, info: &reelfleet_core::storage::ObjectInfo) -> SourceObject {
+    SourceObject { bucket: bucket.into(), key: key.into(), size: info.size, etag: info.etag.clone(), version_id: None }
+}
+
+/// Uploads files and prompt documents into the upload bucket; the object
+/// store's event starts each job, exactly as for any other uploader.
+pub async fn submit(settings: &Settings, req: &SubmitRequest) -> anyhow::Result<Vec<Submitted>> {
+    if req.files.is_empty() && req.prompt.is_none() {
+        bail!("nothing to submit: give video files or --prompt TEXT");
+    }
+    if let Some(p) = req.priority {
+        if !(1..=5).contains(&p) {
+            bail!("--priority must be 1 to 5, not {p}");
+        }
+    }
+    let storage = Storage::new(&settings.s3);
+    let bucket = &settings.s3.upload_bucket;
+    let batch = format!("submissions/{}/{}", chrono::Utc::now().format("%Y-%m-%d"), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let mut out = Vec::new();
+    for file in &req.files {
+        let meta = std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?;
+        if !meta.is_file() {
+            bail!("{} is not a file", file.display());
+        }
+        let name = file.file_name().and_then(|n| n.to_str()).with_context(|| format!("{} has no UTF-8 file name", file.display()))?;
+        let key = format!("{batch}/{name}");
+        let mut metadata = HashMap::new();
+        if let Some(p) = req.priority {
+            metadata.insert(reelfleet_ingest::META_PRIORITY.to_string(), p.to_string());
+        }
+        if let Some(q) = req.quality {
+            metadata.insert(reelfleet_ingest::META_QUALITY.to_string(), q.as_str().to_string());
+        }
+        let content_type = if reelfleet_ingest::is_prompt_key(name) { "application/json" } else { "video/mp4" };
+        let info = storage
+            .upload_with_metadata(bucket, &key, file, content_type, metadata)
+            .await
+            .with_context(|| format!("cannot upload {} to s3://{bucket}/{key}", file.display()))?;
+        let kind = if reelfleet_ingest::is_prompt_key(name) { "generate" } else { "analyze" };
+        out.push(Submitted { job_id: source_of(bucket, &key, &info).job_id(), bucket: bucket.clone(), key, kind });
+    }
+    if let Some(prompt) = &req.prompt {
+        let doc = PromptDocument {
+            prompt: prompt.clone(),
+            duration_seconds: req.duration_seconds,
+            resolution: req.quality.unwrap_or(Quality::P720),
+            priority: req.priority.unwrap_or(3),
+        };
+        let body = serde_json::to_vec_pretty(&doc)?;
+        reelfleet_ingest::parse_prompt(&body).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        let dir = tempfile_dir()?;
+        let path = dir.join("prompt.json");
+        std::fs::write(&path, &body)?;
+        let key = format!("{batch}/prompt.json");
+        let info = storage.upload(bucket, &key, &path, "application/json").await.with_context(|| format!("cannot upload the prompt to s3://{bucket}/{key}"))?;
+        let _ = std::fs::remove_dir_all(&dir);
+        out.push(Submitted { job_id: source_of(bucket, &key, &info).job_id(), bucket: bucket.clone(), key, kind: "generate" });
+    }
+    Ok(out)
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("reelfleet-submit-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Follows jobs until each is completed or failed, showing progress; returns the final manifests.
+pub async fn wait(settings: &Settings, jobs: &[Submitted], timeout: Duration, progress: bool) -> anyhow::Result<Vec<JobManifest>> {
+    use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+    let store = ManifestStore::new(Storage::new(&settings.s3), settings.s3.work_bucket.clone());
+    let multi = MultiProgress::with_draw_target(if progress { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() });
+    let tty = progress && multi.is_hidden() == false;
+    let style = ProgressStyle::with_template("{spinner} {elapsed:>4} {wide_msg}").expect("valid template");
+    let bars: Vec<ProgressBar> = jobs
+        .iter()
+        .map(|_| {
+            let b = multi.add(ProgressBar::new_spinner());
+            b.set_style(style.clone());
+            b.enable_steady_tick(Duration::from_millis(200));
+            b
+        })
+        .collect();
+    let started = Instant::now();
+    let mut last: Vec<Option<String>> = vec![None; jobs.len()];
+    let mut done: Vec<Option<JobManifest>> = vec![None; jobs.len()];
+    loop {
+        for (i, job) in jobs.iter().enumerate() {
+            if done[i].is_some() {
+                continue;
+            }
+            let manifest = store.load(&job.job_id).await.ok().flatten();
+            let status = manifest.as_ref().map(|m| m.status.to_string()).unwrap_or_else(|| "queued".into());
+            let line = format!("{} {} [{}] {}", &job.job_id[..12], job.key, job.kind, status);
+            bars[i].set_message(line.clone());
+            if last[i].as_deref() != Some(status.as_str()) {
+                if progress && !tty {
+                    eprintln!("{:>6.1}s {line}", started.elapsed().as_secs_f64());
+                }
+                last[i] = Some(status.clone());
+            }
+            if let Some(m) = manifest.filter(|m| matches!(m.status, JobStatus::Completed | JobStatus::Failed)) {
+                let reason = m.error.as_ref().map(|e| format!(": {}", e.message)).unwrap_or_default();
+                bars[i].finish_with_message(format!("{} {} {}{reason}", &job.job_id[..12], job.key, m.status));
+                done[i] = Some(m);
+            }
+        }
+        if done.iter().all(Option::is_some) {
+            break;
+        }
+        if started.elapsed() > timeout {
+            for b in &bars {
+                b.abandon();
+            }
+            let pending: Vec<_> = jobs.iter().zip(&done).filter(|(_, d)| d.is_none()).map(|(j, _)| j.job_id.clone()).collect();
+            bail!("timed out after {} s waiting for {} job(s): {}", timeout.as_secs(), pending.len(), pending.join(", "));
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    Ok(done.into_iter().flatten().collect())
+}
+
+/// A job's manifest.
+pub async fn status(settings: &Settings, job_id: &str) -> anyhow::Result<JobManifest> {
+    let store = ManifestStore::new(Storage::new(&settings.s3), settings.s3.work_bucket.clone());
+    store
+        .load(job_id)
+        .await
+        .with_context(|| format!("cannot read the manifest of {job_id}"))?
+        .with_context(|| format!("no job {job_id} in s3://{}", settings.s3.work_bucket))
+}
+
+/// Every job's manifest.
+pub async fn jobs(settings: &Settings) -> anyhow::Result<Vec<JobManifest>> {
+    let store = ManifestStore::new(Storage::new(&settings.s3), settings.s3.work_bucket.clone());
+    let mut out = Vec::new();
+    for id in store.job_ids().await.context("cannot list jobs")? {
+        if let Some(m) = store.load(&id).await? {
+            out.push(m);
+        }
+    }
+    out.sort_by_key(|m| m.created_at);
+    Ok(out)
+}
+
+/// Depth and consumers of one queue.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct QueueStats {
+    /// Queue name.
+    pub name: String,
+    /// Messages ready.
+    pub ready: u64,
+    /// Messages delivered, not yet acknowledged (`None` without the management API).
+    pub unacked: Option<u64>,
+    /// Consumers.
+    pub consumers: u64,
+    /// `management` or `passive-declare`.
+    pub source: &'static str,
+}
+
+/// Stats of every queue of the namespace: from the management API when it
+/// answers, else from passive declares (no unacked count).
+pub async fn queues(settings: &Settings) -> anyhow::Result<Vec<QueueStats>> {
+    let topology = Topology::new(settings.namespace.clone(), settings.broker.delivery_limit);
+    let names = topology.all_queue_names();
+    if let Ok(stats) = queues_from_management(settings.broker.management_url.expose(), &names).await {
+        return Ok(stats);
+    }
+    let broker = Broker::new(&settings.broker, "reelfleet-cli")?;
+    let mut out = Vec::new();
+    for name in names {
+        // A failed passive declare closes the channel, so each gets its own.
+        let channel = broker.channel().await.context("cannot connect to RabbitMQ")?;
+        let opts = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+        match channel.queue_declare(name.as_str().into(), opts, Default::default()).await {
+            Ok(q) => out.push(QueueStats { name, ready: q.message_count().into(), unacked: None, consumers: q.consumer_count().into(), source: "passive-declare" }),
+            Err(_) => bail!("queue {name} does not exist: run `reelfleet topology declare`"),
+        }
+        let _ = channel.close(200, "done".into()).await;
+    }
+    Ok(out)
+}
+
+async fn queues_from_management(base: &str, names: &[String]) -> anyhow::Result<Vec<QueueStats>> {
+    let url = url::Url::parse(base)?;
+    let (user, pass) = (url.username().to_string(), url.password().unwrap_or("").to_string());
+    let mut clean = url.clone();
+    let _ = clean.set_username("");
+    let _ = clean.set_password(None);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(3)).build()?;
+    let resp = http
+        .get(format!("{}api/queues/%2F", clean.as_str().trim_end_matches('/').to_string() + "/"))
+        .basic_auth(user, Some(pass))
+        .send()
+        .await?
+        .error_for_status()?;
+    let all: Vec<serde_json::Value> = resp.json().await?;
+    let by_name: BTreeMap<&str, &serde_json::Value> = all.iter().filter_map(|q| Some((q["name"].as_str()?, q))).collect();
+    names
+        .iter()
+        .map(|n| {
+            let q = by_name.get(n.as_str()).with_context(|| format!("queue {n} does not exist"))?;
+            Ok(QueueStats {
+                name: n.clone(),
+                ready: q["messages_ready"].as_u64().unwrap_or(0),
+                unacked: Some(q["messages_unacknowledged"].as_u64().unwrap_or(0)),
+                consumers: q["consumers"].as_u64().unwrap_or(0),
+                source: "management",
+            })
+        })
+        .collect()
+}
+
+/// Work queue names in pipeline order, for display.
+pub fn work_queue_names(settings: &Settings) -> Vec<String> {
+    let topology = Topology::new(settings.namespace.clone(), settings.broker.delivery_limit);
+    WorkQueue::all().into_iter().map(|q| topology.queue(q)).collect()
+}

@@ -1,0 +1,95 @@
+//! Stage errors say what the queue should do next: retry later (transient) or
+//! dead-letter at once (permanent). The runtime reads only the class.
+
+use std::fmt;
+
+/// What the runtime does with a failed message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorClass {
+    /// Network, 5xx, 429, timeouts: delayed retry, then dead-letter.
+    Transient,
+    /// Bad input, bad signature, unsupported media: dead-letter at once.
+    Permanent,
+}
+
+impl fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ErrorClass::Transient => "transient",
+            ErrorClass::Permanent => "permanent",
+        })
+    }
+}
+
+/// A failed stage, with its class, a short machine code and a readable message.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct StageError {
+    /// Retry or dead-letter.
+    pub class: ErrorClass,
+    /// Short code (`bad_input`, `bad_signature`, `storage`, `media`, `provider`, `broker`, `timeout`, `quality`).
+    pub code: &'static str,
+    /// Readable reason.
+    pub message: String,
+}
+
+impl StageError {
+    /// A transient error.
+    pub fn transient(code: &'static str, message: impl fmt::Display) -> Self {
+        Self { class: ErrorClass::Transient, code, message: message.to_string() }
+    }
+    /// A permanent error.
+    pub fn permanent(code: &'static str, message: impl fmt::Display) -> Self {
+        Self { class: ErrorClass::Permanent, code, message: message.to_string() }
+    }
+    /// Adds context in front of the message.
+    pub fn context(mut self, what: impl fmt::Display) -> Self {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
+}
+
+impl From<crate::storage::StorageError> for StageError {
+    fn from(e: crate::storage::StorageError) -> Self {
+        use crate::storage::StorageError as S;
+        match &e {
+            S::NotFound { .. } | S::Rejected(_) | S::TooLarge { .. } => StageError::permanent("storage", e),
+            _ => StageError::transient("storage", e),
+        }
+    }
+}
+
+impl From<crate::media::MediaError> for StageError {
+    fn from(e: crate::media::MediaError) -> Self {
+        use crate::media::MediaError as M;
+        match &e {
+            M::Timeout { .. } => StageError::transient("timeout", e),
+            M::Spawn { .. } | M::Io(_) => StageError::transient("media", e),
+            M::Failed { .. } | M::Parse(_) => StageError::permanent("media", e),
+        }
+    }
+}
+
+impl From<crate::broker::BrokerError> for StageError {
+    fn from(e: crate::broker::BrokerError) -> Self {
+        StageError::transient("broker", e)
+    }
+}
+
+impl From<crate::envelope::EnvelopeError> for StageError {
+    fn from(e: crate::envelope::EnvelopeError) -> Self {
+        use crate::envelope::EnvelopeError as E;
+        let code = match e {
+            E::MissingSignature | E::BadSignature => "bad_signature",
+            _ => "bad_input",
+        };
+        StageError::permanent(code, e)
+    }
+}
+
+impl From<std::io::Error> for StageError {
+    fn from(e: std::io::Error) -> Self {
+        StageError::transient("io", e)
+    }
+}

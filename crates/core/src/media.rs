@@ -1,0 +1,334 @@
+//! ffprobe and ffmpeg as subprocesses: argument lists (never a shell), a
+//! timeout, stderr kept for the error, local files only
+//! (`-protocol_whitelist file,pipe`), ffprobe's JSON parsed into types.
+
+use crate::settings::MediaSettings;
+use serde::Deserialize;
+use std::{path::Path, process::Stdio, time::Duration};
+use tokio::process::Command;
+
+/// Subprocess failures.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    /// The binary could not be started.
+    #[error("cannot run {program}: {source} (is ffmpeg installed?)")]
+    Spawn {
+        /// Binary.
+        program: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Killed after the timeout.
+    #[error("{program} did not finish within {secs} s")]
+    Timeout {
+        /// Binary.
+        program: String,
+        /// Timeout.
+        secs: u64,
+    },
+    /// Exited with an error.
+    #[error("{program} failed ({status}): {stderr}")]
+    Failed {
+        /// Binary.
+        program: String,
+        /// Exit status.
+        status: String,
+        /// Last lines of stderr.
+        stderr: String,
+    },
+    /// Output could not be understood.
+    #[error("cannot parse media tool output: {0}")]
+    Parse(String),
+    /// Local I/O.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// ffprobe's view of a file.
+#[derive(Clone, Debug, Deserialize, Default)]
+pub struct Probe {
+    /// Streams.
+    #[serde(default)]
+    pub streams: Vec<ProbeStream>,
+    /// Container.
+    #[serde(default)]
+    pub format: ProbeFormat,
+}
+
+/// One stream.
+#[derive(Clone, Debug, Deserialize, Default)]
+pub struct ProbeStream {
+    /// Stream index.
+    #[serde(default)]
+    pub index: u32,
+    /// `video`, `audio`, `subtitle`, `data`.
+    #[serde(default)]
+    pub codec_type: String,
+    /// Codec (`h264`, `hevc`, `vp9`, ...).
+    #[serde(default)]
+    pub codec_name: String,
+    /// Coded width.
+    pub width: Option<u32>,
+    /// Coded height.
+    pub height: Option<u32>,
+    /// Pixel format.
+    pub pix_fmt: Option<String>,
+    /// Average frame rate as a fraction (`30000/1001`).
+    pub avg_frame_rate: Option<String>,
+    /// Base frame rate as a fraction.
+    pub r_frame_rate: Option<String>,
+    /// Duration in seconds, as text.
+    pub duration: Option<String>,
+    /// Frames, as text.
+    pub nb_frames: Option<String>,
+    /// Bit rate, as text.
+    pub bit_rate: Option<String>,
+    /// Tags (older files keep rotation in `rotate`).
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// Side data (display matrix rotation).
+    #[serde(default)]
+    pub side_data_list: Vec<serde_json::Value>,
+}
+
+/// The container.
+#[derive(Clone, Debug, Deserialize, Default)]
+pub struct ProbeFormat {
+    /// Demuxer names.
+    #[serde(default)]
+    pub format_name: String,
+    /// Duration in seconds, as text.
+    pub duration: Option<String>,
+    /// Size in bytes, as text.
+    pub size: Option<String>,
+    /// Bit rate, as text.
+    pub bit_rate: Option<String>,
+    /// Streams in the container.
+    #[serde(default)]
+    pub nb_streams: u32,
+}
+
+fn parse_f64(s: Option<&String>) -> Option<f64> {
+    s.and_then(|v| v.parse::<f64>().ok()).filter(|v| v.is_finite())
+}
+
+/// Parses an ffmpeg fraction such as `30000/1001`.
+pub fn parse_rate(s: &str) -> Option<f64> {
+    let (n, d) = s.split_once('/').unwrap_or((s, "1"));
+    let (n, d) = (n.parse::<f64>().ok()?, d.parse::<f64>().ok()?);
+    (d > 0.0 && n > 0.0).then_some(n / d).filter(|v| v.is_finite())
+}
+
+impl ProbeStream {
+    /// Rotation in degrees (0, 90, 180, 270), from side data or tags.
+    pub fn rotation(&self) -> i32 {
+        let from_side = self
+            .side_data_list
+            .iter()
+            .find_map(|d| d.get("rotation").and_then(|r| r.as_f64()));
+        let from_tag = self.tags.get("rotate").and_then(|r| r.parse::<f64>().ok());
+        let deg = from_side.or(from_tag).unwrap_or(0.0).round() as i32;
+        deg.rem_euclid(360)
+    }
+
+    /// Frame rate: average, else base.
+    pub fn fps(&self) -> Option<f64> {
+        self.avg_frame_rate
+            .as_deref()
+            .and_then(parse_rate)
+            .or_else(|| self.r_frame_rate.as_deref().and_then(parse_rate))
+    }
+
+    /// Bit rate in bits per second.
+    pub fn bit_rate(&self) -> Option<u64> {
+        self.bit_rate.as_deref().and_then(|b| b.parse().ok())
+    }
+}
+
+impl Probe {
+    /// The first video stream that is not an attached picture.
+    pub fn video(&self) -> Option<&ProbeStream> {
+        self.streams.iter().find(|s| s.codec_type == "video" && !is_cover_art(s))
+    }
+
+    /// Whether there is an audio stream.
+    pub fn has_audio(&self) -> bool {
+        self.streams.iter().any(|s| s.codec_type == "audio")
+    }
+
+    /// Duration in seconds: the container's, else the video stream's.
+    pub fn duration(&self) -> Option<f64> {
+        parse_f64(self.format.duration.as_ref())
+            .or_else(|| self.video().and_then(|v| parse_f64(v.duration.as_ref())))
+    }
+
+    /// Width and height as displayed (rotation applied).
+    pub fn display_dimensions(&self) -> Option<(u32, u32)> {
+        let v = self.video()?;
+        let (w, h) = (v.width?, v.height?);
+        Some(if v.rotation() % 180 == 90 { (h, w) } else { (w, h) })
+    }
+
+    /// Container bit rate in bits per second.
+    pub fn bit_rate(&self) -> Option<u64> {
+        self.format.bit_rate.as_deref().and_then(|b| b.parse().ok())
+    }
+}
+
+fn is_cover_art(s: &ProbeStream) -> bool {
+    // mjpeg/png streams with a single frame are cover art in audio files.
+    matches!(s.codec_name.as_str(), "mjpeg" | "png") && s.nb_frames.as_deref().unwrap_or("1") == "1" && s.avg_frame_rate.as_deref() == Some("0/0")
+}
+
+/// Runs ffprobe and ffmpeg.
+#[derive(Clone, Debug)]
+pub struct Media {
+    settings: MediaSettings,
+}
+
+/// The input arguments that keep ffmpeg on local files: `-protocol_whitelist file,pipe -i file:<path>`.
+pub fn input_args(path: &Path) -> Vec<String> {
+    vec![
+        "-protocol_whitelist".into(),
+        "file,pipe".into(),
+        "-i".into(),
+        format!("file:{}", path.display()),
+    ]
+}
+
+/// An output path as ffmpeg should see it (never parsed as a protocol or option).
+pub fn output_arg(path: &Path) -> String {
+    format!("file:{}", path.display())
+}
+
+impl Media {
+    /// Wrappers for `settings`.
+    pub fn new(settings: MediaSettings) -> Self {
+        Self { settings }
+    }
+
+    /// The x264/x265 preset from the settings.
+    pub fn preset(&self) -> &str {
+        &self.settings.preset
+    }
+
+    /// `-threads N` when configured.
+    pub fn thread_args(&self) -> Vec<String> {
+        if self.settings.threads > 0 {
+            vec!["-threads".into(), self.settings.threads.to_string()]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Probes a local file.
+    pub async fn probe(&self, path: &Path) -> Result<Probe, MediaError> {
+        let args: Vec<String> = vec![
+            "-v".into(),
+            "error".into(),
+            "-protocol_whitelist".into(),
+            "file,pipe".into(),
+            "-print_format".into(),
+            "json".into(),
+            "-show_format".into(),
+            "-show_streams".into(),
+            format!("file:{}", path.display()),
+        ];
+        let out = run(&self.settings.ffprobe, &args, self.settings.probe_timeout_secs).await?;
+        serde_json::from_slice(&out.stdout).map_err(|e| MediaError::Parse(format!("ffprobe JSON: {e}")))
+    }
+
+    /// Runs ffmpeg with `args` (after `-hide_banner -nostdin -y`), returning its stderr.
+    pub async fn ffmpeg(&self, args: &[String]) -> Result<String, MediaError> {
+        let mut full: Vec<String> = vec!["-hide_banner".into(), "-nostdin".into(), "-y".into()];
+        full.extend_from_slice(args);
+        let out = run(&self.settings.ffmpeg, &full, self.settings.ffmpeg_timeout_secs).await?;
+        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// Whether this ffmpeg build has a filter (for example `libvmaf`).
+    pub async fn has_filter(&self, name: &str) -> bool {
+        let args = vec!["-hide_banner".to_string(), "-filters".to_string()];
+        match run(&self.settings.ffmpeg, &args, 10).await {
+            Ok(out) => String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(name)),
+            Err(_) => false,
+        }
+    }
+}
+
+struct Output {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+async fn run(program: &str, args: &[String], timeout_secs: u64) -> Result<Output, MediaError> {
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| MediaError::Spawn { program: program.into(), source })?;
+    let out = tokio::time::timeout(Duration::from_secs(timeout_secs), child.wait_with_output())
+        .await
+        .map_err(|_| MediaError::Timeout { program: program.into(), secs: timeout_secs })??;
+    if !out.status.success() {
+        return Err(MediaError::Failed {
+            program: program.into(),
+            status: out.status.to_string(),
+            stderr: tail(&String::from_utf8_lossy(&out.stderr), 1500),
+        });
+    }
+    Ok(Output { stdout: out.stdout, stderr: out.stderr })
+}
+
+/// The last `max` bytes of `text`, on a char boundary, trimmed.
+pub fn tail(text: &str, max: usize) -> String {
+    let t = text.trim();
+    if t.len() <= max {
+        return t.to_string();
+    }
+    let mut start = t.len() - max;
+    while !t.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("...{}", &t[start..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_and_rotation() {
+        assert_eq!(parse_rate("30000/1001").map(|r| (r * 1000.0).round()), Some(29970.0));
+        assert_eq!(parse_rate("0/0"), None);
+        let s: ProbeStream = serde_json::from_value(serde_json::json!({
+            "codec_type": "video", "codec_name": "h264", "width": 1920, "height": 1080,
+            "side_data_list": [{"side_data_type": "Display Matrix", "rotation": -90}]
+        }))
+        .unwrap();
+        assert_eq!(s.rotation(), 270);
+        let p = Probe { streams: vec![s], format: ProbeFormat::default() };
+        assert_eq!(p.display_dimensions(), Some((1080, 1920)));
+    }
+}
+
+/// A private temporary folder for one message's files, removed when dropped.
+pub fn scratch_dir(parent: Option<&str>) -> std::io::Result<tempfile::TempDir> {
+    let builder = {
+        let mut b = tempfile::Builder::new();
+        b.prefix("reelfleet-");
+        b
+    };
+    match parent {
+        Some(p) => {
+            std::fs::create_dir_all(p)?;
+            builder.tempdir_in(p)
+        }
+        None => builder.tempdir(),
+    }
+}

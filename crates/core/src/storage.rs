@@ -1,0 +1,383 @@
+//! The object store through `aws-sdk-s3`: custom endpoint, path-style
+//! addressing, checksums only when required. Uploads and downloads stream
+//! between files and S3; files above a threshold go up in multipart.
+
+use crate::settings::S3Settings;
+use aws_sdk_s3::{
+    config::{
+        retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion, Credentials, Region,
+        RequestChecksumCalculation, ResponseChecksumValidation,
+    },
+    error::{ProvideErrorMetadata, SdkError},
+    primitives::{ByteStream, Length},
+    types::{CompletedMultipartUpload, CompletedPart},
+    Client,
+};
+use std::{collections::HashMap, path::Path, time::Duration};
+use tokio::io::AsyncWriteExt;
+
+/// Object store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The object does not exist.
+    #[error("s3://{bucket}/{key} does not exist")]
+    NotFound {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+    },
+    /// A conditional write found the object already there.
+    #[error("s3://{bucket}/{key} already exists")]
+    Exists {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+    },
+    /// The store refused the request (4xx other than throttling).
+    #[error("object store refused the request: {0}")]
+    Rejected(String),
+    /// An object is larger than the caller accepts.
+    #[error("s3://{bucket}/{key} is {size} bytes, above the {limit}-byte limit")]
+    TooLarge {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// Network, timeout, 5xx or throttling: worth retrying.
+    #[error("object store unavailable: {0}")]
+    Unavailable(String),
+    /// Local file error.
+    #[error("local file error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What `head` reports of an object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Size in bytes.
+    pub size: u64,
+    /// ETag without quotes.
+    pub etag: Option<String>,
+    /// Content type.
+    pub content_type: Option<String>,
+    /// User metadata (`x-amz-meta-*`), names lowercased.
+    pub metadata: HashMap<String, String>,
+}
+
+/// An S3 client bound to the settings' endpoint.
+#[derive(Clone, Debug)]
+pub struct Storage {
+    client: Client,
+    multipart_threshold: u64,
+    part_size: u64,
+}
+
+fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+    err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    bucket: &str,
+    key: &str,
+) -> StorageError {
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    let code = err.code().map(str::to_string);
+    let message = match (&code, err.message()) {
+        (Some(c), Some(m)) => format!("{c}: {m}"),
+        (Some(c), None) => c.clone(),
+        _ => format!("{}", aws_sdk_s3::error::DisplayErrorContext(&err)),
+    };
+    match (status, code.as_deref()) {
+        (Some(404), _) | (_, Some("NoSuchKey" | "NotFound" | "NoSuchBucket")) => {
+            StorageError::NotFound { bucket: bucket.into(), key: key.into() }
+        }
+        (Some(412), _) | (_, Some("PreconditionFailed")) => {
+            StorageError::Exists { bucket: bucket.into(), key: key.into() }
+        }
+        (Some(s), _) if (400..500).contains(&s) && s != 429 && s != 408 => {
+            StorageError::Rejected(format!("s3://{bucket}/{key}: {message}"))
+        }
+        _ => StorageError::Unavailable(format!("s3://{bucket}/{key}: {message}")),
+    }
+}
+
+impl Storage {
+    /// A client for `settings`.
+    pub fn new(settings: &S3Settings) -> Self {
+        let creds = Credentials::new(
+            settings.access_key.expose(),
+            settings.secret_key.expose(),
+            None,
+            None,
+            "reelfleet-settings",
+        );
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(settings.region.clone()))
+            .endpoint_url(settings.endpoint.clone())
+            .credentials_provider(creds)
+            .force_path_style(true)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .retry_config(RetryConfig::standard().with_max_attempts(4))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .operation_attempt_timeout(Duration::from_secs(settings.timeout_secs))
+                    .build(),
+            )
+            .build();
+        Self {
+            client: Client::from_conf(config),
+            multipart_threshold: settings.multipart_threshold_bytes,
+            part_size: settings.part_size_bytes.max(5 * 1024 * 1024),
+        }
+    }
+
+    /// The SDK client, for callers that need an operation not wrapped here.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Creates `bucket` unless it exists.
+    pub async fn ensure_bucket(&self, bucket: &str) -> Result<(), StorageError> {
+        match self.client.head_bucket().bucket(bucket).send().await {
+            Ok(_) => return Ok(()),
+            Err(e) => match classify(e, bucket, "") {
+                StorageError::NotFound { .. } => {}
+                other => return Err(other),
+            },
+        }
+        match self.client.create_bucket().bucket(bucket).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.code(), Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")) => Ok(()),
+            Err(e) => Err(classify(e, bucket, "")),
+        }
+    }
+
+    /// Size, eTag and content type of an object, or `None` if absent.
+    pub async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
+        match self.client.head_object().bucket(bucket).key(key).send().await {
+            Ok(out) => Ok(Some(ObjectInfo {
+                size: out.content_length().unwrap_or(0).max(0) as u64,
+                etag: out.e_tag().map(|e| e.trim_matches('"').to_string()),
+                content_type: out.content_type().map(str::to_string),
+                metadata: out
+                    .metadata()
+                    .map(|m| m.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect())
+                    .unwrap_or_default(),
+            })),
+            Err(e) => match classify(e, bucket, key) {
+                StorageError::NotFound { .. } => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// Writes `body` to `key`.
+    pub async fn put_bytes(&self, bucket: &str, key: &str, body: Vec<u8>, content_type: &str) -> Result<(), StorageError> {
+        self.client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| classify(e, bucket, key))?;
+        Ok(())
+    }
+
+    /// Writes `body` to `key` only if no object is there (`If-None-Match: *`).
+    /// Returns `false` if one already was.
+    pub async fn put_bytes_if_absent(&self, bucket: &str, key: &str, body: Vec<u8>, content_type: &str) -> Result<bool, StorageError> {
+        let res = self
+            .client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .content_type(content_type)
+            .if_none_match("*")
+            .body(ByteStream::from(body))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) => match classify(e, bucket, key) {
+                StorageError::Exists { .. } => Ok(false),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// Reads a whole object of at most `limit` bytes into memory (manifests,
+    /// JSON documents; never videos).
+    pub async fn get_bytes(&self, bucket: &str, key: &str, limit: u64) -> Result<Vec<u8>, StorageError> {
+        let out = self.client.get_object().bucket(bucket).key(key).send().await.map_err(|e| classify(e, bucket, key))?;
+        let size = out.content_length().unwrap_or(0).max(0) as u64;
+        if size > limit {
+            return Err(StorageError::TooLarge { bucket: bucket.into(), key: key.into(), size, limit });
+        }
+        let data = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StorageError::Unavailable(format!("s3://{bucket}/{key}: reading body: {e}")))?;
+        Ok(data.into_bytes().to_vec())
+    }
+
+    /// Streams an object into a local file, returning its size.
+    pub async fn download(&self, bucket: &str, key: &str, path: &Path) -> Result<u64, StorageError> {
+        let out = self.client.get_object().bucket(bucket).key(key).send().await.map_err(|e| classify(e, bucket, key))?;
+        let mut reader = out.body.into_async_read();
+        let mut file = tokio::fs::File::create(path).await?;
+        let n = tokio::io::copy(&mut reader, &mut file)
+            .await
+            .map_err(|e| StorageError::Unavailable(format!("s3://{bucket}/{key}: reading body: {e}")))?;
+        file.flush().await?;
+        file.sync_all().await?;
+        Ok(n)
+    }
+
+    /// Streams a local file into `key`, in multipart above the threshold.
+    pub async fn upload(&self, bucket: &str, key: &str, path: &Path, content_type: &str) -> Result<ObjectInfo, StorageError> {
+        self.upload_with_metadata(bucket, key, path, content_type, HashMap::new()).await
+    }
+
+    /// [`Storage::upload`] with user metadata (`x-amz-meta-*`).
+    pub async fn upload_with_metadata(
+        &self,
+        bucket: &str,
+        key: &str,
+        path: &Path,
+        content_type: &str,
+        metadata: HashMap<String, String>,
+    ) -> Result<ObjectInfo, StorageError> {
+        let size = tokio::fs::metadata(path).await?.len();
+        let etag = if size >= self.multipart_threshold {
+            self.upload_multipart(bucket, key, path, size, content_type, &metadata).await?
+        } else {
+            let body = ByteStream::from_path(path)
+                .await
+                .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?;
+            let out = self
+                .client
+                .put_object()
+                .bucket(bucket)
+                .key(key)
+                .content_type(content_type)
+                .content_length(size as i64)
+                .set_metadata(Some(metadata.clone()).filter(|m| !m.is_empty()))
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| classify(e, bucket, key))?;
+            out.e_tag().map(|e| e.trim_matches('"').to_string())
+        };
+        Ok(ObjectInfo { size, etag, content_type: Some(content_type.to_string()), metadata })
+    }
+
+    async fn upload_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        path: &Path,
+        size: u64,
+        content_type: &str,
+        metadata: &HashMap<String, String>,
+    ) -> Result<Option<String>, StorageError> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .content_type(content_type)
+            .set_metadata(Some(metadata.clone()).filter(|m| !m.is_empty()))
+            .send()
+            .await
+            .map_err(|e| classify(e, bucket, key))?;
+        let upload_id = created
+            .upload_id()
+            .ok_or_else(|| StorageError::Unavailable("multipart upload without an id".into()))?
+            .to_string();
+        let result = async {
+            let mut parts = Vec::new();
+            let mut offset = 0u64;
+            let mut number = 1i32;
+            while offset < size {
+                let len = self.part_size.min(size - offset);
+                let body = ByteStream::read_from()
+                    .path(path)
+                    .offset(offset)
+                    .length(Length::Exact(len))
+                    .build()
+                    .await
+                    .map_err(|e| StorageError::Io(std::io::Error::other(e.to_string())))?;
+                let part = self
+                    .client
+                    .upload_part()
+                    .bucket(bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
+                    .part_number(number)
+                    .content_length(len as i64)
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| classify(e, bucket, key))?;
+                parts.push(CompletedPart::builder().part_number(number).set_e_tag(part.e_tag().map(str::to_string)).build());
+                offset += len;
+                number += 1;
+            }
+            let done = self
+                .client
+                .complete_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                .send()
+                .await
+                .map_err(|e| classify(e, bucket, key))?;
+            Ok::<Option<String>, StorageError>(done.e_tag().map(|e| e.trim_matches('"').to_string()))
+        }
+        .await;
+        if result.is_err() {
+            let _ = self.client.abort_multipart_upload().bucket(bucket).key(key).upload_id(&upload_id).send().await;
+        }
+        result
+    }
+
+    /// Keys under `prefix`, in order.
+    pub async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let mut keys = Vec::new();
+        let mut token = None;
+        loop {
+            let out = self
+                .client
+                .list_objects_v2()
+                .bucket(bucket)
+                .prefix(prefix)
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(|e| classify(e, bucket, prefix))?;
+            keys.extend(out.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+            match out.next_continuation_token() {
+                Some(t) if out.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Deletes an object (absent is fine).
+    pub async fn delete(&self, bucket: &str, key: &str) -> Result<(), StorageError> {
+        self.client.delete_object().bucket(bucket).key(key).send().await.map_err(|e| classify(e, bucket, key))?;
+        Ok(())
+    }
+}

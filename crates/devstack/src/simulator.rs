@@ -1,0 +1,363 @@
+//! The AI provider simulator: an HTTP server that speaks the OpenAI
+//! chat-completions format (with `usage`) and the HolySheep-style
+//! `POST /v1/video/generate` (HMAC signature checked, video rendered by
+//! ffmpeg), with configurable latency, error rate and 429 rate, and a usage
+//! log (`GET /v1/usage`) that is the billing truth for tests.
+
+use axum::{
+    body::Body,
+    extract::{Path as UrlPath, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use hmac::{Hmac, Mac};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+/// Behaviour of the simulator; changeable at run time with `POST /admin/config`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SimulatorConfig {
+    /// API key requests must carry (Bearer) and that keys the video signature.
+    pub api_key: String,
+    /// Shortest added latency, in milliseconds.
+    pub latency_min_ms: u64,
+    /// Longest added latency, in milliseconds.
+    pub latency_max_ms: u64,
+    /// Share of requests answered 500.
+    pub error_rate: f64,
+    /// Share of requests answered 429 with `Retry-After`.
+    pub rate_429: f64,
+    /// `Retry-After` seconds on a 429.
+    pub retry_after_secs: u64,
+    /// Tokens billed per image input.
+    pub tokens_per_image: u64,
+    /// Largest clock skew accepted on signed requests, in seconds.
+    pub max_skew_secs: i64,
+    /// ffmpeg binary that renders generated videos.
+    pub ffmpeg: String,
+}
+
+impl Default for SimulatorConfig {
+    fn default() -> Self {
+        Self {
+            api_key: "sk-reelfleet-dev".into(),
+            latency_min_ms: 20,
+            latency_max_ms: 80,
+            error_rate: 0.0,
+            rate_429: 0.0,
+            retry_after_secs: 1,
+            tokens_per_image: 258,
+            max_skew_secs: 300,
+            ffmpeg: "ffmpeg".into(),
+        }
+    }
+}
+
+/// One billed request.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct UsageRecord {
+    /// Response id.
+    pub id: String,
+    /// Model billed.
+    pub model: String,
+    /// `chat` or `video`.
+    pub kind: String,
+    /// Input tokens billed.
+    pub prompt_tokens: u64,
+    /// Output tokens billed.
+    pub completion_tokens: u64,
+    /// Images in the request.
+    pub images: u64,
+}
+
+#[derive(Clone)]
+struct SimState {
+    config: Arc<Mutex<SimulatorConfig>>,
+    usage: Arc<Mutex<Vec<UsageRecord>>>,
+    videos: PathBuf,
+    base: String,
+}
+
+/// A running simulator.
+#[derive(Debug)]
+pub struct SimulatorHandle {
+    /// Bound address.
+    pub addr: SocketAddr,
+    /// Stops it.
+    pub shutdown: CancellationToken,
+    config: Arc<Mutex<SimulatorConfig>>,
+    usage: Arc<Mutex<Vec<UsageRecord>>>,
+    _videos: Arc<tempfile::TempDir>,
+}
+
+impl SimulatorHandle {
+    /// `http://<addr>/v1`, the base URL clients use.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+    /// Every billed request so far.
+    pub fn usage(&self) -> Vec<UsageRecord> {
+        self.usage.lock().expect("usage lock").clone()
+    }
+    /// Changes the behaviour.
+    pub fn configure(&self, f: impl FnOnce(&mut SimulatorConfig)) {
+        f(&mut self.config.lock().expect("config lock"));
+    }
+}
+
+/// Serves the simulator on `addr`.
+pub async fn serve_simulator(addr: &str, config: SimulatorConfig) -> anyhow::Result<SimulatorHandle> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let videos = Arc::new(tempfile::Builder::new().prefix("reelfleet-sim-").tempdir()?);
+    let state = SimState {
+        config: Arc::new(Mutex::new(config)),
+        usage: Arc::new(Mutex::new(Vec::new())),
+        videos: videos.path().to_path_buf(),
+        base: format!("http://{local}/v1"),
+    };
+    let app = Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/video/generate", post(generate))
+        .route("/v1/videos/{file}", get(video_file))
+        .route("/v1/usage", get(usage))
+        .route("/admin/config", get(get_config).post(set_config))
+        .with_state(state.clone());
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
+    });
+    info!(addr = %local, "Provider simulator listening");
+    Ok(SimulatorHandle { addr: local, shutdown, config: state.config, usage: state.usage, _videos: videos })
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(serde_json::json!({"error": {"message": message, "type": "simulated"}}))).into_response()
+}
+
+/// Latency, then maybe a simulated failure.
+async fn weather(state: &SimState) -> Option<Response> {
+    let (delay, roll, cfg) = {
+        let cfg = state.config.lock().expect("config lock").clone();
+        let mut rng = rand::rng();
+        let delay = rng.random_range(cfg.latency_min_ms..=cfg.latency_max_ms.max(cfg.latency_min_ms));
+        (delay, rng.random::<f64>(), cfg)
+    };
+    tokio::time::sleep(Duration::from_millis(delay)).await;
+    if roll < cfg.rate_429 {
+        let mut r = error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
+        r.headers_mut().insert("retry-after", cfg.retry_after_secs.to_string().parse().expect("header"));
+        return Some(r);
+    }
+    if roll < cfg.rate_429 + cfg.error_rate {
+        return Some(error(StatusCode::INTERNAL_SERVER_ERROR, "simulated upstream failure"));
+    }
+    None
+}
+
+fn bearer_ok(headers: &HeaderMap, key: &str) -> bool {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|v| v == key)
+}
+
+async fn chat(State(state): State<SimState>, headers: HeaderMap, Json(req): Json<serde_json::Value>) -> Response {
+    let key = state.config.lock().expect("config lock").api_key.clone();
+    if !bearer_ok(&headers, &key) {
+        return error(StatusCode::UNAUTHORIZED, "invalid API key");
+    }
+    if let Some(r) = weather(&state).await {
+        return r;
+    }
+    let Some(model) = req["model"].as_str().map(str::to_string) else {
+        return error(StatusCode::BAD_REQUEST, "model is required");
+    };
+    let Some(messages) = req["messages"].as_array() else {
+        return error(StatusCode::BAD_REQUEST, "messages is required");
+    };
+    let per_image = state.config.lock().expect("config lock").tokens_per_image;
+    let (mut text_chars, mut images, mut image_bytes) = (0u64, 0u64, 0u64);
+    for m in messages {
+        match &m["content"] {
+            serde_json::Value::String(s) => text_chars += s.chars().count() as u64,
+            serde_json::Value::Array(parts) => {
+                for p in parts {
+                    if let Some(t) = p["text"].as_str() {
+                        text_chars += t.chars().count() as u64;
+                    }
+                    if let Some(url) = p["image_url"]["url"].as_str() {
+                        images += 1;
+                        image_bytes += url.len() as u64;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    // Providers count roughly four characters a token, and a fixed amount per image.
+    let prompt_tokens = text_chars.div_ceil(4) + images * per_image;
+    let tags = ["outdoor", "people", "motion", "text", "night", "animation", "sport", "nature"];
+    let chosen: Vec<&str> = tags.iter().enumerate().filter(|(i, _)| (image_bytes >> i) & 1 == 1).map(|(_, t)| *t).take(4).collect();
+    let content = serde_json::json!({
+        "summary": format!("{images} keyframes analyzed by {model}: {} bytes of imagery", image_bytes),
+        "tags": if chosen.is_empty() { vec!["video"] } else { chosen },
+        "safety": "safe",
+    })
+    .to_string();
+    let completion_tokens = (content.chars().count() as u64).div_ceil(4);
+    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+    state.usage.lock().expect("usage lock").push(UsageRecord {
+        id: id.clone(),
+        model: model.clone(),
+        kind: "chat".into(),
+        prompt_tokens,
+        completion_tokens,
+        images,
+    });
+    Json(serde_json::json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": chrono::Utc::now().timestamp(),
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
+    }))
+    .into_response()
+}
+
+fn signature_ok(headers: &HeaderMap, key: &str, max_skew: i64) -> Result<(), &'static str> {
+    let ts: i64 = headers
+        .get("x-timestamp")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or("missing X-Timestamp")?;
+    if (chrono::Utc::now().timestamp() - ts).abs() > max_skew {
+        return Err("X-Timestamp outside the accepted window");
+    }
+    let sig = headers
+        .get("x-holysheep-signature")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| hex::decode(v).ok())
+        .ok_or("missing X-HolySheep-Signature")?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("any key length");
+    mac.update(format!("{ts}:{key}").as_bytes());
+    mac.verify_slice(&sig).map_err(|_| "signature does not match")
+}
+
+async fn generate(State(state): State<SimState>, headers: HeaderMap, Json(req): Json<serde_json::Value>) -> Response {
+    let cfg = state.config.lock().expect("config lock").clone();
+    if !bearer_ok(&headers, &cfg.api_key) {
+        return error(StatusCode::UNAUTHORIZED, "invalid API key");
+    }
+    if let Err(why) = signature_ok(&headers, &cfg.api_key, cfg.max_skew_secs) {
+        return error(StatusCode::UNAUTHORIZED, why);
+    }
+    if let Some(r) = weather(&state).await {
+        return r;
+    }
+    let started = std::time::Instant::now();
+    let model = req["model"].as_str().unwrap_or("holysheep-video-1").to_string();
+    let duration = req["duration"].as_f64().unwrap_or(0.0);
+    if !(duration > 0.0 && duration <= 60.0) {
+        return error(StatusCode::BAD_REQUEST, "duration must be in (0, 60]");
+    }
+    let (w, h) = match req["resolution"].as_str() {
+        Some("720p") => (1280, 720),
+        Some("1080p") => (1920, 1080),
+        Some("4k") => (3840, 2160),
+        _ => return error(StatusCode::BAD_REQUEST, "resolution must be 720p, 1080p or 4k"),
+    };
+    let fps = req["fps"].as_u64().unwrap_or(24).clamp(1, 60);
+    let id = format!("vid-{}", uuid::Uuid::new_v4().simple());
+    let path = state.videos.join(format!("{id}.mp4"));
+    let args: Vec<String> = vec![
+        "-hide_banner".into(),
+        "-nostdin".into(),
+        "-y".into(),
+        "-f".into(),
+        "lavfi".into(),
+        "-i".into(),
+        format!("testsrc2=size={w}x{h}:rate={fps}:duration={duration}"),
+        "-f".into(),
+        "lavfi".into(),
+        "-i".into(),
+        format!("sine=frequency=440:sample_rate=48000:duration={duration}"),
+        "-c:v".into(),
+        "libx264".into(),
+        "-preset".into(),
+        "ultrafast".into(),
+        "-pix_fmt".into(),
+        "yuv420p".into(),
+        "-c:a".into(),
+        "aac".into(),
+        "-shortest".into(),
+        "-movflags".into(),
+        "+faststart".into(),
+        path.display().to_string(),
+    ];
+    let out = tokio::process::Command::new(&cfg.ffmpeg).args(&args).kill_on_drop(true).output().await;
+    match out {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => return error(StatusCode::INTERNAL_SERVER_ERROR, &String::from_utf8_lossy(&o.stderr)),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+    // Video models bill per frame generated.
+    let total_tokens = (duration * fps as f64).ceil() as u64 * 10;
+    state.usage.lock().expect("usage lock").push(UsageRecord {
+        id: id.clone(),
+        model: model.clone(),
+        kind: "video".into(),
+        prompt_tokens: 0,
+        completion_tokens: total_tokens,
+        images: 0,
+    });
+    Json(serde_json::json!({
+        "id": id,
+        "model": model,
+        "data": {"url": format!("{}/videos/{id}.mp4", state.base)},
+        "usage": {"total_tokens": total_tokens},
+        "processing_time_ms": started.elapsed().as_millis() as u64,
+    }))
+    .into_response()
+}
+
+async fn video_file(State(state): State<SimState>, UrlPath(file): UrlPath<String>) -> Response {
+    if !file.starts_with("vid-") || !file.ends_with(".mp4") || file.contains('/') || file.contains("..") {
+        return error(StatusCode::NOT_FOUND, "no such video");
+    }
+    match tokio::fs::File::open(state.videos.join(&file)).await {
+        Ok(f) => {
+            let stream = tokio_util::io::ReaderStream::new(f);
+            ([("content-type", "video/mp4")], Body::from_stream(stream)).into_response()
+        }
+        Err(_) => error(StatusCode::NOT_FOUND, "no such video"),
+    }
+}
+
+async fn usage(State(state): State<SimState>) -> Json<Vec<UsageRecord>> {
+    Json(state.usage.lock().expect("usage lock").clone())
+}
+
+async fn get_config(State(state): State<SimState>) -> Json<SimulatorConfig> {
+    Json(state.config.lock().expect("config lock").clone())
+}
+
+async fn set_config(State(state): State<SimState>, Json(cfg): Json<SimulatorConfig>) -> Json<SimulatorConfig> {
+    *state.config.lock().expect("config lock") = cfg.clone();
+    Json(cfg)
+}

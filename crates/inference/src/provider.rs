@@ -1,0 +1,194 @@
+//! Provider clients over HTTP: OpenAI-compatible chat completions with image
+//! inputs, and HolySheep-style signed video generation.
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use reelfleet_core::{error::StageError, manifest::PromptDocument, settings::InferenceSettings};
+use sha2::Sha256;
+use std::{path::Path, time::Duration};
+use tokio::io::AsyncWriteExt;
+
+/// Provider failures, classified for the runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// 429, 5xx, timeouts, connection errors.
+    #[error("provider unavailable: {0}")]
+    Unavailable(String),
+    /// 4xx other than 429, or an answer that cannot be used.
+    #[error("provider refused the request: {0}")]
+    Refused(String),
+    /// Client construction failed.
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+}
+
+impl From<ProviderError> for StageError {
+    fn from(e: ProviderError) -> Self {
+        match e {
+            ProviderError::Unavailable(_) => StageError::transient("provider", e),
+            _ => StageError::permanent("provider", e),
+        }
+    }
+}
+
+/// A chat completion's useful parts.
+#[derive(Debug, Clone)]
+pub struct ChatResult {
+    /// Provider request id.
+    pub request_id: Option<String>,
+    /// The JSON object the model answered.
+    pub content: serde_json::Value,
+    /// Prompt tokens billed.
+    pub input_tokens: u64,
+    /// Completion tokens billed.
+    pub output_tokens: u64,
+}
+
+/// A generated video.
+#[derive(Debug, Clone)]
+pub struct VideoResult {
+    /// Provider id.
+    pub id: String,
+    /// Tokens billed.
+    pub total_tokens: u64,
+    /// Provider-side processing time.
+    pub processing_time_ms: u64,
+}
+
+/// HTTP client for the configured gateway.
+#[derive(Clone)]
+pub struct Provider {
+    http: reqwest::Client,
+    base_url: String,
+    api_key: reelfleet_core::settings::Secret,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider").field("base_url", &self.base_url).finish_non_exhaustive()
+    }
+}
+
+/// `X-HolySheep-Signature`: hex HMAC-SHA256 keyed by the API key over `"{timestamp}:{api_key}"`.
+pub fn sign_video_request(api_key: &str, timestamp: i64) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(api_key.as_bytes()).expect("HMAC accepts any key length");
+    mac.update(format!("{timestamp}:{api_key}").as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+fn classify_status(status: reqwest::StatusCode, body: &str) -> ProviderError {
+    let text: String = body.chars().take(300).collect();
+    if status.as_u16() == 429 || status.is_server_error() || status.as_u16() == 408 {
+        ProviderError::Unavailable(format!("HTTP {status}: {text}"))
+    } else {
+        ProviderError::Refused(format!("HTTP {status}: {text}"))
+    }
+}
+
+fn transport(e: reqwest::Error) -> ProviderError {
+    ProviderError::Unavailable(e.to_string())
+}
+
+impl Provider {
+    /// A client for `settings`, with connect and total timeouts.
+    pub fn new(settings: &InferenceSettings) -> Result<Self, ProviderError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(settings.connect_timeout_secs))
+            .timeout(Duration::from_secs(settings.request_timeout_secs))
+            .build()
+            .map_err(|e| ProviderError::Client(e.to_string()))?;
+        Ok(Self { http, base_url: settings.base_url.trim_end_matches('/').to_string(), api_key: settings.api_key.clone() })
+    }
+
+    /// Asks `model` for a JSON summary and tags of the keyframes.
+    pub async fn analyze(&self, model: &str, images: &[Vec<u8>], context: &str) -> Result<ChatResult, ProviderError> {
+        let mut parts = vec![serde_json::json!({
+            "type": "text",
+            "text": format!("Describe this video from its keyframes ({context}). Answer with a JSON object: {{\"summary\": string, \"tags\": [string], \"safety\": string}}."),
+        })];
+        for img in images {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(img);
+            parts.push(serde_json::json!({"type": "image_url", "image_url": {"url": format!("data:image/jpeg;base64,{b64}")}}));
+        }
+        let body = serde_json::json!({
+            "model": model,
+            "messages": [
+                {"role": "system", "content": "You are a video analyst. Reply with JSON only."},
+                {"role": "user", "content": parts},
+            ],
+            "response_format": {"type": "json_object"},
+        });
+        let resp = self
+            .http
+            .post(format!("{}/chat/completions", self.base_url))
+            .bearer_auth(self.api_key.expose())
+            .json(&body)
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(transport)?;
+        if !status.is_success() {
+            return Err(classify_status(status, &text));
+        }
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ProviderError::Refused(format!("invalid JSON response: {e}")))?;
+        let content = v["choices"][0]["message"]["content"]
+            .as_str()
+            .ok_or_else(|| ProviderError::Refused("response has no message content".into()))?;
+        let content: serde_json::Value = serde_json::from_str(content).map_err(|e| ProviderError::Refused(format!("model answer is not JSON: {e}")))?;
+        let usage = &v["usage"];
+        Ok(ChatResult {
+            request_id: v["id"].as_str().map(str::to_string),
+            content,
+            input_tokens: usage["prompt_tokens"].as_u64().ok_or_else(|| ProviderError::Refused("response has no usage".into()))?,
+            output_tokens: usage["completion_tokens"].as_u64().unwrap_or(0),
+        })
+    }
+
+    /// Generates a video for `doc` and streams it into `dest`.
+    pub async fn generate_video(&self, model: &str, doc: &PromptDocument, dest: &Path) -> Result<VideoResult, ProviderError> {
+        let ts = chrono::Utc::now().timestamp();
+        let key = self.api_key.expose();
+        let fps = if matches!(doc.resolution, reelfleet_core::envelope::Quality::P720) { 24 } else { 30 };
+        let body = serde_json::json!({
+            "model": model,
+            "prompt": doc.prompt,
+            "duration": doc.duration_seconds,
+            "resolution": doc.resolution.as_str(),
+            "fps": fps,
+            "quality_preset": if doc.priority >= 4 { "high" } else { "standard" },
+        });
+        let resp = self
+            .http
+            .post(format!("{}/video/generate", self.base_url))
+            .bearer_auth(key)
+            .header("X-Timestamp", ts.to_string())
+            .header("X-HolySheep-Signature", sign_video_request(key, ts))
+            .json(&body)
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(transport)?;
+        if !status.is_success() {
+            return Err(classify_status(status, &text));
+        }
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ProviderError::Refused(format!("invalid JSON response: {e}")))?;
+        let url = v["data"]["url"].as_str().ok_or_else(|| ProviderError::Refused("response has no data.url".into()))?;
+        let mut download = self.http.get(url).bearer_auth(key).send().await.map_err(transport)?;
+        if !download.status().is_success() {
+            let st = download.status();
+            return Err(classify_status(st, &download.text().await.unwrap_or_default()));
+        }
+        let mut file = tokio::fs::File::create(dest).await.map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        while let Some(chunk) = download.chunk().await.map_err(transport)? {
+            file.write_all(&chunk).await.map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        }
+        file.flush().await.map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        Ok(VideoResult {
+            id: v["id"].as_str().unwrap_or_default().to_string(),
+            total_tokens: v["usage"]["total_tokens"].as_u64().unwrap_or(0),
+            processing_time_ms: v["processing_time_ms"].as_u64().unwrap_or(0),
+        })
+    }
+}

@@ -1,0 +1,258 @@
+//! reelfleet-ingest: turns S3 event notifications (AWS or MinIO bodies) and
+//! direct submissions into jobs. It classifies each object (a video, or a
+//! generate prompt document), validates it against the limits, drops a
+//! source it already knows, writes `jobs/<job_id>/manifest.json` and
+//! forwards the job to preprocess.
+
+use async_trait::async_trait;
+use reelfleet_core::{
+    envelope::{Envelope, JobKind, Quality, SourceObject},
+    error::StageError,
+    json::parse_bounded,
+    manifest::{InputInfo, JobManifest, JobStatus, ManifestStore, PromptDocument},
+    media::{input_args, scratch_dir, Media},
+    runtime::{Dispatch, Input, Message, Stage},
+    s3event::parse_event,
+    settings::Settings,
+    storage::Storage,
+    topology::WorkQueue,
+};
+use std::sync::Arc;
+use tracing::{info, warn};
+
+/// Object metadata (`x-amz-meta-reelfleet-priority`) giving a video's priority, 1 to 5.
+pub const META_PRIORITY: &str = "reelfleet-priority";
+/// Object metadata (`x-amz-meta-reelfleet-quality`) giving a video's requested quality.
+pub const META_QUALITY: &str = "reelfleet-quality";
+
+/// Longest prompt accepted, in characters.
+pub const MAX_PROMPT_CHARS: usize = 4000;
+/// Longest video a prompt may ask for, in seconds.
+pub const MAX_GENERATE_SECONDS: f64 = 60.0;
+
+/// The ingest stage.
+#[derive(Clone, Debug)]
+pub struct Ingest {
+    settings: Arc<Settings>,
+    storage: Storage,
+    manifests: ManifestStore,
+    media: Media,
+}
+
+#[async_trait]
+impl Stage for Ingest {
+    fn name(&self) -> &'static str {
+        "ingest"
+    }
+
+    fn queues(&self) -> Vec<WorkQueue> {
+        vec![WorkQueue::Ingest]
+    }
+
+    fn accepts_unsigned(&self) -> bool {
+        true
+    }
+
+    async fn handle(&self, msg: Message) -> Result<Vec<Dispatch>, StageError> {
+        let resume = msg.redelivered || msg.attempt > 0;
+        let mut out = Vec::new();
+        match msg.input {
+            Input::Raw(body) => {
+                let objects = parse_event(&body).map_err(|e| StageError::permanent("bad_input", e))?;
+                if objects.is_empty() {
+                    info!("S3 event announces no created object; ignored");
+                }
+                for obj in objects {
+                    let source = SourceObject { bucket: obj.bucket, key: obj.key, size: obj.size, etag: obj.etag, version_id: obj.version_id };
+                    let envelope = Envelope::new(JobKind::Analyze, source);
+                    out.extend(self.admit(envelope, resume).await?);
+                }
+            }
+            Input::Envelope(envelope) => out.extend(self.admit(envelope, resume).await?),
+        }
+        Ok(out)
+    }
+}
+
+/// Whether an object key names a prompt document.
+pub fn is_prompt_key(key: &str) -> bool {
+    key.to_ascii_lowercase().ends_with(".json")
+}
+
+impl Ingest {
+    /// The stage for `settings`.
+    pub fn new(settings: Arc<Settings>, storage: Storage) -> Self {
+        let manifests = ManifestStore::new(storage.clone(), settings.s3.work_bucket.clone());
+        let media = Media::new(settings.media.clone());
+        Self { settings, storage, manifests, media }
+    }
+
+    /// Validates one source and returns the message for preprocess, or nothing for a duplicate.
+    async fn admit(&self, mut envelope: Envelope, resume: bool) -> Result<Option<Dispatch>, StageError> {
+        let started = chrono::Utc::now();
+        let job_id = envelope.job_id.clone();
+        if let Some(existing) = self.manifests.load(&job_id).await? {
+            // A redelivered message whose first attempt wrote the manifest but
+            // may not have forwarded: forward again (later stages are idempotent).
+            if !(resume && existing.status == JobStatus::Ingest) {
+                info!(job_id = %job_id, key = %envelope.source.key, status = %existing.status, "Source already known; duplicate dropped");
+                return Ok(None);
+            }
+        }
+        let key = envelope.source.key.clone();
+        let mut manifest;
+        if is_prompt_key(&key) {
+            let doc = self.read_prompt(&envelope.source).await?;
+            envelope.kind = JobKind::Generate;
+            envelope.priority = doc.priority;
+            envelope.quality = Some(doc.resolution);
+            manifest = JobManifest::new(&envelope);
+            manifest.prompt = Some(doc);
+        } else {
+            envelope.kind = JobKind::Analyze;
+            let input = self.validate_video(&mut envelope.source, &mut envelope.priority, &mut envelope.quality).await?;
+            manifest = JobManifest::new(&envelope);
+            manifest.input = Some(input);
+        }
+        manifest.record_stage("ingest", started, envelope.attempt);
+        let created = self.manifests.create(&mut manifest).await?;
+        if !created && !resume {
+            info!(job_id = %job_id, "Source admitted concurrently by another delivery; duplicate dropped");
+            return Ok(None);
+        }
+        if !created {
+            self.manifests.save(&mut manifest).await?;
+        }
+        info!(job_id = %job_id, kind = %envelope.kind, key = %key, "Job admitted");
+        Ok(Some(Dispatch::Next { queue: WorkQueue::Preprocess, envelope: envelope.forward(Vec::new()) }))
+    }
+
+    async fn read_prompt(&self, source: &SourceObject) -> Result<PromptDocument, StageError> {
+        let limit = self.settings.limits.max_prompt_bytes;
+        let body = self.storage.get_bytes(&source.bucket, &source.key, limit).await?;
+        parse_prompt(&body)
+    }
+
+    async fn validate_video(&self, source: &mut SourceObject, priority: &mut u8, quality: &mut Option<Quality>) -> Result<InputInfo, StageError> {
+        let limits = &self.settings.limits;
+        let info = self
+            .storage
+            .head(&source.bucket, &source.key)
+            .await?
+            .ok_or_else(|| StageError::permanent("bad_input", format!("s3://{}/{} no longer exists", source.bucket, source.key)))?;
+        if info.size == 0 {
+            return Err(StageError::permanent("bad_input", "object is empty (0 bytes)"));
+        }
+        if info.size > limits.max_bytes {
+            return Err(StageError::permanent("bad_input", format!("object is {} bytes, above the {}-byte limit", info.size, limits.max_bytes)));
+        }
+        if source.etag.is_none() {
+            source.etag = info.etag.clone();
+        }
+        if let Some(p) = info.metadata.get(META_PRIORITY) {
+            match p.trim().parse::<u8>() {
+                Ok(p) if (1..=5).contains(&p) => *priority = p,
+                _ => return Err(StageError::permanent("bad_input", format!("metadata {META_PRIORITY}={p:?} is not 1..=5"))),
+            }
+        }
+        if let Some(q) = info.metadata.get(META_QUALITY) {
+            *quality = Some(q.parse().map_err(|e: String| StageError::permanent("bad_input", e))?);
+        }
+        source.size = info.size;
+
+        let dir = scratch_dir(self.settings.runtime.scratch_dir.as_deref())?;
+        let path = dir.path().join("source");
+        self.storage.download(&source.bucket, &source.key, &path).await?;
+        let probe = self
+            .media
+            .probe(&path)
+            .await
+            .map_err(|e| StageError::from(e).context("not a readable video"))?;
+        if probe.streams.len() > limits.max_streams {
+            return Err(StageError::permanent("bad_input", format!("{} streams, above the limit of {}", probe.streams.len(), limits.max_streams)));
+        }
+        let video = probe
+            .video()
+            .ok_or_else(|| StageError::permanent("bad_input", format!("no video stream (container {})", probe.format.format_name)))?;
+        let (width, height) = probe
+            .display_dimensions()
+            .filter(|(w, h)| *w > 0 && *h > 0)
+            .ok_or_else(|| StageError::permanent("bad_input", "video stream has no dimensions"))?;
+        if width > limits.max_width || height > limits.max_height {
+            return Err(StageError::permanent("bad_input", format!("{width}x{height} exceeds the {}x{} limit", limits.max_width, limits.max_height)));
+        }
+        let duration = probe.duration().unwrap_or(0.0);
+        if duration > limits.max_duration_secs {
+            return Err(StageError::permanent("bad_input", format!("{duration:.1} s exceeds the {:.0} s limit", limits.max_duration_secs)));
+        }
+        let fps = video.fps().unwrap_or(0.0);
+        if fps > 1000.0 {
+            return Err(StageError::permanent("bad_input", format!("declared frame rate {fps:.0} fps is absurd")));
+        }
+        // The container can lie: decode the first second to prove there are frames.
+        let mut args = vec!["-v".to_string(), "error".into(), "-xerror".into()];
+        args.extend(input_args(&path));
+        args.extend(["-t", "1", "-map", "0:v:0", "-f", "null", "-"].map(String::from));
+        self.media
+            .ffmpeg(&args)
+            .await
+            .map_err(|e| StageError::from(e).context("video does not decode"))?;
+        if duration <= 0.0 {
+            warn!(key = %source.key, "Container reports no duration");
+        }
+        Ok(InputInfo {
+            container: probe.format.format_name.clone(),
+            codec: video.codec_name.clone(),
+            width,
+            height,
+            duration_s: duration,
+            fps,
+            pix_fmt: video.pix_fmt.clone(),
+            rotation: video.rotation(),
+            has_audio: probe.has_audio(),
+            size_bytes: info.size,
+        })
+    }
+}
+
+/// Parses and validates a prompt document.
+pub fn parse_prompt(body: &[u8]) -> Result<PromptDocument, StageError> {
+    let doc: PromptDocument = parse_bounded(body).map_err(|e| StageError::permanent("bad_input", format!("invalid prompt document: {e}")))?;
+    let bad = |m: String| Err(StageError::permanent("bad_input", format!("invalid prompt document: {m}")));
+    if doc.prompt.trim().is_empty() {
+        return bad("prompt is empty".into());
+    }
+    if doc.prompt.chars().count() > MAX_PROMPT_CHARS {
+        return bad(format!("prompt longer than {MAX_PROMPT_CHARS} characters"));
+    }
+    if !(doc.duration_seconds.is_finite() && doc.duration_seconds > 0.0 && doc.duration_seconds <= MAX_GENERATE_SECONDS) {
+        return bad(format!("duration_seconds must be in (0, {MAX_GENERATE_SECONDS}]"));
+    }
+    if !(1..=5).contains(&doc.priority) {
+        return bad(format!("priority {} is not in 1..=5", doc.priority));
+    }
+    Ok(doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompt_documents() {
+        let ok = br#"{"prompt":"a red fox","duration_seconds":3,"resolution":"720p","priority":5}"#;
+        assert_eq!(parse_prompt(ok).unwrap().priority, 5);
+        for bad in [
+            &br#"{"prompt":"","duration_seconds":3,"resolution":"720p"}"#[..],
+            br#"{"prompt":"x","duration_seconds":3,"resolution":"8k"}"#,
+            br#"{"prompt":"x","duration_seconds":-1,"resolution":"720p"}"#,
+            br#"{"prompt":"x","duration_seconds":3,"resolution":"720p","priority":9}"#,
+            br#"{"prompt":"x","duration_seconds":3,"resolution":"720p","extra":1}"#,
+            br#"{"prompt":"x""#,
+        ] {
+            assert!(parse_prompt(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        assert!(is_prompt_key("a/B.JSON"));
+        assert!(!is_prompt_key("a.mp4"));
+    }
+}

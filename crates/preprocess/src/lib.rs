@@ -1,0 +1,235 @@
+//! reelfleet-preprocess: normalizes each video with ffmpeg (H.264 yuv420p
+//! MP4 with faststart, capped resolution, aspect ratio kept, even dimensions,
+//! rotation applied, a fixed frame rate), extracts keyframes, measures content
+//! complexity, assigns the cost tier and forwards to `inference.<tier>`.
+//! Prompt jobs only get their tier.
+
+use async_trait::async_trait;
+use reelfleet_core::{
+    envelope::{Envelope, JobKind},
+    error::StageError,
+    manifest::{stage_key, Complexity, JobStatus, ManifestStore, PreprocessInfo},
+    media::{input_args, output_arg, scratch_dir, Media},
+    routing::assign_tier,
+    runtime::{Dispatch, Input, Message, Stage},
+    settings::{PreprocessSettings, Settings},
+    storage::Storage,
+    topology::WorkQueue,
+};
+use std::{path::Path, sync::Arc};
+use tracing::info;
+
+/// The preprocess stage.
+#[derive(Clone, Debug)]
+pub struct Preprocess {
+    settings: Arc<Settings>,
+    storage: Storage,
+    manifests: ManifestStore,
+    media: Media,
+}
+
+#[async_trait]
+impl Stage for Preprocess {
+    fn name(&self) -> &'static str {
+        "preprocess"
+    }
+
+    fn queues(&self) -> Vec<WorkQueue> {
+        vec![WorkQueue::Preprocess]
+    }
+
+    async fn handle(&self, msg: Message) -> Result<Vec<Dispatch>, StageError> {
+        let Input::Envelope(envelope) = msg.input else {
+            return Err(StageError::permanent("bad_input", "preprocess takes signed envelopes only"));
+        };
+        let started = chrono::Utc::now();
+        let mut manifest = self.manifests.require(&envelope.job_id).await?;
+        if !matches!(manifest.status, JobStatus::Ingest | JobStatus::Preprocess) {
+            info!(status = %manifest.status, "Job is past preprocess; duplicate message dropped");
+            return Ok(Vec::new());
+        }
+        manifest.status = JobStatus::Preprocess;
+        let info = match envelope.kind {
+            JobKind::Generate => {
+                let (tier, reason) = assign_tier(envelope.priority, envelope.quality, None, &self.settings.preprocess);
+                PreprocessInfo { tier, tier_reason: reason, ..Default::default() }
+            }
+            JobKind::Analyze => self.normalize(&envelope).await?,
+        };
+        let tier = info.tier;
+        let inputs = info.keyframes.clone();
+        info!(tier = %tier, reason = %info.tier_reason, "Tier assigned");
+        manifest.tier = Some(tier);
+        manifest.preprocess = Some(info);
+        manifest.status = JobStatus::Inference;
+        manifest.record_stage("preprocess", started, msg.attempt);
+        self.manifests.save(&mut manifest).await?;
+        let mut next = envelope.forward(inputs);
+        next.tier = Some(tier);
+        Ok(vec![Dispatch::Next { queue: WorkQueue::Inference(tier), envelope: next }])
+    }
+}
+
+/// Output size for a `width`x`height` video under the caps: scaled down
+/// (never up) to fit the long and short side limits, aspect kept, even.
+pub fn target_dimensions(width: u32, height: u32, s: &PreprocessSettings) -> (u32, u32) {
+    let max_long = s.max_width.max(s.max_height) as f64;
+    let max_short = s.max_width.min(s.max_height) as f64;
+    let (long, short) = (width.max(height) as f64, width.min(height) as f64);
+    let f = (max_long / long).min(max_short / short).min(1.0);
+    let even = |v: f64| (((v * f) / 2.0).round() as u32 * 2).max(2);
+    (even(width as f64), even(height as f64))
+}
+
+/// Combines measurements into a 0..1 complexity score.
+pub fn complexity_score(motion: f64, cuts_per_min: f64, bits_per_pixel: f64) -> f64 {
+    let m = (motion / 0.12).min(1.0);
+    let c = (cuts_per_min / 20.0).min(1.0);
+    let b = (bits_per_pixel / 0.15).min(1.0);
+    (0.45 * m + 0.2 * c + 0.35 * b).clamp(0.0, 1.0)
+}
+
+impl Preprocess {
+    /// The stage for `settings`.
+    pub fn new(settings: Arc<Settings>, storage: Storage) -> Self {
+        let manifests = ManifestStore::new(storage.clone(), settings.s3.work_bucket.clone());
+        let media = Media::new(settings.media.clone());
+        Self { settings, storage, manifests, media }
+    }
+
+    async fn normalize(&self, envelope: &Envelope) -> Result<PreprocessInfo, StageError> {
+        let s = &self.settings.preprocess;
+        let dir = scratch_dir(self.settings.runtime.scratch_dir.as_deref())?;
+        let source = dir.path().join("source");
+        self.storage.download(&envelope.source.bucket, &envelope.source.key, &source).await?;
+        let probe = self.media.probe(&source).await?;
+        let (w, h) = probe
+            .display_dimensions()
+            .ok_or_else(|| StageError::permanent("bad_input", "no video stream to normalize"))?;
+        let (tw, th) = target_dimensions(w, h, s);
+        let fps = if tw.min(th) >= 1080 { s.fps_hd } else { s.fps_sd };
+
+        let normalized = dir.path().join("normalized.mp4");
+        let mut args = input_args(&source);
+        args.extend(["-map", "0:v:0", "-map", "0:a:0?", "-sn", "-dn"].map(String::from));
+        args.extend([
+            "-vf".to_string(),
+            format!("scale={tw}:{th}:flags=bicubic,setsar=1,fps={fps},format=yuv420p"),
+            "-c:v".into(),
+            "libx264".into(),
+            "-preset".into(),
+            self.media.preset().into(),
+            "-crf".into(),
+            s.crf.to_string(),
+            "-pix_fmt".into(),
+            "yuv420p".into(),
+            "-c:a".into(),
+            "aac".into(),
+            "-b:a".into(),
+            "128k".into(),
+            "-ac".into(),
+            "2".into(),
+            "-movflags".into(),
+            "+faststart".into(),
+        ]);
+        args.extend(self.media.thread_args());
+        args.push(output_arg(&normalized));
+        self.media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("normalize"))?;
+        let out = self.media.probe(&normalized).await?;
+        let duration = out.duration().unwrap_or(0.0);
+        let complexity = self.measure_complexity(&normalized, tw, th, fps, out.video().and_then(|v| v.bit_rate()).or(out.bit_rate())).await?;
+        let keyframes = self.extract_keyframes(&normalized, dir.path(), duration).await?;
+
+        let job = &envelope.job_id;
+        let normalized_key = stage_key(job, "preprocess", "normalized.mp4");
+        self.storage.upload(self.manifests.bucket(), &normalized_key, &normalized, "video/mp4").await?;
+        let mut keyframe_keys = Vec::new();
+        for (i, path) in keyframes.iter().enumerate() {
+            let key = stage_key(job, "preprocess", &format!("keyframe-{:02}.jpg", i + 1));
+            self.storage.upload(self.manifests.bucket(), &key, path, "image/jpeg").await?;
+            keyframe_keys.push(key);
+        }
+        let (tier, reason) = assign_tier(envelope.priority, envelope.quality, Some(complexity.score), s);
+        Ok(PreprocessInfo {
+            normalized_key: Some(normalized_key),
+            width: tw,
+            height: th,
+            fps,
+            duration_s: duration,
+            keyframes: keyframe_keys,
+            complexity: Some(complexity),
+            tier,
+            tier_reason: reason,
+        })
+    }
+
+    async fn measure_complexity(&self, video: &Path, w: u32, h: u32, fps: u32, bitrate: Option<u64>) -> Result<Complexity, StageError> {
+        let mut args = input_args(video);
+        args.extend([
+            "-an".to_string(),
+            "-vf".into(),
+            "scale=160:-2,select='gte(scene\\,0)',metadata=print:key=lavfi.scene_score".into(),
+            "-f".into(),
+            "null".into(),
+            "-".into(),
+        ]);
+        let log = self.media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("complexity"))?;
+        let scores: Vec<f64> = log
+            .lines()
+            .filter_map(|l| l.split("lavfi.scene_score=").nth(1))
+            .filter_map(|v| v.trim().parse::<f64>().ok())
+            .collect();
+        let frames = scores.len().max(1) as f64;
+        let motion = scores.iter().sum::<f64>() / frames;
+        let cuts = scores.iter().filter(|s| **s > 0.3).count() as f64;
+        let minutes = (frames / fps.max(1) as f64 / 60.0).max(1.0 / 60.0);
+        let cuts_per_min = cuts / minutes;
+        let bits_per_pixel = bitrate.map(|b| b as f64 / (w as f64 * h as f64 * fps as f64)).unwrap_or(0.0);
+        Ok(Complexity { score: complexity_score(motion, cuts_per_min, bits_per_pixel), motion, scene_changes_per_min: cuts_per_min, bits_per_pixel })
+    }
+
+    async fn extract_keyframes(&self, video: &Path, dir: &Path, duration: f64) -> Result<Vec<std::path::PathBuf>, StageError> {
+        let n = self.settings.preprocess.keyframes.max(1);
+        let rate = n as f64 / duration.max(0.1);
+        let mut args = input_args(video);
+        args.extend([
+            "-an".to_string(),
+            "-vf".into(),
+            format!("fps={rate:.6},scale='min(640,iw)':-2"),
+            "-frames:v".into(),
+            n.to_string(),
+            "-q:v".into(),
+            "3".into(),
+            output_arg(&dir.join("keyframe-%02d.jpg")),
+        ]);
+        self.media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("keyframes"))?;
+        let mut frames: Vec<_> = (1..=n).map(|i| dir.join(format!("keyframe-{i:02}.jpg"))).filter(|p| p.exists()).collect();
+        frames.sort();
+        if frames.is_empty() {
+            return Err(StageError::permanent("media", "no keyframe could be extracted"));
+        }
+        Ok(frames)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dimensions_are_capped_even_and_never_upscaled() {
+        let s = PreprocessSettings::default();
+        assert_eq!(target_dimensions(3840, 2160, &s), (1920, 1080));
+        assert_eq!(target_dimensions(1080, 1920, &s), (1080, 1920));
+        assert_eq!(target_dimensions(2160, 3840, &s), (1080, 1920));
+        assert_eq!(target_dimensions(641, 361, &s), (642, 362));
+        assert_eq!(target_dimensions(320, 240, &s), (320, 240));
+        assert_eq!(target_dimensions(4000, 1000, &s), (1920, 480));
+    }
+
+    #[test]
+    fn complexity_is_bounded() {
+        assert_eq!(complexity_score(0.0, 0.0, 0.0), 0.0);
+        assert_eq!(complexity_score(10.0, 1000.0, 5.0), 1.0);
+    }
+}

@@ -86,8 +86,9 @@ impl DevStack {
         let settings = Arc::new(base);
         let shutdown = CancellationToken::new();
         let all = [StageName::Ingest, StageName::Preprocess, StageName::Inference, StageName::Postprocess];
-        let stages = fleet::build_stages(&settings, &storage, &all, &[])?;
-        let fleet = fleet::start(settings.clone(), stages, shutdown.clone()).await?;
+        let metrics = reelfleet_core::metrics::Metrics::new();
+        let stages = fleet::build_stages(&settings, &storage, &metrics, &all, &[])?;
+        let fleet = fleet::start(settings.clone(), stages, metrics, shutdown.clone()).await?;
         info!(
             s3 = %settings.s3.endpoint,
             simulator = %settings.inference.base_url,

@@ -41,13 +41,13 @@ impl FromStr for StageName {
 }
 
 /// Builds the stage objects.
-pub fn build_stages(settings: &Arc<Settings>, storage: &Storage, stages: &[StageName], tiers: &[Tier]) -> anyhow::Result<Vec<Arc<dyn Stage>>> {
+pub fn build_stages(settings: &Arc<Settings>, storage: &Storage, metrics: &Metrics, stages: &[StageName], tiers: &[Tier]) -> anyhow::Result<Vec<Arc<dyn Stage>>> {
     let mut out: Vec<Arc<dyn Stage>> = Vec::new();
     for s in stages {
         out.push(match s {
             StageName::Ingest => Arc::new(Ingest::new(settings.clone(), storage.clone())),
             StageName::Preprocess => Arc::new(Preprocess::new(settings.clone(), storage.clone())),
-            StageName::Inference => Arc::new(Inference::new(settings.clone(), storage.clone(), tiers.to_vec()).context("inference provider")?),
+            StageName::Inference => Arc::new(Inference::new(settings.clone(), storage.clone(), tiers.to_vec(), metrics.clone()).context("inference provider")?),
             StageName::Postprocess => Arc::new(Postprocess::new(settings.clone(), storage.clone())),
         });
     }
@@ -74,10 +74,9 @@ impl FleetHandle {
 }
 
 /// Starts `stages` consuming until `shutdown` is cancelled.
-pub async fn start(settings: Arc<Settings>, stages: Vec<Arc<dyn Stage>>, shutdown: CancellationToken) -> anyhow::Result<FleetHandle> {
+pub async fn start(settings: Arc<Settings>, stages: Vec<Arc<dyn Stage>>, metrics: Metrics, shutdown: CancellationToken) -> anyhow::Result<FleetHandle> {
     let storage = Storage::new(&settings.s3);
     let broker = Broker::new(&settings.broker, &format!("reelfleet-{}", std::process::id()))?;
-    let metrics = Metrics::new();
     let readiness = Readiness::default();
     let manifests = ManifestStore::new(storage, settings.s3.work_bucket.clone());
     let runtime = Runtime::new(&settings, broker, manifests, metrics.clone(), readiness.clone());

@@ -152,9 +152,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Worker { stage, tiers } => {
             let settings = Arc::new(settings);
             let storage = Storage::new(&settings.s3);
-            let stages = fleet::build_stages(&settings, &storage, &[stage], &tiers)?;
+            let metrics = reelfleet_core::metrics::Metrics::new();
+            let stages = fleet::build_stages(&settings, &storage, &metrics, &[stage], &tiers)?;
             let shutdown = CancellationToken::new();
-            let handle = fleet::start(settings.clone(), stages, shutdown.clone()).await?;
+            let handle = fleet::start(settings.clone(), stages, metrics, shutdown.clone()).await?;
             tracing::info!(stage = ?stage, health = %handle.health_addr, namespace = %settings.namespace, "Worker started");
             shutdown_signal().await;
             tracing::info!("Shutdown requested; draining");
@@ -244,7 +245,9 @@ fn print_manifest(m: &JobManifest) {
         let reason = m.preprocess.as_ref().map(|p| p.tier_reason.as_str()).unwrap_or("");
         println!("tier     {t} ({reason})");
     }
-    for (stage, t) in &m.stages {
+    let mut stages: Vec<_> = m.stages.iter().collect();
+    stages.sort_by_key(|(_, t)| t.started_at);
+    for (stage, t) in stages {
         println!("stage    {stage:<12} {:>8.2} s  attempts {}", t.duration_ms as f64 / 1000.0, t.attempts);
     }
     if let Some(i) = &m.inference {

@@ -14,6 +14,7 @@ use reelfleet_core::{
     error::StageError,
     manifest::{stage_key, InferenceInfo, JobManifest, JobStatus, ManifestStore},
     media::scratch_dir,
+    metrics::Metrics,
     runtime::{Dispatch, Input, Message, Stage},
     settings::Settings,
     storage::Storage,
@@ -33,6 +34,7 @@ pub struct Inference {
     manifests: ManifestStore,
     provider: Provider,
     tiers: Vec<Tier>,
+    metrics: Metrics,
 }
 
 #[async_trait]
@@ -71,6 +73,10 @@ impl Stage for Inference {
             JobKind::Generate => self.generate(&envelope, &manifest, tier).await?,
         };
         info!(model = %info.model, input_tokens = info.input_tokens, output_tokens = info.output_tokens, cost_usd = info.cost_usd, "Inference done");
+        let labels = [tier.as_str(), info.model.as_str()];
+        self.metrics.tokens.with_label_values(&[labels[0], labels[1], "input"]).inc_by(info.input_tokens);
+        self.metrics.tokens.with_label_values(&[labels[0], labels[1], "output"]).inc_by(info.output_tokens);
+        self.metrics.cost_usd.with_label_values(&labels).inc_by(info.cost_usd);
         manifest.inference = Some(info);
         manifest.status = JobStatus::Postprocess;
         manifest.record_stage("inference", started, msg.attempt);
@@ -81,11 +87,11 @@ impl Stage for Inference {
 
 impl Inference {
     /// The stage for `settings`, consuming the given tiers (all when empty).
-    pub fn new(settings: Arc<Settings>, storage: Storage, tiers: Vec<Tier>) -> Result<Self, ProviderError> {
+    pub fn new(settings: Arc<Settings>, storage: Storage, tiers: Vec<Tier>, metrics: Metrics) -> Result<Self, ProviderError> {
         let manifests = ManifestStore::new(storage.clone(), settings.s3.work_bucket.clone());
         let provider = Provider::new(&settings.inference)?;
         let tiers = if tiers.is_empty() { Tier::ALL.to_vec() } else { tiers };
-        Ok(Self { settings, storage, manifests, provider, tiers })
+        Ok(Self { settings, storage, manifests, provider, tiers, metrics })
     }
 
     fn next(&self, envelope: &Envelope, manifest: &JobManifest) -> Result<Dispatch, StageError> {

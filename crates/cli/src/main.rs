@@ -83,6 +83,9 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// With --wait: also write a JSON summary of the jobs to this file.
+        #[arg(long)]
+        summary: Option<PathBuf>,
     },
     /// Show one job's manifest.
     Status {
@@ -164,7 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             tracing::info!("Worker stopped");
             Ok(0)
         }
-        Command::Submit { files, prompt, duration, priority, quality, wait, timeout, json } => {
+        Command::Submit { files, prompt, duration, priority, quality, wait, timeout, json, summary } => {
             let req = ops::SubmitRequest { files, prompt, duration_seconds: duration, priority, quality };
             let submitted = ops::submit(&settings, &req).await?;
             if !wait {
@@ -178,10 +181,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 return Ok(0);
             }
             let manifests = ops::wait(&settings, &submitted, Duration::from_secs(timeout), !json).await?;
+            if let Some(path) = summary {
+                std::fs::write(&path, serde_json::to_string_pretty(&ops::summarize(&manifests))?)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&manifests)?);
             } else {
-                print_jobs(&manifests);
+                print_summary(&manifests);
             }
             let failed = manifests.iter().filter(|m| m.status != reelfleet_core::manifest::JobStatus::Completed).count();
             Ok(if failed == 0 { 0 } else { 2 })
@@ -234,6 +241,38 @@ fn print_jobs(all: &[JobManifest]) {
         let tier = m.tier.map(|t| t.to_string()).unwrap_or_else(|| "-".into());
         println!("{:<32} {:<8} {:<11} {:<8} {:<17} {:>10.6}  s3://{}/{}", m.job_id, m.kind, m.status, tier, model, m.cost_usd(), m.source.bucket, m.source.key);
     }
+}
+
+fn print_summary(all: &[JobManifest]) {
+    println!(
+        "{:<12} {:<8} {:<9} {:<8} {:<17} {:>6} {:>6} {:>6} {:>6} {:>10}  OUTPUTS",
+        "JOB", "KIND", "STATUS", "TIER", "MODEL", "INGEST", "PREP", "INFER", "POST", "COST USD"
+    );
+    let secs = |m: &JobManifest, s: &str| m.stages.get(s).map(|t| format!("{:.1}s", t.duration_ms as f64 / 1000.0)).unwrap_or_else(|| "-".into());
+    for m in all {
+        let outputs: Vec<String> = m.outputs.iter().map(|o| format!("{} {}x{}", o.name, o.width, o.height)).collect();
+        let detail = match &m.error {
+            Some(e) => format!("failed in {}: {}", e.stage, e.message),
+            None => outputs.join(", "),
+        };
+        println!(
+            "{:<12} {:<8} {:<9} {:<8} {:<17} {:>6} {:>6} {:>6} {:>6} {:>10.6}  {}",
+            &m.job_id[..12],
+            m.kind,
+            m.status,
+            m.tier.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+            m.inference.as_ref().map(|i| i.model.as_str()).unwrap_or("-"),
+            secs(m, "ingest"),
+            secs(m, "preprocess"),
+            secs(m, "inference"),
+            secs(m, "postprocess"),
+            m.cost_usd(),
+            detail
+        );
+    }
+    let total: f64 = all.iter().map(JobManifest::cost_usd).sum();
+    let completed = all.iter().filter(|m| m.status == reelfleet_core::manifest::JobStatus::Completed).count();
+    println!("{completed}/{} completed, total cost ${total:.6}", all.len());
 }
 
 fn print_manifest(m: &JobManifest) {

@@ -262,3 +262,39 @@ pub fn work_queue_names(settings: &Settings) -> Vec<String> {
     let topology = Topology::new(settings.namespace.clone(), settings.broker.delivery_limit);
     WorkQueue::all().into_iter().map(|q| topology.queue(q)).collect()
 }
+
+/// A JSON summary of finished jobs (what `scripts/demo` writes).
+pub fn summarize(all: &[JobManifest]) -> serde_json::Value {
+    let jobs: Vec<serde_json::Value> = all
+        .iter()
+        .map(|m| {
+            let stages: BTreeMap<&str, f64> = m.stages.iter().map(|(k, t)| (k.as_str(), t.duration_ms as f64 / 1000.0)).collect();
+            serde_json::json!({
+                "job_id": m.job_id,
+                "kind": m.kind,
+                "source": format!("s3://{}/{}", m.source.bucket, m.source.key),
+                "status": m.status,
+                "tier": m.tier,
+                "tier_reason": m.preprocess.as_ref().map(|p| p.tier_reason.clone()),
+                "complexity": m.preprocess.as_ref().and_then(|p| p.complexity.as_ref()).map(|c| c.score),
+                "model": m.inference.as_ref().map(|i| i.model.clone()),
+                "input_tokens": m.inference.as_ref().map(|i| i.input_tokens),
+                "output_tokens": m.inference.as_ref().map(|i| i.output_tokens),
+                "cost_usd": m.cost_usd(),
+                "stage_seconds": stages,
+                "outputs": m.outputs.iter().map(|o| serde_json::json!({
+                    "name": o.name, "key": o.key, "codec": o.codec, "width": o.width, "height": o.height,
+                    "duration_s": o.duration_s, "bitrate": o.bitrate, "psnr_db": o.psnr_db, "ssim": o.ssim,
+                })).collect::<Vec<_>>(),
+                "error": m.error,
+            })
+        })
+        .collect();
+    let completed = all.iter().filter(|m| m.status == JobStatus::Completed).count();
+    serde_json::json!({
+        "jobs": jobs,
+        "completed": completed,
+        "failed": all.len() - completed,
+        "total_cost_usd": all.iter().map(JobManifest::cost_usd).sum::<f64>(),
+    })
+}

@@ -112,7 +112,7 @@ fn default_priority() -> u8 {
 pub struct Complexity {
     /// 0 (static) to 1 (busy).
     pub score: f64,
-    /// Mean frame-to-frame scene score.
+    /// Mean absolute luma difference between consecutive frames (0 to 255).
     pub motion: f64,
     /// Scene changes per minute.
     pub scene_changes_per_min: f64,

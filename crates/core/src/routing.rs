@@ -39,6 +39,7 @@ mod tests {
         assert_eq!(assign_tier(3, Some(Quality::K4), Some(0.0), &s).0, Tier::High);
         assert_eq!(assign_tier(3, Some(Quality::P720), Some(0.9), &s).0, Tier::Low);
         assert_eq!(assign_tier(3, None, Some(0.1), &s).0, Tier::Low);
+        assert_eq!(assign_tier(3, None, Some(0.45), &s).0, Tier::High);
         assert_eq!(assign_tier(3, Some(Quality::P1080), Some(0.4), &s).0, Tier::Medium);
         assert_eq!(assign_tier(1, None, Some(0.7), &s).0, Tier::High);
         assert_eq!(assign_tier(3, None, None, &s).0, Tier::Medium);

@@ -418,8 +418,8 @@ impl Default for PreprocessSettings {
             fps_sd: 24,
             crf: 23,
             keyframes: 4,
-            complexity_low_below: 0.25,
-            complexity_high_from: 0.6,
+            complexity_low_below: 0.15,
+            complexity_high_from: 0.45,
         }
     }
 }

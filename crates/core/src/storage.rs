@@ -278,6 +278,11 @@ impl Storage {
                 .map_err(|e| classify(e, bucket, key))?;
             out.e_tag().map(|e| e.trim_matches('"').to_string())
         };
+        // Some stores answer CompleteMultipartUpload without an ETag; the object has one.
+        let etag = match etag {
+            Some(e) => Some(e),
+            None => self.head(bucket, key).await?.and_then(|i| i.etag),
+        };
         Ok(ObjectInfo { size, etag, content_type: Some(content_type.to_string()), metadata })
     }
 

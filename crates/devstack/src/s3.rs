@@ -115,7 +115,11 @@ s3_impl! {
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
-        let resp = self.fs.complete_multipart_upload(req).await?;
+        let mut resp = self.fs.complete_multipart_upload(req).await?;
+        // s3s-fs completes in a keep-alive future; resolve it to learn the ETag.
+        if let Some(done) = resp.output.future.take() {
+            resp.output = done.await?;
+        }
         if bucket == self.notifier.bucket {
             let etag = resp.output.e_tag.as_ref().map(etag_text).unwrap_or_default();
             let size = self.object_size(&bucket, &key);

@@ -63,7 +63,14 @@ impl Stage for Ingest {
                     info!("S3 event announces no created object; ignored");
                 }
                 for obj in objects {
-                    let source = SourceObject { bucket: obj.bucket, key: obj.key, size: obj.size, etag: obj.etag, version_id: obj.version_id };
+                    let mut source = SourceObject { bucket: obj.bucket, key: obj.key, size: obj.size, etag: obj.etag, version_id: obj.version_id };
+                    if source.etag.is_none() && source.version_id.is_none() {
+                        // The job id needs the object's identity; ask the store.
+                        let info = self.storage.head(&source.bucket, &source.key).await?.ok_or_else(|| {
+                            StageError::permanent("bad_input", format!("s3://{}/{} no longer exists", source.bucket, source.key))
+                        })?;
+                        source.etag = info.etag;
+                    }
                     let envelope = Envelope::new(JobKind::Analyze, source);
                     out.extend(self.admit(envelope, resume).await?);
                 }

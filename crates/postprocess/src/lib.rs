@@ -170,7 +170,7 @@ impl Postprocess {
             let path = dir.path().join(format!("{}.mp4", plan.name));
             self.encode(&reference, &path, &plan).await?;
             let mut out = self.describe(&path, &plan.name, "video/mp4").await?;
-            let (psnr, ssim, vmaf_score) = self.quality(&path, &reference, w, h, vmaf).await?;
+            let (psnr, ssim, vmaf_score) = self.quality(&path, &reference, plan.width, plan.height, vmaf).await?;
             (out.psnr_db, out.ssim, out.vmaf) = (psnr, ssim, vmaf_score);
             out.key = stage_key(job, "postprocess", &format!("{}.mp4", plan.name));
             self.storage.upload(self.manifests.bucket(), &out.key, &path, "video/mp4").await?;
@@ -255,13 +255,15 @@ impl Postprocess {
         })
     }
 
+    /// PSNR, SSIM (and VMAF) of a `w`x`h` rendition against the reference
+    /// scaled the same way: the loss the encoder added, not the intended downscale.
     async fn quality(&self, rendition: &Path, reference: &Path, w: u32, h: u32, vmaf: bool) -> Result<(Option<f64>, Option<f64>, Option<f64>), StageError> {
         let mut args = input_args(rendition);
         args.extend(input_args(reference));
         let graph = if vmaf {
-            format!("[0:v]scale={w}:{h}:flags=bicubic,split=3[a1][a2][a3];[1:v]split=3[r1][r2][r3];[a1][r1]psnr;[a2][r2]ssim;[a3][r3]libvmaf")
+            format!("[1:v]scale={w}:{h}:flags=bicubic,setsar=1,format=yuv420p,split=3[r1][r2][r3];[0:v]setsar=1,format=yuv420p,split=3[a1][a2][a3];[a1][r1]psnr;[a2][r2]ssim;[a3][r3]libvmaf")
         } else {
-            format!("[0:v]scale={w}:{h}:flags=bicubic,split=2[a1][a2];[1:v]split=2[r1][r2];[a1][r1]psnr;[a2][r2]ssim")
+            format!("[1:v]scale={w}:{h}:flags=bicubic,setsar=1,format=yuv420p,split=2[r1][r2];[0:v]setsar=1,format=yuv420p,split=2[a1][a2];[a1][r1]psnr;[a2][r2]ssim")
         };
         args.extend(["-lavfi".to_string(), graph, "-f".into(), "null".into(), "-".into()]);
         let log = self.media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("quality check"))?;

@@ -81,12 +81,15 @@ pub fn target_dimensions(width: u32, height: u32, s: &PreprocessSettings) -> (u3
     (even(width as f64), even(height as f64))
 }
 
-/// Combines measurements into a 0..1 complexity score.
+/// Combines measurements into a 0..1 complexity score: motion (mean absolute
+/// luma difference between frames, saturating at 8 of 255), scene changes
+/// (saturating at 20 a minute) and spatial detail (bits per pixel of the
+/// constant-quality normalized encode, saturating at 0.25).
 pub fn complexity_score(motion: f64, cuts_per_min: f64, bits_per_pixel: f64) -> f64 {
-    let m = (motion / 0.12).min(1.0);
+    let m = (motion / 8.0).min(1.0);
     let c = (cuts_per_min / 20.0).min(1.0);
-    let b = (bits_per_pixel / 0.15).min(1.0);
-    (0.45 * m + 0.2 * c + 0.35 * b).clamp(0.0, 1.0)
+    let b = (bits_per_pixel / 0.25).min(1.0);
+    (0.4 * m + 0.2 * c + 0.4 * b).clamp(0.0, 1.0)
 }
 
 impl Preprocess {
@@ -168,19 +171,19 @@ impl Preprocess {
         args.extend([
             "-an".to_string(),
             "-vf".into(),
-            "scale=160:-2,select='gte(scene\\,0)',metadata=print:key=lavfi.scene_score".into(),
+            "scale=320:-2,format=gray,select='gte(scene\\,0)',metadata=print:key=lavfi.scene_score,tblend=all_mode=difference,signalstats,metadata=print:key=lavfi.signalstats.YAVG".into(),
             "-f".into(),
             "null".into(),
             "-".into(),
         ]);
         let log = self.media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("complexity"))?;
-        let scores: Vec<f64> = log
-            .lines()
-            .filter_map(|l| l.split("lavfi.scene_score=").nth(1))
-            .filter_map(|v| v.trim().parse::<f64>().ok())
-            .collect();
+        let values = |key: &str| -> Vec<f64> {
+            log.lines().filter_map(|l| l.split(key).nth(1)).filter_map(|v| v.trim().parse::<f64>().ok()).collect()
+        };
+        let scores = values("lavfi.scene_score=");
+        let diffs = values("lavfi.signalstats.YAVG=");
         let frames = scores.len().max(1) as f64;
-        let motion = scores.iter().sum::<f64>() / frames;
+        let motion = diffs.iter().sum::<f64>() / diffs.len().max(1) as f64;
         let cuts = scores.iter().filter(|s| **s > 0.3).count() as f64;
         let minutes = (frames / fps.max(1) as f64 / 60.0).max(1.0 / 60.0);
         let cuts_per_min = cuts / minutes;

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 fn fixture(name: &str) -> Vec<u8> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/s3-events");
-    std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("fixture {name} missing from {}: {e}", dir.display()))
+    std::fs::read(dir.join(name))
+        .unwrap_or_else(|e| panic!("fixture {name} missing from {}: {e}", dir.display()))
 }
 
 #[test]
@@ -17,7 +18,10 @@ fn aws_put_with_an_encoded_unicode_key() {
     assert_eq!(o.bucket, "uploads");
     assert_eq!(o.size, 1_048_576);
     assert_eq!(o.etag.as_deref(), Some("d41d8cd98f00b204e9800998ecf8427e"));
-    assert_eq!(o.version_id.as_deref(), Some("096fKKXTRTtl3on89fVO.nfljtsv6qko"));
+    assert_eq!(
+        o.version_id.as_deref(),
+        Some("096fKKXTRTtl3on89fVO.nfljtsv6qko")
+    );
     assert_eq!(o.event_name, "ObjectCreated:Put");
 }
 
@@ -32,7 +36,9 @@ fn aws_multi_record_keeps_creates_and_ignores_deletes() {
 
 #[test]
 fn aws_test_event_announces_nothing() {
-    assert!(parse_event(&fixture("aws-test-event.json")).unwrap().is_empty());
+    assert!(parse_event(&fixture("aws-test-event.json"))
+        .unwrap()
+        .is_empty());
 }
 
 #[test]
@@ -41,18 +47,29 @@ fn minio_put_decodes_slashes_spaces_and_plus() {
     assert_eq!(objs.len(), 1);
     assert_eq!(objs[0].key, "clips/summer 2026/a+b.mp4");
     assert_eq!(objs[0].event_name, "ObjectCreated:Put");
-    assert_eq!(objs[0].etag.as_deref(), Some("775ff5def9531772a2bb12853cd46fce"));
+    assert_eq!(
+        objs[0].etag.as_deref(),
+        Some("775ff5def9531772a2bb12853cd46fce")
+    );
 }
 
 #[test]
 fn minio_delete_is_ignored() {
-    assert!(parse_event(&fixture("minio-delete.json")).unwrap().is_empty());
+    assert!(parse_event(&fixture("minio-delete.json"))
+        .unwrap()
+        .is_empty());
 }
 
 #[test]
 fn hostile_bodies_are_refused() {
-    assert!(matches!(parse_event(b"not json"), Err(S3EventError::Malformed(_))));
-    assert!(matches!(parse_event(br#"{"Records": [{"eventName": "s3:ObjectCreated:Put"}]}"#), Err(S3EventError::Malformed(_))));
+    assert!(matches!(
+        parse_event(b"not json"),
+        Err(S3EventError::Malformed(_))
+    ));
+    assert!(matches!(
+        parse_event(br#"{"Records": [{"eventName": "s3:ObjectCreated:Put"}]}"#),
+        Err(S3EventError::Malformed(_))
+    ));
     let deep = format!("{{\"Records\": {}{}}}", "[".repeat(64), "]".repeat(64));
     assert!(parse_event(deep.as_bytes()).is_err());
     let big = vec![b' '; 2 * 1024 * 1024];

@@ -3,7 +3,12 @@
 
 use crate::fleet::{self, FleetHandle, StageName};
 use anyhow::Context;
-use reelfleet_core::{broker::Broker, settings::Settings, storage::Storage, topology::{Topology, WorkQueue}};
+use reelfleet_core::{
+    broker::Broker,
+    settings::Settings,
+    storage::Storage,
+    topology::{Topology, WorkQueue},
+};
 use reelfleet_devstack::{serve_s3, serve_simulator, S3Server, SimulatorConfig, SimulatorHandle};
 use std::{path::PathBuf, sync::Arc};
 use tokio_util::sync::CancellationToken;
@@ -46,14 +51,14 @@ impl DevStack {
             base.namespace = ns.clone();
         }
         base.validate()?;
-        std::fs::create_dir_all(&opts.data_dir).with_context(|| format!("cannot create {}", opts.data_dir.display()))?;
+        std::fs::create_dir_all(&opts.data_dir)
+            .with_context(|| format!("cannot create {}", opts.data_dir.display()))?;
         let data_dir = opts.data_dir.canonicalize()?;
         let broker = Broker::new(&base.broker, "reelfleet-dev")?;
         let topology = Topology::new(base.namespace.clone(), base.broker.delivery_limit);
-        broker
-            .declare(&topology)
-            .await
-            .context("cannot declare the topology on RabbitMQ (is it running? scripts/demo starts it)")?;
+        broker.declare(&topology).await.context(
+            "cannot declare the topology on RabbitMQ (is it running? scripts/demo starts it)",
+        )?;
 
         let s3 = serve_s3(
             &format!("127.0.0.1:{}", opts.s3_port),
@@ -70,7 +75,11 @@ impl DevStack {
 
         let simulator = serve_simulator(
             &format!("127.0.0.1:{}", opts.sim_port),
-            SimulatorConfig { api_key: base.inference.api_key.expose().to_string(), ffmpeg: base.media.ffmpeg.clone(), ..Default::default() },
+            SimulatorConfig {
+                api_key: base.inference.api_key.expose().to_string(),
+                ffmpeg: base.media.ffmpeg.clone(),
+                ..Default::default()
+            },
         )
         .await
         .context("cannot start the provider simulator")?;
@@ -78,14 +87,23 @@ impl DevStack {
 
         let storage = Storage::new(&base.s3);
         for bucket in [&base.s3.upload_bucket, &base.s3.work_bucket] {
-            storage.ensure_bucket(bucket).await.with_context(|| format!("cannot create bucket {bucket}"))?;
+            storage
+                .ensure_bucket(bucket)
+                .await
+                .with_context(|| format!("cannot create bucket {bucket}"))?;
         }
         let config_path = data_dir.join("reelfleet.toml");
-        std::fs::write(&config_path, base.to_toml()).with_context(|| format!("cannot write {}", config_path.display()))?;
+        std::fs::write(&config_path, base.to_toml())
+            .with_context(|| format!("cannot write {}", config_path.display()))?;
 
         let settings = Arc::new(base);
         let shutdown = CancellationToken::new();
-        let all = [StageName::Ingest, StageName::Preprocess, StageName::Inference, StageName::Postprocess];
+        let all = [
+            StageName::Ingest,
+            StageName::Preprocess,
+            StageName::Inference,
+            StageName::Postprocess,
+        ];
         let metrics = reelfleet_core::metrics::Metrics::new();
         let stages = fleet::build_stages(&settings, &storage, &metrics, &all, &[])?;
         let fleet = fleet::start(settings.clone(), stages, metrics, shutdown.clone()).await?;
@@ -97,7 +115,14 @@ impl DevStack {
             config = %config_path.display(),
             "reelfleet dev is running"
         );
-        Ok(Self { settings, s3, simulator, fleet, shutdown, config_path })
+        Ok(Self {
+            settings,
+            s3,
+            simulator,
+            fleet,
+            shutdown,
+            config_path,
+        })
     }
 
     /// Drains the workers, then stops the servers.

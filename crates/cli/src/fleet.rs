@@ -41,13 +41,27 @@ impl FromStr for StageName {
 }
 
 /// Builds the stage objects.
-pub fn build_stages(settings: &Arc<Settings>, storage: &Storage, metrics: &Metrics, stages: &[StageName], tiers: &[Tier]) -> anyhow::Result<Vec<Arc<dyn Stage>>> {
+pub fn build_stages(
+    settings: &Arc<Settings>,
+    storage: &Storage,
+    metrics: &Metrics,
+    stages: &[StageName],
+    tiers: &[Tier],
+) -> anyhow::Result<Vec<Arc<dyn Stage>>> {
     let mut out: Vec<Arc<dyn Stage>> = Vec::new();
     for s in stages {
         out.push(match s {
             StageName::Ingest => Arc::new(Ingest::new(settings.clone(), storage.clone())),
             StageName::Preprocess => Arc::new(Preprocess::new(settings.clone(), storage.clone())),
-            StageName::Inference => Arc::new(Inference::new(settings.clone(), storage.clone(), tiers.to_vec(), metrics.clone()).context("inference provider")?),
+            StageName::Inference => Arc::new(
+                Inference::new(
+                    settings.clone(),
+                    storage.clone(),
+                    tiers.to_vec(),
+                    metrics.clone(),
+                )
+                .context("inference provider")?,
+            ),
             StageName::Postprocess => Arc::new(Postprocess::new(settings.clone(), storage.clone())),
         });
     }
@@ -74,19 +88,48 @@ impl FleetHandle {
 }
 
 /// Starts `stages` consuming until `shutdown` is cancelled.
-pub async fn start(settings: Arc<Settings>, stages: Vec<Arc<dyn Stage>>, metrics: Metrics, shutdown: CancellationToken) -> anyhow::Result<FleetHandle> {
+pub async fn start(
+    settings: Arc<Settings>,
+    stages: Vec<Arc<dyn Stage>>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> anyhow::Result<FleetHandle> {
     let storage = Storage::new(&settings.s3);
-    let broker = Broker::new(&settings.broker, &format!("reelfleet-{}", std::process::id()))?;
+    let broker = Broker::new(
+        &settings.broker,
+        &format!("reelfleet-{}", std::process::id()),
+    )?;
     let readiness = Readiness::default();
     let manifests = ManifestStore::new(storage, settings.s3.work_bucket.clone());
-    let runtime = Runtime::new(&settings, broker, manifests, metrics.clone(), readiness.clone());
-    let health_addr = health::serve(&settings.runtime.health_addr, readiness.clone(), metrics.clone(), shutdown.clone())
-        .await
-        .with_context(|| format!("cannot serve health endpoints on {}", settings.runtime.health_addr))?;
+    let runtime = Runtime::new(
+        &settings,
+        broker,
+        manifests,
+        metrics.clone(),
+        readiness.clone(),
+    );
+    let health_addr = health::serve(
+        &settings.runtime.health_addr,
+        readiness.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot serve health endpoints on {}",
+            settings.runtime.health_addr
+        )
+    })?;
     let mut tasks = JoinSet::new();
     for stage in stages {
         let (rt, stop) = (runtime.clone(), shutdown.clone());
         tasks.spawn(async move { rt.run(stage, stop).await });
     }
-    Ok(FleetHandle { health_addr, metrics, readiness, tasks })
+    Ok(FleetHandle {
+        health_addr,
+        metrics,
+        readiness,
+        tasks,
+    })
 }

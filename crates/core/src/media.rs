@@ -109,14 +109,17 @@ pub struct ProbeFormat {
 }
 
 fn parse_f64(s: Option<&String>) -> Option<f64> {
-    s.and_then(|v| v.parse::<f64>().ok()).filter(|v| v.is_finite())
+    s.and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| v.is_finite())
 }
 
 /// Parses an ffmpeg fraction such as `30000/1001`.
 pub fn parse_rate(s: &str) -> Option<f64> {
     let (n, d) = s.split_once('/').unwrap_or((s, "1"));
     let (n, d) = (n.parse::<f64>().ok()?, d.parse::<f64>().ok()?);
-    (d > 0.0 && n > 0.0).then_some(n / d).filter(|v| v.is_finite())
+    (d > 0.0 && n > 0.0)
+        .then_some(n / d)
+        .filter(|v| v.is_finite())
 }
 
 impl ProbeStream {
@@ -148,7 +151,9 @@ impl ProbeStream {
 impl Probe {
     /// The first video stream that is not an attached picture.
     pub fn video(&self) -> Option<&ProbeStream> {
-        self.streams.iter().find(|s| s.codec_type == "video" && !is_cover_art(s))
+        self.streams
+            .iter()
+            .find(|s| s.codec_type == "video" && !is_cover_art(s))
     }
 
     /// Whether there is an audio stream.
@@ -166,7 +171,11 @@ impl Probe {
     pub fn display_dimensions(&self) -> Option<(u32, u32)> {
         let v = self.video()?;
         let (w, h) = (v.width?, v.height?);
-        Some(if v.rotation() % 180 == 90 { (h, w) } else { (w, h) })
+        Some(if v.rotation() % 180 == 90 {
+            (h, w)
+        } else {
+            (w, h)
+        })
     }
 
     /// Container bit rate in bits per second.
@@ -177,7 +186,9 @@ impl Probe {
 
 fn is_cover_art(s: &ProbeStream) -> bool {
     // mjpeg/png streams with a single frame are cover art in audio files.
-    matches!(s.codec_name.as_str(), "mjpeg" | "png") && s.nb_frames.as_deref().unwrap_or("1") == "1" && s.avg_frame_rate.as_deref() == Some("0/0")
+    matches!(s.codec_name.as_str(), "mjpeg" | "png")
+        && s.nb_frames.as_deref().unwrap_or("1") == "1"
+        && s.avg_frame_rate.as_deref() == Some("0/0")
 }
 
 /// Runs ffprobe and ffmpeg.
@@ -234,15 +245,26 @@ impl Media {
             "-show_streams".into(),
             format!("file:{}", path.display()),
         ];
-        let out = run(&self.settings.ffprobe, &args, self.settings.probe_timeout_secs).await?;
-        serde_json::from_slice(&out.stdout).map_err(|e| MediaError::Parse(format!("ffprobe JSON: {e}")))
+        let out = run(
+            &self.settings.ffprobe,
+            &args,
+            self.settings.probe_timeout_secs,
+        )
+        .await?;
+        serde_json::from_slice(&out.stdout)
+            .map_err(|e| MediaError::Parse(format!("ffprobe JSON: {e}")))
     }
 
     /// Runs ffmpeg with `args` (after `-hide_banner -nostdin -y`), returning its stderr.
     pub async fn ffmpeg(&self, args: &[String]) -> Result<String, MediaError> {
         let mut full: Vec<String> = vec!["-hide_banner".into(), "-nostdin".into(), "-y".into()];
         full.extend_from_slice(args);
-        let out = run(&self.settings.ffmpeg, &full, self.settings.ffmpeg_timeout_secs).await?;
+        let out = run(
+            &self.settings.ffmpeg,
+            &full,
+            self.settings.ffmpeg_timeout_secs,
+        )
+        .await?;
         Ok(String::from_utf8_lossy(&out.stderr).into_owned())
     }
 
@@ -271,10 +293,16 @@ async fn run(program: &str, args: &[String], timeout_secs: u64) -> Result<Output
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|source| MediaError::Spawn { program: program.into(), source })?;
+        .map_err(|source| MediaError::Spawn {
+            program: program.into(),
+            source,
+        })?;
     let out = tokio::time::timeout(Duration::from_secs(timeout_secs), child.wait_with_output())
         .await
-        .map_err(|_| MediaError::Timeout { program: program.into(), secs: timeout_secs })??;
+        .map_err(|_| MediaError::Timeout {
+            program: program.into(),
+            secs: timeout_secs,
+        })??;
     if !out.status.success() {
         return Err(MediaError::Failed {
             program: program.into(),
@@ -282,7 +310,10 @@ async fn run(program: &str, args: &[String], timeout_secs: u64) -> Result<Output
             stderr: tail(&String::from_utf8_lossy(&out.stderr), 1500),
         });
     }
-    Ok(Output { stdout: out.stdout, stderr: out.stderr })
+    Ok(Output {
+        stdout: out.stdout,
+        stderr: out.stderr,
+    })
 }
 
 /// The last `max` bytes of `text`, on a char boundary, trimmed.
@@ -298,25 +329,6 @@ pub fn tail(text: &str, max: usize) -> String {
     format!("...{}", &t[start..])
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rates_and_rotation() {
-        assert_eq!(parse_rate("30000/1001").map(|r| (r * 1000.0).round()), Some(29970.0));
-        assert_eq!(parse_rate("0/0"), None);
-        let s: ProbeStream = serde_json::from_value(serde_json::json!({
-            "codec_type": "video", "codec_name": "h264", "width": 1920, "height": 1080,
-            "side_data_list": [{"side_data_type": "Display Matrix", "rotation": -90}]
-        }))
-        .unwrap();
-        assert_eq!(s.rotation(), 270);
-        let p = Probe { streams: vec![s], format: ProbeFormat::default() };
-        assert_eq!(p.display_dimensions(), Some((1080, 1920)));
-    }
-}
-
 /// A private temporary folder for one message's files, removed when dropped.
 pub fn scratch_dir(parent: Option<&str>) -> std::io::Result<tempfile::TempDir> {
     let builder = {
@@ -330,5 +342,30 @@ pub fn scratch_dir(parent: Option<&str>) -> std::io::Result<tempfile::TempDir> {
             builder.tempdir_in(p)
         }
         None => builder.tempdir(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_and_rotation() {
+        assert_eq!(
+            parse_rate("30000/1001").map(|r| (r * 1000.0).round()),
+            Some(29970.0)
+        );
+        assert_eq!(parse_rate("0/0"), None);
+        let s: ProbeStream = serde_json::from_value(serde_json::json!({
+            "codec_type": "video", "codec_name": "h264", "width": 1920, "height": 1080,
+            "side_data_list": [{"side_data_type": "Display Matrix", "rotation": -90}]
+        }))
+        .unwrap();
+        assert_eq!(s.rotation(), 270);
+        let p = Probe {
+            streams: vec![s],
+            format: ProbeFormat::default(),
+        };
+        assert_eq!(p.display_dimensions(), Some((1080, 1920)));
     }
 }

@@ -159,13 +159,21 @@ fn json_to_toml(value: &serde_json::Value, prefix: &str) -> String {
         for (k, v) in map {
             match v {
                 Value::Object(_) => {
-                    let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    let name = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
                     let inner = json_to_toml(v, &name);
                     tables.push_str(&format!("\n[{name}]\n{inner}"));
                 }
                 Value::Null => {}
                 Value::Array(items) if items.iter().all(|i| i.is_object()) && !items.is_empty() => {
-                    let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    let name = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
                     for item in items {
                         tables.push_str(&format!("\n[[{name}]]\n{}", json_to_toml(item, &name)));
                     }
@@ -188,7 +196,11 @@ fn toml_scalar(v: &serde_json::Value) -> String {
         Value::Object(map) => format!(
             "{{ {} }}",
             map.iter()
-                .map(|(k, v)| format!("{} = {}", serde_json::to_string(k).expect("key"), toml_scalar(v)))
+                .map(|(k, v)| format!(
+                    "{} = {}",
+                    serde_json::to_string(k).expect("key"),
+                    toml_scalar(v)
+                ))
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
@@ -278,7 +290,9 @@ pub struct SigningSettings {
 
 impl Default for SigningSettings {
     fn default() -> Self {
-        Self { secret: Secret::new("reelfleet-dev-signing-key-change-me") }
+        Self {
+            secret: Secret::new("reelfleet-dev-signing-key-change-me"),
+        }
     }
 }
 
@@ -296,7 +310,11 @@ pub struct RetrySettings {
 
 impl Default for RetrySettings {
     fn default() -> Self {
-        Self { max_attempts: 5, base_delay_ms: 1_000, max_delay_ms: 60_000 }
+        Self {
+            max_attempts: 5,
+            base_delay_ms: 1_000,
+            max_delay_ms: 60_000,
+        }
     }
 }
 
@@ -434,7 +452,9 @@ pub struct TierSettings {
 
 impl Default for TierSettings {
     fn default() -> Self {
-        Self { model: "gemini-2.5-flash".into() }
+        Self {
+            model: "gemini-2.5-flash".into(),
+        }
     }
 }
 
@@ -487,7 +507,11 @@ impl InferenceSettings {
 
 impl Default for InferenceSettings {
     fn default() -> Self {
-        let price = |m: &str, i, o| ModelPrice { model: m.into(), input_per_mtok: i, output_per_mtok: o };
+        let price = |m: &str, i, o| ModelPrice {
+            model: m.into(),
+            input_per_mtok: i,
+            output_per_mtok: o,
+        };
         Self {
             base_url: "https://api.holysheep.ai/v1".into(),
             api_key: Secret::new("sk-reelfleet-dev"),
@@ -495,10 +519,18 @@ impl Default for InferenceSettings {
             request_timeout_secs: 120,
             video_model: "holysheep-video-1".into(),
             video_usd_per_second: 0.05,
-            low: TierSettings { model: "deepseek-v3.2".into() },
-            medium: TierSettings { model: "gemini-2.5-flash".into() },
-            high: TierSettings { model: "gpt-4.1".into() },
-            critical: TierSettings { model: "claude-sonnet-4.5".into() },
+            low: TierSettings {
+                model: "deepseek-v3.2".into(),
+            },
+            medium: TierSettings {
+                model: "gemini-2.5-flash".into(),
+            },
+            high: TierSettings {
+                model: "gpt-4.1".into(),
+            },
+            critical: TierSettings {
+                model: "claude-sonnet-4.5".into(),
+            },
             prices: vec![
                 price("deepseek-v3.2", 0.28, 0.42),
                 price("gemini-2.5-flash", 0.30, 2.50),
@@ -557,8 +589,10 @@ mod tests {
 
     #[test]
     fn toml_round_trips() {
-        let mut s = Settings::default();
-        s.namespace = "rt-test".into();
+        let mut s = Settings {
+            namespace: "rt-test".into(),
+            ..Default::default()
+        };
         s.postprocess.cdn_purge_url = Some("http://cdn/purge".into());
         let text = s.to_toml();
         let dir = tempfile::tempdir().unwrap();
@@ -568,7 +602,10 @@ mod tests {
         assert_eq!(back.namespace, "rt-test");
         assert_eq!(back.s3.secret_key.expose(), "reelfleet-secret");
         assert_eq!(back.inference.prices, s.inference.prices);
-        assert_eq!(back.postprocess.cdn_purge_url.as_deref(), Some("http://cdn/purge"));
+        assert_eq!(
+            back.postprocess.cdn_purge_url.as_deref(),
+            Some("http://cdn/purge")
+        );
     }
 
     #[test]

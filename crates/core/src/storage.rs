@@ -93,11 +93,15 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>
     };
     match (status, code.as_deref()) {
         (Some(404), _) | (_, Some("NoSuchKey" | "NotFound" | "NoSuchBucket")) => {
-            StorageError::NotFound { bucket: bucket.into(), key: key.into() }
+            StorageError::NotFound {
+                bucket: bucket.into(),
+                key: key.into(),
+            }
         }
-        (Some(412), _) | (_, Some("PreconditionFailed")) => {
-            StorageError::Exists { bucket: bucket.into(), key: key.into() }
-        }
+        (Some(412), _) | (_, Some("PreconditionFailed")) => StorageError::Exists {
+            bucket: bucket.into(),
+            key: key.into(),
+        },
         (Some(s), _) if (400..500).contains(&s) && s != 429 && s != 408 => {
             StorageError::Rejected(format!("s3://{bucket}/{key}: {message}"))
         }
@@ -154,21 +158,39 @@ impl Storage {
         }
         match self.client.create_bucket().bucket(bucket).send().await {
             Ok(_) => Ok(()),
-            Err(e) if matches!(e.code(), Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")
+                ) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(classify(e, bucket, "")),
         }
     }
 
     /// Size, eTag and content type of an object, or `None` if absent.
     pub async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
-        match self.client.head_object().bucket(bucket).key(key).send().await {
+        match self
+            .client
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(out) => Ok(Some(ObjectInfo {
                 size: out.content_length().unwrap_or(0).max(0) as u64,
                 etag: out.e_tag().map(|e| e.trim_matches('"').to_string()),
                 content_type: out.content_type().map(str::to_string),
                 metadata: out
                     .metadata()
-                    .map(|m| m.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect())
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                            .collect()
+                    })
                     .unwrap_or_default(),
             })),
             Err(e) => match classify(e, bucket, key) {
@@ -179,7 +201,13 @@ impl Storage {
     }
 
     /// Writes `body` to `key`.
-    pub async fn put_bytes(&self, bucket: &str, key: &str, body: Vec<u8>, content_type: &str) -> Result<(), StorageError> {
+    pub async fn put_bytes(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> Result<(), StorageError> {
         self.client
             .put_object()
             .bucket(bucket)
@@ -194,7 +222,13 @@ impl Storage {
 
     /// Writes `body` to `key` only if no object is there (`If-None-Match: *`).
     /// Returns `false` if one already was.
-    pub async fn put_bytes_if_absent(&self, bucket: &str, key: &str, body: Vec<u8>, content_type: &str) -> Result<bool, StorageError> {
+    pub async fn put_bytes_if_absent(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> Result<bool, StorageError> {
         let res = self
             .client
             .put_object()
@@ -216,36 +250,70 @@ impl Storage {
 
     /// Reads a whole object of at most `limit` bytes into memory (manifests,
     /// JSON documents; never videos).
-    pub async fn get_bytes(&self, bucket: &str, key: &str, limit: u64) -> Result<Vec<u8>, StorageError> {
-        let out = self.client.get_object().bucket(bucket).key(key).send().await.map_err(|e| classify(e, bucket, key))?;
+    pub async fn get_bytes(
+        &self,
+        bucket: &str,
+        key: &str,
+        limit: u64,
+    ) -> Result<Vec<u8>, StorageError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| classify(e, bucket, key))?;
         let size = out.content_length().unwrap_or(0).max(0) as u64;
         if size > limit {
-            return Err(StorageError::TooLarge { bucket: bucket.into(), key: key.into(), size, limit });
+            return Err(StorageError::TooLarge {
+                bucket: bucket.into(),
+                key: key.into(),
+                size,
+                limit,
+            });
         }
-        let data = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| StorageError::Unavailable(format!("s3://{bucket}/{key}: reading body: {e}")))?;
+        let data = out.body.collect().await.map_err(|e| {
+            StorageError::Unavailable(format!("s3://{bucket}/{key}: reading body: {e}"))
+        })?;
         Ok(data.into_bytes().to_vec())
     }
 
     /// Streams an object into a local file, returning its size.
-    pub async fn download(&self, bucket: &str, key: &str, path: &Path) -> Result<u64, StorageError> {
-        let out = self.client.get_object().bucket(bucket).key(key).send().await.map_err(|e| classify(e, bucket, key))?;
+    pub async fn download(
+        &self,
+        bucket: &str,
+        key: &str,
+        path: &Path,
+    ) -> Result<u64, StorageError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| classify(e, bucket, key))?;
         let mut reader = out.body.into_async_read();
         let mut file = tokio::fs::File::create(path).await?;
-        let n = tokio::io::copy(&mut reader, &mut file)
-            .await
-            .map_err(|e| StorageError::Unavailable(format!("s3://{bucket}/{key}: reading body: {e}")))?;
+        let n = tokio::io::copy(&mut reader, &mut file).await.map_err(|e| {
+            StorageError::Unavailable(format!("s3://{bucket}/{key}: reading body: {e}"))
+        })?;
         file.flush().await?;
         file.sync_all().await?;
         Ok(n)
     }
 
     /// Streams a local file into `key`, in multipart above the threshold.
-    pub async fn upload(&self, bucket: &str, key: &str, path: &Path, content_type: &str) -> Result<ObjectInfo, StorageError> {
-        self.upload_with_metadata(bucket, key, path, content_type, HashMap::new()).await
+    pub async fn upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        path: &Path,
+        content_type: &str,
+    ) -> Result<ObjectInfo, StorageError> {
+        self.upload_with_metadata(bucket, key, path, content_type, HashMap::new())
+            .await
     }
 
     /// [`Storage::upload`] with user metadata (`x-amz-meta-*`).
@@ -259,7 +327,8 @@ impl Storage {
     ) -> Result<ObjectInfo, StorageError> {
         let size = tokio::fs::metadata(path).await?.len();
         let etag = if size >= self.multipart_threshold {
-            self.upload_multipart(bucket, key, path, size, content_type, &metadata).await?
+            self.upload_multipart(bucket, key, path, size, content_type, &metadata)
+                .await?
         } else {
             let body = ByteStream::from_path(path)
                 .await
@@ -283,7 +352,12 @@ impl Storage {
             Some(e) => Some(e),
             None => self.head(bucket, key).await?.and_then(|i| i.etag),
         };
-        Ok(ObjectInfo { size, etag, content_type: Some(content_type.to_string()), metadata })
+        Ok(ObjectInfo {
+            size,
+            etag,
+            content_type: Some(content_type.to_string()),
+            metadata,
+        })
     }
 
     async fn upload_multipart(
@@ -334,7 +408,12 @@ impl Storage {
                     .send()
                     .await
                     .map_err(|e| classify(e, bucket, key))?;
-                parts.push(CompletedPart::builder().part_number(number).set_e_tag(part.e_tag().map(str::to_string)).build());
+                parts.push(
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(part.e_tag().map(str::to_string))
+                        .build(),
+                );
                 offset += len;
                 number += 1;
             }
@@ -344,15 +423,28 @@ impl Storage {
                 .bucket(bucket)
                 .key(key)
                 .upload_id(&upload_id)
-                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
                 .send()
                 .await
                 .map_err(|e| classify(e, bucket, key))?;
-            Ok::<Option<String>, StorageError>(done.e_tag().map(|e| e.trim_matches('"').to_string()))
+            Ok::<Option<String>, StorageError>(
+                done.e_tag().map(|e| e.trim_matches('"').to_string()),
+            )
         }
         .await;
         if result.is_err() {
-            let _ = self.client.abort_multipart_upload().bucket(bucket).key(key).upload_id(&upload_id).send().await;
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .send()
+                .await;
         }
         result
     }
@@ -371,7 +463,11 @@ impl Storage {
                 .send()
                 .await
                 .map_err(|e| classify(e, bucket, prefix))?;
-            keys.extend(out.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+            keys.extend(
+                out.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string)),
+            );
             match out.next_continuation_token() {
                 Some(t) if out.is_truncated() == Some(true) => token = Some(t.to_string()),
                 _ => break,
@@ -382,7 +478,13 @@ impl Storage {
 
     /// Deletes an object (absent is fine).
     pub async fn delete(&self, bucket: &str, key: &str) -> Result<(), StorageError> {
-        self.client.delete_object().bucket(bucket).key(key).send().await.map_err(|e| classify(e, bucket, key))?;
+        self.client
+            .delete_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| classify(e, bucket, key))?;
         Ok(())
     }
 }

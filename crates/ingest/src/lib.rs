@@ -58,17 +58,34 @@ impl Stage for Ingest {
         let mut out = Vec::new();
         match msg.input {
             Input::Raw(body) => {
-                let objects = parse_event(&body).map_err(|e| StageError::permanent("bad_input", e))?;
+                let objects =
+                    parse_event(&body).map_err(|e| StageError::permanent("bad_input", e))?;
                 if objects.is_empty() {
                     info!("S3 event announces no created object; ignored");
                 }
                 for obj in objects {
-                    let mut source = SourceObject { bucket: obj.bucket, key: obj.key, size: obj.size, etag: obj.etag, version_id: obj.version_id };
+                    let mut source = SourceObject {
+                        bucket: obj.bucket,
+                        key: obj.key,
+                        size: obj.size,
+                        etag: obj.etag,
+                        version_id: obj.version_id,
+                    };
                     if source.etag.is_none() && source.version_id.is_none() {
                         // The job id needs the object's identity; ask the store.
-                        let info = self.storage.head(&source.bucket, &source.key).await?.ok_or_else(|| {
-                            StageError::permanent("bad_input", format!("s3://{}/{} no longer exists", source.bucket, source.key))
-                        })?;
+                        let info = self
+                            .storage
+                            .head(&source.bucket, &source.key)
+                            .await?
+                            .ok_or_else(|| {
+                                StageError::permanent(
+                                    "bad_input",
+                                    format!(
+                                        "s3://{}/{} no longer exists",
+                                        source.bucket, source.key
+                                    ),
+                                )
+                            })?;
                         source.etag = info.etag;
                     }
                     let envelope = Envelope::new(JobKind::Analyze, source);
@@ -91,11 +108,20 @@ impl Ingest {
     pub fn new(settings: Arc<Settings>, storage: Storage) -> Self {
         let manifests = ManifestStore::new(storage.clone(), settings.s3.work_bucket.clone());
         let media = Media::new(settings.media.clone());
-        Self { settings, storage, manifests, media }
+        Self {
+            settings,
+            storage,
+            manifests,
+            media,
+        }
     }
 
     /// Validates one source and returns the message for preprocess, or nothing for a duplicate.
-    async fn admit(&self, mut envelope: Envelope, resume: bool) -> Result<Option<Dispatch>, StageError> {
+    async fn admit(
+        &self,
+        mut envelope: Envelope,
+        resume: bool,
+    ) -> Result<Option<Dispatch>, StageError> {
         let started = chrono::Utc::now();
         let job_id = envelope.job_id.clone();
         if let Some(existing) = self.manifests.load(&job_id).await? {
@@ -117,7 +143,13 @@ impl Ingest {
             manifest.prompt = Some(doc);
         } else {
             envelope.kind = JobKind::Analyze;
-            let input = self.validate_video(&mut envelope.source, &mut envelope.priority, &mut envelope.quality).await?;
+            let input = self
+                .validate_video(
+                    &mut envelope.source,
+                    &mut envelope.priority,
+                    &mut envelope.quality,
+                )
+                .await?;
             manifest = JobManifest::new(&envelope);
             manifest.input = Some(input);
         }
@@ -131,27 +163,52 @@ impl Ingest {
             self.manifests.save(&mut manifest).await?;
         }
         info!(job_id = %job_id, kind = %envelope.kind, key = %key, "Job admitted");
-        Ok(Some(Dispatch::Next { queue: WorkQueue::Preprocess, envelope: envelope.forward(Vec::new()) }))
+        Ok(Some(Dispatch::Next {
+            queue: WorkQueue::Preprocess,
+            envelope: envelope.forward(Vec::new()),
+        }))
     }
 
     async fn read_prompt(&self, source: &SourceObject) -> Result<PromptDocument, StageError> {
         let limit = self.settings.limits.max_prompt_bytes;
-        let body = self.storage.get_bytes(&source.bucket, &source.key, limit).await?;
+        let body = self
+            .storage
+            .get_bytes(&source.bucket, &source.key, limit)
+            .await?;
         parse_prompt(&body)
     }
 
-    async fn validate_video(&self, source: &mut SourceObject, priority: &mut u8, quality: &mut Option<Quality>) -> Result<InputInfo, StageError> {
+    async fn validate_video(
+        &self,
+        source: &mut SourceObject,
+        priority: &mut u8,
+        quality: &mut Option<Quality>,
+    ) -> Result<InputInfo, StageError> {
         let limits = &self.settings.limits;
         let info = self
             .storage
             .head(&source.bucket, &source.key)
             .await?
-            .ok_or_else(|| StageError::permanent("bad_input", format!("s3://{}/{} no longer exists", source.bucket, source.key)))?;
+            .ok_or_else(|| {
+                StageError::permanent(
+                    "bad_input",
+                    format!("s3://{}/{} no longer exists", source.bucket, source.key),
+                )
+            })?;
         if info.size == 0 {
-            return Err(StageError::permanent("bad_input", "object is empty (0 bytes)"));
+            return Err(StageError::permanent(
+                "bad_input",
+                "object is empty (0 bytes)",
+            ));
         }
         if info.size > limits.max_bytes {
-            return Err(StageError::permanent("bad_input", format!("object is {} bytes, above the {}-byte limit", info.size, limits.max_bytes)));
+            return Err(StageError::permanent(
+                "bad_input",
+                format!(
+                    "object is {} bytes, above the {}-byte limit",
+                    info.size, limits.max_bytes
+                ),
+            ));
         }
         if source.etag.is_none() {
             source.etag = info.etag.clone();
@@ -159,42 +216,77 @@ impl Ingest {
         if let Some(p) = info.metadata.get(META_PRIORITY) {
             match p.trim().parse::<u8>() {
                 Ok(p) if (1..=5).contains(&p) => *priority = p,
-                _ => return Err(StageError::permanent("bad_input", format!("metadata {META_PRIORITY}={p:?} is not 1..=5"))),
+                _ => {
+                    return Err(StageError::permanent(
+                        "bad_input",
+                        format!("metadata {META_PRIORITY}={p:?} is not 1..=5"),
+                    ))
+                }
             }
         }
         if let Some(q) = info.metadata.get(META_QUALITY) {
-            *quality = Some(q.parse().map_err(|e: String| StageError::permanent("bad_input", e))?);
+            *quality = Some(
+                q.parse()
+                    .map_err(|e: String| StageError::permanent("bad_input", e))?,
+            );
         }
         source.size = info.size;
 
         let dir = scratch_dir(self.settings.runtime.scratch_dir.as_deref())?;
         let path = dir.path().join("source");
-        self.storage.download(&source.bucket, &source.key, &path).await?;
+        self.storage
+            .download(&source.bucket, &source.key, &path)
+            .await?;
         let probe = self
             .media
             .probe(&path)
             .await
             .map_err(|e| StageError::from(e).context("not a readable video"))?;
         if probe.streams.len() > limits.max_streams {
-            return Err(StageError::permanent("bad_input", format!("{} streams, above the limit of {}", probe.streams.len(), limits.max_streams)));
+            return Err(StageError::permanent(
+                "bad_input",
+                format!(
+                    "{} streams, above the limit of {}",
+                    probe.streams.len(),
+                    limits.max_streams
+                ),
+            ));
         }
-        let video = probe
-            .video()
-            .ok_or_else(|| StageError::permanent("bad_input", format!("no video stream (container {})", probe.format.format_name)))?;
+        let video = probe.video().ok_or_else(|| {
+            StageError::permanent(
+                "bad_input",
+                format!("no video stream (container {})", probe.format.format_name),
+            )
+        })?;
         let (width, height) = probe
             .display_dimensions()
             .filter(|(w, h)| *w > 0 && *h > 0)
             .ok_or_else(|| StageError::permanent("bad_input", "video stream has no dimensions"))?;
         if width > limits.max_width || height > limits.max_height {
-            return Err(StageError::permanent("bad_input", format!("{width}x{height} exceeds the {}x{} limit", limits.max_width, limits.max_height)));
+            return Err(StageError::permanent(
+                "bad_input",
+                format!(
+                    "{width}x{height} exceeds the {}x{} limit",
+                    limits.max_width, limits.max_height
+                ),
+            ));
         }
         let duration = probe.duration().unwrap_or(0.0);
         if duration > limits.max_duration_secs {
-            return Err(StageError::permanent("bad_input", format!("{duration:.1} s exceeds the {:.0} s limit", limits.max_duration_secs)));
+            return Err(StageError::permanent(
+                "bad_input",
+                format!(
+                    "{duration:.1} s exceeds the {:.0} s limit",
+                    limits.max_duration_secs
+                ),
+            ));
         }
         let fps = video.fps().unwrap_or(0.0);
         if fps > 1000.0 {
-            return Err(StageError::permanent("bad_input", format!("declared frame rate {fps:.0} fps is absurd")));
+            return Err(StageError::permanent(
+                "bad_input",
+                format!("declared frame rate {fps:.0} fps is absurd"),
+            ));
         }
         // The container can lie: decode the first second to prove there are frames.
         let mut args = vec!["-v".to_string(), "error".into(), "-xerror".into()];
@@ -224,16 +316,27 @@ impl Ingest {
 
 /// Parses and validates a prompt document.
 pub fn parse_prompt(body: &[u8]) -> Result<PromptDocument, StageError> {
-    let doc: PromptDocument = parse_bounded(body).map_err(|e| StageError::permanent("bad_input", format!("invalid prompt document: {e}")))?;
-    let bad = |m: String| Err(StageError::permanent("bad_input", format!("invalid prompt document: {m}")));
+    let doc: PromptDocument = parse_bounded(body)
+        .map_err(|e| StageError::permanent("bad_input", format!("invalid prompt document: {e}")))?;
+    let bad = |m: String| {
+        Err(StageError::permanent(
+            "bad_input",
+            format!("invalid prompt document: {m}"),
+        ))
+    };
     if doc.prompt.trim().is_empty() {
         return bad("prompt is empty".into());
     }
     if doc.prompt.chars().count() > MAX_PROMPT_CHARS {
         return bad(format!("prompt longer than {MAX_PROMPT_CHARS} characters"));
     }
-    if !(doc.duration_seconds.is_finite() && doc.duration_seconds > 0.0 && doc.duration_seconds <= MAX_GENERATE_SECONDS) {
-        return bad(format!("duration_seconds must be in (0, {MAX_GENERATE_SECONDS}]"));
+    if !(doc.duration_seconds.is_finite()
+        && doc.duration_seconds > 0.0
+        && doc.duration_seconds <= MAX_GENERATE_SECONDS)
+    {
+        return bad(format!(
+            "duration_seconds must be in (0, {MAX_GENERATE_SECONDS}]"
+        ));
     }
     if !(1..=5).contains(&doc.priority) {
         return bad(format!("priority {} is not in 1..=5", doc.priority));
@@ -257,7 +360,11 @@ mod tests {
             br#"{"prompt":"x","duration_seconds":3,"resolution":"720p","extra":1}"#,
             br#"{"prompt":"x""#,
         ] {
-            assert!(parse_prompt(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                parse_prompt(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
         assert!(is_prompt_key("a/B.JSON"));
         assert!(!is_prompt_key("a.mp4"));

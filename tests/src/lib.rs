@@ -36,29 +36,19 @@ impl Drop for Janitor {
     fn drop(&mut self) {
         let (url, topology) = (self.url.clone(), self.topology.clone());
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             rt.block_on(async move {
-                let Ok(conn) =
-                    lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await
-                else {
+                let Ok(conn) = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await else {
                     return;
                 };
                 let Ok(channel) = conn.create_channel().await else {
                     return;
                 };
                 for q in topology.all_queue_names() {
-                    let _ = channel
-                        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                        .await;
+                    let _ = channel.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
                 }
                 let _ = channel
-                    .exchange_delete(
-                        topology.events_exchange().as_str().into(),
-                        ExchangeDeleteOptions::default(),
-                    )
+                    .exchange_delete(topology.events_exchange().as_str().into(), ExchangeDeleteOptions::default())
                     .await;
                 let _ = conn.close(200, "cleaned".into()).await;
             });
@@ -86,10 +76,7 @@ pub struct TestStack {
 
 fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("info,lapin=warn")
-            .with_test_writer()
-            .try_init();
+        let _ = tracing_subscriber::fmt().with_env_filter("info,lapin=warn").with_test_writer().try_init();
     }
 }
 
@@ -115,42 +102,20 @@ impl TestStack {
         s.media.threads = 2;
         s.media.preset = "ultrafast".into();
         tweak(&mut s);
-        let dir = tempfile::Builder::new()
-            .prefix("reelfleet-test-")
-            .tempdir()
-            .expect("temp dir");
+        let dir = tempfile::Builder::new().prefix("reelfleet-test-").tempdir().expect("temp dir");
         s.runtime.scratch_dir = Some(dir.path().join("scratch").display().to_string());
         let dev = DevStack::start(
             s,
-            DevOptions {
-                data_dir: dir.path().join("data"),
-                namespace: None,
-                s3_port: 0,
-                sim_port: 0,
-            },
+            DevOptions { data_dir: dir.path().join("data"), namespace: None, s3_port: 0, sim_port: 0 },
         )
         .await
         .expect("dev stack starts (is RabbitMQ running?)");
         let storage = Storage::new(&dev.settings.s3);
         let manifests = ManifestStore::new(storage.clone(), dev.settings.s3.work_bucket.clone());
         let broker = Broker::new(&dev.settings.broker, "reelfleet-test").expect("broker pool");
-        let topology = Topology::new(
-            dev.settings.namespace.clone(),
-            dev.settings.broker.delivery_limit,
-        );
-        let janitor = Janitor {
-            url: dev.settings.broker.url.expose().to_string(),
-            topology: topology.clone(),
-        };
-        let stack = Self {
-            dev,
-            dir,
-            storage,
-            manifests,
-            broker,
-            topology,
-            _janitor: janitor,
-        };
+        let topology = Topology::new(dev.settings.namespace.clone(), dev.settings.broker.delivery_limit);
+        let janitor = Janitor { url: dev.settings.broker.url.expose().to_string(), topology: topology.clone() };
+        let stack = Self { dev, dir, storage, manifests, broker, topology, _janitor: janitor };
         stack.wait_ready().await;
         stack
     }
@@ -158,11 +123,7 @@ impl TestStack {
     async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.dev.fleet.readiness.is_ready() {
-            assert!(
-                Instant::now() < deadline,
-                "consumers not ready: {:?}",
-                self.dev.fleet.readiness.snapshot()
-            );
+            assert!(Instant::now() < deadline, "consumers not ready: {:?}", self.dev.fleet.readiness.snapshot());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -179,13 +140,7 @@ impl TestStack {
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(s.region.clone()))
             .endpoint_url(&s.endpoint)
-            .credentials_provider(Credentials::new(
-                s.access_key.expose(),
-                s.secret_key.expose(),
-                None,
-                None,
-                "test",
-            ))
+            .credentials_provider(Credentials::new(s.access_key.expose(), s.secret_key.expose(), None, None, "test"))
             .force_path_style(true)
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .build();
@@ -200,32 +155,16 @@ impl TestStack {
             .put_object()
             .bucket(&bucket)
             .key(key)
-            .body(
-                aws_sdk_s3::primitives::ByteStream::from_path(path)
-                    .await
-                    .expect("readable file"),
-            )
+            .body(aws_sdk_s3::primitives::ByteStream::from_path(path).await.expect("readable file"))
             .send()
             .await
             .expect("upload");
         let etag = out.e_tag().map(|e| e.trim_matches('"').to_string());
-        reelfleet_core::envelope::SourceObject {
-            bucket,
-            key: key.into(),
-            size: 0,
-            etag,
-            version_id: None,
-        }
-        .job_id()
+        reelfleet_core::envelope::SourceObject { bucket, key: key.into(), size: 0, etag, version_id: None }.job_id()
     }
 
     /// Waits until the job's manifest satisfies `done`.
-    pub async fn wait_for(
-        &self,
-        job_id: &str,
-        timeout: Duration,
-        done: impl Fn(&JobManifest) -> bool,
-    ) -> JobManifest {
+    pub async fn wait_for(&self, job_id: &str, timeout: Duration, done: impl Fn(&JobManifest) -> bool) -> JobManifest {
         let deadline = Instant::now() + timeout;
         let mut last = None;
         loop {
@@ -238,8 +177,7 @@ impl TestStack {
             assert!(
                 Instant::now() < deadline,
                 "job {job_id} did not reach the expected state in {timeout:?}; last manifest: {}",
-                last.map(|m| serde_json::to_string_pretty(&m).unwrap_or_default())
-                    .unwrap_or_else(|| "none".into())
+                last.map(|m| serde_json::to_string_pretty(&m).unwrap_or_default()).unwrap_or_else(|| "none".into())
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -256,24 +194,15 @@ impl TestStack {
         let deadline = Instant::now() + timeout;
         let mut out = Vec::new();
         while out.len() < n {
-            match channel
-                .basic_get(queue.into(), BasicGetOptions::default())
-                .await
-                .expect("basic.get")
-            {
+            match channel.basic_get(queue.into(), BasicGetOptions::default()).await.expect("basic.get") {
                 Some(msg) => {
                     let d = msg.delivery;
                     let mut headers = BTreeMap::new();
                     if let Some(h) = d.properties.headers().as_ref() {
                         for (k, v) in h.inner() {
                             let text = match v {
-                                AMQPValue::LongString(s) => {
-                                    String::from_utf8_lossy(s.as_bytes()).into_owned()
-                                }
-                                other => format!("{other:?}")
-                                    .chars()
-                                    .filter(|c| c.is_ascii_digit())
-                                    .collect(),
+                                AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+                                other => format!("{other:?}").chars().filter(|c| c.is_ascii_digit()).collect(),
                             };
                             headers.insert(k.to_string(), text);
                         }
@@ -282,11 +211,7 @@ impl TestStack {
                     out.push((headers, d.data));
                 }
                 None => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "{queue} holds {} message(s), expected {n}",
-                        out.len()
-                    );
+                    assert!(Instant::now() < deadline, "{queue} holds {} message(s), expected {n}", out.len());
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
@@ -300,10 +225,7 @@ impl TestStack {
         let q = channel
             .queue_declare(
                 queue.into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
+                lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
                 Default::default(),
             )
             .await
@@ -313,13 +235,7 @@ impl TestStack {
 
     /// Publishes a raw message to a work queue (confirmed).
     pub async fn publish(&self, msg: Outgoing) {
-        self.broker
-            .publisher()
-            .await
-            .expect("publisher")
-            .publish(&msg)
-            .await
-            .expect("publish confirmed");
+        self.broker.publisher().await.expect("publisher").publish(&msg).await.expect("publish confirmed");
     }
 
     /// Name of a work queue.
@@ -329,58 +245,38 @@ impl TestStack {
 
     /// Probes an object of the work bucket.
     pub async fn probe_object(&self, key: &str) -> Probe {
-        let path = self
-            .dir
-            .path()
-            .join(format!("probe-{}", uuid::Uuid::new_v4().simple()));
-        self.storage
-            .download(&self.dev.settings.s3.work_bucket, key, &path)
-            .await
-            .expect("download");
-        let probe = Media::new(self.dev.settings.media.clone())
-            .probe(&path)
-            .await
-            .expect("probe");
+        let path = self.dir.path().join(format!("probe-{}", uuid::Uuid::new_v4().simple()));
+        self.storage.download(&self.dev.settings.s3.work_bucket, key, &path).await.expect("download");
+        let probe = Media::new(self.dev.settings.media.clone()).probe(&path).await.expect("probe");
         let _ = std::fs::remove_file(&path);
         probe
     }
 
     /// Reads an object of the work bucket.
     pub async fn read_object(&self, key: &str) -> Vec<u8> {
-        self.storage
-            .get_bytes(&self.dev.settings.s3.work_bucket, key, 64 * 1024 * 1024)
-            .await
-            .expect("object")
+        self.storage.get_bytes(&self.dev.settings.s3.work_bucket, key, 64 * 1024 * 1024).await.expect("object")
     }
 
     /// Stops the fleet (draining), then deletes the namespace's queues and exchange.
     pub async fn cleanup(self) {
         let Self { dev, _janitor, .. } = self;
         dev.stop().await;
-        tokio::task::spawn_blocking(move || drop(_janitor))
-            .await
-            .expect("janitor");
+        tokio::task::spawn_blocking(move || drop(_janitor)).await.expect("janitor");
     }
 }
 
 /// Makes a clip with ffmpeg's lavfi sources; `video` is a lavfi video graph.
 pub fn make_clip(dir: &Path, name: &str, video: &str, seconds: f64, extra: &[&str]) -> PathBuf {
     let path = dir.join(name);
-    let mut args: Vec<String> = ["-hide_banner", "-v", "error", "-y", "-f", "lavfi", "-i"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut args: Vec<String> =
+        ["-hide_banner", "-v", "error", "-y", "-f", "lavfi", "-i"].iter().map(|s| s.to_string()).collect();
     args.push(video.to_string());
     args.extend(["-f", "lavfi", "-i", "sine=frequency=330", "-t"].map(String::from));
     args.push(seconds.to_string());
     args.extend(["-pix_fmt", "yuv420p"].map(String::from));
     args.extend(extra.iter().map(|s| s.to_string()));
     args.push(path.display().to_string());
-    let status = Command::new("ffmpeg")
-        .args(&args)
-        .status()
-        .context("ffmpeg runs")
-        .expect("ffmpeg installed");
+    let status = Command::new("ffmpeg").args(&args).status().context("ffmpeg runs").expect("ffmpeg installed");
     assert!(status.success(), "ffmpeg could not make {name}");
     path
 }

@@ -20,13 +20,7 @@ fn finished(m: &reelfleet_core::manifest::JobManifest) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_plain_s3_upload_runs_through_all_four_stages() {
     let stack = TestStack::start().await;
-    let clip = make_clip(
-        stack.dir.path(),
-        "clip.mov",
-        "testsrc2=size=1280x720:rate=25",
-        3.0,
-        &["-c:v", "libx264"],
-    );
+    let clip = make_clip(stack.dir.path(), "clip.mov", "testsrc2=size=1280x720:rate=25", 3.0, &["-c:v", "libx264"]);
     let job = stack.upload("plain client/clip one+été.mov", &clip).await;
     let m = stack.wait_for(&job, JOB_TIMEOUT, finished).await;
     assert_eq!(m.status, JobStatus::Completed, "{:?}", m.error);
@@ -46,39 +40,17 @@ async fn a_plain_s3_upload_runs_through_all_four_stages() {
         let probe = stack.probe_object(&out.key).await;
         let v = probe.video().expect("video stream");
         assert_eq!(v.codec_name, out.codec, "{}", out.name);
-        assert_eq!(
-            (v.width, v.height),
-            (Some(out.width), Some(out.height)),
-            "{}",
-            out.name
-        );
+        assert_eq!((v.width, v.height), (Some(out.width), Some(out.height)), "{}", out.name);
         if out.content_type == "video/mp4" {
-            let expected = if out.name.starts_with("h265") {
-                "hevc"
-            } else {
-                "h264"
-            };
+            let expected = if out.name.starts_with("h265") { "hevc" } else { "h264" };
             assert_eq!(v.codec_name, expected);
             assert_eq!((out.width, out.height), (1280, 720));
             let d = probe.duration().expect("duration");
-            assert!(
-                (d - input.duration_s).abs() <= 0.1,
-                "{} lasts {d} s, source {} s",
-                out.name,
-                input.duration_s
-            );
-            assert!(
-                out.psnr_db.unwrap() > 30.0 && out.ssim.unwrap() > 0.9,
-                "{out:?}"
-            );
+            assert!((d - input.duration_s).abs() <= 0.1, "{} lasts {d} s, source {} s", out.name, input.duration_s);
+            assert!(out.psnr_db.unwrap() > 30.0 && out.ssim.unwrap() > 0.9, "{out:?}");
         } else {
             let bytes = stack.read_object(&out.key).await;
-            assert_eq!(
-                &bytes[..3],
-                &[0xFF, 0xD8, 0xFF],
-                "{} is not a JPEG",
-                out.name
-            );
+            assert_eq!(&bytes[..3], &[0xFF, 0xD8, 0xFF], "{} is not a JPEG", out.name);
         }
     }
     assert!(m.quality_check.as_ref().is_some_and(|q| q.passed));
@@ -88,13 +60,7 @@ async fn a_plain_s3_upload_runs_through_all_four_stages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_same_s3_event_delivered_twice_makes_one_job() {
     let stack = TestStack::start().await;
-    let clip = make_clip(
-        stack.dir.path(),
-        "dup.mp4",
-        "testsrc2=size=320x240:rate=24",
-        2.0,
-        &[],
-    );
+    let clip = make_clip(stack.dir.path(), "dup.mp4", "testsrc2=size=320x240:rate=24", 2.0, &[]);
     let key = "dup/clip.mp4";
     let job = stack.upload(key, &clip).await;
     let first = stack.wait_for(&job, JOB_TIMEOUT, finished).await;
@@ -102,49 +68,22 @@ async fn the_same_s3_event_delivered_twice_makes_one_job() {
 
     let bucket = stack.settings().s3.upload_bucket.clone();
     let info = stack.storage.head(&bucket, key).await.unwrap().unwrap();
-    let event = minio_event(
-        "ObjectCreated:Put",
-        &bucket,
-        key,
-        info.size,
-        info.etag.as_deref().unwrap(),
-        "127.0.0.1",
-    );
+    let event = minio_event("ObjectCreated:Put", &bucket, key, info.size, info.etag.as_deref().unwrap(), "127.0.0.1");
     for _ in 0..2 {
-        stack
-            .publish(Outgoing::to_queue(
-                stack.queue(WorkQueue::Ingest),
-                event.clone(),
-            ))
-            .await;
+        stack.publish(Outgoing::to_queue(stack.queue(WorkQueue::Ingest), event.clone())).await;
     }
     let ingest = stack.queue(WorkQueue::Ingest);
-    let handled = || {
-        stack
-            .dev
-            .fleet
-            .metrics
-            .messages
-            .with_label_values(&["ingest", &ingest, "ok"])
-            .get()
-    };
+    let handled = || stack.dev.fleet.metrics.messages.with_label_values(&["ingest", &ingest, "ok"]).get();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while handled() < 3 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "duplicates not handled"
-        );
+        assert!(std::time::Instant::now() < deadline, "duplicates not handled");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = stack.manifests.load(&job).await.unwrap().unwrap();
     assert_eq!(after.stages, first.stages, "the job ran again");
     assert_eq!(stack.manifests.job_ids().await.unwrap(), vec![job.clone()]);
-    assert_eq!(
-        stack.dev.simulator.usage().len(),
-        1,
-        "the provider was paid twice"
-    );
+    assert_eq!(stack.dev.simulator.usage().len(), 1, "the provider was paid twice");
     assert_eq!(stack.depth(&stack.queue(WorkQueue::Preprocess)).await, 0);
     stack.cleanup().await;
 }
@@ -163,29 +102,27 @@ async fn broken_uploads_are_dead_lettered_with_a_reason_and_the_worker_goes_on()
     stack.upload("bad/notes.mp4", &text).await;
     stack.upload("bad/truncated.mp4", &truncated).await;
 
-    let dead = stack
-        .take_messages(
-            &format!("{}.dlq", stack.queue(WorkQueue::Ingest)),
-            2,
-            Duration::from_secs(60),
-        )
-        .await;
+    let dead =
+        stack.take_messages(&format!("{}.dlq", stack.queue(WorkQueue::Ingest)), 2, Duration::from_secs(60)).await;
     for (headers, body) in &dead {
         let body = String::from_utf8_lossy(body);
-        assert!(
-            body.contains("bad%2Fnotes.mp4") || body.contains("bad%2Ftruncated.mp4"),
-            "{body}"
-        );
+        assert!(body.contains("bad%2Fnotes.mp4") || body.contains("bad%2Ftruncated.mp4"), "{body}");
         assert_eq!(headers["x-reelfleet-stage"], "ingest");
         assert_eq!(headers["x-reelfleet-error-class"], "permanent");
         assert_eq!(headers["x-reelfleet-attempts"], "1");
         let reason = &headers["x-reelfleet-error-message"];
-        assert!(
-            reason.contains("not a readable video"),
-            "unclear reason: {reason}"
-        );
+        assert!(reason.contains("not a readable video"), "unclear reason: {reason}");
     }
-    assert!(stack.manifests.job_ids().await.unwrap().is_empty());
+    // Refused sources get a failed manifest saying why, so `status` and `submit --wait` can tell.
+    let ids = stack.manifests.job_ids().await.unwrap();
+    assert_eq!(ids.len(), 2);
+    for id in ids {
+        let m = stack.manifests.load(&id).await.unwrap().unwrap();
+        assert_eq!(m.status, JobStatus::Failed);
+        let err = m.error.unwrap();
+        assert_eq!((err.stage.as_str(), err.code.as_str()), ("ingest", "media"));
+        assert!(err.message.contains("not a readable video"), "{}", err.message);
+    }
 
     let good = make_clip(dir, "good.mp4", "testsrc2=size=320x240:rate=24", 2.0, &[]);
     let job = stack.upload("good/after.mp4", &good).await;
@@ -208,38 +145,16 @@ async fn a_message_with_a_wrong_signature_is_dead_lettered_unprocessed() {
     let body = envelope.to_bytes();
     let forged = Signer::new(b"not-the-shared-signing-key").sign(&body);
     let queue = stack.queue(WorkQueue::Preprocess);
-    stack
-        .publish(
-            Outgoing::to_queue(&queue, body.clone())
-                .header(SIGNATURE_HEADER, HeaderValue::Text(forged)),
-        )
-        .await;
-    stack
-        .publish(Outgoing::to_queue(&queue, body.clone()))
-        .await;
-    let dead = stack
-        .take_messages(&format!("{queue}.dlq"), 2, Duration::from_secs(30))
-        .await;
+    stack.publish(Outgoing::to_queue(&queue, body.clone()).header(SIGNATURE_HEADER, HeaderValue::Text(forged))).await;
+    stack.publish(Outgoing::to_queue(&queue, body.clone())).await;
+    let dead = stack.take_messages(&format!("{queue}.dlq"), 2, Duration::from_secs(30)).await;
     for (headers, dead_body) in &dead {
         assert_eq!(headers["x-reelfleet-error-code"], "bad_signature");
         assert_eq!(headers["x-reelfleet-error-class"], "permanent");
-        assert_eq!(
-            dead_body, &body,
-            "the dead-lettered body must be the original"
-        );
+        assert_eq!(dead_body, &body, "the dead-lettered body must be the original");
     }
-    assert!(stack
-        .manifests
-        .load(&envelope.job_id)
-        .await
-        .unwrap()
-        .is_none());
-    assert_eq!(
-        stack
-            .depth(&stack.queue(WorkQueue::Inference(reelfleet_core::envelope::Tier::Medium)))
-            .await,
-        0
-    );
+    assert!(stack.manifests.load(&envelope.job_id).await.unwrap().is_none());
+    assert_eq!(stack.depth(&stack.queue(WorkQueue::Inference(reelfleet_core::envelope::Tier::Medium))).await, 0);
     stack.cleanup().await;
 }
 
@@ -247,34 +162,27 @@ async fn a_message_with_a_wrong_signature_is_dead_lettered_unprocessed() {
 async fn a_prompt_document_produces_a_generated_encoded_video() {
     let stack = TestStack::start().await;
     let doc = stack.dir.path().join("fox.json");
-    std::fs::write(&doc, r#"{"prompt": "a red fox in the snow", "duration_seconds": 2, "resolution": "720p", "priority": 4}"#).unwrap();
+    std::fs::write(
+        &doc,
+        r#"{"prompt": "a red fox in the snow", "duration_seconds": 2, "resolution": "720p", "priority": 4}"#,
+    )
+    .unwrap();
     let job = stack.upload("prompts/red fox.json", &doc).await;
     let m = stack.wait_for(&job, JOB_TIMEOUT, finished).await;
     assert_eq!(m.status, JobStatus::Completed, "{:?}", m.error);
     assert_eq!(m.kind, JobKind::Generate);
-    assert_eq!(
-        m.tier,
-        Some(reelfleet_core::envelope::Tier::High),
-        "priority 4 is the high tier"
-    );
+    assert_eq!(m.tier, Some(reelfleet_core::envelope::Tier::High), "priority 4 is the high tier");
     let inference = m.inference.as_ref().unwrap();
     assert_eq!(inference.model, stack.settings().inference.video_model);
     let usage = stack.dev.simulator.usage();
     assert_eq!(usage.len(), 1);
     assert_eq!(usage[0].kind, "video");
     assert_eq!(usage[0].completion_tokens, inference.output_tokens);
-    let h264 = m
-        .outputs
-        .iter()
-        .find(|o| o.name == "h264_720p")
-        .expect("h264 rendition");
+    let h264 = m.outputs.iter().find(|o| o.name == "h264_720p").expect("h264 rendition");
     let probe = stack.probe_object(&h264.key).await;
     assert_eq!(probe.video().unwrap().codec_name, "h264");
     assert!((probe.duration().unwrap() - 2.0).abs() <= 0.1);
-    assert!(m
-        .outputs
-        .iter()
-        .any(|o| o.name == "h265_720p" && o.codec == "hevc"));
+    assert!(m.outputs.iter().any(|o| o.name == "h265_720p" && o.codec == "hevc"));
     stack.cleanup().await;
 }
 
@@ -282,61 +190,29 @@ async fn a_prompt_document_produces_a_generated_encoded_video() {
 async fn transient_provider_failures_are_retried_then_dead_lettered_with_the_reason() {
     let stack = TestStack::start_with(|s| s.retry.max_attempts = 2).await;
     stack.dev.simulator.configure(|c| c.error_rate = 1.0);
-    let clip = make_clip(
-        stack.dir.path(),
-        "c.mp4",
-        "testsrc2=size=320x240:rate=24",
-        1.0,
-        &[],
-    );
+    let clip = make_clip(stack.dir.path(), "c.mp4", "testsrc2=size=320x240:rate=24", 1.0, &[]);
     let job = stack.upload("retry/c.mp4", &clip).await;
     let m = stack.wait_for(&job, JOB_TIMEOUT, finished).await;
     assert_eq!(m.status, JobStatus::Failed);
     let err = m.error.as_ref().unwrap();
-    assert_eq!(
-        (err.stage.as_str(), err.code.as_str(), err.attempts),
-        ("inference", "provider", 2)
-    );
+    assert_eq!((err.stage.as_str(), err.code.as_str(), err.attempts), ("inference", "provider", 2));
     assert!(err.message.contains("500"), "{}", err.message);
     let tier = m.tier.unwrap();
     let dead = stack
-        .take_messages(
-            &format!("{}.dlq", stack.queue(WorkQueue::Inference(tier))),
-            1,
-            Duration::from_secs(10),
-        )
+        .take_messages(&format!("{}.dlq", stack.queue(WorkQueue::Inference(tier))), 1, Duration::from_secs(10))
         .await;
     assert_eq!(dead[0].0["x-reelfleet-error-class"], "transient");
     assert_eq!(dead[0].0["x-reelfleet-attempts"], "2");
 
     // A provider that recovers before the retries run out completes the job.
-    let clip2 = make_clip(
-        stack.dir.path(),
-        "d.mp4",
-        "testsrc2=size=320x240:rate=24",
-        1.0,
-        &[],
-    );
+    let clip2 = make_clip(stack.dir.path(), "d.mp4", "testsrc2=size=320x240:rate=24", 1.0, &[]);
     let job2 = stack.upload("retry/d.mp4", &clip2).await;
-    stack
-        .wait_for(&job2, JOB_TIMEOUT, |m| m.status == JobStatus::Inference)
-        .await;
-    let failures = || {
-        stack
-            .dev
-            .fleet
-            .metrics
-            .failures
-            .with_label_values(&["inference", "transient", "provider"])
-            .get()
-    };
+    stack.wait_for(&job2, JOB_TIMEOUT, |m| m.status == JobStatus::Inference).await;
+    let failures = || stack.dev.fleet.metrics.failures.with_label_values(&["inference", "transient", "provider"]).get();
     let before = failures();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while failures() == before {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no failed attempt seen"
-        );
+        assert!(std::time::Instant::now() < deadline, "no failed attempt seen");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stack.dev.simulator.configure(|c| c.error_rate = 0.0);
@@ -371,51 +247,66 @@ async fn reelfleet_submit_in_multipart_names_the_job_that_runs_and_rotation_is_a
         .unwrap();
     assert!(status.success());
     let size = std::fs::metadata(&rotated).unwrap().len();
-    assert!(
-        size > 5 * 1024 * 1024,
-        "the clip must need two parts, it has {size} bytes"
-    );
+    assert!(size > 5 * 1024 * 1024, "the clip must need two parts, it has {size} bytes");
 
-    let req = reelfleet_cli::ops::SubmitRequest {
-        files: vec![rotated],
-        priority: Some(5),
-        ..Default::default()
-    };
-    let submitted = reelfleet_cli::ops::submit(stack.settings(), &req)
-        .await
-        .unwrap();
-    let m = stack
-        .wait_for(&submitted[0].job_id, JOB_TIMEOUT, finished)
-        .await;
+    let req = reelfleet_cli::ops::SubmitRequest { files: vec![rotated], priority: Some(5), ..Default::default() };
+    let submitted = reelfleet_cli::ops::submit(stack.settings(), &req).await.unwrap();
+    let m = stack.wait_for(&submitted[0].job_id, JOB_TIMEOUT, finished).await;
     assert_eq!(m.status, JobStatus::Completed, "{:?}", m.error);
-    assert!(
-        m.source.etag.as_deref().unwrap().ends_with("-2"),
-        "not a multipart upload: {:?}",
-        m.source.etag
-    );
-    assert_eq!(
-        m.tier,
-        Some(reelfleet_core::envelope::Tier::Critical),
-        "the priority metadata was lost"
-    );
+    assert!(m.source.etag.as_deref().unwrap().ends_with("-2"), "not a multipart upload: {:?}", m.source.etag);
+    assert_eq!(m.tier, Some(reelfleet_core::envelope::Tier::Critical), "the priority metadata was lost");
     let input = m.input.as_ref().unwrap();
     assert_eq!((input.width, input.height, input.rotation), (720, 1280, 90));
     let pre = m.preprocess.as_ref().unwrap();
     assert_eq!((pre.width, pre.height), (720, 1280));
-    let normalized = stack
-        .probe_object(pre.normalized_key.as_deref().unwrap())
-        .await;
+    let normalized = stack.probe_object(pre.normalized_key.as_deref().unwrap()).await;
     assert_eq!(normalized.display_dimensions(), Some((720, 1280)));
     let v = normalized.video().unwrap();
-    assert_eq!(
-        (v.codec_name.as_str(), v.pix_fmt.as_deref()),
-        ("h264", Some("yuv420p"))
-    );
+    assert_eq!((v.codec_name.as_str(), v.pix_fmt.as_deref()), ("h264", Some("yuv420p")));
     assert_eq!(v.fps().map(|f| f.round() as u32), Some(24));
-    assert!(m
-        .outputs
-        .iter()
-        .filter(|o| o.content_type == "video/mp4")
-        .all(|o| (o.width, o.height) == (720, 1280)));
+    assert!(m.outputs.iter().filter(|o| o.content_type == "video/mp4").all(|o| (o.width, o.height) == (720, 1280)));
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_event_with_several_records_admits_each_object_on_its_own() {
+    let stack = TestStack::start().await;
+    let dir = stack.dir.path();
+    // Objects in a bucket without notifications, announced by one hand-made AWS event.
+    let bucket = "archive";
+    stack.storage.ensure_bucket(bucket).await.unwrap();
+    let good = make_clip(dir, "good.mp4", "testsrc2=size=320x240:rate=24", 1.0, &[]);
+    let bad = dir.join("bad.mp4");
+    std::fs::write(&bad, b"no video here").unwrap();
+    let good_info = stack.storage.upload(bucket, "in/good clip.mp4", &good, "video/mp4").await.unwrap();
+    let bad_info = stack.storage.upload(bucket, "in/bad.mp4", &bad, "video/mp4").await.unwrap();
+    let record = |key: &str, info: &reelfleet_core::storage::ObjectInfo| {
+        serde_json::json!({
+            "eventVersion": "2.1", "eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+            "s3": {"bucket": {"name": bucket}, "object": {"key": key, "size": info.size, "eTag": info.etag}}
+        })
+    };
+    let event =
+        serde_json::json!({"Records": [record("in/good+clip.mp4", &good_info), record("in/bad.mp4", &bad_info)]});
+    stack.publish(Outgoing::to_queue(stack.queue(WorkQueue::Ingest), serde_json::to_vec(&event).unwrap())).await;
+
+    let source = |key: &str, info: &reelfleet_core::storage::ObjectInfo| SourceObject {
+        bucket: bucket.into(),
+        key: key.into(),
+        size: info.size,
+        etag: info.etag.clone(),
+        version_id: None,
+    };
+    let good_job = source("in/good clip.mp4", &good_info).job_id();
+    let bad_job = source("in/bad.mp4", &bad_info).job_id();
+    let m = stack.wait_for(&good_job, JOB_TIMEOUT, finished).await;
+    assert_eq!(m.status, JobStatus::Completed, "{:?}", m.error);
+    let b = stack.wait_for(&bad_job, JOB_TIMEOUT, finished).await;
+    assert_eq!(b.status, JobStatus::Failed);
+    let dead =
+        stack.take_messages(&format!("{}.dlq", stack.queue(WorkQueue::Ingest)), 1, Duration::from_secs(10)).await;
+    let envelope = Envelope::parse(&dead[0].1).expect("the dead letter is the split-off submission");
+    assert_eq!(envelope.source.key, "in/bad.mp4");
+    assert_eq!(stack.depth(&format!("{}.dlq", stack.queue(WorkQueue::Ingest))).await, 0);
     stack.cleanup().await;
 }

@@ -56,9 +56,10 @@ impl DevStack {
         let data_dir = opts.data_dir.canonicalize()?;
         let broker = Broker::new(&base.broker, "reelfleet-dev")?;
         let topology = Topology::new(base.namespace.clone(), base.broker.delivery_limit);
-        broker.declare(&topology).await.context(
-            "cannot declare the topology on RabbitMQ (is it running? scripts/demo starts it)",
-        )?;
+        broker
+            .declare(&topology)
+            .await
+            .context("cannot declare the topology on RabbitMQ (is it running? scripts/demo starts it)")?;
 
         let s3 = serve_s3(
             &format!("127.0.0.1:{}", opts.s3_port),
@@ -87,10 +88,7 @@ impl DevStack {
 
         let storage = Storage::new(&base.s3);
         for bucket in [&base.s3.upload_bucket, &base.s3.work_bucket] {
-            storage
-                .ensure_bucket(bucket)
-                .await
-                .with_context(|| format!("cannot create bucket {bucket}"))?;
+            storage.ensure_bucket(bucket).await.with_context(|| format!("cannot create bucket {bucket}"))?;
         }
         let config_path = data_dir.join("reelfleet.toml");
         std::fs::write(&config_path, base.to_toml())
@@ -98,12 +96,7 @@ impl DevStack {
 
         let settings = Arc::new(base);
         let shutdown = CancellationToken::new();
-        let all = [
-            StageName::Ingest,
-            StageName::Preprocess,
-            StageName::Inference,
-            StageName::Postprocess,
-        ];
+        let all = [StageName::Ingest, StageName::Preprocess, StageName::Inference, StageName::Postprocess];
         let metrics = reelfleet_core::metrics::Metrics::new();
         let stages = fleet::build_stages(&settings, &storage, &metrics, &all, &[])?;
         let fleet = fleet::start(settings.clone(), stages, metrics, shutdown.clone()).await?;
@@ -115,14 +108,7 @@ impl DevStack {
             config = %config_path.display(),
             "reelfleet dev is running"
         );
-        Ok(Self {
-            settings,
-            s3,
-            simulator,
-            fleet,
-            shutdown,
-            config_path,
-        })
+        Ok(Self { settings, s3, simulator, fleet, shutdown, config_path })
     }
 
     /// Drains the workers, then stops the servers.

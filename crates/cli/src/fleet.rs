@@ -54,13 +54,8 @@ pub fn build_stages(
             StageName::Ingest => Arc::new(Ingest::new(settings.clone(), storage.clone())),
             StageName::Preprocess => Arc::new(Preprocess::new(settings.clone(), storage.clone())),
             StageName::Inference => Arc::new(
-                Inference::new(
-                    settings.clone(),
-                    storage.clone(),
-                    tiers.to_vec(),
-                    metrics.clone(),
-                )
-                .context("inference provider")?,
+                Inference::new(settings.clone(), storage.clone(), tiers.to_vec(), metrics.clone())
+                    .context("inference provider")?,
             ),
             StageName::Postprocess => Arc::new(Postprocess::new(settings.clone(), storage.clone())),
         });
@@ -95,41 +90,18 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<FleetHandle> {
     let storage = Storage::new(&settings.s3);
-    let broker = Broker::new(
-        &settings.broker,
-        &format!("reelfleet-{}", std::process::id()),
-    )?;
+    let broker = Broker::new(&settings.broker, &format!("reelfleet-{}", std::process::id()))?;
     let readiness = Readiness::default();
     let manifests = ManifestStore::new(storage, settings.s3.work_bucket.clone());
-    let runtime = Runtime::new(
-        &settings,
-        broker,
-        manifests,
-        metrics.clone(),
-        readiness.clone(),
-    );
-    let health_addr = health::serve(
-        &settings.runtime.health_addr,
-        readiness.clone(),
-        metrics.clone(),
-        shutdown.clone(),
-    )
-    .await
-    .with_context(|| {
-        format!(
-            "cannot serve health endpoints on {}",
-            settings.runtime.health_addr
-        )
-    })?;
+    let runtime = Runtime::new(&settings, broker, manifests, metrics.clone(), readiness.clone());
+    let health_addr =
+        health::serve(&settings.runtime.health_addr, readiness.clone(), metrics.clone(), shutdown.clone())
+            .await
+            .with_context(|| format!("cannot serve health endpoints on {}", settings.runtime.health_addr))?;
     let mut tasks = JoinSet::new();
     for stage in stages {
         let (rt, stop) = (runtime.clone(), shutdown.clone());
         tasks.spawn(async move { rt.run(stage, stop).await });
     }
-    Ok(FleetHandle {
-        health_addr,
-        metrics,
-        readiness,
-        tasks,
-    })
+    Ok(FleetHandle { health_addr, metrics, readiness, tasks })
 }

@@ -140,22 +140,8 @@ fn main() {
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     let settings = Settings::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Dev {
-            data_dir,
-            namespace,
-            s3_port,
-            sim_port,
-        } => {
-            let stack = DevStack::start(
-                settings,
-                DevOptions {
-                    data_dir,
-                    namespace,
-                    s3_port,
-                    sim_port,
-                },
-            )
-            .await?;
+        Command::Dev { data_dir, namespace, s3_port, sim_port } => {
+            let stack = DevStack::start(settings, DevOptions { data_dir, namespace, s3_port, sim_port }).await?;
             eprintln!(
                 "reelfleet dev: S3 {} (bucket {}), simulator {}, health http://{}/readyz, namespace {}\n  other commands: reelfleet --config {} <command>\n  Ctrl-C to stop",
                 stack.settings.s3.endpoint,
@@ -185,24 +171,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             tracing::info!("Worker stopped");
             Ok(0)
         }
-        Command::Submit {
-            files,
-            prompt,
-            duration,
-            priority,
-            quality,
-            wait,
-            timeout,
-            json,
-            summary,
-        } => {
-            let req = ops::SubmitRequest {
-                files,
-                prompt,
-                duration_seconds: duration,
-                priority,
-                quality,
-            };
+        Command::Submit { files, prompt, duration, priority, quality, wait, timeout, json, summary } => {
+            let req = ops::SubmitRequest { files, prompt, duration_seconds: duration, priority, quality };
             let submitted = ops::submit(&settings, &req).await?;
             if !wait {
                 if json {
@@ -214,24 +184,18 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
                 return Ok(0);
             }
-            let manifests =
-                ops::wait(&settings, &submitted, Duration::from_secs(timeout), !json).await?;
+            let manifests = ops::wait(&settings, &submitted, Duration::from_secs(timeout), !json).await?;
             if let Some(path) = summary {
-                std::fs::write(
-                    &path,
-                    serde_json::to_string_pretty(&ops::summarize(&manifests))?,
-                )
-                .with_context(|| format!("cannot write {}", path.display()))?;
+                std::fs::write(&path, serde_json::to_string_pretty(&ops::summarize(&manifests))?)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&manifests)?);
             } else {
                 print_summary(&manifests);
             }
-            let failed = manifests
-                .iter()
-                .filter(|m| m.status != reelfleet_core::manifest::JobStatus::Completed)
-                .count();
+            let failed =
+                manifests.iter().filter(|m| m.status != reelfleet_core::manifest::JobStatus::Completed).count();
             Ok(if failed == 0 { 0 } else { 2 })
         }
         Command::Status { job_id, json } => {
@@ -257,33 +221,18 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {
-                println!(
-                    "{:<40} {:>8} {:>8} {:>9}",
-                    "QUEUE", "READY", "UNACKED", "CONSUMERS"
-                );
+                println!("{:<40} {:>8} {:>8} {:>9}", "QUEUE", "READY", "UNACKED", "CONSUMERS");
                 for q in stats {
-                    let unacked = q
-                        .unacked
-                        .map(|u| u.to_string())
-                        .unwrap_or_else(|| "-".into());
-                    println!(
-                        "{:<40} {:>8} {:>8} {:>9}",
-                        q.name, q.ready, unacked, q.consumers
-                    );
+                    let unacked = q.unacked.map(|u| u.to_string()).unwrap_or_else(|| "-".into());
+                    println!("{:<40} {:>8} {:>8} {:>9}", q.name, q.ready, unacked, q.consumers);
                 }
             }
             Ok(0)
         }
-        Command::Topology {
-            action: TopologyAction::Declare,
-        } => {
+        Command::Topology { action: TopologyAction::Declare } => {
             let broker = Broker::new(&settings.broker, "reelfleet-cli")?;
-            let topology =
-                Topology::new(settings.namespace.clone(), settings.broker.delivery_limit);
-            broker
-                .declare(&topology)
-                .await
-                .context("cannot declare the topology")?;
+            let topology = Topology::new(settings.namespace.clone(), settings.broker.delivery_limit);
+            broker.declare(&topology).await.context("cannot declare the topology")?;
             println!(
                 "declared {} queues and exchange {}",
                 topology.all_queue_names().len(),
@@ -295,16 +244,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
 }
 
 fn print_jobs(all: &[JobManifest]) {
-    println!(
-        "{:<32} {:<8} {:<11} {:<8} {:<17} {:>10}  SOURCE",
-        "JOB", "KIND", "STATUS", "TIER", "MODEL", "COST USD"
-    );
+    println!("{:<32} {:<8} {:<11} {:<8} {:<17} {:>10}  SOURCE", "JOB", "KIND", "STATUS", "TIER", "MODEL", "COST USD");
     for m in all {
-        let model = m
-            .inference
-            .as_ref()
-            .map(|i| i.model.as_str())
-            .unwrap_or("-");
+        let model = m.inference.as_ref().map(|i| i.model.as_str()).unwrap_or("-");
         let tier = m.tier.map(|t| t.to_string()).unwrap_or_else(|| "-".into());
         println!(
             "{:<32} {:<8} {:<11} {:<8} {:<17} {:>10.6}  s3://{}/{}",
@@ -326,17 +268,10 @@ fn print_summary(all: &[JobManifest]) {
         "JOB", "KIND", "STATUS", "TIER", "MODEL", "INGEST", "PREP", "INFER", "POST", "COST USD"
     );
     let secs = |m: &JobManifest, s: &str| {
-        m.stages
-            .get(s)
-            .map(|t| format!("{:.1}s", t.duration_ms as f64 / 1000.0))
-            .unwrap_or_else(|| "-".into())
+        m.stages.get(s).map(|t| format!("{:.1}s", t.duration_ms as f64 / 1000.0)).unwrap_or_else(|| "-".into())
     };
     for m in all {
-        let outputs: Vec<String> = m
-            .outputs
-            .iter()
-            .map(|o| format!("{} {}x{}", o.name, o.width, o.height))
-            .collect();
+        let outputs: Vec<String> = m.outputs.iter().map(|o| format!("{} {}x{}", o.name, o.width, o.height)).collect();
         let detail = match &m.error {
             Some(e) => format!("failed in {}: {}", e.stage, e.message),
             None => outputs.join(", "),
@@ -347,10 +282,7 @@ fn print_summary(all: &[JobManifest]) {
             m.kind,
             m.status,
             m.tier.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
-            m.inference
-                .as_ref()
-                .map(|i| i.model.as_str())
-                .unwrap_or("-"),
+            m.inference.as_ref().map(|i| i.model.as_str()).unwrap_or("-"),
             secs(m, "ingest"),
             secs(m, "preprocess"),
             secs(m, "inference"),
@@ -360,14 +292,8 @@ fn print_summary(all: &[JobManifest]) {
         );
     }
     let total: f64 = all.iter().map(JobManifest::cost_usd).sum();
-    let completed = all
-        .iter()
-        .filter(|m| m.status == reelfleet_core::manifest::JobStatus::Completed)
-        .count();
-    println!(
-        "{completed}/{} completed, total cost ${total:.6}",
-        all.len()
-    );
+    let completed = all.iter().filter(|m| m.status == reelfleet_core::manifest::JobStatus::Completed).count();
+    println!("{completed}/{} completed, total cost ${total:.6}", all.len());
 }
 
 fn print_manifest(m: &JobManifest) {
@@ -376,42 +302,25 @@ fn print_manifest(m: &JobManifest) {
     println!("status   {}", m.status);
     println!("source   s3://{}/{}", m.source.bucket, m.source.key);
     if let Some(t) = m.tier {
-        let reason = m
-            .preprocess
-            .as_ref()
-            .map(|p| p.tier_reason.as_str())
-            .unwrap_or("");
+        let reason = m.preprocess.as_ref().map(|p| p.tier_reason.as_str()).unwrap_or("");
         println!("tier     {t} ({reason})");
     }
     let mut stages: Vec<_> = m.stages.iter().collect();
     stages.sort_by_key(|(_, t)| t.started_at);
     for (stage, t) in stages {
-        println!(
-            "stage    {stage:<12} {:>8.2} s  attempts {}",
-            t.duration_ms as f64 / 1000.0,
-            t.attempts
-        );
+        println!("stage    {stage:<12} {:>8.2} s  attempts {}", t.duration_ms as f64 / 1000.0, t.attempts);
     }
     if let Some(i) = &m.inference {
-        println!(
-            "model    {}  tokens in {} out {}  cost ${:.6}",
-            i.model, i.input_tokens, i.output_tokens, i.cost_usd
-        );
+        println!("model    {}  tokens in {} out {}  cost ${:.6}", i.model, i.input_tokens, i.output_tokens, i.cost_usd);
     }
     for o in &m.outputs {
         let q = match (o.psnr_db, o.ssim) {
             (Some(p), Some(s)) => format!("  PSNR {p:.2} dB SSIM {s:.4}"),
             _ => String::new(),
         };
-        println!(
-            "output   {:<12} {:<5} {}x{}  {}{q}",
-            o.name, o.codec, o.width, o.height, o.key
-        );
+        println!("output   {:<12} {:<5} {}x{}  {}{q}", o.name, o.codec, o.width, o.height, o.key);
     }
     if let Some(e) = &m.error {
-        println!(
-            "error    [{}] {} {}: {}",
-            e.stage, e.class, e.code, e.message
-        );
+        println!("error    [{}] {} {}: {}", e.stage, e.class, e.code, e.message);
     }
 }

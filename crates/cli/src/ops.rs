@@ -45,13 +45,7 @@ pub struct Submitted {
 }
 
 fn source_of(bucket: &str, key: &str, info: &reelfleet_core::storage::ObjectInfo) -> SourceObject {
-    SourceObject {
-        bucket: bucket.into(),
-        key: key.into(),
-        size: info.size,
-        etag: info.etag.clone(),
-        version_id: None,
-    }
+    SourceObject { bucket: bucket.into(), key: key.into(), size: info.size, etag: info.etag.clone(), version_id: None }
 }
 
 /// Uploads files and prompt documents into the upload bucket; the object
@@ -74,8 +68,7 @@ pub async fn submit(settings: &Settings, req: &SubmitRequest) -> anyhow::Result<
     );
     let mut out = Vec::new();
     for file in &req.files {
-        let meta =
-            std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let meta = std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?;
         if !meta.is_file() {
             bail!("{} is not a file", file.display());
         }
@@ -89,31 +82,15 @@ pub async fn submit(settings: &Settings, req: &SubmitRequest) -> anyhow::Result<
             metadata.insert(reelfleet_ingest::META_PRIORITY.to_string(), p.to_string());
         }
         if let Some(q) = req.quality {
-            metadata.insert(
-                reelfleet_ingest::META_QUALITY.to_string(),
-                q.as_str().to_string(),
-            );
+            metadata.insert(reelfleet_ingest::META_QUALITY.to_string(), q.as_str().to_string());
         }
-        let content_type = if reelfleet_ingest::is_prompt_key(name) {
-            "application/json"
-        } else {
-            "video/mp4"
-        };
+        let content_type = if reelfleet_ingest::is_prompt_key(name) { "application/json" } else { "video/mp4" };
         let info = storage
             .upload_with_metadata(bucket, &key, file, content_type, metadata)
             .await
             .with_context(|| format!("cannot upload {} to s3://{bucket}/{key}", file.display()))?;
-        let kind = if reelfleet_ingest::is_prompt_key(name) {
-            "generate"
-        } else {
-            "analyze"
-        };
-        out.push(Submitted {
-            job_id: source_of(bucket, &key, &info).job_id(),
-            bucket: bucket.clone(),
-            key,
-            kind,
-        });
+        let kind = if reelfleet_ingest::is_prompt_key(name) { "generate" } else { "analyze" };
+        out.push(Submitted { job_id: source_of(bucket, &key, &info).job_id(), bucket: bucket.clone(), key, kind });
     }
     if let Some(prompt) = &req.prompt {
         let doc = PromptDocument {
@@ -144,10 +121,7 @@ pub async fn submit(settings: &Settings, req: &SubmitRequest) -> anyhow::Result<
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!(
-        "reelfleet-submit-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
+    let dir = std::env::temp_dir().join(format!("reelfleet-submit-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
@@ -167,8 +141,7 @@ pub async fn wait(
         ProgressDrawTarget::hidden()
     });
     let tty = progress && !multi.is_hidden();
-    let style =
-        ProgressStyle::with_template("{spinner} {elapsed:>4} {wide_msg}").expect("valid template");
+    let style = ProgressStyle::with_template("{spinner} {elapsed:>4} {wide_msg}").expect("valid template");
     let bars: Vec<ProgressBar> = jobs
         .iter()
         .map(|_| {
@@ -187,17 +160,8 @@ pub async fn wait(
                 continue;
             }
             let manifest = store.load(&job.job_id).await.ok().flatten();
-            let status = manifest
-                .as_ref()
-                .map(|m| m.status.to_string())
-                .unwrap_or_else(|| "queued".into());
-            let line = format!(
-                "{} {} [{}] {}",
-                &job.job_id[..12],
-                job.key,
-                job.kind,
-                status
-            );
+            let status = manifest.as_ref().map(|m| m.status.to_string()).unwrap_or_else(|| "queued".into());
+            let line = format!("{} {} [{}] {}", &job.job_id[..12], job.key, job.kind, status);
             bars[i].set_message(line.clone());
             if last[i].as_deref() != Some(status.as_str()) {
                 if progress && !tty {
@@ -205,20 +169,9 @@ pub async fn wait(
                 }
                 last[i] = Some(status.clone());
             }
-            if let Some(m) =
-                manifest.filter(|m| matches!(m.status, JobStatus::Completed | JobStatus::Failed))
-            {
-                let reason = m
-                    .error
-                    .as_ref()
-                    .map(|e| format!(": {}", e.message))
-                    .unwrap_or_default();
-                bars[i].finish_with_message(format!(
-                    "{} {} {}{reason}",
-                    &job.job_id[..12],
-                    job.key,
-                    m.status
-                ));
+            if let Some(m) = manifest.filter(|m| matches!(m.status, JobStatus::Completed | JobStatus::Failed)) {
+                let reason = m.error.as_ref().map(|e| format!(": {}", e.message)).unwrap_or_default();
+                bars[i].finish_with_message(format!("{} {} {}{reason}", &job.job_id[..12], job.key, m.status));
                 done[i] = Some(m);
             }
         }
@@ -229,12 +182,8 @@ pub async fn wait(
             for b in &bars {
                 b.abandon();
             }
-            let pending: Vec<_> = jobs
-                .iter()
-                .zip(&done)
-                .filter(|(_, d)| d.is_none())
-                .map(|(j, _)| j.job_id.clone())
-                .collect();
+            let pending: Vec<_> =
+                jobs.iter().zip(&done).filter(|(_, d)| d.is_none()).map(|(j, _)| j.job_id.clone()).collect();
             bail!(
                 "timed out after {} s waiting for {} job(s): {}",
                 timeout.as_secs(),
@@ -290,26 +239,16 @@ pub struct QueueStats {
 pub async fn queues(settings: &Settings) -> anyhow::Result<Vec<QueueStats>> {
     let topology = Topology::new(settings.namespace.clone(), settings.broker.delivery_limit);
     let names = topology.all_queue_names();
-    if let Ok(stats) = queues_from_management(settings.broker.management_url.expose(), &names).await
-    {
+    if let Ok(stats) = queues_from_management(settings.broker.management_url.expose(), &names).await {
         return Ok(stats);
     }
     let broker = Broker::new(&settings.broker, "reelfleet-cli")?;
     let mut out = Vec::new();
     for name in names {
         // A failed passive declare closes the channel, so each gets its own.
-        let channel = broker
-            .channel()
-            .await
-            .context("cannot connect to RabbitMQ")?;
-        let opts = lapin::options::QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        match channel
-            .queue_declare(name.as_str().into(), opts, Default::default())
-            .await
-        {
+        let channel = broker.channel().await.context("cannot connect to RabbitMQ")?;
+        let opts = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+        match channel.queue_declare(name.as_str().into(), opts, Default::default()).await {
             Ok(q) => out.push(QueueStats {
                 name,
                 ready: q.message_count().into(),
@@ -326,36 +265,24 @@ pub async fn queues(settings: &Settings) -> anyhow::Result<Vec<QueueStats>> {
 
 async fn queues_from_management(base: &str, names: &[String]) -> anyhow::Result<Vec<QueueStats>> {
     let url = url::Url::parse(base)?;
-    let (user, pass) = (
-        url.username().to_string(),
-        url.password().unwrap_or("").to_string(),
-    );
+    let (user, pass) = (url.username().to_string(), url.password().unwrap_or("").to_string());
     let mut clean = url.clone();
     let _ = clean.set_username("");
     let _ = clean.set_password(None);
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()?;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(3)).build()?;
     let resp = http
-        .get(format!(
-            "{}api/queues/%2F",
-            clean.as_str().trim_end_matches('/').to_string() + "/"
-        ))
+        .get(format!("{}api/queues/%2F", clean.as_str().trim_end_matches('/').to_string() + "/"))
         .basic_auth(user, Some(pass))
         .send()
         .await?
         .error_for_status()?;
     let all: Vec<serde_json::Value> = resp.json().await?;
-    let by_name: BTreeMap<&str, &serde_json::Value> = all
-        .iter()
-        .filter_map(|q| Some((q["name"].as_str()?, q)))
-        .collect();
+    let by_name: BTreeMap<&str, &serde_json::Value> =
+        all.iter().filter_map(|q| Some((q["name"].as_str()?, q))).collect();
     names
         .iter()
         .map(|n| {
-            let q = by_name
-                .get(n.as_str())
-                .with_context(|| format!("queue {n} does not exist"))?;
+            let q = by_name.get(n.as_str()).with_context(|| format!("queue {n} does not exist"))?;
             Ok(QueueStats {
                 name: n.clone(),
                 ready: q["messages_ready"].as_u64().unwrap_or(0),
@@ -370,10 +297,7 @@ async fn queues_from_management(base: &str, names: &[String]) -> anyhow::Result<
 /// Work queue names in pipeline order, for display.
 pub fn work_queue_names(settings: &Settings) -> Vec<String> {
     let topology = Topology::new(settings.namespace.clone(), settings.broker.delivery_limit);
-    WorkQueue::all()
-        .into_iter()
-        .map(|q| topology.queue(q))
-        .collect()
+    WorkQueue::all().into_iter().map(|q| topology.queue(q)).collect()
 }
 
 /// A JSON summary of finished jobs (what `scripts/demo` writes).
@@ -381,7 +305,8 @@ pub fn summarize(all: &[JobManifest]) -> serde_json::Value {
     let jobs: Vec<serde_json::Value> = all
         .iter()
         .map(|m| {
-            let stages: BTreeMap<&str, f64> = m.stages.iter().map(|(k, t)| (k.as_str(), t.duration_ms as f64 / 1000.0)).collect();
+            let stages: BTreeMap<&str, f64> =
+                m.stages.iter().map(|(k, t)| (k.as_str(), t.duration_ms as f64 / 1000.0)).collect();
             serde_json::json!({
                 "job_id": m.job_id,
                 "kind": m.kind,
@@ -403,10 +328,7 @@ pub fn summarize(all: &[JobManifest]) -> serde_json::Value {
             })
         })
         .collect();
-    let completed = all
-        .iter()
-        .filter(|m| m.status == JobStatus::Completed)
-        .count();
+    let completed = all.iter().filter(|m| m.status == JobStatus::Completed).count();
     serde_json::json!({
         "jobs": jobs,
         "completed": completed,

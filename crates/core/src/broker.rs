@@ -62,10 +62,7 @@ impl Broker {
         let name = connection_name.to_string();
         let pool = cfg
             .create_pool(
-                move || {
-                    lapin::ConnectionProperties::default()
-                        .with_connection_name(name.as_str().into())
-                },
+                move || lapin::ConnectionProperties::default().with_connection_name(name.as_str().into()),
                 deadpool_lapin::Runtime::Tokio1,
             )
             .map_err(|e| BrokerError::Connect(e.to_string()))?;
@@ -74,20 +71,14 @@ impl Broker {
 
     /// A new channel on a pooled connection.
     pub async fn channel(&self) -> Result<Channel, BrokerError> {
-        let conn = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| BrokerError::Connect(e.to_string()))?;
+        let conn = self.pool.get().await.map_err(|e| BrokerError::Connect(e.to_string()))?;
         Ok(conn.create_channel().await?)
     }
 
     /// A new channel with publisher confirms enabled.
     pub async fn publisher(&self) -> Result<Publisher, BrokerError> {
         let channel = self.channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
         Ok(Publisher { channel })
     }
 
@@ -129,12 +120,7 @@ pub enum HeaderValue {
 impl Outgoing {
     /// A persistent mandatory message straight to `queue`.
     pub fn to_queue(queue: impl Into<String>, body: Vec<u8>) -> Self {
-        Self {
-            routing_key: queue.into(),
-            body,
-            mandatory: true,
-            ..Default::default()
-        }
+        Self { routing_key: queue.into(), body, mandatory: true, ..Default::default() }
     }
 
     /// Adds a header.
@@ -152,9 +138,7 @@ pub struct Publisher {
 
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Publisher")
-            .field("channel", &self.channel.id())
-            .finish()
+        f.debug_struct("Publisher").field("channel", &self.channel.id()).finish()
     }
 }
 
@@ -181,10 +165,7 @@ impl Publisher {
             .basic_publish(
                 msg.exchange.as_str().into(),
                 msg.routing_key.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: msg.mandatory,
-                    ..Default::default()
-                },
+                BasicPublishOptions { mandatory: msg.mandatory, ..Default::default() },
                 &msg.body,
                 props,
             )
@@ -192,15 +173,11 @@ impl Publisher {
             .await?;
         match confirm {
             Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
-                Err(BrokerError::Returned {
-                    routing_key: msg.routing_key.clone(),
-                    reply: returned.reply_text.to_string(),
-                })
-            }
-            Confirmation::Nack(None) | Confirmation::NotRequested => {
-                Err(BrokerError::Nacked(msg.routing_key.clone()))
-            }
+            Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => Err(BrokerError::Returned {
+                routing_key: msg.routing_key.clone(),
+                reply: returned.reply_text.to_string(),
+            }),
+            Confirmation::Nack(None) | Confirmation::NotRequested => Err(BrokerError::Nacked(msg.routing_key.clone())),
         }
     }
 

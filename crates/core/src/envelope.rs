@@ -36,9 +36,7 @@ impl fmt::Display for JobKind {
 }
 
 /// Cost tier of a job: which inference queue and model serve it.
-#[derive(
-    Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord,
-)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Tier {
     /// Bulk content on the cheapest model.
@@ -123,9 +121,7 @@ impl std::str::FromStr for Quality {
             "720p" => Ok(Quality::P720),
             "1080p" => Ok(Quality::P1080),
             "4k" => Ok(Quality::K4),
-            _ => Err(format!(
-                "unknown quality {s:?} (expected 720p, 1080p or 4k)"
-            )),
+            _ => Err(format!("unknown quality {s:?} (expected 720p, 1080p or 4k)")),
         }
     }
 }
@@ -159,9 +155,7 @@ impl SourceObject {
             .or_else(|| self.etag.as_deref().map(|e| format!("e:{e}")))
             .unwrap_or_default();
         let name = format!("{}\n{}\n{}", self.bucket, self.key, identity);
-        uuid::Uuid::new_v5(&JOB_NAMESPACE, name.as_bytes())
-            .simple()
-            .to_string()
+        uuid::Uuid::new_v5(&JOB_NAMESPACE, name.as_bytes()).simple().to_string()
     }
 }
 
@@ -249,12 +243,7 @@ impl Envelope {
 
     /// The envelope for the next stage: same job, new inputs, attempt reset.
     pub fn forward(&self, inputs: Vec<String>) -> Self {
-        Self {
-            inputs,
-            attempt: 0,
-            sent_at: Utc::now(),
-            ..self.clone()
-        }
+        Self { inputs, attempt: 0, sent_at: Utc::now(), ..self.clone() }
     }
 
     /// Serializes the envelope.
@@ -267,25 +256,15 @@ impl Envelope {
         if body.len() > MAX_ENVELOPE_BYTES {
             return Err(EnvelopeError::TooLarge(body.len()));
         }
-        let env: Envelope = crate::json::parse_bounded(body)
-            .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        let env: Envelope = crate::json::parse_bounded(body).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
         if env.schema != ENVELOPE_SCHEMA {
             return Err(EnvelopeError::Schema(env.schema));
         }
-        if env.job_id.is_empty()
-            || env.job_id.len() > 64
-            || !env.job_id.chars().all(|c| c.is_ascii_alphanumeric())
-        {
-            return Err(EnvelopeError::Malformed(format!(
-                "invalid job_id {:?}",
-                env.job_id
-            )));
+        if env.job_id.is_empty() || env.job_id.len() > 64 || !env.job_id.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(EnvelopeError::Malformed(format!("invalid job_id {:?}", env.job_id)));
         }
         if !(1..=5).contains(&env.priority) {
-            return Err(EnvelopeError::Malformed(format!(
-                "priority {} out of 1..=5",
-                env.priority
-            )));
+            return Err(EnvelopeError::Malformed(format!("priority {} out of 1..=5", env.priority)));
         }
         Ok(env)
     }
@@ -326,8 +305,7 @@ impl Signer {
         let raw = hex::decode(signature.trim()).map_err(|_| EnvelopeError::BadSignature)?;
         let mut mac = self.mac();
         mac.update(body);
-        mac.verify_slice(&raw)
-            .map_err(|_| EnvelopeError::BadSignature)
+        mac.verify_slice(&raw).map_err(|_| EnvelopeError::BadSignature)
     }
 }
 
@@ -367,19 +345,10 @@ mod tests {
         signer.verify(&body, Some(&sig)).unwrap();
         let mut tampered = body.clone();
         tampered[10] ^= 1;
-        assert_eq!(
-            signer.verify(&tampered, Some(&sig)),
-            Err(EnvelopeError::BadSignature)
-        );
-        assert_eq!(
-            signer.verify(&body, None),
-            Err(EnvelopeError::MissingSignature)
-        );
+        assert_eq!(signer.verify(&tampered, Some(&sig)), Err(EnvelopeError::BadSignature));
+        assert_eq!(signer.verify(&body, None), Err(EnvelopeError::MissingSignature));
         let other = Signer::new(b"another-key-another-key");
-        assert_eq!(
-            other.verify(&body, Some(&sig)),
-            Err(EnvelopeError::BadSignature)
-        );
+        assert_eq!(other.verify(&body, Some(&sig)), Err(EnvelopeError::BadSignature));
         assert_eq!(Envelope::parse(&body).unwrap(), env);
     }
 
@@ -390,9 +359,6 @@ mod tests {
         v["future_field"] = serde_json::json!({"x": 1});
         assert!(Envelope::parse(&serde_json::to_vec(&v).unwrap()).is_ok());
         v.as_object_mut().unwrap().remove("job_id");
-        assert!(matches!(
-            Envelope::parse(&serde_json::to_vec(&v).unwrap()),
-            Err(EnvelopeError::Malformed(_))
-        ));
+        assert!(matches!(Envelope::parse(&serde_json::to_vec(&v).unwrap()), Err(EnvelopeError::Malformed(_))));
     }
 }

@@ -37,19 +37,11 @@ pub struct StageError {
 impl StageError {
     /// A transient error.
     pub fn transient(code: &'static str, message: impl fmt::Display) -> Self {
-        Self {
-            class: ErrorClass::Transient,
-            code,
-            message: message.to_string(),
-        }
+        Self { class: ErrorClass::Transient, code, message: message.to_string() }
     }
     /// A permanent error.
     pub fn permanent(code: &'static str, message: impl fmt::Display) -> Self {
-        Self {
-            class: ErrorClass::Permanent,
-            code,
-            message: message.to_string(),
-        }
+        Self { class: ErrorClass::Permanent, code, message: message.to_string() }
     }
     /// Adds context in front of the message.
     pub fn context(mut self, what: impl fmt::Display) -> Self {
@@ -62,9 +54,7 @@ impl From<crate::storage::StorageError> for StageError {
     fn from(e: crate::storage::StorageError) -> Self {
         use crate::storage::StorageError as S;
         match &e {
-            S::NotFound { .. } | S::Rejected(_) | S::TooLarge { .. } => {
-                StageError::permanent("storage", e)
-            }
+            S::NotFound { .. } | S::Rejected(_) | S::TooLarge { .. } => StageError::permanent("storage", e),
             _ => StageError::transient("storage", e),
         }
     }

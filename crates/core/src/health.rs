@@ -24,20 +24,11 @@ struct ReadinessState {
 impl Readiness {
     /// Registers a consumer, initially not ready.
     pub fn register(&self, queue: &str) {
-        self.inner
-            .lock()
-            .expect("readiness lock")
-            .consumers
-            .entry(queue.to_string())
-            .or_insert(false);
+        self.inner.lock().expect("readiness lock").consumers.entry(queue.to_string()).or_insert(false);
     }
     /// Marks a consumer connected or not.
     pub fn set(&self, queue: &str, up: bool) {
-        self.inner
-            .lock()
-            .expect("readiness lock")
-            .consumers
-            .insert(queue.to_string(), up);
+        self.inner.lock().expect("readiness lock").consumers.insert(queue.to_string(), up);
     }
     /// Turns readiness off for good (shutdown has begun).
     pub fn drain(&self) {
@@ -75,9 +66,7 @@ pub async fn serve(
         .route("/metrics", get(metrics_text))
         .with_state(HealthState { readiness, metrics });
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
+        let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
     });
     Ok(local)
 }
@@ -91,14 +80,6 @@ async fn readyz(State(s): State<HealthState>) -> (StatusCode, String) {
     }
 }
 
-async fn metrics_text(
-    State(s): State<HealthState>,
-) -> ([(axum::http::HeaderName, &'static str); 1], String) {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        s.metrics.render(),
-    )
+async fn metrics_text(State(s): State<HealthState>) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.render())
 }

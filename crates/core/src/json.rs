@@ -52,10 +52,7 @@ mod tests {
     #[test]
     fn depth_is_bounded() {
         let deep = "[".repeat(100) + &"]".repeat(100);
-        assert!(matches!(
-            parse_bounded::<serde_json::Value>(deep.as_bytes()),
-            Err(JsonError::TooDeep)
-        ));
+        assert!(matches!(parse_bounded::<serde_json::Value>(deep.as_bytes()), Err(JsonError::TooDeep)));
         let ok = r#"{"a":"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[","b":[1]}"#;
         assert!(parse_bounded::<serde_json::Value>(ok.as_bytes()).is_ok());
     }

@@ -304,15 +304,8 @@ impl JobManifest {
     pub fn record_stage(&mut self, stage: &str, started_at: DateTime<Utc>, attempt: u32) {
         let finished_at = Utc::now();
         let duration_ms = (finished_at - started_at).num_milliseconds().max(0) as u64;
-        self.stages.insert(
-            stage.to_string(),
-            StageTiming {
-                started_at,
-                finished_at,
-                duration_ms,
-                attempts: attempt + 1,
-            },
-        );
+        self.stages
+            .insert(stage.to_string(), StageTiming { started_at, finished_at, duration_ms, attempts: attempt + 1 });
     }
 
     /// Total cost of the job in USD.
@@ -331,10 +324,7 @@ pub struct ManifestStore {
 impl ManifestStore {
     /// Manifests in `bucket`.
     pub fn new(storage: Storage, bucket: impl Into<String>) -> Self {
-        Self {
-            storage,
-            bucket: bucket.into(),
-        }
+        Self { storage, bucket: bucket.into() }
     }
 
     /// The work bucket.
@@ -344,14 +334,10 @@ impl ManifestStore {
 
     /// The manifest of `job_id`, if it exists.
     pub async fn load(&self, job_id: &str) -> Result<Option<JobManifest>, StorageError> {
-        match self
-            .storage
-            .get_bytes(&self.bucket, &manifest_key(job_id), MAX_MANIFEST_BYTES)
-            .await
-        {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                StorageError::Rejected(format!("manifest of job {job_id} is corrupt: {e}"))
-            }),
+        match self.storage.get_bytes(&self.bucket, &manifest_key(job_id), MAX_MANIFEST_BYTES).await {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StorageError::Rejected(format!("manifest of job {job_id} is corrupt: {e}"))),
             Err(StorageError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
@@ -359,37 +345,23 @@ impl ManifestStore {
 
     /// The manifest of `job_id`, which must exist (a permanent error otherwise).
     pub async fn require(&self, job_id: &str) -> Result<JobManifest, StageError> {
-        self.load(job_id).await?.ok_or_else(|| {
-            StageError::permanent("bad_input", format!("job {job_id} has no manifest"))
-        })
+        self.load(job_id)
+            .await?
+            .ok_or_else(|| StageError::permanent("bad_input", format!("job {job_id} has no manifest")))
     }
 
     /// Writes the manifest.
     pub async fn save(&self, manifest: &mut JobManifest) -> Result<(), StorageError> {
         manifest.updated_at = Utc::now();
         let body = serde_json::to_vec_pretty(manifest).expect("manifest serializes");
-        self.storage
-            .put_bytes(
-                &self.bucket,
-                &manifest_key(&manifest.job_id),
-                body,
-                "application/json",
-            )
-            .await
+        self.storage.put_bytes(&self.bucket, &manifest_key(&manifest.job_id), body, "application/json").await
     }
 
     /// Writes the manifest only if none exists; `false` if one did.
     pub async fn create(&self, manifest: &mut JobManifest) -> Result<bool, StorageError> {
         manifest.updated_at = Utc::now();
         let body = serde_json::to_vec_pretty(manifest).expect("manifest serializes");
-        self.storage
-            .put_bytes_if_absent(
-                &self.bucket,
-                &manifest_key(&manifest.job_id),
-                body,
-                "application/json",
-            )
-            .await
+        self.storage.put_bytes_if_absent(&self.bucket, &manifest_key(&manifest.job_id), body, "application/json").await
     }
 
     /// Marks a job failed with the reason (no-op if it has no manifest).

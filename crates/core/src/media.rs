@@ -109,26 +109,20 @@ pub struct ProbeFormat {
 }
 
 fn parse_f64(s: Option<&String>) -> Option<f64> {
-    s.and_then(|v| v.parse::<f64>().ok())
-        .filter(|v| v.is_finite())
+    s.and_then(|v| v.parse::<f64>().ok()).filter(|v| v.is_finite())
 }
 
 /// Parses an ffmpeg fraction such as `30000/1001`.
 pub fn parse_rate(s: &str) -> Option<f64> {
     let (n, d) = s.split_once('/').unwrap_or((s, "1"));
     let (n, d) = (n.parse::<f64>().ok()?, d.parse::<f64>().ok()?);
-    (d > 0.0 && n > 0.0)
-        .then_some(n / d)
-        .filter(|v| v.is_finite())
+    (d > 0.0 && n > 0.0).then_some(n / d).filter(|v| v.is_finite())
 }
 
 impl ProbeStream {
     /// Rotation in degrees (0, 90, 180, 270), from side data or tags.
     pub fn rotation(&self) -> i32 {
-        let from_side = self
-            .side_data_list
-            .iter()
-            .find_map(|d| d.get("rotation").and_then(|r| r.as_f64()));
+        let from_side = self.side_data_list.iter().find_map(|d| d.get("rotation").and_then(|r| r.as_f64()));
         let from_tag = self.tags.get("rotate").and_then(|r| r.parse::<f64>().ok());
         let deg = from_side.or(from_tag).unwrap_or(0.0).round() as i32;
         deg.rem_euclid(360)
@@ -151,9 +145,7 @@ impl ProbeStream {
 impl Probe {
     /// The first video stream that is not an attached picture.
     pub fn video(&self) -> Option<&ProbeStream> {
-        self.streams
-            .iter()
-            .find(|s| s.codec_type == "video" && !is_cover_art(s))
+        self.streams.iter().find(|s| s.codec_type == "video" && !is_cover_art(s))
     }
 
     /// Whether there is an audio stream.
@@ -163,19 +155,14 @@ impl Probe {
 
     /// Duration in seconds: the container's, else the video stream's.
     pub fn duration(&self) -> Option<f64> {
-        parse_f64(self.format.duration.as_ref())
-            .or_else(|| self.video().and_then(|v| parse_f64(v.duration.as_ref())))
+        parse_f64(self.format.duration.as_ref()).or_else(|| self.video().and_then(|v| parse_f64(v.duration.as_ref())))
     }
 
     /// Width and height as displayed (rotation applied).
     pub fn display_dimensions(&self) -> Option<(u32, u32)> {
         let v = self.video()?;
         let (w, h) = (v.width?, v.height?);
-        Some(if v.rotation() % 180 == 90 {
-            (h, w)
-        } else {
-            (w, h)
-        })
+        Some(if v.rotation() % 180 == 90 { (h, w) } else { (w, h) })
     }
 
     /// Container bit rate in bits per second.
@@ -199,12 +186,7 @@ pub struct Media {
 
 /// The input arguments that keep ffmpeg on local files: `-protocol_whitelist file,pipe -i file:<path>`.
 pub fn input_args(path: &Path) -> Vec<String> {
-    vec![
-        "-protocol_whitelist".into(),
-        "file,pipe".into(),
-        "-i".into(),
-        format!("file:{}", path.display()),
-    ]
+    vec!["-protocol_whitelist".into(), "file,pipe".into(), "-i".into(), format!("file:{}", path.display())]
 }
 
 /// An output path as ffmpeg should see it (never parsed as a protocol or option).
@@ -245,26 +227,15 @@ impl Media {
             "-show_streams".into(),
             format!("file:{}", path.display()),
         ];
-        let out = run(
-            &self.settings.ffprobe,
-            &args,
-            self.settings.probe_timeout_secs,
-        )
-        .await?;
-        serde_json::from_slice(&out.stdout)
-            .map_err(|e| MediaError::Parse(format!("ffprobe JSON: {e}")))
+        let out = run(&self.settings.ffprobe, &args, self.settings.probe_timeout_secs).await?;
+        serde_json::from_slice(&out.stdout).map_err(|e| MediaError::Parse(format!("ffprobe JSON: {e}")))
     }
 
     /// Runs ffmpeg with `args` (after `-hide_banner -nostdin -y`), returning its stderr.
     pub async fn ffmpeg(&self, args: &[String]) -> Result<String, MediaError> {
         let mut full: Vec<String> = vec!["-hide_banner".into(), "-nostdin".into(), "-y".into()];
         full.extend_from_slice(args);
-        let out = run(
-            &self.settings.ffmpeg,
-            &full,
-            self.settings.ffmpeg_timeout_secs,
-        )
-        .await?;
+        let out = run(&self.settings.ffmpeg, &full, self.settings.ffmpeg_timeout_secs).await?;
         Ok(String::from_utf8_lossy(&out.stderr).into_owned())
     }
 
@@ -272,9 +243,7 @@ impl Media {
     pub async fn has_filter(&self, name: &str) -> bool {
         let args = vec!["-hide_banner".to_string(), "-filters".to_string()];
         match run(&self.settings.ffmpeg, &args, 10).await {
-            Ok(out) => String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .any(|l| l.split_whitespace().nth(1) == Some(name)),
+            Ok(out) => String::from_utf8_lossy(&out.stdout).lines().any(|l| l.split_whitespace().nth(1) == Some(name)),
             Err(_) => false,
         }
     }
@@ -293,16 +262,10 @@ async fn run(program: &str, args: &[String], timeout_secs: u64) -> Result<Output
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|source| MediaError::Spawn {
-            program: program.into(),
-            source,
-        })?;
+        .map_err(|source| MediaError::Spawn { program: program.into(), source })?;
     let out = tokio::time::timeout(Duration::from_secs(timeout_secs), child.wait_with_output())
         .await
-        .map_err(|_| MediaError::Timeout {
-            program: program.into(),
-            secs: timeout_secs,
-        })??;
+        .map_err(|_| MediaError::Timeout { program: program.into(), secs: timeout_secs })??;
     if !out.status.success() {
         return Err(MediaError::Failed {
             program: program.into(),
@@ -310,10 +273,7 @@ async fn run(program: &str, args: &[String], timeout_secs: u64) -> Result<Output
             stderr: tail(&String::from_utf8_lossy(&out.stderr), 1500),
         });
     }
-    Ok(Output {
-        stdout: out.stdout,
-        stderr: out.stderr,
-    })
+    Ok(Output { stdout: out.stdout, stderr: out.stderr })
 }
 
 /// The last `max` bytes of `text`, on a char boundary, trimmed.
@@ -351,10 +311,7 @@ mod tests {
 
     #[test]
     fn rates_and_rotation() {
-        assert_eq!(
-            parse_rate("30000/1001").map(|r| (r * 1000.0).round()),
-            Some(29970.0)
-        );
+        assert_eq!(parse_rate("30000/1001").map(|r| (r * 1000.0).round()), Some(29970.0));
         assert_eq!(parse_rate("0/0"), None);
         let s: ProbeStream = serde_json::from_value(serde_json::json!({
             "codec_type": "video", "codec_name": "h264", "width": 1920, "height": 1080,
@@ -362,10 +319,7 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(s.rotation(), 270);
-        let p = Probe {
-            streams: vec![s],
-            format: ProbeFormat::default(),
-        };
+        let p = Probe { streams: vec![s], format: ProbeFormat::default() };
         assert_eq!(p.display_dimensions(), Some((1080, 1920)));
     }
 }

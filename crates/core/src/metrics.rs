@@ -1,8 +1,7 @@
 //! Prometheus metrics every worker serves on `/metrics`.
 
 use prometheus::{
-    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The metrics of one process.
@@ -38,67 +37,42 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let messages = IntCounterVec::new(
-            Opts::new(
-                "reelfleet_messages_total",
-                "Messages handled, by stage, queue and outcome",
-            ),
+            Opts::new("reelfleet_messages_total", "Messages handled, by stage, queue and outcome"),
             &["stage", "queue", "outcome"],
         )
         .expect("valid metric");
         let failures = IntCounterVec::new(
-            Opts::new(
-                "reelfleet_failures_total",
-                "Stage failures, by stage, error class and code",
-            ),
+            Opts::new("reelfleet_failures_total", "Stage failures, by stage, error class and code"),
             &["stage", "class", "code"],
         )
         .expect("valid metric");
         let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "reelfleet_stage_duration_seconds",
-                "Seconds to handle one message, by stage",
-            )
-            .buckets(vec![
-                0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0,
-            ]),
+            HistogramOpts::new("reelfleet_stage_duration_seconds", "Seconds to handle one message, by stage")
+                .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0]),
             &["stage"],
         )
         .expect("valid metric");
-        let in_flight = IntGaugeVec::new(
-            Opts::new("reelfleet_in_flight", "Messages in progress, by stage"),
-            &["stage"],
-        )
-        .expect("valid metric");
+        let in_flight =
+            IntGaugeVec::new(Opts::new("reelfleet_in_flight", "Messages in progress, by stage"), &["stage"])
+                .expect("valid metric");
         let batch_size = HistogramVec::new(
-            HistogramOpts::new(
-                "reelfleet_batch_size",
-                "Messages handled together, by stage",
-            )
-            .buckets(vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0]),
+            HistogramOpts::new("reelfleet_batch_size", "Messages handled together, by stage")
+                .buckets(vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0]),
             &["stage"],
         )
         .expect("valid metric");
         let tokens = IntCounterVec::new(
-            Opts::new(
-                "reelfleet_provider_tokens_total",
-                "Provider tokens billed, by tier, model and direction",
-            ),
+            Opts::new("reelfleet_provider_tokens_total", "Provider tokens billed, by tier, model and direction"),
             &["tier", "model", "direction"],
         )
         .expect("valid metric");
         let cost_usd = CounterVec::new(
-            Opts::new(
-                "reelfleet_provider_cost_usd_total",
-                "Provider cost in USD, by tier and model",
-            ),
+            Opts::new("reelfleet_provider_cost_usd_total", "Provider cost in USD, by tier and model"),
             &["tier", "model"],
         )
         .expect("valid metric");
         let consumer_up = IntGaugeVec::new(
-            Opts::new(
-                "reelfleet_consumer_up",
-                "1 while the consumer of a queue is connected",
-            ),
+            Opts::new("reelfleet_consumer_up", "1 while the consumer of a queue is connected"),
             &["queue"],
         )
         .expect("valid metric");
@@ -114,25 +88,13 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric registered once");
         }
-        Self {
-            registry,
-            messages,
-            failures,
-            duration,
-            in_flight,
-            batch_size,
-            tokens,
-            cost_usd,
-            consumer_up,
-        }
+        Self { registry, messages, failures, duration, in_flight, batch_size, tokens, cost_usd, consumer_up }
     }
 
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .expect("text encoding");
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding");
         String::from_utf8(buf).expect("metrics are UTF-8")
     }
 }

@@ -19,9 +19,7 @@ use backon::BackoffBuilder;
 use futures::StreamExt;
 use lapin::{
     message::Delivery,
-    options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    },
+    options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
     types::FieldTable,
 };
 use std::{sync::Arc, time::Duration};
@@ -121,9 +119,7 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime")
-            .field("topology", &self.topology)
-            .finish_non_exhaustive()
+        f.debug_struct("Runtime").field("topology", &self.topology).finish_non_exhaustive()
     }
 }
 
@@ -204,9 +200,7 @@ impl Runtime {
         let name = self.topology.queue(queue);
         let channel = self.broker.channel().await?;
         self.topology.declare(&channel).await?;
-        channel
-            .basic_qos(self.prefetch, BasicQosOptions::default())
-            .await?;
+        channel.basic_qos(self.prefetch, BasicQosOptions::default()).await?;
         let publisher = self.broker.publisher().await?;
         let tag = format!("{}-{}", stage.name(), uuid::Uuid::new_v4().simple());
         let mut consumer = channel
@@ -239,17 +233,13 @@ impl Runtime {
 
         if result.is_ok() {
             self.readiness.drain();
-            let _ = channel
-                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                .await;
+            let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
             let waiting = in_flight.len();
             if waiting > 0 {
                 info!(queue = %name, in_flight = waiting, grace_s = self.grace.as_secs(), "Draining in-flight messages");
             }
-            let drained = tokio::time::timeout(self.grace, async {
-                while in_flight.join_next().await.is_some() {}
-            })
-            .await;
+            let drained =
+                tokio::time::timeout(self.grace, async { while in_flight.join_next().await.is_some() {} }).await;
             if drained.is_err() {
                 warn!(queue = %name, left = in_flight.len(), "Grace period over; unfinished messages go back to the queue");
                 in_flight.abort_all();
@@ -263,21 +253,12 @@ impl Runtime {
         result
     }
 
-    async fn handle(
-        &self,
-        stage: Arc<dyn Stage>,
-        queue: WorkQueue,
-        publisher: Publisher,
-        delivery: Delivery,
-    ) {
+    async fn handle(&self, stage: Arc<dyn Stage>, queue: WorkQueue, publisher: Publisher, delivery: Delivery) {
         let stage_name = stage.name();
         let queue_name = self.topology.queue(queue);
         let attempt = header_u32(&delivery.properties, ATTEMPT_HEADER).unwrap_or(0);
         let started = Instant::now();
-        self.metrics
-            .in_flight
-            .with_label_values(&[stage_name])
-            .inc();
+        self.metrics.in_flight.with_label_values(&[stage_name]).inc();
 
         let decoded = self.decode(&stage, &delivery);
         let job_id = match &decoded {
@@ -323,10 +304,7 @@ impl Runtime {
         }
         .instrument(span)
         .await;
-        self.metrics
-            .in_flight
-            .with_label_values(&[stage_name])
-            .dec();
+        self.metrics.in_flight.with_label_values(&[stage_name]).dec();
     }
 
     fn decode(&self, stage: &Arc<dyn Stage>, delivery: &Delivery) -> Result<Input, StageError> {
@@ -345,16 +323,10 @@ impl Runtime {
         Outgoing::to_queue(queue, body).header(SIGNATURE_HEADER, HeaderValue::Text(sig))
     }
 
-    async fn dispatch(
-        &self,
-        publisher: &Publisher,
-        dispatches: Vec<Dispatch>,
-    ) -> Result<(), BrokerError> {
+    async fn dispatch(&self, publisher: &Publisher, dispatches: Vec<Dispatch>) -> Result<(), BrokerError> {
         for d in dispatches {
             let msg = match d {
-                Dispatch::Next { queue, envelope } => {
-                    self.signed(&self.topology.queue(queue), &envelope)
-                }
+                Dispatch::Next { queue, envelope } => self.signed(&self.topology.queue(queue), &envelope),
                 Dispatch::Event { routing_key, body } => Outgoing {
                     exchange: self.topology.events_exchange(),
                     routing_key,
@@ -372,15 +344,11 @@ impl Runtime {
     fn retry_delay(&self, attempt: u32) -> Duration {
         let mut schedule = backon::ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(self.retry.base_delay_ms.max(1)))
-            .with_max_delay(Duration::from_millis(
-                self.retry.max_delay_ms.max(self.retry.base_delay_ms).max(1),
-            ))
+            .with_max_delay(Duration::from_millis(self.retry.max_delay_ms.max(self.retry.base_delay_ms).max(1)))
             .with_jitter()
             .without_max_times()
             .build();
-        schedule
-            .nth(attempt as usize)
-            .unwrap_or(Duration::from_millis(self.retry.max_delay_ms))
+        schedule.nth(attempt as usize).unwrap_or(Duration::from_millis(self.retry.max_delay_ms))
     }
 
     async fn retry(
@@ -429,29 +397,14 @@ impl Runtime {
     ) -> &'static str {
         let now = chrono::Utc::now();
         let message: String = err.message.chars().take(1000).collect();
-        let mut msg = Outgoing::to_queue(
-            self.topology.dead_letter_queue(queue),
-            delivery.data.clone(),
-        )
-        .header(dlq_headers::STAGE, HeaderValue::Text(stage.into()))
-        .header(
-            dlq_headers::ERROR_CLASS,
-            HeaderValue::Text(err.class.to_string()),
-        )
-        .header(dlq_headers::ERROR_CODE, HeaderValue::Text(err.code.into()))
-        .header(
-            dlq_headers::ERROR_MESSAGE,
-            HeaderValue::Text(message.clone()),
-        )
-        .header(
-            dlq_headers::ATTEMPTS,
-            HeaderValue::Int(i64::from(attempt + 1)),
-        )
-        .header(dlq_headers::FAILED_AT, HeaderValue::Text(now.to_rfc3339()))
-        .header(
-            dlq_headers::QUEUE,
-            HeaderValue::Text(self.topology.queue(queue)),
-        );
+        let mut msg = Outgoing::to_queue(self.topology.dead_letter_queue(queue), delivery.data.clone())
+            .header(dlq_headers::STAGE, HeaderValue::Text(stage.into()))
+            .header(dlq_headers::ERROR_CLASS, HeaderValue::Text(err.class.to_string()))
+            .header(dlq_headers::ERROR_CODE, HeaderValue::Text(err.code.into()))
+            .header(dlq_headers::ERROR_MESSAGE, HeaderValue::Text(message.clone()))
+            .header(dlq_headers::ATTEMPTS, HeaderValue::Int(i64::from(attempt + 1)))
+            .header(dlq_headers::FAILED_AT, HeaderValue::Text(now.to_rfc3339()))
+            .header(dlq_headers::QUEUE, HeaderValue::Text(self.topology.queue(queue)));
         if let Some(sig) = header_str(&delivery.properties, SIGNATURE_HEADER) {
             msg = msg.header(SIGNATURE_HEADER, HeaderValue::Text(sig));
         }
@@ -486,13 +439,7 @@ impl Runtime {
     }
 
     async fn requeue(&self, delivery: &Delivery) -> &'static str {
-        let _ = delivery
-            .acker
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..Default::default()
-            })
-            .await;
+        let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
         "requeue"
     }
 }
@@ -502,8 +449,8 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -98,8 +98,7 @@ pub fn parse_event(body: &[u8]) -> Result<Vec<CreatedObject>, S3EventError> {
     if body.len() > MAX_EVENT_BYTES {
         return Err(S3EventError::TooLarge(body.len()));
     }
-    let parsed: Body =
-        crate::json::parse_bounded(body).map_err(|e| S3EventError::Malformed(e.to_string()))?;
+    let parsed: Body = crate::json::parse_bounded(body).map_err(|e| S3EventError::Malformed(e.to_string()))?;
     let Some(records) = parsed.records else {
         return match parsed.event.as_deref() {
             Some("s3:TestEvent") => Ok(Vec::new()),
@@ -108,11 +107,7 @@ pub fn parse_event(body: &[u8]) -> Result<Vec<CreatedObject>, S3EventError> {
     };
     let mut out = Vec::new();
     for r in records {
-        let name = r
-            .event_name
-            .strip_prefix("s3:")
-            .unwrap_or(&r.event_name)
-            .to_string();
+        let name = r.event_name.strip_prefix("s3:").unwrap_or(&r.event_name).to_string();
         if !name.starts_with("ObjectCreated:") {
             continue;
         }
@@ -125,17 +120,8 @@ pub fn parse_event(body: &[u8]) -> Result<Vec<CreatedObject>, S3EventError> {
             bucket: r.s3.bucket.name,
             key,
             size: r.s3.object.size.unwrap_or(0),
-            etag: r
-                .s3
-                .object
-                .e_tag
-                .map(|e| e.trim_matches('"').to_string())
-                .filter(|e| !e.is_empty()),
-            version_id: r
-                .s3
-                .object
-                .version_id
-                .filter(|v| !v.is_empty() && v != "null"),
+            etag: r.s3.object.e_tag.map(|e| e.trim_matches('"').to_string()).filter(|e| !e.is_empty()),
+            version_id: r.s3.object.version_id.filter(|v| !v.is_empty() && v != "null"),
             event_time: r.event_time,
         });
     }
@@ -147,9 +133,7 @@ pub fn query_escape(key: &str) -> String {
     let mut out = String::with_capacity(key.len());
     for b in key.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
             b' ' => out.push('+'),
             other => out.push_str(&format!("%{other:02X}")),
         }
@@ -158,19 +142,9 @@ pub fn query_escape(key: &str) -> String {
 }
 
 /// The body MinIO's AMQP target publishes for a created object.
-pub fn minio_event(
-    event_name: &str,
-    bucket: &str,
-    key: &str,
-    size: u64,
-    etag: &str,
-    source_host: &str,
-) -> Vec<u8> {
+pub fn minio_event(event_name: &str, bucket: &str, key: &str, size: u64, etag: &str, source_host: &str) -> Vec<u8> {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let sequencer = format!(
-        "{:016X}",
-        chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
-    );
+    let sequencer = format!("{:016X}", chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0));
     let body = serde_json::json!({
         "EventName": format!("s3:{event_name}"),
         "Key": format!("{bucket}/{key}"),
@@ -204,14 +178,7 @@ mod tests {
         for key in ["a b/c+d.mp4", "clips/été 2026/%2F.mov", "x"] {
             assert_eq!(decode_key(&query_escape(key)).unwrap(), key);
         }
-        let body = minio_event(
-            "ObjectCreated:Put",
-            "uploads",
-            "a b/c+d.mp4",
-            3,
-            "abc",
-            "127.0.0.1",
-        );
+        let body = minio_event("ObjectCreated:Put", "uploads", "a b/c+d.mp4", 3, "abc", "127.0.0.1");
         let objs = parse_event(&body).unwrap();
         assert_eq!(objs[0].key, "a b/c+d.mp4");
         assert_eq!(objs[0].etag.as_deref(), Some("abc"));

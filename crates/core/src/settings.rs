@@ -95,17 +95,11 @@ impl Settings {
         let defaults = config::Config::try_from(&Settings::default())?;
         let mut builder = config::Config::builder().add_source(defaults);
         if let Some(path) = file {
-            builder = builder.add_source(
-                config::File::from(path.to_path_buf())
-                    .format(config::FileFormat::Toml)
-                    .required(true),
-            );
+            builder = builder
+                .add_source(config::File::from(path.to_path_buf()).format(config::FileFormat::Toml).required(true));
         }
         builder = builder.add_source(
-            config::Environment::with_prefix("REELFLEET")
-                .prefix_separator("_")
-                .separator("__")
-                .try_parsing(true),
+            config::Environment::with_prefix("REELFLEET").prefix_separator("_").separator("__").try_parsing(true),
         );
         let settings: Settings = builder.build()?.try_deserialize()?;
         settings.validate()?;
@@ -116,10 +110,7 @@ impl Settings {
     pub fn validate(&self) -> Result<(), SettingsError> {
         let bad = |m: &str| Err(SettingsError::Value(m.to_string()));
         if self.namespace.is_empty()
-            || !self
-                .namespace
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            || !self.namespace.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
         {
             return bad("namespace must be non-empty ASCII letters, digits, '-', '_' or '.'");
         }
@@ -159,21 +150,13 @@ fn json_to_toml(value: &serde_json::Value, prefix: &str) -> String {
         for (k, v) in map {
             match v {
                 Value::Object(_) => {
-                    let name = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
+                    let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
                     let inner = json_to_toml(v, &name);
                     tables.push_str(&format!("\n[{name}]\n{inner}"));
                 }
                 Value::Null => {}
                 Value::Array(items) if items.iter().all(|i| i.is_object()) && !items.is_empty() => {
-                    let name = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
+                    let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
                     for item in items {
                         tables.push_str(&format!("\n[[{name}]]\n{}", json_to_toml(item, &name)));
                     }
@@ -189,18 +172,11 @@ fn toml_scalar(v: &serde_json::Value) -> String {
     use serde_json::Value;
     match v {
         Value::String(s) => serde_json::to_string(s).expect("string serializes"),
-        Value::Array(items) => format!(
-            "[{}]",
-            items.iter().map(toml_scalar).collect::<Vec<_>>().join(", ")
-        ),
+        Value::Array(items) => format!("[{}]", items.iter().map(toml_scalar).collect::<Vec<_>>().join(", ")),
         Value::Object(map) => format!(
             "{{ {} }}",
             map.iter()
-                .map(|(k, v)| format!(
-                    "{} = {}",
-                    serde_json::to_string(k).expect("key"),
-                    toml_scalar(v)
-                ))
+                .map(|(k, v)| format!("{} = {}", serde_json::to_string(k).expect("key"), toml_scalar(v)))
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
@@ -290,9 +266,7 @@ pub struct SigningSettings {
 
 impl Default for SigningSettings {
     fn default() -> Self {
-        Self {
-            secret: Secret::new("reelfleet-dev-signing-key-change-me"),
-        }
+        Self { secret: Secret::new("reelfleet-dev-signing-key-change-me") }
     }
 }
 
@@ -310,11 +284,7 @@ pub struct RetrySettings {
 
 impl Default for RetrySettings {
     fn default() -> Self {
-        Self {
-            max_attempts: 5,
-            base_delay_ms: 1_000,
-            max_delay_ms: 60_000,
-        }
+        Self { max_attempts: 5, base_delay_ms: 1_000, max_delay_ms: 60_000 }
     }
 }
 
@@ -334,12 +304,7 @@ pub struct RuntimeSettings {
 
 impl Default for RuntimeSettings {
     fn default() -> Self {
-        Self {
-            health_addr: "0.0.0.0:9090".into(),
-            grace_period_secs: 30,
-            job_timeout_secs: 900,
-            scratch_dir: None,
-        }
+        Self { health_addr: "0.0.0.0:9090".into(), grace_period_secs: 30, job_timeout_secs: 900, scratch_dir: None }
     }
 }
 
@@ -452,9 +417,7 @@ pub struct TierSettings {
 
 impl Default for TierSettings {
     fn default() -> Self {
-        Self {
-            model: "gemini-2.5-flash".into(),
-        }
+        Self { model: "gemini-2.5-flash".into() }
     }
 }
 
@@ -507,11 +470,7 @@ impl InferenceSettings {
 
 impl Default for InferenceSettings {
     fn default() -> Self {
-        let price = |m: &str, i, o| ModelPrice {
-            model: m.into(),
-            input_per_mtok: i,
-            output_per_mtok: o,
-        };
+        let price = |m: &str, i, o| ModelPrice { model: m.into(), input_per_mtok: i, output_per_mtok: o };
         Self {
             base_url: "https://api.holysheep.ai/v1".into(),
             api_key: Secret::new("sk-reelfleet-dev"),
@@ -519,18 +478,10 @@ impl Default for InferenceSettings {
             request_timeout_secs: 120,
             video_model: "holysheep-video-1".into(),
             video_usd_per_second: 0.05,
-            low: TierSettings {
-                model: "deepseek-v3.2".into(),
-            },
-            medium: TierSettings {
-                model: "gemini-2.5-flash".into(),
-            },
-            high: TierSettings {
-                model: "gpt-4.1".into(),
-            },
-            critical: TierSettings {
-                model: "claude-sonnet-4.5".into(),
-            },
+            low: TierSettings { model: "deepseek-v3.2".into() },
+            medium: TierSettings { model: "gemini-2.5-flash".into() },
+            high: TierSettings { model: "gpt-4.1".into() },
+            critical: TierSettings { model: "claude-sonnet-4.5".into() },
             prices: vec![
                 price("deepseek-v3.2", 0.28, 0.42),
                 price("gemini-2.5-flash", 0.30, 2.50),
@@ -589,10 +540,7 @@ mod tests {
 
     #[test]
     fn toml_round_trips() {
-        let mut s = Settings {
-            namespace: "rt-test".into(),
-            ..Default::default()
-        };
+        let mut s = Settings { namespace: "rt-test".into(), ..Default::default() };
         s.postprocess.cdn_purge_url = Some("http://cdn/purge".into());
         let text = s.to_toml();
         let dir = tempfile::tempdir().unwrap();
@@ -602,10 +550,7 @@ mod tests {
         assert_eq!(back.namespace, "rt-test");
         assert_eq!(back.s3.secret_key.expose(), "reelfleet-secret");
         assert_eq!(back.inference.prices, s.inference.prices);
-        assert_eq!(
-            back.postprocess.cdn_purge_url.as_deref(),
-            Some("http://cdn/purge")
-        );
+        assert_eq!(back.postprocess.cdn_purge_url.as_deref(), Some("http://cdn/purge"));
     }
 
     #[test]

@@ -5,8 +5,8 @@
 use crate::settings::S3Settings;
 use aws_sdk_s3::{
     config::{
-        retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion, Credentials, Region,
-        RequestChecksumCalculation, ResponseChecksumValidation,
+        retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion, Credentials, Region, RequestChecksumCalculation,
+        ResponseChecksumValidation,
     },
     error::{ProvideErrorMetadata, SdkError},
     primitives::{ByteStream, Length},
@@ -93,15 +93,11 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>
     };
     match (status, code.as_deref()) {
         (Some(404), _) | (_, Some("NoSuchKey" | "NotFound" | "NoSuchBucket")) => {
-            StorageError::NotFound {
-                bucket: bucket.into(),
-                key: key.into(),
-            }
+            StorageError::NotFound { bucket: bucket.into(), key: key.into() }
         }
-        (Some(412), _) | (_, Some("PreconditionFailed")) => StorageError::Exists {
-            bucket: bucket.into(),
-            key: key.into(),
-        },
+        (Some(412), _) | (_, Some("PreconditionFailed")) => {
+            StorageError::Exists { bucket: bucket.into(), key: key.into() }
+        }
         (Some(s), _) if (400..500).contains(&s) && s != 429 && s != 408 => {
             StorageError::Rejected(format!("s3://{bucket}/{key}: {message}"))
         }
@@ -158,39 +154,21 @@ impl Storage {
         }
         match self.client.create_bucket().bucket(bucket).send().await {
             Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.code(),
-                    Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")
-                ) =>
-            {
-                Ok(())
-            }
+            Err(e) if matches!(e.code(), Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")) => Ok(()),
             Err(e) => Err(classify(e, bucket, "")),
         }
     }
 
     /// Size, eTag and content type of an object, or `None` if absent.
     pub async fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectInfo>, StorageError> {
-        match self
-            .client
-            .head_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-        {
+        match self.client.head_object().bucket(bucket).key(key).send().await {
             Ok(out) => Ok(Some(ObjectInfo {
                 size: out.content_length().unwrap_or(0).max(0) as u64,
                 etag: out.e_tag().map(|e| e.trim_matches('"').to_string()),
                 content_type: out.content_type().map(str::to_string),
                 metadata: out
                     .metadata()
-                    .map(|m| {
-                        m.iter()
-                            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-                            .collect()
-                    })
+                    .map(|m| m.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect())
                     .unwrap_or_default(),
             })),
             Err(e) => match classify(e, bucket, key) {
@@ -250,55 +228,30 @@ impl Storage {
 
     /// Reads a whole object of at most `limit` bytes into memory (manifests,
     /// JSON documents; never videos).
-    pub async fn get_bytes(
-        &self,
-        bucket: &str,
-        key: &str,
-        limit: u64,
-    ) -> Result<Vec<u8>, StorageError> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| classify(e, bucket, key))?;
+    pub async fn get_bytes(&self, bucket: &str, key: &str, limit: u64) -> Result<Vec<u8>, StorageError> {
+        let out =
+            self.client.get_object().bucket(bucket).key(key).send().await.map_err(|e| classify(e, bucket, key))?;
         let size = out.content_length().unwrap_or(0).max(0) as u64;
         if size > limit {
-            return Err(StorageError::TooLarge {
-                bucket: bucket.into(),
-                key: key.into(),
-                size,
-                limit,
-            });
+            return Err(StorageError::TooLarge { bucket: bucket.into(), key: key.into(), size, limit });
         }
-        let data = out.body.collect().await.map_err(|e| {
-            StorageError::Unavailable(format!("s3://{bucket}/{key}: reading body: {e}"))
-        })?;
+        let data = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StorageError::Unavailable(format!("s3://{bucket}/{key}: reading body: {e}")))?;
         Ok(data.into_bytes().to_vec())
     }
 
     /// Streams an object into a local file, returning its size.
-    pub async fn download(
-        &self,
-        bucket: &str,
-        key: &str,
-        path: &Path,
-    ) -> Result<u64, StorageError> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| classify(e, bucket, key))?;
+    pub async fn download(&self, bucket: &str, key: &str, path: &Path) -> Result<u64, StorageError> {
+        let out =
+            self.client.get_object().bucket(bucket).key(key).send().await.map_err(|e| classify(e, bucket, key))?;
         let mut reader = out.body.into_async_read();
         let mut file = tokio::fs::File::create(path).await?;
-        let n = tokio::io::copy(&mut reader, &mut file).await.map_err(|e| {
-            StorageError::Unavailable(format!("s3://{bucket}/{key}: reading body: {e}"))
-        })?;
+        let n = tokio::io::copy(&mut reader, &mut file)
+            .await
+            .map_err(|e| StorageError::Unavailable(format!("s3://{bucket}/{key}: reading body: {e}")))?;
         file.flush().await?;
         file.sync_all().await?;
         Ok(n)
@@ -312,8 +265,7 @@ impl Storage {
         path: &Path,
         content_type: &str,
     ) -> Result<ObjectInfo, StorageError> {
-        self.upload_with_metadata(bucket, key, path, content_type, HashMap::new())
-            .await
+        self.upload_with_metadata(bucket, key, path, content_type, HashMap::new()).await
     }
 
     /// [`Storage::upload`] with user metadata (`x-amz-meta-*`).
@@ -327,8 +279,7 @@ impl Storage {
     ) -> Result<ObjectInfo, StorageError> {
         let size = tokio::fs::metadata(path).await?.len();
         let etag = if size >= self.multipart_threshold {
-            self.upload_multipart(bucket, key, path, size, content_type, &metadata)
-                .await?
+            self.upload_multipart(bucket, key, path, size, content_type, &metadata).await?
         } else {
             let body = ByteStream::from_path(path)
                 .await
@@ -352,12 +303,7 @@ impl Storage {
             Some(e) => Some(e),
             None => self.head(bucket, key).await?.and_then(|i| i.etag),
         };
-        Ok(ObjectInfo {
-            size,
-            etag,
-            content_type: Some(content_type.to_string()),
-            metadata,
-        })
+        Ok(ObjectInfo { size, etag, content_type: Some(content_type.to_string()), metadata })
     }
 
     async fn upload_multipart(
@@ -409,10 +355,7 @@ impl Storage {
                     .await
                     .map_err(|e| classify(e, bucket, key))?;
                 parts.push(
-                    CompletedPart::builder()
-                        .part_number(number)
-                        .set_e_tag(part.e_tag().map(str::to_string))
-                        .build(),
+                    CompletedPart::builder().part_number(number).set_e_tag(part.e_tag().map(str::to_string)).build(),
                 );
                 offset += len;
                 number += 1;
@@ -423,28 +366,15 @@ impl Storage {
                 .bucket(bucket)
                 .key(key)
                 .upload_id(&upload_id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
+                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
                 .send()
                 .await
                 .map_err(|e| classify(e, bucket, key))?;
-            Ok::<Option<String>, StorageError>(
-                done.e_tag().map(|e| e.trim_matches('"').to_string()),
-            )
+            Ok::<Option<String>, StorageError>(done.e_tag().map(|e| e.trim_matches('"').to_string()))
         }
         .await;
         if result.is_err() {
-            let _ = self
-                .client
-                .abort_multipart_upload()
-                .bucket(bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .send()
-                .await;
+            let _ = self.client.abort_multipart_upload().bucket(bucket).key(key).upload_id(&upload_id).send().await;
         }
         result
     }
@@ -463,11 +393,7 @@ impl Storage {
                 .send()
                 .await
                 .map_err(|e| classify(e, bucket, prefix))?;
-            keys.extend(
-                out.contents()
-                    .iter()
-                    .filter_map(|o| o.key().map(str::to_string)),
-            );
+            keys.extend(out.contents().iter().filter_map(|o| o.key().map(str::to_string)));
             match out.next_continuation_token() {
                 Some(t) if out.is_truncated() == Some(true) => token = Some(t.to_string()),
                 _ => break,
@@ -478,13 +404,7 @@ impl Storage {
 
     /// Deletes an object (absent is fine).
     pub async fn delete(&self, bucket: &str, key: &str) -> Result<(), StorageError> {
-        self.client
-            .delete_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| classify(e, bucket, key))?;
+        self.client.delete_object().bucket(bucket).key(key).send().await.map_err(|e| classify(e, bucket, key))?;
         Ok(())
     }
 }

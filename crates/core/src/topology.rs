@@ -72,10 +72,7 @@ pub struct Topology {
 impl Topology {
     /// Topology under `namespace` with the given quorum-queue delivery limit.
     pub fn new(namespace: impl Into<String>, delivery_limit: u32) -> Self {
-        Self {
-            namespace: namespace.into(),
-            delivery_limit,
-        }
+        Self { namespace: namespace.into(), delivery_limit }
     }
 
     /// The namespace prefix.
@@ -107,60 +104,39 @@ impl Topology {
     pub fn all_queue_names(&self) -> Vec<String> {
         WorkQueue::all()
             .into_iter()
-            .flat_map(|q| {
-                [
-                    self.queue(q),
-                    self.retry_queue(q),
-                    self.dead_letter_queue(q),
-                ]
-            })
+            .flat_map(|q| [self.queue(q), self.retry_queue(q), self.dead_letter_queue(q)])
             .collect()
     }
 
     /// Declares every queue and the events exchange; safe to call any number
     /// of times with the same settings.
     pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
+        let durable = QueueDeclareOptions { durable: true, ..Default::default() };
         for q in WorkQueue::all() {
             let work = self.queue(q);
             let dlq = self.dead_letter_queue(q);
             let mut dlq_args = FieldTable::default();
             dlq_args.insert("x-queue-type".into(), string("quorum"));
-            channel
-                .queue_declare(dlq.as_str().into(), durable, dlq_args)
-                .await?;
+            channel.queue_declare(dlq.as_str().into(), durable, dlq_args).await?;
 
             let mut work_args = FieldTable::default();
             work_args.insert("x-queue-type".into(), string("quorum"));
-            work_args.insert(
-                "x-delivery-limit".into(),
-                AMQPValue::LongLongInt(self.delivery_limit.into()),
-            );
+            work_args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(self.delivery_limit.into()));
             work_args.insert("x-dead-letter-exchange".into(), string(""));
             work_args.insert("x-dead-letter-routing-key".into(), string(&dlq));
-            channel
-                .queue_declare(work.as_str().into(), durable, work_args)
-                .await?;
+            channel.queue_declare(work.as_str().into(), durable, work_args).await?;
 
             let mut retry_args = FieldTable::default();
             retry_args.insert("x-queue-type".into(), string("classic"));
             retry_args.insert("x-dead-letter-exchange".into(), string(""));
             retry_args.insert("x-dead-letter-routing-key".into(), string(&work));
-            channel
-                .queue_declare(self.retry_queue(q).as_str().into(), durable, retry_args)
-                .await?;
+            channel.queue_declare(self.retry_queue(q).as_str().into(), durable, retry_args).await?;
         }
         channel
             .exchange_declare(
                 self.events_exchange().as_str().into(),
                 ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
+                ExchangeDeclareOptions { durable: true, ..Default::default() },
                 FieldTable::default(),
             )
             .await?;
@@ -184,15 +160,9 @@ mod tests {
     #[test]
     fn names() {
         let t = Topology::new("ns1", 5);
-        assert_eq!(
-            t.queue(WorkQueue::Inference(Tier::High)),
-            "ns1.inference.high"
-        );
+        assert_eq!(t.queue(WorkQueue::Inference(Tier::High)), "ns1.inference.high");
         assert_eq!(t.retry_queue(WorkQueue::Ingest), "ns1.ingest.retry");
-        assert_eq!(
-            t.dead_letter_queue(WorkQueue::Postprocess),
-            "ns1.postprocess.dlq"
-        );
+        assert_eq!(t.dead_letter_queue(WorkQueue::Postprocess), "ns1.postprocess.dlq");
         assert_eq!(t.all_queue_names().len(), 7 * 3);
         assert_eq!(t.events_exchange(), "ns1.events");
     }

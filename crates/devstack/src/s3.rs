@@ -79,9 +79,7 @@ impl EventingStore {
         if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
             return 0;
         }
-        std::fs::metadata(self.root.join(rel))
-            .map(|m| m.len())
-            .unwrap_or(0)
+        std::fs::metadata(self.root.join(rel)).map(|m| m.len()).unwrap_or(0)
     }
 }
 
@@ -181,11 +179,7 @@ pub async fn serve_s3(
         queue: event_queue.to_string(),
         bucket: upload_bucket.to_string(),
     });
-    let store = EventingStore {
-        fs,
-        root: root.clone(),
-        notifier,
-    };
+    let store = EventingStore { fs, root: root.clone(), notifier };
     let service = {
         let mut b = s3s::service::S3ServiceBuilder::new(store);
         b.set_auth(s3s::auth::SimpleAuth::from_single(access_key, secret_key));
@@ -215,9 +209,5 @@ pub async fn serve_s3(
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
     });
     info!(addr = %local, root = %root.display(), "Embedded S3 listening");
-    Ok(S3Server {
-        addr: local,
-        shutdown,
-        task,
-    })
+    Ok(S3Server { addr: local, shutdown, task })
 }

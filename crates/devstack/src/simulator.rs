@@ -118,17 +118,10 @@ impl SimulatorHandle {
 }
 
 /// Serves the simulator on `addr`.
-pub async fn serve_simulator(
-    addr: &str,
-    config: SimulatorConfig,
-) -> anyhow::Result<SimulatorHandle> {
+pub async fn serve_simulator(addr: &str, config: SimulatorConfig) -> anyhow::Result<SimulatorHandle> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let videos = Arc::new(
-        tempfile::Builder::new()
-            .prefix("reelfleet-sim-")
-            .tempdir()?,
-    );
+    let videos = Arc::new(tempfile::Builder::new().prefix("reelfleet-sim-").tempdir()?);
     let state = SimState {
         config: Arc::new(Mutex::new(config)),
         usage: Arc::new(Mutex::new(Vec::new())),
@@ -145,26 +138,14 @@ pub async fn serve_simulator(
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await;
+        let _ = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
     });
     info!(addr = %local, "Provider simulator listening");
-    Ok(SimulatorHandle {
-        addr: local,
-        shutdown,
-        config: state.config,
-        usage: state.usage,
-        _videos: videos,
-    })
+    Ok(SimulatorHandle { addr: local, shutdown, config: state.config, usage: state.usage, _videos: videos })
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
-    (
-        status,
-        Json(serde_json::json!({"error": {"message": message, "type": "simulated"}})),
-    )
-        .into_response()
+    (status, Json(serde_json::json!({"error": {"message": message, "type": "simulated"}}))).into_response()
 }
 
 /// Latency, then maybe a simulated failure.
@@ -172,24 +153,17 @@ async fn weather(state: &SimState) -> Option<Response> {
     let (delay, roll, cfg) = {
         let cfg = state.config.lock().expect("config lock").clone();
         let mut rng = rand::rng();
-        let delay =
-            rng.random_range(cfg.latency_min_ms..=cfg.latency_max_ms.max(cfg.latency_min_ms));
+        let delay = rng.random_range(cfg.latency_min_ms..=cfg.latency_max_ms.max(cfg.latency_min_ms));
         (delay, rng.random::<f64>(), cfg)
     };
     tokio::time::sleep(Duration::from_millis(delay)).await;
     if roll < cfg.rate_429 {
         let mut r = error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
-        r.headers_mut().insert(
-            "retry-after",
-            cfg.retry_after_secs.to_string().parse().expect("header"),
-        );
+        r.headers_mut().insert("retry-after", cfg.retry_after_secs.to_string().parse().expect("header"));
         return Some(r);
     }
     if roll < cfg.rate_429 + cfg.error_rate {
-        return Some(error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "simulated upstream failure",
-        ));
+        return Some(error(StatusCode::INTERNAL_SERVER_ERROR, "simulated upstream failure"));
     }
     None
 }
@@ -202,11 +176,7 @@ fn bearer_ok(headers: &HeaderMap, key: &str) -> bool {
         .is_some_and(|v| v == key)
 }
 
-async fn chat(
-    State(state): State<SimState>,
-    headers: HeaderMap,
-    Json(req): Json<serde_json::Value>,
-) -> Response {
+async fn chat(State(state): State<SimState>, headers: HeaderMap, Json(req): Json<serde_json::Value>) -> Response {
     let key = state.config.lock().expect("config lock").api_key.clone();
     if !bearer_ok(&headers, &key) {
         return error(StatusCode::UNAUTHORIZED, "invalid API key");
@@ -241,23 +211,9 @@ async fn chat(
     }
     // Providers count roughly four characters a token, and a fixed amount per image.
     let prompt_tokens = text_chars.div_ceil(4) + images * per_image;
-    let tags = [
-        "outdoor",
-        "people",
-        "motion",
-        "text",
-        "night",
-        "animation",
-        "sport",
-        "nature",
-    ];
-    let chosen: Vec<&str> = tags
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| (image_bytes >> i) & 1 == 1)
-        .map(|(_, t)| *t)
-        .take(4)
-        .collect();
+    let tags = ["outdoor", "people", "motion", "text", "night", "animation", "sport", "nature"];
+    let chosen: Vec<&str> =
+        tags.iter().enumerate().filter(|(i, _)| (image_bytes >> i) & 1 == 1).map(|(_, t)| *t).take(4).collect();
     let content = serde_json::json!({
         "summary": format!("{images} keyframes analyzed by {model}: {} bytes of imagery", image_bytes),
         "tags": if chosen.is_empty() { vec!["video"] } else { chosen },
@@ -301,15 +257,10 @@ fn signature_ok(headers: &HeaderMap, key: &str, max_skew: i64) -> Result<(), &'s
         .ok_or("missing X-HolySheep-Signature")?;
     let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("any key length");
     mac.update(format!("{ts}:{key}").as_bytes());
-    mac.verify_slice(&sig)
-        .map_err(|_| "signature does not match")
+    mac.verify_slice(&sig).map_err(|_| "signature does not match")
 }
 
-async fn generate(
-    State(state): State<SimState>,
-    headers: HeaderMap,
-    Json(req): Json<serde_json::Value>,
-) -> Response {
+async fn generate(State(state): State<SimState>, headers: HeaderMap, Json(req): Json<serde_json::Value>) -> Response {
     let cfg = state.config.lock().expect("config lock").clone();
     if !bearer_ok(&headers, &cfg.api_key) {
         return error(StatusCode::UNAUTHORIZED, "invalid API key");
@@ -321,10 +272,7 @@ async fn generate(
         return r;
     }
     let started = std::time::Instant::now();
-    let model = req["model"]
-        .as_str()
-        .unwrap_or("holysheep-video-1")
-        .to_string();
+    let model = req["model"].as_str().unwrap_or("holysheep-video-1").to_string();
     let duration = req["duration"].as_f64().unwrap_or(0.0);
     if !(duration > 0.0 && duration <= 60.0) {
         return error(StatusCode::BAD_REQUEST, "duration must be in (0, 60]");
@@ -333,12 +281,7 @@ async fn generate(
         Some("720p") => (1280, 720),
         Some("1080p") => (1920, 1080),
         Some("4k") => (3840, 2160),
-        _ => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "resolution must be 720p, 1080p or 4k",
-            )
-        }
+        _ => return error(StatusCode::BAD_REQUEST, "resolution must be 720p, 1080p or 4k"),
     };
     let fps = req["fps"].as_u64().unwrap_or(24).clamp(1, 60);
     let id = format!("vid-{}", uuid::Uuid::new_v4().simple());
@@ -368,19 +311,10 @@ async fn generate(
         "+faststart".into(),
         path.display().to_string(),
     ];
-    let out = tokio::process::Command::new(&cfg.ffmpeg)
-        .args(&args)
-        .kill_on_drop(true)
-        .output()
-        .await;
+    let out = tokio::process::Command::new(&cfg.ffmpeg).args(&args).kill_on_drop(true).output().await;
     match out {
         Ok(o) if o.status.success() => {}
-        Ok(o) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &String::from_utf8_lossy(&o.stderr),
-            )
-        }
+        Ok(o) => return error(StatusCode::INTERNAL_SERVER_ERROR, &String::from_utf8_lossy(&o.stderr)),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
     // Video models bill per frame generated.
@@ -404,11 +338,7 @@ async fn generate(
 }
 
 async fn video_file(State(state): State<SimState>, UrlPath(file): UrlPath<String>) -> Response {
-    if !file.starts_with("vid-")
-        || !file.ends_with(".mp4")
-        || file.contains('/')
-        || file.contains("..")
-    {
+    if !file.starts_with("vid-") || !file.ends_with(".mp4") || file.contains('/') || file.contains("..") {
         return error(StatusCode::NOT_FOUND, "no such video");
     }
     match tokio::fs::File::open(state.videos.join(&file)).await {
@@ -428,10 +358,7 @@ async fn get_config(State(state): State<SimState>) -> Json<SimulatorConfig> {
     Json(state.config.lock().expect("config lock").clone())
 }
 
-async fn set_config(
-    State(state): State<SimState>,
-    Json(cfg): Json<SimulatorConfig>,
-) -> Json<SimulatorConfig> {
+async fn set_config(State(state): State<SimState>, Json(cfg): Json<SimulatorConfig>) -> Json<SimulatorConfig> {
     *state.config.lock().expect("config lock") = cfg.clone();
     Json(cfg)
 }

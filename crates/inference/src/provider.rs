@@ -65,16 +65,13 @@ pub struct Provider {
 
 impl std::fmt::Debug for Provider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Provider")
-            .field("base_url", &self.base_url)
-            .finish_non_exhaustive()
+        f.debug_struct("Provider").field("base_url", &self.base_url).finish_non_exhaustive()
     }
 }
 
 /// `X-HolySheep-Signature`: hex HMAC-SHA256 keyed by the API key over `"{timestamp}:{api_key}"`.
 pub fn sign_video_request(api_key: &str, timestamp: i64) -> String {
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(api_key.as_bytes()).expect("HMAC accepts any key length");
+    let mut mac = Hmac::<Sha256>::new_from_slice(api_key.as_bytes()).expect("HMAC accepts any key length");
     mac.update(format!("{timestamp}:{api_key}").as_bytes());
     hex::encode(mac.finalize().into_bytes())
 }
@@ -108,19 +105,16 @@ impl Provider {
     }
 
     /// Asks `model` for a JSON summary and tags of the keyframes.
-    pub async fn analyze(
-        &self,
-        model: &str,
-        images: &[Vec<u8>],
-        context: &str,
-    ) -> Result<ChatResult, ProviderError> {
+    pub async fn analyze(&self, model: &str, images: &[Vec<u8>], context: &str) -> Result<ChatResult, ProviderError> {
         let mut parts = vec![serde_json::json!({
             "type": "text",
             "text": format!("Describe this video from its keyframes ({context}). Answer with a JSON object: {{\"summary\": string, \"tags\": [string], \"safety\": string}}."),
         })];
         for img in images {
             let b64 = base64::engine::general_purpose::STANDARD.encode(img);
-            parts.push(serde_json::json!({"type": "image_url", "image_url": {"url": format!("data:image/jpeg;base64,{b64}")}}));
+            parts.push(
+                serde_json::json!({"type": "image_url", "image_url": {"url": format!("data:image/jpeg;base64,{b64}")}}),
+            );
         }
         let body = serde_json::json!({
             "model": model,
@@ -143,8 +137,8 @@ impl Provider {
         if !status.is_success() {
             return Err(classify_status(status, &text));
         }
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| ProviderError::Refused(format!("invalid JSON response: {e}")))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ProviderError::Refused(format!("invalid JSON response: {e}")))?;
         let content = v["choices"][0]["message"]["content"]
             .as_str()
             .ok_or_else(|| ProviderError::Refused("response has no message content".into()))?;
@@ -170,11 +164,7 @@ impl Provider {
     ) -> Result<VideoResult, ProviderError> {
         let ts = chrono::Utc::now().timestamp();
         let key = self.api_key.expose();
-        let fps = if matches!(doc.resolution, reelfleet_core::envelope::Quality::P720) {
-            24
-        } else {
-            30
-        };
+        let fps = if matches!(doc.resolution, reelfleet_core::envelope::Quality::P720) { 24 } else { 30 };
         let body = serde_json::json!({
             "model": model,
             "prompt": doc.prompt,
@@ -198,36 +188,19 @@ impl Provider {
         if !status.is_success() {
             return Err(classify_status(status, &text));
         }
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| ProviderError::Refused(format!("invalid JSON response: {e}")))?;
-        let url = v["data"]["url"]
-            .as_str()
-            .ok_or_else(|| ProviderError::Refused("response has no data.url".into()))?;
-        let mut download = self
-            .http
-            .get(url)
-            .bearer_auth(key)
-            .send()
-            .await
-            .map_err(transport)?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ProviderError::Refused(format!("invalid JSON response: {e}")))?;
+        let url = v["data"]["url"].as_str().ok_or_else(|| ProviderError::Refused("response has no data.url".into()))?;
+        let mut download = self.http.get(url).bearer_auth(key).send().await.map_err(transport)?;
         if !download.status().is_success() {
             let st = download.status();
-            return Err(classify_status(
-                st,
-                &download.text().await.unwrap_or_default(),
-            ));
+            return Err(classify_status(st, &download.text().await.unwrap_or_default()));
         }
-        let mut file = tokio::fs::File::create(dest)
-            .await
-            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        let mut file = tokio::fs::File::create(dest).await.map_err(|e| ProviderError::Unavailable(e.to_string()))?;
         while let Some(chunk) = download.chunk().await.map_err(transport)? {
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+            file.write_all(&chunk).await.map_err(|e| ProviderError::Unavailable(e.to_string()))?;
         }
-        file.flush()
-            .await
-            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        file.flush().await.map_err(|e| ProviderError::Unavailable(e.to_string()))?;
         Ok(VideoResult {
             id: v["id"].as_str().unwrap_or_default().to_string(),
             total_tokens: v["usage"]["total_tokens"].as_u64().unwrap_or(0),

@@ -7,9 +7,9 @@
 use async_trait::async_trait;
 use reelfleet_core::{
     envelope::{Envelope, JobKind, Quality, SourceObject},
-    error::StageError,
+    error::{ErrorClass, StageError},
     json::parse_bounded,
-    manifest::{InputInfo, JobManifest, JobStatus, ManifestStore, PromptDocument},
+    manifest::{InputInfo, JobFailure, JobManifest, JobStatus, ManifestStore, PromptDocument},
     media::{input_args, scratch_dir, Media},
     runtime::{Dispatch, Input, Message, Stage},
     s3event::parse_event,
@@ -55,14 +55,13 @@ impl Stage for Ingest {
 
     async fn handle(&self, msg: Message) -> Result<Vec<Dispatch>, StageError> {
         let resume = msg.redelivered || msg.attempt > 0;
-        let mut out = Vec::new();
         match msg.input {
             Input::Raw(body) => {
-                let objects =
-                    parse_event(&body).map_err(|e| StageError::permanent("bad_input", e))?;
+                let objects = parse_event(&body).map_err(|e| StageError::permanent("bad_input", e))?;
                 if objects.is_empty() {
                     info!("S3 event announces no created object; ignored");
                 }
+                let mut envelopes = Vec::with_capacity(objects.len());
                 for obj in objects {
                     let mut source = SourceObject {
                         bucket: obj.bucket,
@@ -73,28 +72,32 @@ impl Stage for Ingest {
                     };
                     if source.etag.is_none() && source.version_id.is_none() {
                         // The job id needs the object's identity; ask the store.
-                        let info = self
-                            .storage
-                            .head(&source.bucket, &source.key)
-                            .await?
-                            .ok_or_else(|| {
-                                StageError::permanent(
-                                    "bad_input",
-                                    format!(
-                                        "s3://{}/{} no longer exists",
-                                        source.bucket, source.key
-                                    ),
-                                )
-                            })?;
+                        let info = self.storage.head(&source.bucket, &source.key).await?.ok_or_else(|| {
+                            StageError::permanent(
+                                "bad_input",
+                                format!("s3://{}/{} no longer exists", source.bucket, source.key),
+                            )
+                        })?;
                         source.etag = info.etag;
                     }
-                    let envelope = Envelope::new(JobKind::Analyze, source);
-                    out.extend(self.admit(envelope, resume).await?);
+                    envelopes.push(Envelope::new(JobKind::Analyze, source));
+                }
+                if envelopes.len() > 1 {
+                    // One object's fate must not decide the others': each goes
+                    // back to ingest as its own signed submission.
+                    info!(records = envelopes.len(), "S3 event with several records split into one message each");
+                    return Ok(envelopes
+                        .into_iter()
+                        .map(|envelope| Dispatch::Next { queue: WorkQueue::Ingest, envelope })
+                        .collect());
+                }
+                match envelopes.pop() {
+                    Some(envelope) => self.admit_or_record(envelope, resume).await,
+                    None => Ok(Vec::new()),
                 }
             }
-            Input::Envelope(envelope) => out.extend(self.admit(envelope, resume).await?),
+            Input::Envelope(envelope) => self.admit_or_record(envelope, resume).await,
         }
-        Ok(out)
     }
 }
 
@@ -104,24 +107,40 @@ pub fn is_prompt_key(key: &str) -> bool {
 }
 
 impl Ingest {
+    /// Admits one source; a source refused for good gets a failed manifest so
+    /// that `reelfleet status` and `submit --wait` can say why.
+    async fn admit_or_record(&self, envelope: Envelope, resume: bool) -> Result<Vec<Dispatch>, StageError> {
+        match self.admit(envelope.clone(), resume).await {
+            Ok(next) => Ok(next.into_iter().collect()),
+            Err(e) if e.class == ErrorClass::Permanent => {
+                let mut manifest = JobManifest::new(&envelope);
+                manifest.status = JobStatus::Failed;
+                manifest.error = Some(JobFailure {
+                    stage: "ingest".into(),
+                    class: e.class,
+                    code: e.code.into(),
+                    message: e.message.clone(),
+                    attempts: envelope.attempt + 1,
+                    at: chrono::Utc::now(),
+                });
+                if let Err(store) = self.manifests.create(&mut manifest).await {
+                    warn!(error = %store, "Could not record the refused source");
+                }
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The stage for `settings`.
     pub fn new(settings: Arc<Settings>, storage: Storage) -> Self {
         let manifests = ManifestStore::new(storage.clone(), settings.s3.work_bucket.clone());
         let media = Media::new(settings.media.clone());
-        Self {
-            settings,
-            storage,
-            manifests,
-            media,
-        }
+        Self { settings, storage, manifests, media }
     }
 
     /// Validates one source and returns the message for preprocess, or nothing for a duplicate.
-    async fn admit(
-        &self,
-        mut envelope: Envelope,
-        resume: bool,
-    ) -> Result<Option<Dispatch>, StageError> {
+    async fn admit(&self, mut envelope: Envelope, resume: bool) -> Result<Option<Dispatch>, StageError> {
         let started = chrono::Utc::now();
         let job_id = envelope.job_id.clone();
         if let Some(existing) = self.manifests.load(&job_id).await? {
@@ -143,13 +162,8 @@ impl Ingest {
             manifest.prompt = Some(doc);
         } else {
             envelope.kind = JobKind::Analyze;
-            let input = self
-                .validate_video(
-                    &mut envelope.source,
-                    &mut envelope.priority,
-                    &mut envelope.quality,
-                )
-                .await?;
+            let input =
+                self.validate_video(&mut envelope.source, &mut envelope.priority, &mut envelope.quality).await?;
             manifest = JobManifest::new(&envelope);
             manifest.input = Some(input);
         }
@@ -163,18 +177,12 @@ impl Ingest {
             self.manifests.save(&mut manifest).await?;
         }
         info!(job_id = %job_id, kind = %envelope.kind, key = %key, "Job admitted");
-        Ok(Some(Dispatch::Next {
-            queue: WorkQueue::Preprocess,
-            envelope: envelope.forward(Vec::new()),
-        }))
+        Ok(Some(Dispatch::Next { queue: WorkQueue::Preprocess, envelope: envelope.forward(Vec::new()) }))
     }
 
     async fn read_prompt(&self, source: &SourceObject) -> Result<PromptDocument, StageError> {
         let limit = self.settings.limits.max_prompt_bytes;
-        let body = self
-            .storage
-            .get_bytes(&source.bucket, &source.key, limit)
-            .await?;
+        let body = self.storage.get_bytes(&source.bucket, &source.key, limit).await?;
         parse_prompt(&body)
     }
 
@@ -185,29 +193,16 @@ impl Ingest {
         quality: &mut Option<Quality>,
     ) -> Result<InputInfo, StageError> {
         let limits = &self.settings.limits;
-        let info = self
-            .storage
-            .head(&source.bucket, &source.key)
-            .await?
-            .ok_or_else(|| {
-                StageError::permanent(
-                    "bad_input",
-                    format!("s3://{}/{} no longer exists", source.bucket, source.key),
-                )
-            })?;
+        let info = self.storage.head(&source.bucket, &source.key).await?.ok_or_else(|| {
+            StageError::permanent("bad_input", format!("s3://{}/{} no longer exists", source.bucket, source.key))
+        })?;
         if info.size == 0 {
-            return Err(StageError::permanent(
-                "bad_input",
-                "object is empty (0 bytes)",
-            ));
+            return Err(StageError::permanent("bad_input", "object is empty (0 bytes)"));
         }
         if info.size > limits.max_bytes {
             return Err(StageError::permanent(
                 "bad_input",
-                format!(
-                    "object is {} bytes, above the {}-byte limit",
-                    info.size, limits.max_bytes
-                ),
+                format!("object is {} bytes, above the {}-byte limit", info.size, limits.max_bytes),
             ));
         }
         if source.etag.is_none() {
@@ -225,38 +220,22 @@ impl Ingest {
             }
         }
         if let Some(q) = info.metadata.get(META_QUALITY) {
-            *quality = Some(
-                q.parse()
-                    .map_err(|e: String| StageError::permanent("bad_input", e))?,
-            );
+            *quality = Some(q.parse().map_err(|e: String| StageError::permanent("bad_input", e))?);
         }
         source.size = info.size;
 
         let dir = scratch_dir(self.settings.runtime.scratch_dir.as_deref())?;
         let path = dir.path().join("source");
-        self.storage
-            .download(&source.bucket, &source.key, &path)
-            .await?;
-        let probe = self
-            .media
-            .probe(&path)
-            .await
-            .map_err(|e| StageError::from(e).context("not a readable video"))?;
+        self.storage.download(&source.bucket, &source.key, &path).await?;
+        let probe = self.media.probe(&path).await.map_err(|e| StageError::from(e).context("not a readable video"))?;
         if probe.streams.len() > limits.max_streams {
             return Err(StageError::permanent(
                 "bad_input",
-                format!(
-                    "{} streams, above the limit of {}",
-                    probe.streams.len(),
-                    limits.max_streams
-                ),
+                format!("{} streams, above the limit of {}", probe.streams.len(), limits.max_streams),
             ));
         }
         let video = probe.video().ok_or_else(|| {
-            StageError::permanent(
-                "bad_input",
-                format!("no video stream (container {})", probe.format.format_name),
-            )
+            StageError::permanent("bad_input", format!("no video stream (container {})", probe.format.format_name))
         })?;
         let (width, height) = probe
             .display_dimensions()
@@ -265,37 +244,25 @@ impl Ingest {
         if width > limits.max_width || height > limits.max_height {
             return Err(StageError::permanent(
                 "bad_input",
-                format!(
-                    "{width}x{height} exceeds the {}x{} limit",
-                    limits.max_width, limits.max_height
-                ),
+                format!("{width}x{height} exceeds the {}x{} limit", limits.max_width, limits.max_height),
             ));
         }
         let duration = probe.duration().unwrap_or(0.0);
         if duration > limits.max_duration_secs {
             return Err(StageError::permanent(
                 "bad_input",
-                format!(
-                    "{duration:.1} s exceeds the {:.0} s limit",
-                    limits.max_duration_secs
-                ),
+                format!("{duration:.1} s exceeds the {:.0} s limit", limits.max_duration_secs),
             ));
         }
         let fps = video.fps().unwrap_or(0.0);
         if fps > 1000.0 {
-            return Err(StageError::permanent(
-                "bad_input",
-                format!("declared frame rate {fps:.0} fps is absurd"),
-            ));
+            return Err(StageError::permanent("bad_input", format!("declared frame rate {fps:.0} fps is absurd")));
         }
         // The container can lie: decode the first second to prove there are frames.
         let mut args = vec!["-v".to_string(), "error".into(), "-xerror".into()];
         args.extend(input_args(&path));
         args.extend(["-t", "1", "-map", "0:v:0", "-f", "null", "-"].map(String::from));
-        self.media
-            .ffmpeg(&args)
-            .await
-            .map_err(|e| StageError::from(e).context("video does not decode"))?;
+        self.media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("video does not decode"))?;
         if duration <= 0.0 {
             warn!(key = %source.key, "Container reports no duration");
         }
@@ -316,27 +283,18 @@ impl Ingest {
 
 /// Parses and validates a prompt document.
 pub fn parse_prompt(body: &[u8]) -> Result<PromptDocument, StageError> {
-    let doc: PromptDocument = parse_bounded(body)
-        .map_err(|e| StageError::permanent("bad_input", format!("invalid prompt document: {e}")))?;
-    let bad = |m: String| {
-        Err(StageError::permanent(
-            "bad_input",
-            format!("invalid prompt document: {m}"),
-        ))
-    };
+    let doc: PromptDocument =
+        parse_bounded(body).map_err(|e| StageError::permanent("bad_input", format!("invalid prompt document: {e}")))?;
+    let bad = |m: String| Err(StageError::permanent("bad_input", format!("invalid prompt document: {m}")));
     if doc.prompt.trim().is_empty() {
         return bad("prompt is empty".into());
     }
     if doc.prompt.chars().count() > MAX_PROMPT_CHARS {
         return bad(format!("prompt longer than {MAX_PROMPT_CHARS} characters"));
     }
-    if !(doc.duration_seconds.is_finite()
-        && doc.duration_seconds > 0.0
-        && doc.duration_seconds <= MAX_GENERATE_SECONDS)
+    if !(doc.duration_seconds.is_finite() && doc.duration_seconds > 0.0 && doc.duration_seconds <= MAX_GENERATE_SECONDS)
     {
-        return bad(format!(
-            "duration_seconds must be in (0, {MAX_GENERATE_SECONDS}]"
-        ));
+        return bad(format!("duration_seconds must be in (0, {MAX_GENERATE_SECONDS}]"));
     }
     if !(1..=5).contains(&doc.priority) {
         return bad(format!("priority {} is not in 1..=5", doc.priority));
@@ -360,11 +318,7 @@ mod tests {
             br#"{"prompt":"x","duration_seconds":3,"resolution":"720p","extra":1}"#,
             br#"{"prompt":"x""#,
         ] {
-            assert!(
-                parse_prompt(bad).is_err(),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
+            assert!(parse_prompt(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
         assert!(is_prompt_key("a/B.JSON"));
         assert!(!is_prompt_key("a.mp4"));

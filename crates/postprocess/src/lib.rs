@@ -52,26 +52,11 @@ pub fn plan_renditions(w: u32, h: u32) -> Vec<RenditionPlan> {
     } else {
         (w, h)
     };
-    let mut plans = vec![RenditionPlan {
-        name: "h264_720p".into(),
-        encoder: "libx264",
-        width: w720,
-        height: h720,
-    }];
+    let mut plans = vec![RenditionPlan { name: "h264_720p".into(), encoder: "libx264", width: w720, height: h720 }];
     if short > 720 {
-        plans.push(RenditionPlan {
-            name: format!("h264_{short}p"),
-            encoder: "libx264",
-            width: w,
-            height: h,
-        });
+        plans.push(RenditionPlan { name: format!("h264_{short}p"), encoder: "libx264", width: w, height: h });
     }
-    plans.push(RenditionPlan {
-        name: "h265_720p".into(),
-        encoder: "libx265",
-        width: w720,
-        height: h720,
-    });
+    plans.push(RenditionPlan { name: "h265_720p".into(), encoder: "libx265", width: w720, height: h720 });
     plans
 }
 
@@ -87,17 +72,14 @@ impl Stage for Postprocess {
 
     async fn handle(&self, msg: Message) -> Result<Vec<Dispatch>, StageError> {
         let Input::Envelope(envelope) = msg.input else {
-            return Err(StageError::permanent(
-                "bad_input",
-                "postprocess takes signed envelopes only",
-            ));
+            return Err(StageError::permanent("bad_input", "postprocess takes signed envelopes only"));
         };
         let started = chrono::Utc::now();
         let mut manifest = self.manifests.require(&envelope.job_id).await?;
         match manifest.status {
             JobStatus::Postprocess => {}
             // Finished before a lost confirm: announce it again (consumers dedupe by job id).
-            JobStatus::Completed => return Ok(vec![completed_event(&manifest)]),
+            JobStatus::Completed if msg.redelivered || msg.attempt > 0 => return Ok(vec![completed_event(&manifest)]),
             other => {
                 info!(status = %other, "Job is not waiting for postprocess; duplicate message dropped");
                 return Ok(Vec::new());
@@ -108,18 +90,8 @@ impl Stage for Postprocess {
         let vmaf_measured = outputs.iter().any(|o| o.vmaf.is_some());
         let below: Vec<String> = outputs
             .iter()
-            .filter(|o| {
-                o.psnr_db.is_some_and(|p| p < s.min_psnr_db)
-                    || o.ssim.is_some_and(|v| v < s.min_ssim)
-            })
-            .map(|o| {
-                format!(
-                    "{} (PSNR {:.2} dB, SSIM {:.4})",
-                    o.name,
-                    o.psnr_db.unwrap_or(0.0),
-                    o.ssim.unwrap_or(0.0)
-                )
-            })
+            .filter(|o| o.psnr_db.is_some_and(|p| p < s.min_psnr_db) || o.ssim.is_some_and(|v| v < s.min_ssim))
+            .map(|o| format!("{} (PSNR {:.2} dB, SSIM {:.4})", o.name, o.psnr_db.unwrap_or(0.0), o.ssim.unwrap_or(0.0)))
             .collect();
         manifest.quality_check = Some(QualityCheck {
             passed: below.is_empty(),
@@ -132,23 +104,14 @@ impl Stage for Postprocess {
             self.manifests.save(&mut manifest).await?;
             return Err(StageError::permanent(
                 "quality",
-                format!(
-                    "below the floor of PSNR {} dB / SSIM {}: {}",
-                    s.min_psnr_db,
-                    s.min_ssim,
-                    below.join(", ")
-                ),
+                format!("below the floor of PSNR {} dB / SSIM {}: {}", s.min_psnr_db, s.min_ssim, below.join(", ")),
             ));
         }
         manifest.record_stage("postprocess", started, msg.attempt);
         manifest.status = JobStatus::Completed;
         manifest.cdn_purge = self.purge(&manifest).await;
         self.manifests.save(&mut manifest).await?;
-        info!(
-            outputs = manifest.outputs.len(),
-            cost_usd = manifest.cost_usd(),
-            "Job completed"
-        );
+        info!(outputs = manifest.outputs.len(), cost_usd = manifest.cost_usd(), "Job completed");
         Ok(vec![completed_event(&manifest)])
     }
 }
@@ -165,10 +128,7 @@ fn completed_event(m: &JobManifest) -> Dispatch {
         "manifest": reelfleet_core::manifest::manifest_key(&m.job_id),
         "at": chrono::Utc::now(),
     });
-    Dispatch::Event {
-        routing_key: "job.completed".into(),
-        body: serde_json::to_vec(&body).expect("json"),
-    }
+    Dispatch::Event { routing_key: "job.completed".into(), body: serde_json::to_vec(&body).expect("json") }
 }
 
 /// PSNR and SSIM parsed from ffmpeg's log.
@@ -178,20 +138,10 @@ pub fn parse_quality(log: &str) -> (Option<f64>, Option<f64>, Option<f64>) {
             .filter(|l| l.contains(marker))
             .filter_map(|l| l.split(key).nth(1))
             .filter_map(|rest| rest.split_whitespace().next())
-            .filter_map(|v| {
-                if v == "inf" {
-                    Some(100.0)
-                } else {
-                    v.parse::<f64>().ok()
-                }
-            })
+            .filter_map(|v| if v == "inf" { Some(100.0) } else { v.parse::<f64>().ok() })
             .next_back()
     };
-    (
-        find("PSNR", "average:"),
-        find("SSIM", "All:"),
-        find("VMAF score", "VMAF score:"),
-    )
+    (find("PSNR", "average:"), find("SSIM", "All:"), find("VMAF score", "VMAF score:"))
 }
 
 impl Postprocess {
@@ -204,24 +154,17 @@ impl Postprocess {
             .timeout(Duration::from_secs(30))
             .build()
             .expect("HTTP client builds");
-        Self {
-            settings,
-            storage,
-            manifests,
-            media,
-            http,
-        }
+        Self { settings, storage, manifests, media, http }
     }
 
     async fn produce(&self, envelope: &Envelope) -> Result<Vec<OutputFile>, StageError> {
-        let reference_key = envelope.inputs.first().ok_or_else(|| {
-            StageError::permanent("bad_input", "postprocess message names no video")
-        })?;
+        let reference_key = envelope
+            .inputs
+            .first()
+            .ok_or_else(|| StageError::permanent("bad_input", "postprocess message names no video"))?;
         let dir = scratch_dir(self.settings.runtime.scratch_dir.as_deref())?;
         let reference = dir.path().join("reference.mp4");
-        self.storage
-            .download(self.manifests.bucket(), reference_key, &reference)
-            .await?;
+        self.storage.download(self.manifests.bucket(), reference_key, &reference).await?;
         let probe = self.media.probe(&reference).await?;
         let (w, h) = probe
             .display_dimensions()
@@ -234,14 +177,10 @@ impl Postprocess {
             let path = dir.path().join(format!("{}.mp4", plan.name));
             self.encode(&reference, &path, &plan).await?;
             let mut out = self.describe(&path, &plan.name, "video/mp4").await?;
-            let (psnr, ssim, vmaf_score) = self
-                .quality(&path, &reference, plan.width, plan.height, vmaf)
-                .await?;
+            let (psnr, ssim, vmaf_score) = self.quality(&path, &reference, plan.width, plan.height, vmaf).await?;
             (out.psnr_db, out.ssim, out.vmaf) = (psnr, ssim, vmaf_score);
             out.key = stage_key(job, "postprocess", &format!("{}.mp4", plan.name));
-            self.storage
-                .upload(self.manifests.bucket(), &out.key, &path, "video/mp4")
-                .await?;
+            self.storage.upload(self.manifests.bucket(), &out.key, &path, "video/mp4").await?;
             outputs.push(out);
         }
         let poster = dir.path().join("poster.jpg");
@@ -249,15 +188,10 @@ impl Postprocess {
         args.extend(input_args(&reference));
         args.extend(["-frames:v", "1", "-q:v", "2"].map(String::from));
         args.push(output_arg(&poster));
-        self.media
-            .ffmpeg(&args)
-            .await
-            .map_err(|e| StageError::from(e).context("poster"))?;
+        self.media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("poster"))?;
         let mut out = self.describe(&poster, "poster", "image/jpeg").await?;
         out.key = stage_key(job, "postprocess", "poster.jpg");
-        self.storage
-            .upload(self.manifests.bucket(), &out.key, &poster, "image/jpeg")
-            .await?;
+        self.storage.upload(self.manifests.bucket(), &out.key, &poster, "image/jpeg").await?;
         outputs.push(out);
 
         let n = self.settings.postprocess.sprite_frames.max(1);
@@ -268,55 +202,34 @@ impl Postprocess {
         args.extend([
             "-an".to_string(),
             "-vf".into(),
-            format!(
-                "fps={:.6},scale=160:-2,tile={cols}x{rows}",
-                n as f64 / duration.max(0.1)
-            ),
+            format!("fps={:.6},scale=160:-2,tile={cols}x{rows}", n as f64 / duration.max(0.1)),
             "-frames:v".into(),
             "1".into(),
             "-q:v".into(),
             "4".into(),
         ]);
         args.push(output_arg(&sprite));
-        self.media
-            .ffmpeg(&args)
-            .await
-            .map_err(|e| StageError::from(e).context("sprite"))?;
+        self.media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("sprite"))?;
         let mut out = self.describe(&sprite, "sprite", "image/jpeg").await?;
         out.key = stage_key(job, "postprocess", "sprite.jpg");
-        self.storage
-            .upload(self.manifests.bucket(), &out.key, &sprite, "image/jpeg")
-            .await?;
+        self.storage.upload(self.manifests.bucket(), &out.key, &sprite, "image/jpeg").await?;
         outputs.push(out);
         Ok(outputs)
     }
 
-    async fn encode(
-        &self,
-        input: &Path,
-        output: &Path,
-        plan: &RenditionPlan,
-    ) -> Result<(), StageError> {
+    async fn encode(&self, input: &Path, output: &Path, plan: &RenditionPlan) -> Result<(), StageError> {
         let s = &self.settings.postprocess;
         let mut args = input_args(input);
         args.extend(["-map", "0:v:0", "-map", "0:a:0?"].map(String::from));
         args.extend([
             "-vf".to_string(),
-            format!(
-                "scale={}:{}:flags=bicubic,setsar=1,format=yuv420p",
-                plan.width, plan.height
-            ),
+            format!("scale={}:{}:flags=bicubic,setsar=1,format=yuv420p", plan.width, plan.height),
             "-c:v".into(),
             plan.encoder.into(),
             "-preset".into(),
             self.media.preset().into(),
             "-crf".into(),
-            if plan.encoder == "libx265" {
-                s.h265_crf
-            } else {
-                s.h264_crf
-            }
-            .to_string(),
+            if plan.encoder == "libx265" { s.h265_crf } else { s.h264_crf }.to_string(),
         ]);
         if plan.encoder == "libx265" {
             args.extend(["-tag:v", "hvc1", "-x265-params", "log-level=error"].map(String::from));
@@ -324,23 +237,13 @@ impl Postprocess {
         args.extend(["-c:a", "aac", "-b:a", "128k", "-movflags", "+faststart"].map(String::from));
         args.extend(self.media.thread_args());
         args.push(output_arg(output));
-        self.media
-            .ffmpeg(&args)
-            .await
-            .map_err(|e| StageError::from(e).context(format!("encode {}", plan.name)))?;
+        self.media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context(format!("encode {}", plan.name)))?;
         Ok(())
     }
 
-    async fn describe(
-        &self,
-        path: &Path,
-        name: &str,
-        content_type: &str,
-    ) -> Result<OutputFile, StageError> {
+    async fn describe(&self, path: &Path, name: &str, content_type: &str) -> Result<OutputFile, StageError> {
         let probe = self.media.probe(path).await?;
-        let v = probe
-            .video()
-            .ok_or_else(|| StageError::permanent("media", format!("{name} has no video stream")))?;
+        let v = probe.video().ok_or_else(|| StageError::permanent("media", format!("{name} has no video stream")))?;
         let size = tokio::fs::metadata(path).await?.len();
         let is_video = content_type.starts_with("video/");
         Ok(OutputFile {
@@ -376,24 +279,11 @@ impl Postprocess {
         } else {
             format!("[1:v]scale={w}:{h}:flags=bicubic,setsar=1,format=yuv420p,split=2[r1][r2];[0:v]setsar=1,format=yuv420p,split=2[a1][a2];[a1][r1]psnr;[a2][r2]ssim")
         };
-        args.extend([
-            "-lavfi".to_string(),
-            graph,
-            "-f".into(),
-            "null".into(),
-            "-".into(),
-        ]);
-        let log = self
-            .media
-            .ffmpeg(&args)
-            .await
-            .map_err(|e| StageError::from(e).context("quality check"))?;
+        args.extend(["-lavfi".to_string(), graph, "-f".into(), "null".into(), "-".into()]);
+        let log = self.media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("quality check"))?;
         let (psnr, ssim, vmaf_score) = parse_quality(&log);
         if psnr.is_none() || ssim.is_none() {
-            return Err(StageError::permanent(
-                "quality",
-                "ffmpeg reported no PSNR/SSIM",
-            ));
+            return Err(StageError::permanent("quality", "ffmpeg reported no PSNR/SSIM"));
         }
         Ok((psnr, ssim, vmaf_score))
     }
@@ -401,10 +291,7 @@ impl Postprocess {
     async fn purge(&self, m: &JobManifest) -> Option<String> {
         let url = self.settings.postprocess.cdn_purge_url.as_ref()?;
         let keys: Vec<&str> = m.outputs.iter().map(|o| o.key.as_str()).collect();
-        let mut req = self
-            .http
-            .post(url)
-            .json(&serde_json::json!({"job_id": m.job_id, "paths": keys}));
+        let mut req = self.http.post(url).json(&serde_json::json!({"job_id": m.job_id, "paths": keys}));
         if let Some(token) = &self.settings.postprocess.cdn_purge_token {
             req = req.bearer_auth(token.expose());
         }
@@ -430,14 +317,8 @@ mod tests {
     fn renditions_never_upscale() {
         let p = plan_renditions(1920, 1080);
         assert_eq!(
-            p.iter()
-                .map(|r| (r.name.as_str(), r.width, r.height))
-                .collect::<Vec<_>>(),
-            vec![
-                ("h264_720p", 1280, 720),
-                ("h264_1080p", 1920, 1080),
-                ("h265_720p", 1280, 720)
-            ]
+            p.iter().map(|r| (r.name.as_str(), r.width, r.height)).collect::<Vec<_>>(),
+            vec![("h264_720p", 1280, 720), ("h264_1080p", 1920, 1080), ("h265_720p", 1280, 720)]
         );
         let p = plan_renditions(640, 360);
         assert_eq!(p.len(), 2);

@@ -40,49 +40,47 @@ impl Stage for Preprocess {
 
     async fn handle(&self, msg: Message) -> Result<Vec<Dispatch>, StageError> {
         let Input::Envelope(envelope) = msg.input else {
-            return Err(StageError::permanent(
-                "bad_input",
-                "preprocess takes signed envelopes only",
-            ));
+            return Err(StageError::permanent("bad_input", "preprocess takes signed envelopes only"));
         };
         let started = chrono::Utc::now();
         let mut manifest = self.manifests.require(&envelope.job_id).await?;
-        if !matches!(manifest.status, JobStatus::Ingest | JobStatus::Preprocess) {
-            info!(status = %manifest.status, "Job is past preprocess; duplicate message dropped");
-            return Ok(Vec::new());
+        let resume = msg.redelivered || msg.attempt > 0;
+        match (&manifest.status, &manifest.preprocess) {
+            (JobStatus::Ingest | JobStatus::Preprocess, _) => {}
+            // Stored before a crash or a lost confirm: send it on again.
+            (JobStatus::Inference, Some(info)) if resume => {
+                info!("Preprocess already stored; forwarding again");
+                return Ok(vec![forward(&envelope, info)]);
+            }
+            (status, _) => {
+                info!(status = %status, "Job is past preprocess; duplicate message dropped");
+                return Ok(Vec::new());
+            }
         }
         manifest.status = JobStatus::Preprocess;
         let info = match envelope.kind {
             JobKind::Generate => {
-                let (tier, reason) = assign_tier(
-                    envelope.priority,
-                    envelope.quality,
-                    None,
-                    &self.settings.preprocess,
-                );
-                PreprocessInfo {
-                    tier,
-                    tier_reason: reason,
-                    ..Default::default()
-                }
+                let (tier, reason) = assign_tier(envelope.priority, envelope.quality, None, &self.settings.preprocess);
+                PreprocessInfo { tier, tier_reason: reason, ..Default::default() }
             }
             JobKind::Analyze => self.normalize(&envelope).await?,
         };
-        let tier = info.tier;
-        let inputs = info.keyframes.clone();
-        info!(tier = %tier, reason = %info.tier_reason, "Tier assigned");
-        manifest.tier = Some(tier);
+        info!(tier = %info.tier, reason = %info.tier_reason, "Tier assigned");
+        let next = forward(&envelope, &info);
+        manifest.tier = Some(info.tier);
         manifest.preprocess = Some(info);
         manifest.status = JobStatus::Inference;
         manifest.record_stage("preprocess", started, msg.attempt);
         self.manifests.save(&mut manifest).await?;
-        let mut next = envelope.forward(inputs);
-        next.tier = Some(tier);
-        Ok(vec![Dispatch::Next {
-            queue: WorkQueue::Inference(tier),
-            envelope: next,
-        }])
+        Ok(vec![next])
     }
+}
+
+/// The message for the job's tier queue.
+fn forward(envelope: &Envelope, info: &PreprocessInfo) -> Dispatch {
+    let mut next = envelope.forward(info.keyframes.clone());
+    next.tier = Some(info.tier);
+    Dispatch::Next { queue: WorkQueue::Inference(info.tier), envelope: next }
 }
 
 /// Output size for a `width`x`height` video under the caps: scaled down
@@ -112,31 +110,20 @@ impl Preprocess {
     pub fn new(settings: Arc<Settings>, storage: Storage) -> Self {
         let manifests = ManifestStore::new(storage.clone(), settings.s3.work_bucket.clone());
         let media = Media::new(settings.media.clone());
-        Self {
-            settings,
-            storage,
-            manifests,
-            media,
-        }
+        Self { settings, storage, manifests, media }
     }
 
     async fn normalize(&self, envelope: &Envelope) -> Result<PreprocessInfo, StageError> {
         let s = &self.settings.preprocess;
         let dir = scratch_dir(self.settings.runtime.scratch_dir.as_deref())?;
         let source = dir.path().join("source");
-        self.storage
-            .download(&envelope.source.bucket, &envelope.source.key, &source)
-            .await?;
+        self.storage.download(&envelope.source.bucket, &envelope.source.key, &source).await?;
         let probe = self.media.probe(&source).await?;
         let (w, h) = probe
             .display_dimensions()
             .ok_or_else(|| StageError::permanent("bad_input", "no video stream to normalize"))?;
         let (tw, th) = target_dimensions(w, h, s);
-        let fps = if tw.min(th) >= 1080 {
-            s.fps_hd
-        } else {
-            s.fps_sd
-        };
+        let fps = if tw.min(th) >= 1080 { s.fps_hd } else { s.fps_sd };
 
         let normalized = dir.path().join("normalized.mp4");
         let mut args = input_args(&source);
@@ -163,49 +150,24 @@ impl Preprocess {
         ]);
         args.extend(self.media.thread_args());
         args.push(output_arg(&normalized));
-        self.media
-            .ffmpeg(&args)
-            .await
-            .map_err(|e| StageError::from(e).context("normalize"))?;
+        self.media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("normalize"))?;
         let out = self.media.probe(&normalized).await?;
         let duration = out.duration().unwrap_or(0.0);
         let complexity = self
-            .measure_complexity(
-                &normalized,
-                tw,
-                th,
-                fps,
-                out.video().and_then(|v| v.bit_rate()).or(out.bit_rate()),
-            )
+            .measure_complexity(&normalized, tw, th, fps, out.video().and_then(|v| v.bit_rate()).or(out.bit_rate()))
             .await?;
-        let keyframes = self
-            .extract_keyframes(&normalized, dir.path(), duration)
-            .await?;
+        let keyframes = self.extract_keyframes(&normalized, dir.path(), duration).await?;
 
         let job = &envelope.job_id;
         let normalized_key = stage_key(job, "preprocess", "normalized.mp4");
-        self.storage
-            .upload(
-                self.manifests.bucket(),
-                &normalized_key,
-                &normalized,
-                "video/mp4",
-            )
-            .await?;
+        self.storage.upload(self.manifests.bucket(), &normalized_key, &normalized, "video/mp4").await?;
         let mut keyframe_keys = Vec::new();
         for (i, path) in keyframes.iter().enumerate() {
             let key = stage_key(job, "preprocess", &format!("keyframe-{:02}.jpg", i + 1));
-            self.storage
-                .upload(self.manifests.bucket(), &key, path, "image/jpeg")
-                .await?;
+            self.storage.upload(self.manifests.bucket(), &key, path, "image/jpeg").await?;
             keyframe_keys.push(key);
         }
-        let (tier, reason) = assign_tier(
-            envelope.priority,
-            envelope.quality,
-            Some(complexity.score),
-            s,
-        );
+        let (tier, reason) = assign_tier(envelope.priority, envelope.quality, Some(complexity.score), s);
         Ok(PreprocessInfo {
             normalized_key: Some(normalized_key),
             width: tw,
@@ -236,16 +198,9 @@ impl Preprocess {
             "null".into(),
             "-".into(),
         ]);
-        let log = self
-            .media
-            .ffmpeg(&args)
-            .await
-            .map_err(|e| StageError::from(e).context("complexity"))?;
+        let log = self.media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("complexity"))?;
         let values = |key: &str| -> Vec<f64> {
-            log.lines()
-                .filter_map(|l| l.split(key).nth(1))
-                .filter_map(|v| v.trim().parse::<f64>().ok())
-                .collect()
+            log.lines().filter_map(|l| l.split(key).nth(1)).filter_map(|v| v.trim().parse::<f64>().ok()).collect()
         };
         let scores = values("lavfi.scene_score=");
         let diffs = values("lavfi.signalstats.YAVG=");
@@ -254,9 +209,7 @@ impl Preprocess {
         let cuts = scores.iter().filter(|s| **s > 0.3).count() as f64;
         let minutes = (frames / fps.max(1) as f64 / 60.0).max(1.0 / 60.0);
         let cuts_per_min = cuts / minutes;
-        let bits_per_pixel = bitrate
-            .map(|b| b as f64 / (w as f64 * h as f64 * fps as f64))
-            .unwrap_or(0.0);
+        let bits_per_pixel = bitrate.map(|b| b as f64 / (w as f64 * h as f64 * fps as f64)).unwrap_or(0.0);
         Ok(Complexity {
             score: complexity_score(motion, cuts_per_min, bits_per_pixel),
             motion,
@@ -284,20 +237,12 @@ impl Preprocess {
             "3".into(),
             output_arg(&dir.join("keyframe-%02d.jpg")),
         ]);
-        self.media
-            .ffmpeg(&args)
-            .await
-            .map_err(|e| StageError::from(e).context("keyframes"))?;
-        let mut frames: Vec<_> = (1..=n)
-            .map(|i| dir.join(format!("keyframe-{i:02}.jpg")))
-            .filter(|p| p.exists())
-            .collect();
+        self.media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("keyframes"))?;
+        let mut frames: Vec<_> =
+            (1..=n).map(|i| dir.join(format!("keyframe-{i:02}.jpg"))).filter(|p| p.exists()).collect();
         frames.sort();
         if frames.is_empty() {
-            return Err(StageError::permanent(
-                "media",
-                "no keyframe could be extracted",
-            ));
+            return Err(StageError::permanent("media", "no keyframe could be extracted"));
         }
         Ok(frames)
     }

@@ -1,0 +1,438 @@
+//! `scripts/bench`: figures measured in one run against a baseline on the same
+//! machine, printed and written to `bench/results/*.json`.
+//!
+//! - `transcode [--clips N] [--seconds S]`: N real 720p clips through the
+//!   whole fleet vs the same ffmpeg commands run by `xargs -P <cores>`.
+//! - `overhead [--jobs N]`: the stage runtime alone (four chained no-op stages
+//!   that each read their input object, write 1 KB and forward, over real
+//!   RabbitMQ and the embedded S3), and the raw ceilings of this machine:
+//!   persistent publish+consume with confirms on one quorum queue, and 1 KB
+//!   S3 PUT+GET.
+
+use anyhow::{bail, Context};
+use async_trait::async_trait;
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions, QueueDeleteOptions};
+use reelfleet_cli::{
+    dev::{DevOptions, DevStack},
+    ops,
+};
+use reelfleet_core::{
+    broker::{Broker, Outgoing},
+    envelope::{Envelope, JobKind, SourceObject, Tier},
+    error::StageError,
+    health::Readiness,
+    manifest::{JobStatus, ManifestStore},
+    metrics::Metrics,
+    runtime::{Dispatch, Input, Message, Runtime, Stage},
+    settings::Settings,
+    storage::Storage,
+    topology::{Topology, WorkQueue},
+};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+use tokio_util::sync::CancellationToken;
+
+fn arg(args: &[String], name: &str, default: usize) -> anyhow::Result<usize> {
+    match args.iter().position(|a| a == name) {
+        Some(i) => args.get(i + 1).context("missing value")?.parse().with_context(|| format!("{name} takes a number")),
+        None => Ok(default),
+    }
+}
+
+fn machine() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mem_kb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()))
+        .unwrap_or(0);
+    serde_json::json!({"cpu": cpu, "cores": cores, "memory_gib": mem_kb / 1024 / 1024})
+}
+
+fn write_result(name: &str, value: &serde_json::Value) -> anyhow::Result<PathBuf> {
+    let dir = PathBuf::from("bench/results");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{name}.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(value)?)?;
+    Ok(path)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn bench_settings(tag: &str) -> Settings {
+    Settings {
+        namespace: format!("bench-{tag}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+        ..Default::default()
+    }
+}
+
+async fn delete_namespace(broker: &Broker, topology: &Topology) {
+    if let Ok(ch) = broker.channel().await {
+        for q in topology.all_queue_names() {
+            let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+        }
+        let _ = ch.exchange_delete(topology.events_exchange().as_str().into(), Default::default()).await;
+    }
+}
+
+async fn transcode(args: &[String]) -> anyhow::Result<()> {
+    let clips = arg(args, "--clips", 20)?;
+    let seconds = arg(args, "--seconds", 10)?;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let work = tempfile::Builder::new().prefix("reelfleet-bench-").tempdir()?;
+    let clip_dir = work.path().join("clips");
+    std::fs::create_dir_all(&clip_dir)?;
+    eprintln!("making {clips} clips of {seconds} s at 1280x720");
+    let sources =
+        ["testsrc2", "mandelbrot", "life=mold=10:ratio=0.1:life_color=#33cc33", "smptehdbars", "cellauto=rule=110"];
+    let mut paths = Vec::new();
+    for i in 0..clips {
+        let path = clip_dir.join(format!("clip-{i:02}.mp4"));
+        let src = sources[i % sources.len()];
+        let sep = if src.contains('=') { ":" } else { "=" };
+        let video = format!("{src}{sep}size=1280x720:rate=30");
+        let status = Command::new("ffmpeg")
+            .args([
+                "-hide_banner",
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                &video,
+                "-f",
+                "lavfi",
+                "-i",
+                &format!("sine=frequency={}", 200 + i * 20),
+            ])
+            .args([
+                "-t",
+                &seconds.to_string(),
+                "-pix_fmt",
+                "yuv420p",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "veryfast",
+                "-c:a",
+                "aac",
+            ])
+            .arg(&path)
+            .status()?;
+        if !status.success() {
+            bail!("ffmpeg could not make {}", path.display());
+        }
+        paths.push(path);
+    }
+
+    eprintln!("baseline: the same ffmpeg commands by xargs -P {cores}");
+    let out = work.path().join("baseline");
+    std::fs::create_dir_all(&out)?;
+    let list: String = paths.iter().map(|p| format!("{}\n", p.display())).collect();
+    let script =
+        Path::new("scripts/lib/baseline-transcode.sh").canonicalize().context("run from the repository root")?;
+    let t0 = Instant::now();
+    let mut child = Command::new("xargs")
+        .args(["-P", &cores.to_string(), "-n", "1", "-I", "{}", "bash"])
+        .arg(&script)
+        .arg("{}")
+        .arg(&out)
+        .stdin(std::process::Stdio::piped())
+        .spawn()?;
+    {
+        use std::io::Write;
+        child.stdin.take().context("stdin")?.write_all(list.as_bytes())?;
+    }
+    if !child.wait()?.success() {
+        bail!("the baseline failed");
+    }
+    let baseline_s = t0.elapsed().as_secs_f64();
+    eprintln!("baseline: {baseline_s:.1} s");
+
+    eprintln!("fleet: reelfleet dev, {clips} uploads");
+    let mut settings = bench_settings("transcode");
+    settings.runtime.health_addr = "127.0.0.1:0".into();
+    settings.runtime.scratch_dir = Some(work.path().join("scratch").display().to_string());
+    let dev = DevStack::start(
+        settings,
+        DevOptions { data_dir: work.path().join("dev"), namespace: None, s3_port: 0, sim_port: 0 },
+    )
+    .await?;
+    let t0 = Instant::now();
+    let submitted =
+        ops::submit(&dev.settings, &ops::SubmitRequest { files: paths.clone(), ..Default::default() }).await?;
+    let manifests = ops::wait(&dev.settings, &submitted, Duration::from_secs(3600), false).await?;
+    let fleet_s = t0.elapsed().as_secs_f64();
+    let completed = manifests.iter().filter(|m| m.status == JobStatus::Completed).count();
+    let broker = Broker::new(&dev.settings.broker, "bench")?;
+    let topology = Topology::new(dev.settings.namespace.clone(), dev.settings.broker.delivery_limit);
+    dev.stop().await;
+    delete_namespace(&broker, &topology).await;
+    if completed != clips {
+        bail!("only {completed} of {clips} jobs completed");
+    }
+    let result = serde_json::json!({
+        "clips": clips,
+        "clip_seconds": seconds,
+        "fleet_s": fleet_s,
+        "baseline_s": baseline_s,
+        "ratio": fleet_s / baseline_s,
+        "machine": machine(),
+    });
+    let path = write_result("transcode", &result)?;
+    println!("transcode: {clips} clips of {seconds} s at 720p: fleet {fleet_s:.1} s, xargs -P {cores} {baseline_s:.1} s, ratio {:.3} (fleet / baseline) -> {}", fleet_s / baseline_s, path.display());
+    Ok(())
+}
+
+/// A stage that reads its input object, writes 1 KB and forwards.
+struct NoOp {
+    name: &'static str,
+    queue: WorkQueue,
+    next: Option<WorkQueue>,
+    storage: Storage,
+    bucket: String,
+    hops: Arc<Mutex<Vec<f64>>>,
+    done: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl Stage for NoOp {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn queues(&self) -> Vec<WorkQueue> {
+        vec![self.queue]
+    }
+    async fn handle(&self, msg: Message) -> Result<Vec<Dispatch>, StageError> {
+        let Input::Envelope(env) = msg.input else {
+            return Err(StageError::permanent("bad_input", "envelope expected"));
+        };
+        let hop = (chrono::Utc::now() - env.sent_at).num_microseconds().unwrap_or(0) as f64 / 1000.0;
+        self.hops.lock().expect("hops").push(hop);
+        for key in &env.inputs {
+            self.storage.get_bytes(&self.bucket, key, 1 << 20).await?;
+        }
+        let key = format!("jobs/{}/{}/out.bin", env.job_id, self.name);
+        self.storage.put_bytes(&self.bucket, &key, vec![7u8; 1024], "application/octet-stream").await?;
+        match self.next {
+            Some(q) => Ok(vec![Dispatch::Next { queue: q, envelope: env.forward(vec![key]) }]),
+            None => {
+                self.done.fetch_add(1, Ordering::SeqCst);
+                Ok(Vec::new())
+            }
+        }
+    }
+}
+
+async fn overhead(args: &[String]) -> anyhow::Result<()> {
+    let jobs = arg(args, "--jobs", 2000)?;
+    let work = tempfile::Builder::new().prefix("reelfleet-bench-").tempdir()?;
+    let mut settings = bench_settings("overhead");
+    settings.broker.prefetch = 32;
+    let broker = Broker::new(&settings.broker, "bench")?;
+    let topology = Topology::new(settings.namespace.clone(), settings.broker.delivery_limit);
+    broker.declare(&topology).await.context("RabbitMQ")?;
+    let s3 = reelfleet_devstack::serve_s3(
+        "127.0.0.1:0",
+        &work.path().join("s3"),
+        settings.s3.access_key.expose(),
+        settings.s3.secret_key.expose(),
+        &settings.s3.upload_bucket,
+        broker.clone(),
+        &topology.queue(WorkQueue::Ingest),
+    )
+    .await?;
+    settings.s3.endpoint = s3.endpoint();
+    let storage = Storage::new(&settings.s3);
+    let bucket = settings.s3.work_bucket.clone();
+    storage.ensure_bucket(&bucket).await?;
+
+    // Raw ceiling 1: persistent publish with confirms + consume with acks on one quorum queue.
+    let raw_n = jobs.max(1000);
+    let q = format!("{}.raw", settings.namespace);
+    let ch = broker.channel().await?;
+    let mut qargs = lapin::types::FieldTable::default();
+    qargs.insert("x-queue-type".into(), lapin::types::AMQPValue::LongString("quorum".into()));
+    ch.queue_declare(q.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, qargs).await?;
+    let publisher = broker.publisher().await?;
+    let consumer_ch = broker.channel().await?;
+    consumer_ch.basic_qos(settings.broker.prefetch, BasicQosOptions::default()).await?;
+    let mut consumer = consumer_ch
+        .basic_consume(q.as_str().into(), "raw".into(), BasicConsumeOptions::default(), Default::default())
+        .await?;
+    let t0 = Instant::now();
+    let consume = tokio::spawn(async move {
+        let mut n = 0;
+        while n < raw_n {
+            let Some(Ok(d)) = consumer.next().await else { break };
+            let _ = d.acker.ack(BasicAckOptions::default()).await;
+            n += 1;
+        }
+        n
+    });
+    let sem = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut pubs = tokio::task::JoinSet::new();
+    for _ in 0..raw_n {
+        let permit = sem.clone().acquire_owned().await?;
+        let (p, q) = (publisher.clone(), q.clone());
+        pubs.spawn(async move {
+            let r = p.publish(&Outgoing::to_queue(q, vec![0u8; 512])).await;
+            drop(permit);
+            r
+        });
+    }
+    while let Some(r) = pubs.join_next().await {
+        r??;
+    }
+    let consumed = consume.await?;
+    let rabbit_msgs_per_s = consumed as f64 / t0.elapsed().as_secs_f64();
+    let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+
+    // Raw ceiling 2: 1 KB S3 PUT + GET, 16 at a time.
+    let s3_n = jobs.max(1000);
+    let t0 = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let sem = Arc::new(tokio::sync::Semaphore::new(16));
+    for i in 0..s3_n {
+        let permit = sem.clone().acquire_owned().await?;
+        let (st, b) = (storage.clone(), bucket.clone());
+        tasks.spawn(async move {
+            let key = format!("raw/{i}");
+            st.put_bytes(&b, &key, vec![1u8; 1024], "application/octet-stream").await?;
+            st.get_bytes(&b, &key, 4096).await?;
+            drop(permit);
+            Ok::<(), reelfleet_core::storage::StorageError>(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let s3_ops_per_s = (2 * s3_n) as f64 / t0.elapsed().as_secs_f64();
+
+    // The runtime: four chained no-op stages.
+    let hops = Arc::new(Mutex::new(Vec::with_capacity(jobs * 4)));
+    let done = Arc::new(AtomicUsize::new(0));
+    let chain = [
+        ("ingest", WorkQueue::Ingest, Some(WorkQueue::Preprocess)),
+        ("preprocess", WorkQueue::Preprocess, Some(WorkQueue::Inference(Tier::Low))),
+        ("inference", WorkQueue::Inference(Tier::Low), Some(WorkQueue::Postprocess)),
+        ("postprocess", WorkQueue::Postprocess, None),
+    ];
+    let metrics = Metrics::new();
+    let runtime = Runtime::new(
+        &settings,
+        broker.clone(),
+        ManifestStore::new(storage.clone(), bucket.clone()),
+        metrics,
+        Readiness::default(),
+    );
+    let shutdown = CancellationToken::new();
+    let mut workers = tokio::task::JoinSet::new();
+    for (name, queue, next) in chain {
+        let stage = Arc::new(NoOp {
+            name,
+            queue,
+            next,
+            storage: storage.clone(),
+            bucket: bucket.clone(),
+            hops: hops.clone(),
+            done: done.clone(),
+        });
+        let (rt, stop) = (runtime.clone(), shutdown.clone());
+        workers.spawn(async move { rt.run(stage, stop).await });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ingest = topology.queue(WorkQueue::Ingest);
+    let t0 = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut pubs = tokio::task::JoinSet::new();
+    for i in 0..jobs {
+        let permit = sem.clone().acquire_owned().await?;
+        let source = SourceObject {
+            bucket: "bench".into(),
+            key: format!("job-{i}"),
+            size: 0,
+            etag: Some(format!("{i}")),
+            version_id: None,
+        };
+        let msg = runtime.signed(&ingest, &Envelope::new(JobKind::Analyze, source));
+        let p = publisher.clone();
+        pubs.spawn(async move {
+            let r = p.publish(&msg).await;
+            drop(permit);
+            r
+        });
+    }
+    while let Some(r) = pubs.join_next().await {
+        r??;
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while done.load(Ordering::SeqCst) < jobs {
+        if Instant::now() > deadline {
+            bail!("only {} of {jobs} jobs finished", done.load(Ordering::SeqCst));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    shutdown.cancel();
+    while workers.join_next().await.is_some() {}
+    s3.shutdown.cancel();
+    delete_namespace(&broker, &topology).await;
+
+    let mut hop_ms = hops.lock().expect("hops").clone();
+    hop_ms.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    let result = serde_json::json!({
+        "jobs": jobs,
+        "jobs_per_s": jobs as f64 / elapsed,
+        "hop_p50_ms": percentile(&hop_ms, 0.50),
+        "hop_p99_ms": percentile(&hop_ms, 0.99),
+        "rabbit_msgs_per_s": rabbit_msgs_per_s,
+        "s3_ops_per_s": s3_ops_per_s,
+        "prefetch": settings.broker.prefetch,
+        "machine": machine(),
+    });
+    let path = write_result("overhead", &result)?;
+    println!(
+        "overhead: {jobs} jobs through 4 no-op stages: {:.0} jobs/s ({:.0} stage messages/s), hop p50 {:.1} ms p99 {:.1} ms; ceilings: RabbitMQ {:.0} msgs/s (publish+confirm+consume, one quorum queue), S3 {:.0} ops/s (1 KB PUT+GET) -> {}",
+        jobs as f64 / elapsed,
+        4.0 * jobs as f64 / elapsed,
+        percentile(&hop_ms, 0.50),
+        percentile(&hop_ms, 0.99),
+        rabbit_msgs_per_s,
+        s3_ops_per_s,
+        path.display()
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("transcode") => transcode(&args[1..]).await,
+        Some("overhead") => overhead(&args[1..]).await,
+        _ => bail!("usage: reelfleet-bench transcode [--clips N] [--seconds S] | overhead [--jobs N]"),
+    }
+}

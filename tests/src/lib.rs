@@ -44,7 +44,8 @@ impl Drop for Janitor {
                 let Ok(channel) = conn.create_channel().await else {
                     return;
                 };
-                for q in topology.all_queue_names() {
+                let extra = format!("{}.test-events", topology.namespace());
+                for q in topology.all_queue_names().into_iter().chain([extra]) {
                     let _ = channel.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
                 }
                 let _ = channel
@@ -257,6 +258,27 @@ impl TestStack {
         self.storage.get_bytes(&self.dev.settings.s3.work_bucket, key, 64 * 1024 * 1024).await.expect("object")
     }
 
+    /// Binds a fresh queue to the events exchange (deleted with the namespace).
+    pub async fn bind_events(&self, pattern: &str) -> String {
+        let channel = self.broker.channel().await.expect("channel");
+        let name = format!("{}.test-events", self.topology.namespace());
+        channel
+            .queue_declare(name.as_str().into(), Default::default(), Default::default())
+            .await
+            .expect("declare events queue");
+        channel
+            .queue_bind(
+                name.as_str().into(),
+                self.topology.events_exchange().as_str().into(),
+                pattern.into(),
+                Default::default(),
+                Default::default(),
+            )
+            .await
+            .expect("bind events queue");
+        name
+    }
+
     /// Stops the fleet (draining), then deletes the namespace's queues and exchange.
     pub async fn cleanup(self) {
         let Self { dev, _janitor, .. } = self;
@@ -279,4 +301,57 @@ pub fn make_clip(dir: &Path, name: &str, video: &str, seconds: f64, extra: &[&st
     let status = Command::new("ffmpeg").args(&args).status().context("ffmpeg runs").expect("ffmpeg installed");
     assert!(status.success(), "ffmpeg could not make {name}");
     path
+}
+
+/// A recorded HTTP request.
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    /// Path.
+    pub path: String,
+    /// `Authorization` header.
+    pub authorization: Option<String>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+/// An HTTP server that answers 200 to everything and records what it got
+/// (a stand-in for a CDN purge endpoint).
+pub struct RequestRecorder {
+    addr: std::net::SocketAddr,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<RecordedRequest>>>,
+}
+
+impl RequestRecorder {
+    /// Starts it on a free port.
+    pub async fn start() -> Self {
+        use axum::{body::Bytes, extract::State, http::HeaderMap, http::Uri};
+        type Log = std::sync::Arc<std::sync::Mutex<Vec<RecordedRequest>>>;
+        async fn record(State(log): State<Log>, uri: Uri, headers: HeaderMap, body: Bytes) -> &'static str {
+            let authorization = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string);
+            log.lock().expect("log").push(RecordedRequest {
+                path: uri.path().to_string(),
+                authorization,
+                body: body.to_vec(),
+            });
+            "ok"
+        }
+        let requests: Log = Default::default();
+        let app = axum::Router::new().fallback(record).with_state(requests.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, requests }
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("http://{}/purge", self.addr)
+    }
+
+    /// What it received.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.requests.lock().expect("log").clone()
+    }
 }

@@ -19,7 +19,13 @@ fn finished(m: &reelfleet_core::manifest::JobManifest) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_plain_s3_upload_runs_through_all_four_stages() {
-    let stack = TestStack::start().await;
+    let cdn = reelfleet_tests::RequestRecorder::start().await;
+    let stack = TestStack::start_with(|s| {
+        s.postprocess.cdn_purge_url = Some(cdn.url());
+        s.postprocess.cdn_purge_token = Some(reelfleet_core::settings::Secret::new("cdn-token"));
+    })
+    .await;
+    let events = stack.bind_events("job.*").await;
     let clip = make_clip(stack.dir.path(), "clip.mov", "testsrc2=size=1280x720:rate=25", 3.0, &["-c:v", "libx264"]);
     let job = stack.upload("plain client/clip one+été.mov", &clip).await;
     let m = stack.wait_for(&job, JOB_TIMEOUT, finished).await;
@@ -54,6 +60,18 @@ async fn a_plain_s3_upload_runs_through_all_four_stages() {
         }
     }
     assert!(m.quality_check.as_ref().is_some_and(|q| q.passed));
+
+    let purges = cdn.requests();
+    assert_eq!(purges.len(), 1, "one CDN purge call");
+    assert_eq!(purges[0].authorization.as_deref(), Some("Bearer cdn-token"));
+    let body: serde_json::Value = serde_json::from_slice(&purges[0].body).unwrap();
+    assert_eq!(body["job_id"], job.as_str());
+    assert_eq!(body["paths"].as_array().unwrap().len(), m.outputs.len());
+    assert!(m.cdn_purge.as_deref().unwrap().starts_with("purged"));
+
+    let completed = stack.take_messages(&events, 1, Duration::from_secs(10)).await;
+    let event: serde_json::Value = serde_json::from_slice(&completed[0].1).unwrap();
+    assert_eq!((event["event"].as_str(), event["job_id"].as_str()), (Some("job.completed"), Some(job.as_str())));
     stack.cleanup().await;
 }
 

@@ -554,6 +554,21 @@ mod tests {
     }
 
     #[test]
+    fn environment_overrides_the_file() {
+        // Only this test sets these variables, and no other test reads them.
+        std::env::set_var("REELFLEET_BROKER__PREFETCH", "7");
+        std::env::set_var("REELFLEET_LIMITS__MAX_STREAMS", "3");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[broker]\nprefetch = 2\n").unwrap();
+        let s = Settings::load(Some(&path)).unwrap();
+        std::env::remove_var("REELFLEET_BROKER__PREFETCH");
+        std::env::remove_var("REELFLEET_LIMITS__MAX_STREAMS");
+        assert_eq!(s.broker.prefetch, 7);
+        assert_eq!(s.limits.max_streams, 3);
+    }
+
+    #[test]
     fn unknown_fields_are_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");

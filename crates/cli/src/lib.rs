@@ -6,7 +6,9 @@
 //! - [`dev`]: the embedded default: S3 endpoint, provider simulator and all
 //!   four workers in one process.
 //! - [`ops`]: operator commands: submit, status, jobs, queues.
+//! - [`dlq`]: dead-letter operations: ls, show, replay, purge, export, import.
 
 pub mod dev;
+pub mod dlq;
 pub mod fleet;
 pub mod ops;

@@ -104,6 +104,8 @@ pub struct Outgoing {
     pub headers: Vec<(String, HeaderValue)>,
     /// Per-message TTL in milliseconds (used by the delayed-retry queues).
     pub expiration_ms: Option<u64>,
+    /// AMQP `message-id` property (dead letters carry one for `reelfleet dlq`).
+    pub message_id: Option<String>,
     /// Return the message if no queue takes it (an error for work queues).
     pub mandatory: bool,
 }
@@ -157,6 +159,9 @@ impl Publisher {
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
             .with_headers(headers);
+        if let Some(id) = &msg.message_id {
+            props = props.with_message_id(id.as_str().into());
+        }
         if let Some(ms) = msg.expiration_ms {
             props = props.with_expiration(ms.to_string().as_str().into());
         }

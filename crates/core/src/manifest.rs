@@ -364,6 +364,11 @@ impl ManifestStore {
         self.storage.put_bytes_if_absent(&self.bucket, &manifest_key(&manifest.job_id), body, "application/json").await
     }
 
+    /// Deletes a job's manifest.
+    pub async fn delete(&self, job_id: &str) -> Result<(), StorageError> {
+        self.storage.delete(&self.bucket, &manifest_key(job_id)).await
+    }
+
     /// Marks a job failed with the reason (no-op if it has no manifest).
     pub async fn mark_failed(&self, job_id: &str, failure: JobFailure) -> Result<(), StorageError> {
         if let Some(mut m) = self.load(job_id).await? {

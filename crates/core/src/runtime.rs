@@ -41,6 +41,8 @@ pub mod dlq_headers {
     pub const ATTEMPTS: &str = "x-reelfleet-attempts";
     /// RFC 3339 time of dead-lettering.
     pub const FAILED_AT: &str = "x-reelfleet-failed-at";
+    /// RFC 3339 time of the first failed attempt (carried through retries).
+    pub const FIRST_FAILED_AT: &str = "x-reelfleet-first-failed-at";
     /// Queue the message came from.
     pub const QUEUE: &str = "x-reelfleet-queue";
 }
@@ -370,7 +372,9 @@ impl Runtime {
             }
             None => Outgoing::to_queue(&retry_queue, delivery.data.clone()),
         };
-        msg = msg.header(ATTEMPT_HEADER, HeaderValue::Int(i64::from(attempt + 1)));
+        msg = msg
+            .header(ATTEMPT_HEADER, HeaderValue::Int(i64::from(attempt + 1)))
+            .header(dlq_headers::FIRST_FAILED_AT, HeaderValue::Text(first_failed_at(delivery, chrono::Utc::now())));
         msg.expiration_ms = Some(delay.as_millis() as u64);
         match publisher.publish(&msg).await {
             Ok(()) => {
@@ -404,7 +408,9 @@ impl Runtime {
             .header(dlq_headers::ERROR_MESSAGE, HeaderValue::Text(message.clone()))
             .header(dlq_headers::ATTEMPTS, HeaderValue::Int(i64::from(attempt + 1)))
             .header(dlq_headers::FAILED_AT, HeaderValue::Text(now.to_rfc3339()))
+            .header(dlq_headers::FIRST_FAILED_AT, HeaderValue::Text(first_failed_at(delivery, now)))
             .header(dlq_headers::QUEUE, HeaderValue::Text(self.topology.queue(queue)));
+        msg.message_id = Some(uuid::Uuid::new_v4().simple().to_string());
         if let Some(sig) = header_str(&delivery.properties, SIGNATURE_HEADER) {
             msg = msg.header(SIGNATURE_HEADER, HeaderValue::Text(sig));
         }
@@ -442,6 +448,10 @@ impl Runtime {
         let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
         "requeue"
     }
+}
+
+fn first_failed_at(delivery: &Delivery, now: chrono::DateTime<chrono::Utc>) -> String {
+    header_str(&delivery.properties, dlq_headers::FIRST_FAILED_AT).unwrap_or_else(|| now.to_rfc3339())
 }
 
 /// Resolves on SIGTERM or SIGINT.

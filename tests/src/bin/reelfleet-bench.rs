@@ -155,7 +155,7 @@ async fn transcode(args: &[String]) -> anyhow::Result<()> {
         Path::new("scripts/lib/baseline-transcode.sh").canonicalize().context("run from the repository root")?;
     let t0 = Instant::now();
     let mut child = Command::new("xargs")
-        .args(["-P", &cores.to_string(), "-n", "1", "-I", "{}", "bash"])
+        .args(["-P", &cores.to_string(), "-I", "{}", "bash"])
         .arg(&script)
         .arg("{}")
         .arg(&out)
@@ -310,11 +310,11 @@ async fn overhead(args: &[String]) -> anyhow::Result<()> {
     let rabbit_msgs_per_s = consumed as f64 / t0.elapsed().as_secs_f64();
     let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
 
-    // Raw ceiling 2: 1 KB S3 PUT + GET, 16 at a time.
+    // Raw ceiling 2: 1 KB S3 PUT + GET, 64 at a time.
     let s3_n = jobs.max(1000);
     let t0 = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    let sem = Arc::new(tokio::sync::Semaphore::new(16));
+    let sem = Arc::new(tokio::sync::Semaphore::new(64));
     for i in 0..s3_n {
         let permit = sem.clone().acquire_owned().await?;
         let (st, b) = (storage.clone(), bucket.clone());
@@ -365,11 +365,7 @@ async fn overhead(args: &[String]) -> anyhow::Result<()> {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let ingest = topology.queue(WorkQueue::Ingest);
-    let t0 = Instant::now();
-    let sem = Arc::new(tokio::sync::Semaphore::new(64));
-    let mut pubs = tokio::task::JoinSet::new();
-    for i in 0..jobs {
-        let permit = sem.clone().acquire_owned().await?;
+    let seed = |i: usize| {
         let source = SourceObject {
             bucket: "bench".into(),
             key: format!("job-{i}"),
@@ -377,8 +373,15 @@ async fn overhead(args: &[String]) -> anyhow::Result<()> {
             etag: Some(format!("{i}")),
             version_id: None,
         };
-        let msg = runtime.signed(&ingest, &Envelope::new(JobKind::Analyze, source));
-        let p = publisher.clone();
+        runtime.signed(&ingest, &Envelope::new(JobKind::Analyze, source))
+    };
+    // Throughput: every job queued at once.
+    let t0 = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut pubs = tokio::task::JoinSet::new();
+    for i in 0..jobs {
+        let permit = sem.clone().acquire_owned().await?;
+        let (msg, p) = (seed(i), publisher.clone());
         pubs.spawn(async move {
             let r = p.publish(&msg).await;
             drop(permit);
@@ -388,14 +391,20 @@ async fn overhead(args: &[String]) -> anyhow::Result<()> {
     while let Some(r) = pubs.join_next().await {
         r??;
     }
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while done.load(Ordering::SeqCst) < jobs {
-        if Instant::now() > deadline {
-            bail!("only {} of {jobs} jobs finished", done.load(Ordering::SeqCst));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_done(&done, jobs).await?;
     let elapsed = t0.elapsed().as_secs_f64();
+    let jobs_per_s = jobs as f64 / elapsed;
+
+    // Latency: a quarter as many jobs again, paced at half that throughput,
+    // so a hop's time is the runtime's own and not time spent queued.
+    hops.lock().expect("hops").clear();
+    let paced = (jobs / 4).max(50);
+    let gap = Duration::from_secs_f64(2.0 / jobs_per_s);
+    for i in 0..paced {
+        publisher.publish(&seed(jobs + i)).await?;
+        tokio::time::sleep(gap).await;
+    }
+    wait_done(&done, jobs + paced).await?;
     shutdown.cancel();
     while workers.join_next().await.is_some() {}
     s3.shutdown.cancel();
@@ -405,7 +414,9 @@ async fn overhead(args: &[String]) -> anyhow::Result<()> {
     hop_ms.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
     let result = serde_json::json!({
         "jobs": jobs,
-        "jobs_per_s": jobs as f64 / elapsed,
+        "jobs_per_s": jobs_per_s,
+        "latency_jobs": paced,
+        "latency_rate_jobs_per_s": jobs_per_s / 2.0,
         "hop_p50_ms": percentile(&hop_ms, 0.50),
         "hop_p99_ms": percentile(&hop_ms, 0.99),
         "rabbit_msgs_per_s": rabbit_msgs_per_s,
@@ -415,15 +426,26 @@ async fn overhead(args: &[String]) -> anyhow::Result<()> {
     });
     let path = write_result("overhead", &result)?;
     println!(
-        "overhead: {jobs} jobs through 4 no-op stages: {:.0} jobs/s ({:.0} stage messages/s), hop p50 {:.1} ms p99 {:.1} ms; ceilings: RabbitMQ {:.0} msgs/s (publish+confirm+consume, one quorum queue), S3 {:.0} ops/s (1 KB PUT+GET) -> {}",
-        jobs as f64 / elapsed,
-        4.0 * jobs as f64 / elapsed,
+        "overhead: {jobs} jobs through 4 no-op stages: {:.0} jobs/s ({:.0} stage messages/s); at half that rate a hop takes p50 {:.1} ms, p99 {:.1} ms; ceilings: RabbitMQ {:.0} msgs/s (publish+confirm+consume, one quorum queue), S3 {:.0} ops/s (1 KB PUT+GET) -> {}",
+        jobs_per_s,
+        4.0 * jobs_per_s,
         percentile(&hop_ms, 0.50),
         percentile(&hop_ms, 0.99),
         rabbit_msgs_per_s,
         s3_ops_per_s,
         path.display()
     );
+    Ok(())
+}
+
+async fn wait_done(done: &AtomicUsize, target: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while done.load(Ordering::SeqCst) < target {
+        if Instant::now() > deadline {
+            bail!("only {} of {target} jobs finished", done.load(Ordering::SeqCst));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     Ok(())
 }
 

@@ -60,7 +60,10 @@ async fn dead_letters_are_listed_exported_replayed_purged_and_imported() {
     let dlq_name = format!("{}.dlq", stack.queue(WorkQueue::Inference(m.tier.unwrap())));
 
     // Purge the second; then bring both back from the export and replay everything.
-    assert_eq!(dlq::purge(&settings, &DlqFilter { job: Some(jobs[1].clone()), ..Default::default() }).await.unwrap(), 1);
+    assert_eq!(
+        dlq::purge(&settings, &DlqFilter { job: Some(jobs[1].clone()), ..Default::default() }).await.unwrap(),
+        1
+    );
     assert_eq!(stack.depth(&dlq_name).await, 0);
     let imported = dlq::import(&settings, &mut std::io::Cursor::new(exported)).await.unwrap();
     assert_eq!(imported, 2);

@@ -117,14 +117,20 @@ async fn broken_uploads_are_dead_lettered_with_a_reason_and_the_worker_goes_on()
     let bytes = std::fs::read(&whole).unwrap();
     let truncated = dir.join("truncated.mp4");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    // A playlist naming a local file must not be followed.
+    let playlist = dir.join("playlist.mp4");
+    let m3u8 = format!("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\n{}\n#EXT-X-ENDLIST\n", whole.display());
+    std::fs::write(&playlist, m3u8).unwrap();
     stack.upload("bad/notes.mp4", &text).await;
     stack.upload("bad/truncated.mp4", &truncated).await;
+    stack.upload("bad/playlist.mp4", &playlist).await;
 
-    let dead =
-        stack.take_messages(&format!("{}.dlq", stack.queue(WorkQueue::Ingest)), 2, Duration::from_secs(60)).await;
+    let ingest_dlq = format!("{}.dlq", stack.queue(WorkQueue::Ingest));
+    let dead = stack.take_messages(&ingest_dlq, 3, Duration::from_secs(60)).await;
     for (headers, body) in &dead {
         let body = String::from_utf8_lossy(body);
-        assert!(body.contains("bad%2Fnotes.mp4") || body.contains("bad%2Ftruncated.mp4"), "{body}");
+        let keys = ["bad%2Fnotes.mp4", "bad%2Ftruncated.mp4", "bad%2Fplaylist.mp4"];
+        assert!(keys.iter().any(|k| body.contains(k)), "{body}");
         assert_eq!(headers["x-reelfleet-stage"], "ingest");
         assert_eq!(headers["x-reelfleet-error-class"], "permanent");
         assert_eq!(headers["x-reelfleet-attempts"], "1");
@@ -133,7 +139,7 @@ async fn broken_uploads_are_dead_lettered_with_a_reason_and_the_worker_goes_on()
     }
     // Refused sources get a failed manifest saying why, so `status` and `submit --wait` can tell.
     let ids = stack.manifests.job_ids().await.unwrap();
-    assert_eq!(ids.len(), 2);
+    assert_eq!(ids.len(), 3);
     for id in ids {
         let m = stack.manifests.load(&id).await.unwrap().unwrap();
         assert_eq!(m.status, JobStatus::Failed);

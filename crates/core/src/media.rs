@@ -184,9 +184,79 @@ pub struct Media {
     settings: MediaSettings,
 }
 
-/// The input arguments that keep ffmpeg on local files: `-protocol_whitelist file,pipe -i file:<path>`.
+/// Demuxers that open other files or devices named inside the input (a
+/// playlist pointing at `/etc/passwd` must not be read) or that are not media.
+pub const DENIED_DEMUXERS: &[&str] = &[
+    "hls",
+    "applehttp",
+    "concat",
+    "dash",
+    "webm_dash_manifest",
+    "imf",
+    "ffmetadata",
+    "lavfi",
+    "sdp",
+    "rtp",
+    "rtsp",
+    "alsa",
+    "oss",
+    "pulse",
+    "jack",
+    "openal",
+    "fbdev",
+    "kmsgrab",
+    "x11grab",
+    "video4linux2",
+    "v4l2",
+    "libcdio",
+    "libdc1394",
+    "iec61883",
+    "avfoundation",
+    "dshow",
+    "gdigrab",
+    "vfwcap",
+    "sbg",
+    "tty",
+    "bin",
+];
+
+/// Every demuxer of the installed ffmpeg but the denied ones, for `-format_whitelist`.
+fn demuxer_whitelist() -> Option<&'static str> {
+    static LIST: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    LIST.get_or_init(|| {
+        let ffmpeg = std::env::var("REELFLEET_MEDIA__FFMPEG").unwrap_or_else(|_| "ffmpeg".into());
+        let out = std::process::Command::new(ffmpeg).args(["-hide_banner", "-demuxers"]).output().ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| {
+                let mut parts = l.split_whitespace();
+                let flags = parts.next()?;
+                let name = parts.next()?;
+                (flags.starts_with('D') && flags.len() <= 2).then_some(name)
+            })
+            .flat_map(|n| n.split(','))
+            .filter(|n| !DENIED_DEMUXERS.contains(n))
+            .collect();
+        (!names.is_empty()).then(|| names.join(","))
+    })
+    .as_deref()
+}
+
+fn whitelist_args() -> Vec<String> {
+    let mut args = vec!["-protocol_whitelist".to_string(), "file,pipe".into()];
+    if let Some(list) = demuxer_whitelist() {
+        args.extend(["-format_whitelist".to_string(), list.to_string()]);
+    }
+    args
+}
+
+/// The input arguments that keep ffmpeg on the local file and away from
+/// playlist-like demuxers: `-protocol_whitelist file,pipe -format_whitelist <all but DENIED_DEMUXERS> -i file:<path>`.
 pub fn input_args(path: &Path) -> Vec<String> {
-    vec!["-protocol_whitelist".into(), "file,pipe".into(), "-i".into(), format!("file:{}", path.display())]
+    let mut args = whitelist_args();
+    args.extend(["-i".to_string(), format!("file:{}", path.display())]);
+    args
 }
 
 /// An output path as ffmpeg should see it (never parsed as a protocol or option).
@@ -216,17 +286,10 @@ impl Media {
 
     /// Probes a local file.
     pub async fn probe(&self, path: &Path) -> Result<Probe, MediaError> {
-        let args: Vec<String> = vec![
-            "-v".into(),
-            "error".into(),
-            "-protocol_whitelist".into(),
-            "file,pipe".into(),
-            "-print_format".into(),
-            "json".into(),
-            "-show_format".into(),
-            "-show_streams".into(),
-            format!("file:{}", path.display()),
-        ];
+        let mut args: Vec<String> = vec!["-v".into(), "error".into()];
+        args.extend(whitelist_args());
+        args.extend(["-print_format", "json", "-show_format", "-show_streams"].map(String::from));
+        args.push(format!("file:{}", path.display()));
         let out = run(&self.settings.ffprobe, &args, self.settings.probe_timeout_secs).await?;
         serde_json::from_slice(&out.stdout).map_err(|e| MediaError::Parse(format!("ffprobe JSON: {e}")))
     }

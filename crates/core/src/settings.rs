@@ -123,6 +123,9 @@ impl Settings {
         if self.preprocess.max_width < 16 || self.preprocess.max_height < 16 {
             return bad("preprocess.max_width and max_height must be at least 16");
         }
+        if self.runtime.job_timeout_secs + 60 > self.broker.consumer_timeout_secs {
+            return bad("runtime.job_timeout_secs must be at least 60 s below broker.consumer_timeout_secs, or the broker closes the channel of a long job and it is redelivered forever");
+        }
         if self.signing.secret.expose().len() < 16 {
             return bad("signing.secret must be at least 16 characters");
         }
@@ -199,6 +202,10 @@ pub struct BrokerSettings {
     pub pool_size: usize,
     /// Seconds between reconnection attempts grow up to this bound.
     pub reconnect_max_delay_secs: u64,
+    /// The broker's `consumer_timeout` in seconds (RabbitMQ 3.10 default 1800):
+    /// a consumer holding a message longer loses its channel, so
+    /// `runtime.job_timeout_secs` must stay below it.
+    pub consumer_timeout_secs: u64,
     /// RabbitMQ management API (for `reelfleet queues`); passive declares are used when it does not answer.
     pub management_url: Secret,
 }
@@ -211,6 +218,7 @@ impl Default for BrokerSettings {
             delivery_limit: 10,
             pool_size: 4,
             reconnect_max_delay_secs: 10,
+            consumer_timeout_secs: 1800,
             management_url: Secret::new("http://guest:guest@127.0.0.1:15672"),
         }
     }
@@ -353,6 +361,8 @@ pub struct LimitSettings {
     pub max_height: u32,
     /// Most streams accepted in one container.
     pub max_streams: usize,
+    /// Most video frames accepted (duration times frame rate, or the declared count).
+    pub max_frames: u64,
     /// Largest accepted prompt document, in bytes.
     pub max_prompt_bytes: u64,
 }
@@ -365,6 +375,7 @@ impl Default for LimitSettings {
             max_width: 8192,
             max_height: 8192,
             max_streams: 16,
+            max_frames: 4 * 3600 * 60,
             max_prompt_bytes: 64 * 1024,
         }
     }

@@ -258,6 +258,14 @@ impl Ingest {
         if fps > 1000.0 {
             return Err(StageError::permanent("bad_input", format!("declared frame rate {fps:.0} fps is absurd")));
         }
+        let declared = video.nb_frames.as_deref().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+        let frames = declared.max((duration * fps).ceil() as u64);
+        if frames > limits.max_frames {
+            return Err(StageError::permanent(
+                "bad_input",
+                format!("{frames} frames exceed the limit of {}", limits.max_frames),
+            ));
+        }
         // The container can lie: decode the first second to prove there are frames.
         let mut args = vec!["-v".to_string(), "error".into(), "-xerror".into()];
         args.extend(input_args(&path));

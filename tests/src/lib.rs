@@ -107,7 +107,7 @@ impl TestStack {
         s.runtime.scratch_dir = Some(dir.path().join("scratch").display().to_string());
         let dev = DevStack::start(
             s,
-            DevOptions { data_dir: dir.path().join("data"), namespace: None, s3_port: 0, sim_port: 0 },
+            DevOptions { data_dir: dir.path().join("data"), namespace: None, s3_port: 0, sim_port: 0, workers: true },
         )
         .await
         .expect("dev stack starts (is RabbitMQ running?)");

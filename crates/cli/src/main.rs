@@ -54,6 +54,9 @@ enum Command {
         /// Port of the provider simulator.
         #[arg(long, default_value_t = 9100)]
         sim_port: u16,
+        /// Run only the S3 endpoint and the simulator (workers run as `reelfleet worker`).
+        #[arg(long)]
+        no_workers: bool,
     },
     /// Run one stage's worker until SIGTERM/SIGINT.
     Worker {
@@ -240,8 +243,9 @@ fn main() {
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     let settings = Settings::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Dev { data_dir, namespace, s3_port, sim_port } => {
-            let stack = DevStack::start(settings, DevOptions { data_dir, namespace, s3_port, sim_port }).await?;
+        Command::Dev { data_dir, namespace, s3_port, sim_port, no_workers } => {
+            let opts = DevOptions { data_dir, namespace, s3_port, sim_port, workers: !no_workers };
+            let stack = DevStack::start(settings, opts).await?;
             eprintln!(
                 "reelfleet dev: S3 {} (bucket {}), simulator {}, health http://{}/readyz, namespace {}\n  other commands: reelfleet --config {} <command>\n  Ctrl-C to stop",
                 stack.settings.s3.endpoint,

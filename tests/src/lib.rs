@@ -89,6 +89,11 @@ impl TestStack {
 
     /// Starts a fleet after `tweak` has adjusted the settings.
     pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> Self {
+        Self::start_stages(&reelfleet_cli::fleet::StageName::ALL, tweak).await
+    }
+
+    /// Starts only `stages` (with the S3 endpoint and the simulator).
+    pub async fn start_stages(stages: &[reelfleet_cli::fleet::StageName], tweak: impl FnOnce(&mut Settings)) -> Self {
         init_logs();
         let mut s = Settings {
             namespace: format!("t-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]),
@@ -107,7 +112,13 @@ impl TestStack {
         s.runtime.scratch_dir = Some(dir.path().join("scratch").display().to_string());
         let dev = DevStack::start(
             s,
-            DevOptions { data_dir: dir.path().join("data"), namespace: None, s3_port: 0, sim_port: 0, workers: true },
+            DevOptions {
+                data_dir: dir.path().join("data"),
+                namespace: None,
+                s3_port: 0,
+                sim_port: 0,
+                stages: stages.to_vec(),
+            },
         )
         .await
         .expect("dev stack starts (is RabbitMQ running?)");
@@ -277,6 +288,103 @@ impl TestStack {
             .await
             .expect("bind events queue");
         name
+    }
+
+    /// Creates `n` analyze jobs as preprocess would leave them (manifest,
+    /// keyframes) and publishes them to `tier`'s queue; returns their ids.
+    pub async fn seed_analyze(&self, tier: reelfleet_core::envelope::Tier, n: usize) -> Vec<String> {
+        use reelfleet_core::{
+            envelope::{Envelope, JobKind, Signer, SourceObject, SIGNATURE_HEADER},
+            manifest::{JobStatus, PreprocessInfo},
+        };
+        let bucket = self.dev.settings.s3.work_bucket.clone();
+        let mut keyframes = Vec::new();
+        for i in 1..=2 {
+            let key = format!("fixtures/keyframe-{i}.jpg");
+            let bytes: Vec<u8> = (0..2048u32).map(|b| (b * (i + 7)) as u8).collect();
+            self.storage.put_bytes(&bucket, &key, bytes, "image/jpeg").await.expect("keyframe");
+            keyframes.push(key);
+        }
+        let signer = Signer::new(self.dev.settings.signing.secret.expose().as_bytes());
+        let publisher = self.broker.publisher().await.expect("publisher");
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            let tag = uuid::Uuid::new_v4().simple().to_string();
+            let source = SourceObject {
+                bucket: "uploads".into(),
+                key: format!("seed/{tag}.mp4"),
+                size: 1,
+                etag: Some(tag),
+                version_id: None,
+            };
+            let mut env = Envelope::new(JobKind::Analyze, source);
+            env.tier = Some(tier);
+            env.inputs = keyframes.clone();
+            let mut m = JobManifest::new(&env);
+            m.status = JobStatus::Inference;
+            m.tier = Some(tier);
+            m.preprocess = Some(PreprocessInfo {
+                normalized_key: Some("fixtures/normalized.mp4".into()),
+                keyframes: keyframes.clone(),
+                tier,
+                tier_reason: "seeded by the test".into(),
+                ..Default::default()
+            });
+            self.manifests.create(&mut m).await.expect("manifest");
+            let body = env.to_bytes();
+            let sig = signer.sign(&body);
+            let msg = Outgoing::to_queue(self.topology.queue(WorkQueue::Inference(tier)), body)
+                .header(SIGNATURE_HEADER, reelfleet_core::broker::HeaderValue::Text(sig));
+            publisher.publish(&msg).await.expect("publish");
+            ids.push(env.job_id);
+        }
+        ids
+    }
+
+    /// Creates a generate job waiting for inference in `tier`; returns its id.
+    pub async fn seed_generate(&self, tier: reelfleet_core::envelope::Tier) -> String {
+        use reelfleet_core::{
+            envelope::{Envelope, JobKind, Quality, Signer, SourceObject, SIGNATURE_HEADER},
+            manifest::{JobStatus, PromptDocument},
+        };
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        let source = SourceObject {
+            bucket: "uploads".into(),
+            key: format!("seed/{tag}.json"),
+            size: 1,
+            etag: Some(tag),
+            version_id: None,
+        };
+        let mut env = Envelope::new(JobKind::Generate, source);
+        env.tier = Some(tier);
+        let mut m = JobManifest::new(&env);
+        m.status = JobStatus::Inference;
+        m.tier = Some(tier);
+        m.prompt = Some(PromptDocument {
+            prompt: "a fox".into(),
+            duration_seconds: 1.0,
+            resolution: Quality::P720,
+            priority: 3,
+        });
+        self.manifests.create(&mut m).await.expect("manifest");
+        let body = env.to_bytes();
+        let sig = Signer::new(self.dev.settings.signing.secret.expose().as_bytes()).sign(&body);
+        let msg = Outgoing::to_queue(self.topology.queue(WorkQueue::Inference(tier)), body)
+            .header(SIGNATURE_HEADER, reelfleet_core::broker::HeaderValue::Text(sig));
+        self.broker.publisher().await.expect("publisher").publish(&msg).await.expect("publish");
+        env.job_id
+    }
+
+    /// Waits until every job has left inference (or failed); returns the manifests.
+    pub async fn wait_inferred(&self, jobs: &[String], timeout: Duration) -> Vec<JobManifest> {
+        use reelfleet_core::manifest::JobStatus;
+        let mut out = Vec::new();
+        for j in jobs {
+            out.push(
+                self.wait_for(j, timeout, |m| matches!(m.status, JobStatus::Postprocess | JobStatus::Failed)).await,
+            );
+        }
+        out
     }
 
     /// Stops the fleet (draining), then deletes the namespace's queues and exchange.

@@ -25,9 +25,9 @@ pub struct DevOptions {
     pub s3_port: u16,
     /// Simulator port (0 picks one).
     pub sim_port: u16,
-    /// Run the workers too (false: only the S3 endpoint and the simulator,
-    /// for workers run as separate processes).
-    pub workers: bool,
+    /// Stages to run in this process (none: only the S3 endpoint and the
+    /// simulator, for workers run as separate processes).
+    pub stages: Vec<StageName>,
 }
 
 /// The running dev stack.
@@ -99,10 +99,9 @@ impl DevStack {
 
         let settings = Arc::new(base);
         let shutdown = CancellationToken::new();
-        let all = [StageName::Ingest, StageName::Preprocess, StageName::Inference, StageName::Postprocess];
-        let all: &[StageName] = if opts.workers { &all } else { &[] };
+
         let metrics = reelfleet_core::metrics::Metrics::new();
-        let stages = fleet::build_stages(&settings, &storage, &metrics, all, &[])?;
+        let stages = fleet::build_stages(&settings, &storage, &metrics, &opts.stages, &[])?;
         let fleet = fleet::start(settings.clone(), stages, metrics, shutdown.clone()).await?;
         info!(
             s3 = %settings.s3.endpoint,

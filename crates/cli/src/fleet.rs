@@ -33,6 +33,12 @@ pub enum StageName {
     Postprocess,
 }
 
+impl StageName {
+    /// All four, in pipeline order.
+    pub const ALL: [StageName; 4] =
+        [StageName::Ingest, StageName::Preprocess, StageName::Inference, StageName::Postprocess];
+}
+
 impl FromStr for StageName {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

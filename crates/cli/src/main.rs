@@ -244,7 +244,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     let settings = Settings::load(cli.config.as_deref())?;
     match cli.command {
         Command::Dev { data_dir, namespace, s3_port, sim_port, no_workers } => {
-            let opts = DevOptions { data_dir, namespace, s3_port, sim_port, workers: !no_workers };
+            let stages = if no_workers { Vec::new() } else { StageName::ALL.to_vec() };
+            let opts = DevOptions { data_dir, namespace, s3_port, sim_port, stages };
             let stack = DevStack::start(settings, opts).await?;
             eprintln!(
                 "reelfleet dev: S3 {} (bucket {}), simulator {}, health http://{}/readyz, namespace {}\n  other commands: reelfleet --config {} <command>\n  Ctrl-C to stop",

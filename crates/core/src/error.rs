@@ -32,16 +32,23 @@ pub struct StageError {
     pub code: &'static str,
     /// Readable reason.
     pub message: String,
+    /// Set for a message to park for this long without counting an attempt
+    /// (a tier paused by its budget).
+    pub defer: Option<std::time::Duration>,
 }
 
 impl StageError {
     /// A transient error.
     pub fn transient(code: &'static str, message: impl fmt::Display) -> Self {
-        Self { class: ErrorClass::Transient, code, message: message.to_string() }
+        Self { class: ErrorClass::Transient, code, message: message.to_string(), defer: None }
+    }
+    /// A message to park for `delay` and try again, not counted as an attempt.
+    pub fn deferred(code: &'static str, message: impl fmt::Display, delay: std::time::Duration) -> Self {
+        Self { class: ErrorClass::Transient, code, message: message.to_string(), defer: Some(delay) }
     }
     /// A permanent error.
     pub fn permanent(code: &'static str, message: impl fmt::Display) -> Self {
-        Self { class: ErrorClass::Permanent, code, message: message.to_string() }
+        Self { class: ErrorClass::Permanent, code, message: message.to_string(), defer: None }
     }
     /// Adds context in front of the message.
     pub fn context(mut self, what: impl fmt::Display) -> Self {

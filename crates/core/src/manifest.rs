@@ -150,6 +150,12 @@ pub struct InferenceInfo {
     pub tier: Option<Tier>,
     /// Model that answered.
     pub model: String,
+    /// The tier's own model, when its fallback answered instead.
+    #[serde(default)]
+    pub fallback_from: Option<String>,
+    /// Jobs that shared the provider request.
+    #[serde(default)]
+    pub jobs_in_request: u32,
     /// Provider's request id.
     pub request_id: Option<String>,
     /// Input tokens billed.
@@ -165,6 +171,25 @@ pub struct InferenceInfo {
     /// Tags from the model (analyze).
     #[serde(default)]
     pub tags: Vec<String>,
+}
+
+/// One billed provider request's share that falls to a job: the ledger line.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct Charge {
+    /// Model billed.
+    pub model: String,
+    /// Provider request id.
+    pub request_id: Option<String>,
+    /// Jobs that shared the request.
+    pub jobs_in_request: u32,
+    /// The job's share of the request's input tokens.
+    pub input_tokens: u64,
+    /// The job's share of the request's output tokens.
+    pub output_tokens: u64,
+    /// USD for those tokens.
+    pub usd: f64,
+    /// Whether the answer for this job was usable (an unusable one is billed all the same).
+    pub answered: bool,
 }
 
 /// An output object.
@@ -262,6 +287,9 @@ pub struct JobManifest {
     pub preprocess: Option<PreprocessInfo>,
     /// Inference results and cost.
     pub inference: Option<InferenceInfo>,
+    /// Every provider charge for this job, answered or not; sums to the job's cost.
+    #[serde(default)]
+    pub charges: Vec<Charge>,
     /// Deliverables.
     #[serde(default)]
     pub outputs: Vec<OutputFile>,
@@ -293,6 +321,7 @@ impl JobManifest {
             prompt: None,
             preprocess: None,
             inference: None,
+            charges: Vec::new(),
             outputs: Vec::new(),
             quality_check: None,
             cdn_purge: None,

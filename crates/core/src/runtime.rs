@@ -101,6 +101,31 @@ pub trait Stage: Send + Sync + 'static {
     }
     /// Processes one message: store outputs, return what to send next.
     async fn handle(&self, msg: Message) -> Result<Vec<Dispatch>, StageError>;
+
+    /// How deliveries of `queue` are grouped; `None` hands them over one by one.
+    fn batching(&self, _queue: WorkQueue) -> Option<Batching> {
+        None
+    }
+
+    /// Processes a batch; one result per message, in order.
+    async fn handle_batch(&self, msgs: Vec<Message>) -> Vec<Result<Vec<Dispatch>, StageError>> {
+        let mut out = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            out.push(self.handle(m).await);
+        }
+        out
+    }
+}
+
+/// How a queue's deliveries are grouped into batches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batching {
+    /// A batch goes when it has this many messages...
+    pub size: usize,
+    /// ...or when its first message has waited this long.
+    pub max_wait: Duration,
+    /// Batches in progress at once.
+    pub concurrency: usize,
 }
 
 /// Shared machinery of every worker in a process.
@@ -202,7 +227,15 @@ impl Runtime {
         let name = self.topology.queue(queue);
         let channel = self.broker.channel().await?;
         self.topology.declare(&channel).await?;
-        channel.basic_qos(self.prefetch, BasicQosOptions::default()).await?;
+        let batching = stage.batching(queue);
+        // A batched queue holds a batch per concurrent slot; memory stays bounded by it.
+        let prefetch = match batching {
+            Some(b) => {
+                (b.size.max(1) * b.concurrency.max(1)).clamp(usize::from(self.prefetch), usize::from(u16::MAX)) as u16
+            }
+            None => self.prefetch,
+        };
+        channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
         let publisher = self.broker.publisher().await?;
         let tag = format!("{}-{}", stage.name(), uuid::Uuid::new_v4().simple());
         let mut consumer = channel
@@ -215,23 +248,58 @@ impl Runtime {
             .await?;
         self.readiness.set(&name, true);
         self.metrics.consumer_up.with_label_values(&[&name]).set(1);
-        info!(queue = %name, prefetch = self.prefetch, "Consuming");
+        info!(queue = %name, prefetch, batch = ?batching, "Consuming");
 
         let mut in_flight: JoinSet<()> = JoinSet::new();
+        let mut buffer: Vec<Delivery> = Vec::new();
+        let mut flush_at: Option<Instant> = None;
+        let slots = Arc::new(tokio::sync::Semaphore::new(batching.map(|b| b.concurrency.max(1)).unwrap_or(1)));
+        let flush = |buffer: &mut Vec<Delivery>, in_flight: &mut JoinSet<()>| {
+            let batch = std::mem::take(buffer);
+            if batch.is_empty() {
+                return;
+            }
+            let (rt, stage, publisher, slots) = (self.clone(), stage.clone(), publisher.clone(), slots.clone());
+            in_flight.spawn(async move {
+                let _slot = slots.acquire_owned().await;
+                rt.handle_batch(stage, queue, publisher, batch).await
+            });
+        };
         let result = loop {
+            let wait = flush_at.map(tokio::time::sleep_until);
             tokio::select! {
                 _ = shutdown.cancelled() => break Ok(()),
                 next = consumer.next() => match next {
-                    Some(Ok(delivery)) => {
-                        let (rt, stage, publisher) = (self.clone(), stage.clone(), publisher.clone());
-                        in_flight.spawn(async move { rt.handle(stage, queue, publisher, delivery).await });
-                    }
+                    Some(Ok(delivery)) => match batching {
+                        None => {
+                            let (rt, stage, publisher) = (self.clone(), stage.clone(), publisher.clone());
+                            in_flight.spawn(async move { rt.handle(stage, queue, publisher, delivery).await });
+                        }
+                        Some(b) => {
+                            if buffer.is_empty() {
+                                flush_at = Some(Instant::now() + b.max_wait);
+                            }
+                            buffer.push(delivery);
+                            if buffer.len() >= b.size {
+                                flush(&mut buffer, &mut in_flight);
+                                flush_at = None;
+                            }
+                        }
+                    },
                     Some(Err(e)) => break Err(BrokerError::Amqp(e)),
                     None => break Err(BrokerError::Connect(format!("consumer of {name} was cancelled by the broker"))),
                 },
+                _ = async { wait.expect("guarded").await }, if flush_at.is_some() => {
+                    flush(&mut buffer, &mut in_flight);
+                    flush_at = None;
+                }
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
             }
         };
+        if result.is_ok() {
+            // What was gathered is handled within the grace period like the rest.
+            flush(&mut buffer, &mut in_flight);
+        }
 
         if result.is_ok() {
             self.readiness.drain();
@@ -257,17 +325,11 @@ impl Runtime {
 
     async fn handle(&self, stage: Arc<dyn Stage>, queue: WorkQueue, publisher: Publisher, delivery: Delivery) {
         let stage_name = stage.name();
-        let queue_name = self.topology.queue(queue);
         let attempt = header_u32(&delivery.properties, ATTEMPT_HEADER).unwrap_or(0);
         let started = Instant::now();
         self.metrics.in_flight.with_label_values(&[stage_name]).inc();
-
         let decoded = self.decode(&stage, &delivery);
-        let job_id = match &decoded {
-            Ok(Input::Envelope(e)) => e.job_id.clone(),
-            _ => String::new(),
-        };
-        let span = tracing::info_span!("message", stage = stage_name, queue = %queue_name, job_id = %job_id, attempt);
+        let span = self.span(stage_name, queue, &decoded, attempt);
         async {
             let result = match decoded.clone() {
                 Err(e) => Err(e),
@@ -275,38 +337,123 @@ impl Runtime {
                     let msg = Message { queue, input, attempt, redelivered: delivery.redelivered };
                     match tokio::time::timeout(self.job_timeout, stage.handle(msg)).await {
                         Ok(r) => r,
-                        Err(_) => Err(StageError::transient("timeout", format!("stage took longer than {} s", self.job_timeout.as_secs()))),
+                        Err(_) => Err(self.timed_out()),
                     }
                 }
             };
             self.metrics.duration.with_label_values(&[stage_name]).observe(started.elapsed().as_secs_f64());
             self.metrics.batch_size.with_label_values(&[stage_name]).observe(1.0);
-            let outcome = match result {
-                Ok(dispatches) => match self.dispatch(&publisher, dispatches).await {
-                    Ok(()) => self.settle_ack(&delivery, "ok").await,
-                    Err(e) => {
-                        warn!(error = %e, "Could not send the next stage's message; the message goes back to the queue");
-                        self.requeue(&delivery).await
-                    }
-                },
-                Err(err) => {
-                    self.metrics.failures.with_label_values(&[stage_name, &err.class.to_string(), err.code]).inc();
-                    let envelope = match &decoded {
-                        Ok(Input::Envelope(e)) => Some(e),
-                        _ => None,
-                    };
-                    if err.class == ErrorClass::Transient && attempt + 1 < self.retry.max_attempts {
-                        self.retry(&publisher, queue, &delivery, envelope, attempt, &err).await
-                    } else {
-                        self.dead_letter(&publisher, stage_name, queue, &delivery, envelope, attempt, &err).await
-                    }
-                }
-            };
-            self.metrics.messages.with_label_values(&[stage_name, &queue_name, outcome]).inc();
+            self.settle(stage_name, queue, &publisher, &delivery, &decoded, attempt, result).await;
         }
         .instrument(span)
         .await;
         self.metrics.in_flight.with_label_values(&[stage_name]).dec();
+    }
+
+    /// Hands a batch of deliveries to the stage at once and settles each on
+    /// its own: one message's failure never fails the others.
+    async fn handle_batch(
+        &self,
+        stage: Arc<dyn Stage>,
+        queue: WorkQueue,
+        publisher: Publisher,
+        deliveries: Vec<Delivery>,
+    ) {
+        let stage_name = stage.name();
+        let started = Instant::now();
+        let n = deliveries.len() as i64;
+        self.metrics.in_flight.with_label_values(&[stage_name]).add(n);
+        let mut valid = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            let attempt = header_u32(&delivery.properties, ATTEMPT_HEADER).unwrap_or(0);
+            let decoded = self.decode(&stage, &delivery);
+            if let Err(e) = &decoded {
+                let span = self.span(stage_name, queue, &decoded, attempt);
+                self.settle(stage_name, queue, &publisher, &delivery, &decoded, attempt, Err(e.clone()))
+                    .instrument(span)
+                    .await;
+                continue;
+            }
+            valid.push((delivery, decoded, attempt));
+        }
+        if !valid.is_empty() {
+            let msgs: Vec<Message> = valid
+                .iter()
+                .filter_map(|(d, decoded, attempt)| {
+                    let input = decoded.as_ref().ok()?.clone();
+                    Some(Message { queue, input, attempt: *attempt, redelivered: d.redelivered })
+                })
+                .collect();
+            let count = msgs.len();
+            let results = match tokio::time::timeout(self.job_timeout, stage.handle_batch(msgs)).await {
+                Ok(r) if r.len() == count => r,
+                Ok(r) => {
+                    let e = StageError::transient(
+                        "internal",
+                        format!("stage answered {} results for {count} messages", r.len()),
+                    );
+                    vec![Err(e); count]
+                }
+                Err(_) => vec![Err(self.timed_out()); count],
+            };
+            self.metrics.batch_size.with_label_values(&[stage_name]).observe(count as f64);
+            self.metrics.duration.with_label_values(&[stage_name]).observe(started.elapsed().as_secs_f64());
+            for ((delivery, decoded, attempt), result) in valid.iter().zip(results) {
+                let span = self.span(stage_name, queue, decoded, *attempt);
+                self.settle(stage_name, queue, &publisher, delivery, decoded, *attempt, result).instrument(span).await;
+            }
+        }
+        self.metrics.in_flight.with_label_values(&[stage_name]).sub(n);
+    }
+
+    fn timed_out(&self) -> StageError {
+        StageError::transient("timeout", format!("stage took longer than {} s", self.job_timeout.as_secs()))
+    }
+
+    fn span(&self, stage: &str, queue: WorkQueue, decoded: &Result<Input, StageError>, attempt: u32) -> tracing::Span {
+        let job_id = match decoded {
+            Ok(Input::Envelope(e)) => e.job_id.as_str(),
+            _ => "",
+        };
+        tracing::info_span!("message", stage, queue = %self.topology.queue(queue), job_id, attempt)
+    }
+
+    /// The one place that decides what happens to a handled message.
+    #[allow(clippy::too_many_arguments)]
+    async fn settle(
+        &self,
+        stage_name: &'static str,
+        queue: WorkQueue,
+        publisher: &Publisher,
+        delivery: &Delivery,
+        decoded: &Result<Input, StageError>,
+        attempt: u32,
+        result: Result<Vec<Dispatch>, StageError>,
+    ) {
+        let outcome = match result {
+            Ok(dispatches) => match self.dispatch(publisher, dispatches).await {
+                Ok(()) => self.settle_ack(delivery, "ok").await,
+                Err(e) => {
+                    warn!(error = %e, "Could not send the next stage's message; the message goes back to the queue");
+                    self.requeue(delivery).await
+                }
+            },
+            Err(err) => {
+                self.metrics.failures.with_label_values(&[stage_name, &err.class.to_string(), err.code]).inc();
+                let envelope = match decoded {
+                    Ok(Input::Envelope(e)) => Some(e),
+                    _ => None,
+                };
+                if let Some(delay) = err.defer {
+                    self.park(publisher, queue, delivery, delay, &err).await
+                } else if err.class == ErrorClass::Transient && attempt + 1 < self.retry.max_attempts {
+                    self.retry(publisher, queue, delivery, envelope, attempt, &err).await
+                } else {
+                    self.dead_letter(publisher, stage_name, queue, delivery, envelope, attempt, &err).await
+                }
+            }
+        };
+        self.metrics.messages.with_label_values(&[stage_name, &self.topology.queue(queue), outcome]).inc();
     }
 
     fn decode(&self, stage: &Arc<dyn Stage>, delivery: &Delivery) -> Result<Input, StageError> {
@@ -383,6 +530,34 @@ impl Runtime {
             }
             Err(e) => {
                 warn!(error = %e, "Could not schedule a retry; the message goes back to the queue");
+                self.requeue(delivery).await
+            }
+        }
+    }
+
+    /// Parks a message in the delayed-retry queue without counting an attempt.
+    async fn park(
+        &self,
+        publisher: &Publisher,
+        queue: WorkQueue,
+        delivery: &Delivery,
+        delay: Duration,
+        err: &StageError,
+    ) -> &'static str {
+        let mut msg = Outgoing::to_queue(self.topology.retry_queue(queue), delivery.data.clone());
+        for name in [SIGNATURE_HEADER, ATTEMPT_HEADER, dlq_headers::FIRST_FAILED_AT] {
+            if let Some(v) = header_str(&delivery.properties, name) {
+                msg = msg.header(name, HeaderValue::Text(v));
+            }
+        }
+        msg.expiration_ms = Some(delay.as_millis() as u64);
+        match publisher.publish(&msg).await {
+            Ok(()) => {
+                info!(reason = %err, delay_s = delay.as_secs(), "Deferred");
+                self.settle_ack(delivery, "deferred").await
+            }
+            Err(e) => {
+                warn!(error = %e, "Could not defer; the message goes back to the queue");
                 self.requeue(delivery).await
             }
         }

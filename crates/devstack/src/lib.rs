@@ -12,4 +12,4 @@ pub mod s3;
 pub mod simulator;
 
 pub use s3::{serve_s3, S3Server};
-pub use simulator::{serve_simulator, SimulatorConfig, SimulatorHandle, UsageRecord};
+pub use simulator::{serve_simulator, SimulatorConfig, SimulatorHandle, SimulatorStats, UsageRecord};

@@ -17,10 +17,11 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -47,6 +48,13 @@ pub struct SimulatorConfig {
     pub max_skew_secs: i64,
     /// ffmpeg binary that renders generated videos.
     pub ffmpeg: String,
+    /// Share of requests answered 500, per model (on top of `error_rate`).
+    pub model_error_rates: BTreeMap<String, f64>,
+    /// Requests per minute each model accepts before answering 429 with the
+    /// seconds until the next slot in `Retry-After`.
+    pub rate_limit_rpm: BTreeMap<String, u32>,
+    /// Share of jobs left out of a batched answer (to exercise per-job retries).
+    pub drop_job_rate: f64,
 }
 
 impl Default for SimulatorConfig {
@@ -61,6 +69,9 @@ impl Default for SimulatorConfig {
             tokens_per_image: 258,
             max_skew_secs: 300,
             ffmpeg: "ffmpeg".into(),
+            model_error_rates: BTreeMap::new(),
+            rate_limit_rpm: BTreeMap::new(),
+            drop_job_rate: 0.0,
         }
     }
 }
@@ -80,12 +91,37 @@ pub struct UsageRecord {
     pub completion_tokens: u64,
     /// Images in the request.
     pub images: u64,
+    /// Jobs packed into the request.
+    #[serde(default)]
+    pub jobs: u64,
+    /// The client's `X-Request-Id`.
+    #[serde(default)]
+    pub request_id: Option<String>,
+}
+
+/// What the simulator refused, and whether clients kept to `Retry-After`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SimulatorStats {
+    /// 429 answers.
+    pub rate_limited: u64,
+    /// 500 answers.
+    pub server_errors: u64,
+    /// Requests that came back (same `X-Request-Id`) before their `Retry-After` had passed.
+    pub early_retries: u64,
+}
+
+#[derive(Debug, Default)]
+struct Traffic {
+    stats: SimulatorStats,
+    not_before: HashMap<String, Instant>,
+    accepted: HashMap<String, VecDeque<Instant>>,
 }
 
 #[derive(Clone)]
 struct SimState {
     config: Arc<Mutex<SimulatorConfig>>,
     usage: Arc<Mutex<Vec<UsageRecord>>>,
+    traffic: Arc<Mutex<Traffic>>,
     videos: PathBuf,
     base: String,
 }
@@ -99,6 +135,7 @@ pub struct SimulatorHandle {
     pub shutdown: CancellationToken,
     config: Arc<Mutex<SimulatorConfig>>,
     usage: Arc<Mutex<Vec<UsageRecord>>>,
+    traffic: Arc<Mutex<Traffic>>,
     _videos: Arc<tempfile::TempDir>,
 }
 
@@ -110,6 +147,10 @@ impl SimulatorHandle {
     /// Every billed request so far.
     pub fn usage(&self) -> Vec<UsageRecord> {
         self.usage.lock().expect("usage lock").clone()
+    }
+    /// Refusals and `Retry-After` compliance so far.
+    pub fn stats(&self) -> SimulatorStats {
+        self.traffic.lock().expect("traffic lock").stats.clone()
     }
     /// Changes the behaviour.
     pub fn configure(&self, f: impl FnOnce(&mut SimulatorConfig)) {
@@ -125,6 +166,7 @@ pub async fn serve_simulator(addr: &str, config: SimulatorConfig) -> anyhow::Res
     let state = SimState {
         config: Arc::new(Mutex::new(config)),
         usage: Arc::new(Mutex::new(Vec::new())),
+        traffic: Arc::new(Mutex::new(Traffic::default())),
         videos: videos.path().to_path_buf(),
         base: format!("http://{local}/v1"),
     };
@@ -133,6 +175,7 @@ pub async fn serve_simulator(addr: &str, config: SimulatorConfig) -> anyhow::Res
         .route("/v1/video/generate", post(generate))
         .route("/v1/videos/{file}", get(video_file))
         .route("/v1/usage", get(usage))
+        .route("/admin/stats", get(stats))
         .route("/admin/config", get(get_config).post(set_config))
         .with_state(state.clone());
     let shutdown = CancellationToken::new();
@@ -141,28 +184,70 @@ pub async fn serve_simulator(addr: &str, config: SimulatorConfig) -> anyhow::Res
         let _ = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
     });
     info!(addr = %local, "Provider simulator listening");
-    Ok(SimulatorHandle { addr: local, shutdown, config: state.config, usage: state.usage, _videos: videos })
+    Ok(SimulatorHandle {
+        addr: local,
+        shutdown,
+        config: state.config,
+        usage: state.usage,
+        traffic: state.traffic,
+        _videos: videos,
+    })
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(serde_json::json!({"error": {"message": message, "type": "simulated"}}))).into_response()
 }
 
-/// Latency, then maybe a simulated failure.
-async fn weather(state: &SimState) -> Option<Response> {
-    let (delay, roll, cfg) = {
-        let cfg = state.config.lock().expect("config lock").clone();
+/// Latency, then maybe a simulated failure: per-model rate limits, random
+/// 429s and 500s. Also notes clients that retry before `Retry-After`.
+async fn weather(state: &SimState, model: &str, request_id: Option<&str>) -> Option<Response> {
+    let cfg = state.config.lock().expect("config lock").clone();
+    let (delay, roll) = {
         let mut rng = rand::rng();
-        let delay = rng.random_range(cfg.latency_min_ms..=cfg.latency_max_ms.max(cfg.latency_min_ms));
-        (delay, rng.random::<f64>(), cfg)
+        (rng.random_range(cfg.latency_min_ms..=cfg.latency_max_ms.max(cfg.latency_min_ms)), rng.random::<f64>())
+    };
+    let now = Instant::now();
+    let limited = {
+        let mut t = state.traffic.lock().expect("traffic lock");
+        if let Some(id) = request_id {
+            if t.not_before.get(id).is_some_and(|nb| *nb > now) {
+                t.stats.early_retries += 1;
+            }
+        }
+        let mut wait = None;
+        if let Some(&rpm) = cfg.rate_limit_rpm.get(model) {
+            let window = t.accepted.entry(model.to_string()).or_default();
+            while window.front().is_some_and(|t0| now.duration_since(*t0) >= Duration::from_secs(60)) {
+                window.pop_front();
+            }
+            if window.len() as u32 >= rpm.max(1) {
+                let oldest = *window.front().expect("non-empty window");
+                wait = Some((Duration::from_secs(60) - now.duration_since(oldest)).as_secs().max(1));
+            } else {
+                window.push_back(now);
+            }
+        }
+        if wait.is_none() && roll < cfg.rate_429 {
+            wait = Some(cfg.retry_after_secs);
+        }
+        if let Some(secs) = wait {
+            t.stats.rate_limited += 1;
+            if let Some(id) = request_id {
+                t.not_before.insert(id.to_string(), now + Duration::from_secs(secs));
+            }
+        }
+        wait
     };
     tokio::time::sleep(Duration::from_millis(delay)).await;
-    if roll < cfg.rate_429 {
+    if let Some(secs) = limited {
         let mut r = error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
-        r.headers_mut().insert("retry-after", cfg.retry_after_secs.to_string().parse().expect("header"));
+        r.headers_mut().insert("retry-after", secs.to_string().parse().expect("header"));
         return Some(r);
     }
-    if roll < cfg.rate_429 + cfg.error_rate {
+    let fail = cfg.error_rate + cfg.model_error_rates.get(model).copied().unwrap_or(0.0);
+    if roll >= cfg.rate_429 && roll < cfg.rate_429 + fail || cfg.model_error_rates.get(model).is_some_and(|r| *r >= 1.0)
+    {
+        state.traffic.lock().expect("traffic lock").stats.server_errors += 1;
         return Some(error(StatusCode::INTERNAL_SERVER_ERROR, "simulated upstream failure"));
     }
     None
@@ -181,17 +266,22 @@ async fn chat(State(state): State<SimState>, headers: HeaderMap, Json(req): Json
     if !bearer_ok(&headers, &key) {
         return error(StatusCode::UNAUTHORIZED, "invalid API key");
     }
-    if let Some(r) = weather(&state).await {
-        return r;
-    }
     let Some(model) = req["model"].as_str().map(str::to_string) else {
         return error(StatusCode::BAD_REQUEST, "model is required");
     };
+    let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+    if let Some(r) = weather(&state, &model, request_id.as_deref()).await {
+        return r;
+    }
     let Some(messages) = req["messages"].as_array() else {
         return error(StatusCode::BAD_REQUEST, "messages is required");
     };
-    let per_image = state.config.lock().expect("config lock").tokens_per_image;
+    let (per_image, drop_rate) = {
+        let c = state.config.lock().expect("config lock");
+        (c.tokens_per_image, c.drop_job_rate)
+    };
     let (mut text_chars, mut images, mut image_bytes) = (0u64, 0u64, 0u64);
+    let mut jobs: Vec<(String, u64)> = Vec::new();
     for m in messages {
         match &m["content"] {
             serde_json::Value::String(s) => text_chars += s.chars().count() as u64,
@@ -199,10 +289,17 @@ async fn chat(State(state): State<SimState>, headers: HeaderMap, Json(req): Json
                 for p in parts {
                     if let Some(t) = p["text"].as_str() {
                         text_chars += t.chars().count() as u64;
+                        if let Some(rest) = t.strip_prefix("job_id: ") {
+                            let id = rest.split_whitespace().next().unwrap_or_default().to_string();
+                            jobs.push((id, 0));
+                        }
                     }
                     if let Some(url) = p["image_url"]["url"].as_str() {
                         images += 1;
                         image_bytes += url.len() as u64;
+                        if let Some(j) = jobs.last_mut() {
+                            j.1 += url.len() as u64;
+                        }
                     }
                 }
             }
@@ -212,14 +309,30 @@ async fn chat(State(state): State<SimState>, headers: HeaderMap, Json(req): Json
     // Providers count roughly four characters a token, and a fixed amount per image.
     let prompt_tokens = text_chars.div_ceil(4) + images * per_image;
     let tags = ["outdoor", "people", "motion", "text", "night", "animation", "sport", "nature"];
-    let chosen: Vec<&str> =
-        tags.iter().enumerate().filter(|(i, _)| (image_bytes >> i) & 1 == 1).map(|(_, t)| *t).take(4).collect();
-    let content = serde_json::json!({
-        "summary": format!("{images} keyframes analyzed by {model}: {} bytes of imagery", image_bytes),
-        "tags": if chosen.is_empty() { vec!["video"] } else { chosen },
-        "safety": "safe",
-    })
-    .to_string();
+    let describe = |bytes: u64, n: u64| {
+        let chosen: Vec<&str> =
+            tags.iter().enumerate().filter(|(i, _)| (bytes >> i) & 1 == 1).map(|(_, t)| *t).take(4).collect();
+        serde_json::json!({
+            "summary": format!("{n} keyframes analyzed by {model}: {bytes} bytes of imagery"),
+            "tags": if chosen.is_empty() { vec!["video"] } else { chosen },
+            "safety": "safe",
+        })
+    };
+    let content = if jobs.is_empty() {
+        describe(image_bytes, images).to_string()
+    } else {
+        let mut rng = rand::rng();
+        let results: Vec<serde_json::Value> = jobs
+            .iter()
+            .filter(|_| rng.random::<f64>() >= drop_rate)
+            .map(|(id, bytes)| {
+                let mut r = describe(*bytes, images / jobs.len() as u64);
+                r["job_id"] = serde_json::Value::String(id.clone());
+                r
+            })
+            .collect();
+        serde_json::json!({ "results": results }).to_string()
+    };
     let completion_tokens = (content.chars().count() as u64).div_ceil(4);
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     state.usage.lock().expect("usage lock").push(UsageRecord {
@@ -229,6 +342,8 @@ async fn chat(State(state): State<SimState>, headers: HeaderMap, Json(req): Json
         prompt_tokens,
         completion_tokens,
         images,
+        jobs: jobs.len().max(1) as u64,
+        request_id,
     });
     Json(serde_json::json!({
         "id": id,
@@ -268,11 +383,11 @@ async fn generate(State(state): State<SimState>, headers: HeaderMap, Json(req): 
     if let Err(why) = signature_ok(&headers, &cfg.api_key, cfg.max_skew_secs) {
         return error(StatusCode::UNAUTHORIZED, why);
     }
-    if let Some(r) = weather(&state).await {
+    let model = req["model"].as_str().unwrap_or("holysheep-video-1").to_string();
+    if let Some(r) = weather(&state, &model, None).await {
         return r;
     }
     let started = std::time::Instant::now();
-    let model = req["model"].as_str().unwrap_or("holysheep-video-1").to_string();
     let duration = req["duration"].as_f64().unwrap_or(0.0);
     if !(duration > 0.0 && duration <= 60.0) {
         return error(StatusCode::BAD_REQUEST, "duration must be in (0, 60]");
@@ -326,6 +441,8 @@ async fn generate(State(state): State<SimState>, headers: HeaderMap, Json(req): 
         prompt_tokens: 0,
         completion_tokens: total_tokens,
         images: 0,
+        jobs: 1,
+        request_id: None,
     });
     Json(serde_json::json!({
         "id": id,
@@ -352,6 +469,10 @@ async fn video_file(State(state): State<SimState>, UrlPath(file): UrlPath<String
 
 async fn usage(State(state): State<SimState>) -> Json<Vec<UsageRecord>> {
     Json(state.usage.lock().expect("usage lock").clone())
+}
+
+async fn stats(State(state): State<SimState>) -> Json<SimulatorStats> {
+    Json(state.traffic.lock().expect("traffic lock").stats.clone())
 }
 
 async fn get_config(State(state): State<SimState>) -> Json<SimulatorConfig> {

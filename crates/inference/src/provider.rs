@@ -1,7 +1,6 @@
 //! Provider clients over HTTP: OpenAI-compatible chat completions with image
 //! inputs, and HolySheep-style signed video generation.
 
-use base64::Engine;
 use hmac::{Hmac, Mac};
 use reelfleet_core::{error::StageError, manifest::PromptDocument, settings::InferenceSettings};
 use sha2::Sha256;
@@ -9,11 +8,14 @@ use std::{path::Path, time::Duration};
 use tokio::io::AsyncWriteExt;
 
 /// Provider failures, classified for the runtime.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ProviderError {
     /// 429, 5xx, timeouts, connection errors.
     #[error("provider unavailable: {0}")]
     Unavailable(String),
+    /// 429 with the provider's `Retry-After`.
+    #[error("provider rate limit: HTTP 429, retry after {0:?}")]
+    RateLimited(Duration),
     /// 4xx other than 429, or an answer that cannot be used.
     #[error("provider refused the request: {0}")]
     Refused(String),
@@ -25,23 +27,23 @@ pub enum ProviderError {
 impl From<ProviderError> for StageError {
     fn from(e: ProviderError) -> Self {
         match e {
-            ProviderError::Unavailable(_) => StageError::transient("provider", e),
+            ProviderError::Unavailable(_) | ProviderError::RateLimited(_) => StageError::transient("provider", e),
             _ => StageError::permanent("provider", e),
         }
     }
 }
 
-/// A chat completion's useful parts.
+/// A raw chat completion.
 #[derive(Debug, Clone)]
-pub struct ChatResult {
+pub struct ChatResponse {
     /// Provider request id.
-    pub request_id: Option<String>,
-    /// The JSON object the model answered.
-    pub content: serde_json::Value,
+    pub id: Option<String>,
+    /// The message content.
+    pub content: String,
     /// Prompt tokens billed.
-    pub input_tokens: u64,
+    pub prompt_tokens: u64,
     /// Completion tokens billed.
-    pub output_tokens: u64,
+    pub completion_tokens: u64,
 }
 
 /// A generated video.
@@ -76,6 +78,15 @@ pub fn sign_video_request(api_key: &str, timestamp: i64) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v = headers.get("retry-after")?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<f64>() {
+        return Some(Duration::from_secs_f64(secs.clamp(0.0, 3600.0)));
+    }
+    let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    (when.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().ok()
+}
+
 fn classify_status(status: reqwest::StatusCode, body: &str) -> ProviderError {
     let text: String = body.chars().take(300).collect();
     if status.as_u16() == 429 || status.is_server_error() || status.as_u16() == 408 {
@@ -104,35 +115,24 @@ impl Provider {
         })
     }
 
-    /// Asks `model` for a JSON summary and tags of the keyframes.
-    pub async fn analyze(&self, model: &str, images: &[Vec<u8>], context: &str) -> Result<ChatResult, ProviderError> {
-        let mut parts = vec![serde_json::json!({
-            "type": "text",
-            "text": format!("Describe this video from its keyframes ({context}). Answer with a JSON object: {{\"summary\": string, \"tags\": [string], \"safety\": string}}."),
-        })];
-        for img in images {
-            let b64 = base64::engine::general_purpose::STANDARD.encode(img);
-            parts.push(
-                serde_json::json!({"type": "image_url", "image_url": {"url": format!("data:image/jpeg;base64,{b64}")}}),
-            );
-        }
-        let body = serde_json::json!({
-            "model": model,
-            "messages": [
-                {"role": "system", "content": "You are a video analyst. Reply with JSON only."},
-                {"role": "user", "content": parts},
-            ],
-            "response_format": {"type": "json_object"},
-        });
+    /// One chat completion request; `request_id` stays the same across retries
+    /// of the same request (`X-Request-Id`).
+    pub async fn chat(&self, body: &serde_json::Value, request_id: &str) -> Result<ChatResponse, ProviderError> {
         let resp = self
             .http
             .post(format!("{}/chat/completions", self.base_url))
             .bearer_auth(self.api_key.expose())
-            .json(&body)
+            .header("X-Request-Id", request_id)
+            .json(body)
             .send()
             .await
             .map_err(transport)?;
         let status = resp.status();
+        if status.as_u16() == 429 {
+            if let Some(wait) = retry_after(resp.headers()) {
+                return Err(ProviderError::RateLimited(wait));
+            }
+        }
         let text = resp.text().await.map_err(transport)?;
         if !status.is_success() {
             return Err(classify_status(status, &text));
@@ -141,17 +141,16 @@ impl Provider {
             serde_json::from_str(&text).map_err(|e| ProviderError::Refused(format!("invalid JSON response: {e}")))?;
         let content = v["choices"][0]["message"]["content"]
             .as_str()
-            .ok_or_else(|| ProviderError::Refused("response has no message content".into()))?;
-        let content: serde_json::Value = serde_json::from_str(content)
-            .map_err(|e| ProviderError::Refused(format!("model answer is not JSON: {e}")))?;
+            .ok_or_else(|| ProviderError::Refused("response has no message content".into()))?
+            .to_string();
         let usage = &v["usage"];
-        Ok(ChatResult {
-            request_id: v["id"].as_str().map(str::to_string),
+        Ok(ChatResponse {
+            id: v["id"].as_str().map(str::to_string),
             content,
-            input_tokens: usage["prompt_tokens"]
+            prompt_tokens: usage["prompt_tokens"]
                 .as_u64()
                 .ok_or_else(|| ProviderError::Refused("response has no usage".into()))?,
-            output_tokens: usage["completion_tokens"].as_u64().unwrap_or(0),
+            completion_tokens: usage["completion_tokens"].as_u64().unwrap_or(0),
         })
     }
 

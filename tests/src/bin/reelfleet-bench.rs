@@ -177,7 +177,13 @@ async fn transcode(args: &[String]) -> anyhow::Result<()> {
     settings.runtime.scratch_dir = Some(work.path().join("scratch").display().to_string());
     let dev = DevStack::start(
         settings,
-        DevOptions { data_dir: work.path().join("dev"), namespace: None, s3_port: 0, sim_port: 0, workers: true },
+        DevOptions {
+            data_dir: work.path().join("dev"),
+            namespace: None,
+            s3_port: 0,
+            sim_port: 0,
+            stages: reelfleet_cli::fleet::StageName::ALL.to_vec(),
+        },
     )
     .await?;
     let t0 = Instant::now();

@@ -80,6 +80,10 @@ async fn a_model_that_keeps_failing_hands_its_tier_to_the_fallback() {
         assert_eq!(i.fallback_from.as_deref(), Some("deepseek-v3.2"), "the manifest must say a fallback served");
     }
     assert!(stack.dev.simulator.usage().iter().all(|u| u.model == "gemini-2.5-flash"));
+    let why = reelfleet_cli::ops::explain_route(stack.settings(), &ms[0]);
+    assert!(why.contains("tier low: seeded by the test"), "{why}");
+    assert!(why.contains("answered by gemini-2.5-flash as fallback for deepseek-v3.2"), "{why}");
+    assert!(why.contains("charge gemini-2.5-flash"), "{why}");
     stack.cleanup().await;
 }
 

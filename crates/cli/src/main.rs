@@ -115,6 +115,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Explain a job's routing: why it got its tier and model.
+    Route {
+        /// Required: print the explanation.
+        #[arg(long)]
+        explain: bool,
+        /// Job id.
+        job_id: String,
+    },
     /// Dead-letter operations.
     Dlq {
         #[command(subcommand)]
@@ -335,6 +343,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Dlq { action } => run_dlq(&settings, action).await,
+        Command::Route { explain, job_id } => {
+            if !explain {
+                anyhow::bail!("use `reelfleet route --explain JOB_ID`");
+            }
+            let m = ops::status(&settings, &job_id).await?;
+            print!("{}", ops::explain_route(&settings, &m));
+            Ok(0)
+        }
         Command::Topology { action: TopologyAction::Declare } => {
             let broker = Broker::new(&settings.broker, "reelfleet-cli")?;
             let topology = Topology::new(settings.namespace.clone(), settings.broker.delivery_limit);

@@ -336,3 +336,85 @@ pub fn summarize(all: &[JobManifest]) -> serde_json::Value {
         "total_cost_usd": all.iter().map(JobManifest::cost_usd).sum::<f64>(),
     })
 }
+
+/// Why a job got its tier and its model, in words.
+pub fn explain_route(settings: &Settings, m: &JobManifest) -> String {
+    use std::fmt::Write;
+    let p = &settings.preprocess;
+    let mut out = String::new();
+    let _ = writeln!(out, "job {} ({}), status {}", m.job_id, m.kind, m.status);
+    let _ = writeln!(
+        out,
+        "inputs to routing: priority {}, requested quality {}",
+        m.priority,
+        m.quality.map(|q| q.as_str()).unwrap_or("none")
+    );
+    match m.preprocess.as_ref().and_then(|pp| pp.complexity.as_ref()) {
+        Some(c) => {
+            let _ = writeln!(
+                out,
+                "complexity {:.3} (motion {:.2}/255, {:.1} scene changes a minute, {:.4} bits per pixel); thresholds: low below {}, high from {}",
+                c.score, c.motion, c.scene_changes_per_min, c.bits_per_pixel, p.complexity_low_below, p.complexity_high_from
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "complexity: not measured ({})",
+                if m.kind == reelfleet_core::envelope::JobKind::Generate {
+                    "a generate job"
+                } else {
+                    "not preprocessed yet"
+                }
+            );
+        }
+    }
+    let _ = writeln!(out, "rules in order: priority 5 -> critical; priority 4 -> high; quality 4k -> high; quality 720p -> low; then complexity");
+    match (&m.tier, &m.preprocess) {
+        (Some(t), Some(pp)) => {
+            let _ = writeln!(out, "tier {t}: {}", pp.tier_reason);
+        }
+        (Some(t), None) => {
+            let _ = writeln!(out, "tier {t}");
+        }
+        _ => {
+            let _ = writeln!(out, "tier: not assigned yet");
+        }
+    }
+    if let Some(t) = m.tier {
+        let ts = settings.inference.tier(t);
+        let _ = writeln!(
+            out,
+            "tier {t} routes to {} (fallback {}), batches of up to {} jobs or {} ms",
+            ts.model,
+            ts.fallback_model.as_deref().unwrap_or("none"),
+            ts.batch_size,
+            ts.max_wait_ms
+        );
+        if let Some(b) = ts.daily_budget_usd {
+            let _ = writeln!(out, "tier {t} daily budget ${b} ({:?} when spent)", ts.on_budget);
+        }
+    }
+    if let Some(i) = &m.inference {
+        let via = match &i.fallback_from {
+            Some(primary) => format!(" as fallback for {primary}, which was cooling down after repeated failures"),
+            None => String::new(),
+        };
+        let _ = writeln!(out, "answered by {}{via}; request shared by {} job(s)", i.model, i.jobs_in_request);
+        let _ =
+            writeln!(out, "ledger: {} input + {} output tokens = ${:.6}", i.input_tokens, i.output_tokens, i.cost_usd);
+    }
+    for c in &m.charges {
+        let _ = writeln!(
+            out,
+            "  charge {} {}: {} in + {} out tokens = ${:.6}{}",
+            c.model,
+            c.request_id.as_deref().unwrap_or("-"),
+            c.input_tokens,
+            c.output_tokens,
+            c.usd,
+            if c.answered { "" } else { " (answer unusable, job asked again)" }
+        );
+    }
+    out
+}

@@ -30,6 +30,7 @@ use reelfleet_core::{
     topology::{Topology, WorkQueue},
 };
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     process::Command,
     sync::{
@@ -455,12 +456,302 @@ async fn wait_done(done: &AtomicUsize, target: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One pass of the inference benchmark.
+struct InferencePass {
+    completed: usize,
+    lost: usize,
+    requests: usize,
+    tokens: u64,
+    ledger_usd: f64,
+    billed_usd: f64,
+    all_critical_usd: f64,
+    latency: BTreeMap<Tier, (f64, f64)>,
+    rate_limited: u64,
+    early_retries: u64,
+}
+
+async fn inference_pass(jobs: usize, batched: bool, rate: f64) -> anyhow::Result<InferencePass> {
+    use reelfleet_devstack::{serve_simulator, SimulatorConfig};
+    let work = tempfile::Builder::new().prefix("reelfleet-bench-").tempdir()?;
+    let mut settings = bench_settings(if batched { "inference" } else { "unbatched" });
+    let broker = Broker::new(&settings.broker, "bench")?;
+    let topology = Topology::new(settings.namespace.clone(), settings.broker.delivery_limit);
+    broker.declare(&topology).await.context("RabbitMQ")?;
+    let s3 = reelfleet_devstack::serve_s3(
+        "127.0.0.1:0",
+        &work.path().join("s3"),
+        settings.s3.access_key.expose(),
+        settings.s3.secret_key.expose(),
+        &settings.s3.upload_bucket,
+        broker.clone(),
+        &topology.queue(WorkQueue::Ingest),
+    )
+    .await?;
+    settings.s3.endpoint = s3.endpoint();
+    // Provider: 600 requests a minute per model, 10% 429 and 2% 5xx when batched;
+    // the unbatched pass only counts requests and tokens, so it runs unthrottled.
+    let mut sim_cfg = SimulatorConfig {
+        api_key: settings.inference.api_key.expose().into(),
+        latency_min_ms: 20,
+        latency_max_ms: 80,
+        ..Default::default()
+    };
+    if batched {
+        sim_cfg.rate_429 = 0.10;
+        sim_cfg.error_rate = 0.02;
+        sim_cfg.retry_after_secs = 1;
+        for m in &settings.inference.models {
+            sim_cfg.rate_limit_rpm.insert(m.model.clone(), 600);
+        }
+    }
+    let sim = serve_simulator("127.0.0.1:0", sim_cfg).await?;
+    settings.inference.base_url = sim.base_url();
+    settings.broker.prefetch = 64;
+    for t in [
+        &mut settings.inference.low,
+        &mut settings.inference.medium,
+        &mut settings.inference.high,
+        &mut settings.inference.critical,
+    ] {
+        t.fallback_model = None;
+        if !batched {
+            t.batch_size = 1;
+            t.concurrency = 16;
+        }
+    }
+    let settings = Arc::new(settings);
+    let storage = Storage::new(&settings.s3);
+    let bucket = settings.s3.work_bucket.clone();
+    storage.ensure_bucket(&bucket).await?;
+    let manifests = ManifestStore::new(storage.clone(), bucket.clone());
+
+    // Jobs as preprocess leaves them: four keyframes each (shared objects), a manifest, a tier.
+    let mut keyframes = Vec::new();
+    for i in 1..=4u32 {
+        let key = format!("bench/keyframe-{i}.jpg");
+        let bytes: Vec<u8> = (0..12_000u32).map(|b| (b.wrapping_mul(i + 3) >> 3) as u8).collect();
+        storage.put_bytes(&bucket, &key, bytes, "image/jpeg").await?;
+        keyframes.push(key);
+    }
+    let mix = [(Tier::Low, 40), (Tier::Medium, 35), (Tier::High, 20), (Tier::Critical, 5)];
+    let tier_of = |i: usize| {
+        let r = i % 100;
+        let mut acc = 0;
+        for (t, share) in mix {
+            acc += share;
+            if r < acc {
+                return t;
+            }
+        }
+        Tier::Low
+    };
+    let mut envelopes = Vec::with_capacity(jobs);
+    let sem = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..jobs {
+        let tier = tier_of(i);
+        let source = SourceObject {
+            bucket: "uploads".into(),
+            key: format!("bench/{i}.mp4"),
+            size: 1,
+            etag: Some(format!("{i}")),
+            version_id: None,
+        };
+        let mut env = Envelope::new(JobKind::Analyze, source);
+        env.tier = Some(tier);
+        env.inputs = keyframes.clone();
+        let mut m = reelfleet_core::manifest::JobManifest::new(&env);
+        m.status = JobStatus::Inference;
+        m.tier = Some(tier);
+        m.preprocess = Some(reelfleet_core::manifest::PreprocessInfo {
+            normalized_key: Some("bench/normalized.mp4".into()),
+            keyframes: keyframes.clone(),
+            tier,
+            tier_reason: "benchmark".into(),
+            ..Default::default()
+        });
+        let (store, permit) = (manifests.clone(), sem.clone().acquire_owned().await?);
+        tasks.spawn(async move {
+            let r = store.create(&mut m).await;
+            drop(permit);
+            r
+        });
+        envelopes.push(env);
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+
+    let metrics = Metrics::new();
+    let runtime = Runtime::new(&settings, broker.clone(), manifests.clone(), metrics.clone(), Readiness::default());
+    let stage = Arc::new(reelfleet_inference::Inference::new(settings.clone(), storage.clone(), Vec::new(), metrics)?);
+    let shutdown = CancellationToken::new();
+    let worker = {
+        let (rt, stop) = (runtime.clone(), shutdown.clone());
+        tokio::spawn(async move { rt.run(stage, stop).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let publisher = broker.publisher().await?;
+    let gap = Duration::from_secs_f64(1.0 / rate);
+    let t0 = Instant::now();
+    for (i, env) in envelopes.iter_mut().enumerate() {
+        env.sent_at = chrono::Utc::now();
+        let tier = env.tier.expect("tier");
+        publisher.publish(&runtime.signed(&topology.queue(WorkQueue::Inference(tier)), env)).await?;
+        let due = t0 + gap.mul_f64((i + 1) as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+    // Settled: every job forwarded to postprocess or dead-lettered.
+    let channel = broker.channel().await?;
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    let count = |q: String| {
+        let ch = channel.clone();
+        async move {
+            ch.queue_declare(q.as_str().into(), passive, Default::default()).await.map(|q| q.message_count() as usize)
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let (mut completed, mut dead) = (0, 0);
+    while Instant::now() < deadline {
+        completed = count(topology.queue(WorkQueue::Postprocess)).await?;
+        dead = 0;
+        for t in Tier::ALL {
+            dead += count(topology.dead_letter_queue(WorkQueue::Inference(t))).await?;
+        }
+        if completed + dead >= jobs {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    shutdown.cancel();
+    let _ = worker.await;
+
+    let mut lat: BTreeMap<Tier, Vec<f64>> = BTreeMap::new();
+    let mut ledger_usd = 0.0;
+    let mut tokens_all_critical = (0u64, 0u64);
+    let reads: Vec<_> =
+        futures::stream::iter(envelopes.iter().map(|e| (e.job_id.clone(), e.sent_at, e.tier.expect("tier"))))
+            .map(|(id, sent, tier)| {
+                let store = manifests.clone();
+                async move { (store.load(&id).await, sent, tier) }
+            })
+            .buffer_unordered(64)
+            .collect()
+            .await;
+    for (m, sent, tier) in reads {
+        let Ok(Some(m)) = m else { continue };
+        for c in &m.charges {
+            ledger_usd += c.usd;
+            tokens_all_critical.0 += c.input_tokens;
+            tokens_all_critical.1 += c.output_tokens;
+        }
+        if let Some(t) = m.stages.get("inference") {
+            lat.entry(tier).or_default().push((t.finished_at - sent).num_milliseconds() as f64);
+        }
+    }
+    let usage = sim.usage();
+    let prices = &settings.inference;
+    let billed_usd: f64 = usage
+        .iter()
+        .map(|u| {
+            let p = prices.price(&u.model).expect("priced model");
+            (u.prompt_tokens as f64 * p.input_per_mtok + u.completion_tokens as f64 * p.output_per_mtok) / 1e6
+        })
+        .sum();
+    let crit = prices.price(&prices.critical.model).expect("critical price");
+    let all_critical_usd = (tokens_all_critical.0 as f64 * crit.input_per_mtok
+        + tokens_all_critical.1 as f64 * crit.output_per_mtok)
+        / 1e6;
+    let latency = lat
+        .into_iter()
+        .map(|(t, mut v)| {
+            v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+            (t, (percentile(&v, 0.5), percentile(&v, 0.99)))
+        })
+        .collect();
+    let stats = sim.stats();
+    sim.shutdown.cancel();
+    s3.shutdown.cancel();
+    delete_namespace(&broker, &topology).await;
+    Ok(InferencePass {
+        completed,
+        lost: jobs.saturating_sub(completed + dead),
+        requests: usage.len(),
+        tokens: usage.iter().map(|u| u.prompt_tokens + u.completion_tokens).sum(),
+        ledger_usd,
+        billed_usd,
+        all_critical_usd,
+        latency,
+        rate_limited: stats.rate_limited,
+        early_retries: stats.early_retries,
+    })
+}
+
+async fn inference(args: &[String]) -> anyhow::Result<()> {
+    let jobs = arg(args, "--jobs", 10_000)?;
+    let rate = arg(args, "--rate", 200)? as f64;
+    eprintln!(
+        "inference: {jobs} analyze jobs at {rate} jobs/s, batched, against 600 rpm per model with 10% 429 and 2% 5xx"
+    );
+    let b = inference_pass(jobs, true, rate).await?;
+    eprintln!("inference: the same jobs unbatched (batch size 1)");
+    let u = inference_pass(jobs, false, rate.max(2000.0)).await?;
+    let per_tier: serde_json::Map<String, serde_json::Value> = b
+        .latency
+        .iter()
+        .map(|(t, (p50, p99))| (t.to_string(), serde_json::json!({"p50_ms": p50, "p99_ms": p99})))
+        .collect();
+    let result = serde_json::json!({
+        "jobs": jobs,
+        "rate_jobs_per_s": rate,
+        "completed": b.completed,
+        "lost": b.lost,
+        "requests_batched": b.requests,
+        "requests_unbatched": u.requests,
+        "tokens_batched": b.tokens,
+        "tokens_unbatched": u.tokens,
+        "ledger_usd": b.ledger_usd,
+        "billed_usd": b.billed_usd,
+        "cost_routed_usd": b.ledger_usd,
+        "cost_all_critical_usd": b.all_critical_usd,
+        "rate_limited": b.rate_limited,
+        "early_retries": b.early_retries,
+        "tiers": per_tier,
+        "machine": machine(),
+    });
+    let path = write_result("inference", &result)?;
+    println!(
+        "inference: {jobs} jobs: {} completed, {} lost; requests {} batched vs {} unbatched ({:.3}x); tokens {} vs {}; ledger ${:.6} vs billed ${:.6}; routed ${:.4} vs all-critical ${:.4}; 429s {} (early retries {})",
+        b.completed,
+        b.lost,
+        b.requests,
+        u.requests,
+        b.requests as f64 / u.requests.max(1) as f64,
+        b.tokens,
+        u.tokens,
+        b.ledger_usd,
+        b.billed_usd,
+        b.ledger_usd,
+        b.all_critical_usd,
+        b.rate_limited,
+        b.early_retries
+    );
+    for (t, (p50, p99)) in &b.latency {
+        println!("  {t:<8} queue-to-result p50 {p50:.0} ms, p99 {p99:.0} ms");
+    }
+    println!("  -> {}", path.display());
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("transcode") => transcode(&args[1..]).await,
         Some("overhead") => overhead(&args[1..]).await,
-        _ => bail!("usage: reelfleet-bench transcode [--clips N] [--seconds S] | overhead [--jobs N]"),
+        Some("inference") => inference(&args[1..]).await,
+        _ => bail!("usage: reelfleet-bench transcode [--clips N] [--seconds S] | overhead [--jobs N] | inference [--jobs N] [--rate R]"),
     }
 }

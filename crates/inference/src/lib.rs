@@ -529,7 +529,9 @@ impl Inference {
                 Err(ProviderError::RateLimited(wait)) => {
                     throttled += 1;
                     self.metrics.failures.with_label_values(&["inference", "transient", "rate_limited"]).inc();
-                    self.limits.back_off(model, wait);
+                    // This request waits out its Retry-After; the model's request and
+                    // token buckets keep the client as a whole under the provider's limits.
+                    tokio::time::sleep(wait).await;
                     if throttled > 30 {
                         return Err(ProviderError::Unavailable(format!("still rate limited after {throttled} waits")));
                     }

@@ -1,16 +1,9 @@
 //! Per-model rate limits: request and token budgets per minute (token
-//! buckets), and the provider's `Retry-After`, which holds back every request
-//! to that model until it has passed.
+//! buckets) that keep the client under the provider's limits.
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reelfleet_core::settings::InferenceSettings;
-use std::{
-    collections::HashMap,
-    num::NonZeroU32,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
-use tokio::time::Instant;
+use std::{collections::HashMap, num::NonZeroU32, sync::Arc};
 
 struct ModelLimits {
     requests: Option<DefaultDirectRateLimiter>,
@@ -20,7 +13,6 @@ struct ModelLimits {
 /// Rate limits of every configured model.
 pub(crate) struct Limits {
     models: HashMap<String, Arc<ModelLimits>>,
-    not_before: Mutex<HashMap<String, Instant>>,
 }
 
 impl std::fmt::Debug for Limits {
@@ -42,18 +34,11 @@ impl Limits {
                 (m.model.clone(), Arc::new(ModelLimits { requests, tokens }))
             })
             .collect();
-        Self { models, not_before: Mutex::new(HashMap::new()) }
+        Self { models }
     }
 
     /// Waits until a request of about `tokens` tokens to `model` may go.
     pub(crate) async fn acquire(&self, model: &str, tokens: u64) {
-        loop {
-            let wait = self.not_before.lock().expect("limits lock").get(model).copied();
-            match wait {
-                Some(t) if t > Instant::now() => tokio::time::sleep_until(t).await,
-                _ => break,
-            }
-        }
         let Some(l) = self.models.get(model) else { return };
         if let Some(r) = &l.requests {
             r.until_ready().await;
@@ -61,16 +46,6 @@ impl Limits {
         if let Some((t, cap)) = &l.tokens {
             let n = NonZeroU32::new(tokens.clamp(1, u64::from(*cap)) as u32).expect("at least one");
             let _ = t.until_n_ready(n).await;
-        }
-    }
-
-    /// Holds back requests to `model` for `wait` (the provider's `Retry-After`).
-    pub(crate) fn back_off(&self, model: &str, wait: Duration) {
-        let until = Instant::now() + wait;
-        let mut nb = self.not_before.lock().expect("limits lock");
-        let entry = nb.entry(model.to_string()).or_insert(until);
-        if *entry < until {
-            *entry = until;
         }
     }
 }

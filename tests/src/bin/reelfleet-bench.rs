@@ -500,8 +500,9 @@ async fn inference_pass(jobs: usize, batched: bool, rate: f64) -> anyhow::Result
         sim_cfg.rate_429 = 0.10;
         sim_cfg.error_rate = 0.02;
         sim_cfg.retry_after_secs = 1;
-        for m in &settings.inference.models {
+        for m in &mut settings.inference.models {
             sim_cfg.rate_limit_rpm.insert(m.model.clone(), 600);
+            m.requests_per_minute = 600;
         }
     }
     let sim = serve_simulator("127.0.0.1:0", sim_cfg).await?;

@@ -273,10 +273,9 @@ impl Inference {
         if envelope.inputs.is_empty() {
             return Err(StageError::permanent("bad_input", "analyze job without keyframes"));
         }
-        let mut images = Vec::new();
-        for key in &envelope.inputs {
-            images.push(self.storage.get_bytes(self.manifests.bucket(), key, MAX_KEYFRAME_BYTES).await?);
-        }
+        let reads =
+            envelope.inputs.iter().map(|key| self.storage.get_bytes(self.manifests.bucket(), key, MAX_KEYFRAME_BYTES));
+        let images = futures::future::try_join_all(reads).await?;
         let context = manifest
             .input
             .as_ref()

@@ -523,16 +523,11 @@ impl Runtime {
             .header(ATTEMPT_HEADER, HeaderValue::Int(i64::from(attempt + 1)))
             .header(dlq_headers::FIRST_FAILED_AT, HeaderValue::Text(first_failed_at(delivery, chrono::Utc::now())));
         msg.expiration_ms = Some(delay.as_millis() as u64);
-        match publisher.publish(&msg).await {
-            Ok(()) => {
-                warn!(error = %err, delay_ms = delay.as_millis() as u64, "Transient failure; retrying later");
-                self.settle_ack(delivery, "retry").await
-            }
-            Err(e) => {
-                warn!(error = %e, "Could not schedule a retry; the message goes back to the queue");
-                self.requeue(delivery).await
-            }
+        if !self.hand_over(publisher, &msg, delivery, "schedule a retry").await {
+            return "requeue";
         }
+        warn!(error = %err, delay_ms = delay.as_millis() as u64, "Transient failure; retrying later");
+        self.settle_ack(delivery, "retry").await
     }
 
     /// Parks a message in the delayed-retry queue without counting an attempt.
@@ -551,16 +546,11 @@ impl Runtime {
             }
         }
         msg.expiration_ms = Some(delay.as_millis() as u64);
-        match publisher.publish(&msg).await {
-            Ok(()) => {
-                info!(reason = %err, delay_s = delay.as_secs(), "Deferred");
-                self.settle_ack(delivery, "deferred").await
-            }
-            Err(e) => {
-                warn!(error = %e, "Could not defer; the message goes back to the queue");
-                self.requeue(delivery).await
-            }
+        if !self.hand_over(publisher, &msg, delivery, "defer").await {
+            return "requeue";
         }
+        info!(reason = %err, delay_s = delay.as_secs(), "Deferred");
+        self.settle_ack(delivery, "deferred").await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -589,9 +579,8 @@ impl Runtime {
         if let Some(sig) = header_str(&delivery.properties, SIGNATURE_HEADER) {
             msg = msg.header(SIGNATURE_HEADER, HeaderValue::Text(sig));
         }
-        if let Err(e) = publisher.publish(&msg).await {
-            warn!(error = %e, "Could not dead-letter; the message goes back to the queue");
-            return self.requeue(delivery).await;
+        if !self.hand_over(publisher, &msg, delivery, "dead-letter").await {
+            return "requeue";
         }
         error!(class = %err.class, code = err.code, error = %message, "Dead-lettered");
         // A forged message must not touch the job it names.
@@ -609,6 +598,20 @@ impl Runtime {
             }
         }
         self.settle_ack(delivery, "dead_letter").await
+    }
+
+    /// Publishes the message that takes over from `delivery` (retry, deferral,
+    /// dead letter); if the broker does not confirm it, `delivery` goes back
+    /// to its queue instead, so it is never lost and never in both places.
+    async fn hand_over(&self, publisher: &Publisher, msg: &Outgoing, delivery: &Delivery, what: &str) -> bool {
+        match publisher.publish(msg).await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(error = %e, "Could not {what}; the message goes back to the queue");
+                self.requeue(delivery).await;
+                false
+            }
+        }
     }
 
     async fn settle_ack(&self, delivery: &Delivery, outcome: &'static str) -> &'static str {

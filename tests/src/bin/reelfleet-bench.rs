@@ -88,6 +88,27 @@ fn bench_settings(tag: &str) -> Settings {
     }
 }
 
+/// The embedded S3 endpoint for a benchmark, its address put into `settings`.
+async fn start_s3(
+    settings: &mut Settings,
+    broker: &Broker,
+    topology: &Topology,
+    dir: &Path,
+) -> anyhow::Result<reelfleet_devstack::S3Server> {
+    let s3 = reelfleet_devstack::serve_s3(
+        "127.0.0.1:0",
+        &dir.join("s3"),
+        settings.s3.access_key.expose(),
+        settings.s3.secret_key.expose(),
+        &settings.s3.upload_bucket,
+        broker.clone(),
+        &topology.queue(WorkQueue::Ingest),
+    )
+    .await?;
+    settings.s3.endpoint = s3.endpoint();
+    Ok(s3)
+}
+
 async fn delete_namespace(broker: &Broker, topology: &Topology) {
     if let Ok(ch) = broker.channel().await {
         for q in topology.all_queue_names() {
@@ -261,17 +282,7 @@ async fn overhead(args: &[String]) -> anyhow::Result<()> {
     let broker = Broker::new(&settings.broker, "bench")?;
     let topology = Topology::new(settings.namespace.clone(), settings.broker.delivery_limit);
     broker.declare(&topology).await.context("RabbitMQ")?;
-    let s3 = reelfleet_devstack::serve_s3(
-        "127.0.0.1:0",
-        &work.path().join("s3"),
-        settings.s3.access_key.expose(),
-        settings.s3.secret_key.expose(),
-        &settings.s3.upload_bucket,
-        broker.clone(),
-        &topology.queue(WorkQueue::Ingest),
-    )
-    .await?;
-    settings.s3.endpoint = s3.endpoint();
+    let s3 = start_s3(&mut settings, &broker, &topology, work.path()).await?;
     let storage = Storage::new(&settings.s3);
     let bucket = settings.s3.work_bucket.clone();
     storage.ensure_bucket(&bucket).await?;
@@ -477,17 +488,7 @@ async fn inference_pass(jobs: usize, batched: bool, rate: f64) -> anyhow::Result
     let broker = Broker::new(&settings.broker, "bench")?;
     let topology = Topology::new(settings.namespace.clone(), settings.broker.delivery_limit);
     broker.declare(&topology).await.context("RabbitMQ")?;
-    let s3 = reelfleet_devstack::serve_s3(
-        "127.0.0.1:0",
-        &work.path().join("s3"),
-        settings.s3.access_key.expose(),
-        settings.s3.secret_key.expose(),
-        &settings.s3.upload_bucket,
-        broker.clone(),
-        &topology.queue(WorkQueue::Ingest),
-    )
-    .await?;
-    settings.s3.endpoint = s3.endpoint();
+    let s3 = start_s3(&mut settings, &broker, &topology, work.path()).await?;
     // Provider: 600 requests a minute per model, 10% 429 and 2% 5xx when batched;
     // the unbatched pass only counts requests and tokens, so it runs unthrottled.
     let mut sim_cfg = SimulatorConfig {

@@ -98,8 +98,15 @@ impl Settings {
             builder = builder
                 .add_source(config::File::from(path.to_path_buf()).format(config::FileFormat::Toml).required(true));
         }
+        // REELFLEET_CONFIG names the file (the CLI's --config); it is not a setting.
+        let vars: std::collections::HashMap<String, String> =
+            std::env::vars().filter(|(k, _)| k.starts_with("REELFLEET_") && k != "REELFLEET_CONFIG").collect();
         builder = builder.add_source(
-            config::Environment::with_prefix("REELFLEET").prefix_separator("_").separator("__").try_parsing(true),
+            config::Environment::with_prefix("REELFLEET")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(vars)),
         );
         let settings: Settings = builder.build()?.try_deserialize()?;
         settings.validate()?;
@@ -657,12 +664,14 @@ mod tests {
         // Only this test sets these variables, and no other test reads them.
         std::env::set_var("REELFLEET_BROKER__PREFETCH", "7");
         std::env::set_var("REELFLEET_LIMITS__MAX_STREAMS", "3");
+        std::env::set_var("REELFLEET_CONFIG", "/names/the/file/not/a/setting.toml");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[broker]\nprefetch = 2\n").unwrap();
         let s = Settings::load(Some(&path)).unwrap();
         std::env::remove_var("REELFLEET_BROKER__PREFETCH");
         std::env::remove_var("REELFLEET_LIMITS__MAX_STREAMS");
+        std::env::remove_var("REELFLEET_CONFIG");
         assert_eq!(s.broker.prefetch, 7);
         assert_eq!(s.limits.max_streams, 3);
     }

@@ -15,7 +15,7 @@ async fn a_batch_goes_when_full_and_a_partial_one_after_the_max_wait() {
         s.inference.low.batch_size = 5;
         s.inference.low.max_wait_ms = 600_000;
         s.inference.medium.batch_size = 50;
-        s.inference.medium.max_wait_ms = 300;
+        s.inference.medium.max_wait_ms = 1000;
     })
     .await;
     // Ten minutes of max wait: only a full batch can go within the test.

@@ -66,4 +66,69 @@ ensure_all() {
   ensure_cargo
   ensure_ffmpeg
   ensure_rabbitmq
+  ensure_management
+}
+
+# The RabbitMQ management API: `reelfleet queues`/`scale` read ready + unacked
+# from it (KEDA's `protocol: http` reads the same), and its tests need it.
+ensure_management() {
+  if [ -n "${REELFLEET_BROKER__URL:-}" ]; then return 0; fi
+  if (exec 3<>/dev/tcp/127.0.0.1/15672) 2>/dev/null; then return 0; fi
+  say "enabling rabbitmq_management"
+  as_root rabbitmq-plugins enable rabbitmq_management >/dev/null
+  for _ in $(seq 1 30); do
+    (exec 3<>/dev/tcp/127.0.0.1/15672) 2>/dev/null && return 0
+    sleep 1
+  done
+  die "the RabbitMQ management API does not answer on 127.0.0.1:15672"
+}
+
+reelfleet_cache() {
+  local dir="${XDG_CACHE_HOME:-$HOME/.cache}/reelfleet"
+  mkdir -p "$dir"
+  printf '%s' "$dir"
+}
+
+# promtool from Debian's prometheus package. The package is unpacked, not
+# installed: installing it would start a Prometheus server on :9090.
+ensure_promtool() {
+  if [ -n "${PROMTOOL:-}" ] && "$PROMTOOL" --version >/dev/null 2>&1; then return 0; fi
+  if command -v promtool >/dev/null 2>&1; then export PROMTOOL="$(command -v promtool)"; return 0; fi
+  local dir; dir="$(reelfleet_cache)/prometheus"
+  if [ ! -x "$dir/usr/bin/promtool" ]; then
+    command -v apt-get >/dev/null 2>&1 || die "promtool not found: install Prometheus' promtool"
+    say "fetching promtool from Debian's prometheus package"
+    if [ "$apt_updated" = 0 ]; then as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq; apt_updated=1; fi
+    local tmp; tmp="$(mktemp -d)"
+    (cd "$tmp" && apt-get download -qq prometheus 2>/dev/null) || die "apt-get download prometheus failed"
+    rm -rf "$dir" && mkdir -p "$dir"
+    dpkg-deb -x "$tmp"/prometheus_*.deb "$dir"
+    rm -rf "$tmp"
+  fi
+  export PROMTOOL="$dir/usr/bin/promtool"
+}
+
+# Python tools for the chart checks, pinned, in their own virtualenv.
+ensure_pytools() {
+  local venv; venv="$(reelfleet_cache)/venv"
+  local want="helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 PyYAML==6.0.3"
+  if [ ! -f "$venv/.installed" ] || [ "$(cat "$venv/.installed")" != "$want" ]; then
+    command -v python3 >/dev/null 2>&1 || apt_install python3
+    python3 -m venv --help >/dev/null 2>&1 && python3 -c 'import ensurepip' 2>/dev/null || apt_install python3-venv
+    say "python tools for the chart checks: $want"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    # shellcheck disable=SC2086
+    "$venv/bin/pip" install -q --disable-pip-version-check $want
+    printf '%s' "$want" > "$venv/.installed"
+  fi
+  export REELFLEET_PY="$venv/bin/python"
+}
+
+# A compose client that can read and validate the compose file without a
+# Docker engine: the compose plugin, or Debian's docker-compose.
+ensure_compose() {
+  if docker compose version >/dev/null 2>&1; then export COMPOSE="docker compose"; return 0; fi
+  command -v docker-compose >/dev/null 2>&1 || apt_install docker-compose
+  export COMPOSE="docker-compose"
 }

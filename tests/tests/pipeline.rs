@@ -340,3 +340,35 @@ async fn an_event_with_several_records_admits_each_object_on_its_own() {
     assert_eq!(stack.depth(&format!("{}.dlq", stack.queue(WorkQueue::Ingest))).await, 0);
     stack.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bucket_notification_on_the_uploads_exchange_starts_a_job() {
+    // What MinIO's AMQP target (deploy/docker-compose.yml) does: publish the
+    // event to `<ns>.uploads`, a fanout exchange the topology binds to ingest.
+    let stack = TestStack::start().await;
+    let bucket = "notified";
+    stack.storage.ensure_bucket(bucket).await.unwrap();
+    let clip = make_clip(stack.dir.path(), "clip.mp4", "testsrc2=size=320x240:rate=24", 1.0, &[]);
+    let info = stack.storage.upload(bucket, "cam/clip one.mp4", &clip, "video/mp4").await.unwrap();
+    let etag = info.etag.clone().unwrap_or_default();
+    let body = minio_event("ObjectCreated:Put", bucket, "cam/clip one.mp4", info.size, &etag, "minio");
+    let outgoing = Outgoing {
+        exchange: stack.topology.uploads_exchange(),
+        routing_key: String::new(),
+        body,
+        mandatory: true,
+        ..Default::default()
+    };
+    stack.publish(outgoing).await;
+    let job = SourceObject {
+        bucket: bucket.into(),
+        key: "cam/clip one.mp4".into(),
+        size: info.size,
+        etag: info.etag.clone(),
+        version_id: None,
+    }
+    .job_id();
+    let m = stack.wait_for(&job, JOB_TIMEOUT, finished).await;
+    assert_eq!(m.status, JobStatus::Completed, "{:?}", m.error);
+    stack.cleanup().await;
+}

@@ -6,9 +6,11 @@
 //! - [`dev`]: the embedded default: S3 endpoint, provider simulator and all
 //!   four workers in one process.
 //! - [`ops`]: operator commands: submit, status, jobs, queues.
+//! - [`scale`]: queue depth and the replicas KEDA would run, per chart worker.
 //! - [`dlq`]: dead-letter operations: ls, show, replay, purge, export, import.
 
 pub mod dev;
 pub mod dlq;
 pub mod fleet;
 pub mod ops;
+pub mod scale;

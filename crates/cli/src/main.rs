@@ -6,7 +6,7 @@ use reelfleet_cli::{
     dev::{DevOptions, DevStack},
     dlq,
     fleet::{self, StageName},
-    ops,
+    ops, scale,
 };
 use reelfleet_core::{
     broker::Broker,
@@ -16,7 +16,7 @@ use reelfleet_core::{
     settings::Settings,
     storage::Storage,
     telemetry,
-    topology::Topology,
+    topology::{Topology, WorkQueue},
 };
 use std::{path::PathBuf, sync::Arc, time::Duration};
 use tokio_util::sync::CancellationToken;
@@ -57,6 +57,12 @@ enum Command {
         /// Run only the S3 endpoint and the simulator (workers run as `reelfleet worker`).
         #[arg(long)]
         no_workers: bool,
+    },
+    /// Run the AI provider simulator alone (what the compose stack uses), until SIGTERM/SIGINT.
+    Simulator {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        listen: String,
     },
     /// Run one stage's worker until SIGTERM/SIGINT.
     Worker {
@@ -114,6 +120,21 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Per worker of the Helm chart: queue depth (ready + unacked), consumers, rates and
+    /// the replicas KEDA would run with the chart's values.
+    Scale {
+        /// Helm values file to apply over the chart's defaults (as `helm install -f`).
+        #[arg(long)]
+        values: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the settings (file + REELFLEET_* environment) and print them, credentials redacted.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
     },
     /// Explain a job's routing: why it got its tier and model.
     Route {
@@ -233,6 +254,22 @@ impl DlqFilterArgs {
 enum TopologyAction {
     /// Declare every queue and exchange of the namespace (idempotent).
     Declare,
+    /// Print the names of every queue and exchange (no broker needed).
+    Show {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigAction {
+    /// Load and validate the settings; print the REELFLEET_* variables that were applied.
+    Check {
+        /// Print the effective settings as JSON (credentials redacted).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() {
@@ -267,6 +304,17 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             shutdown_signal().await;
             eprintln!("reelfleet dev: draining");
             stack.stop().await;
+            Ok(0)
+        }
+        Command::Simulator { listen } => {
+            let config = reelfleet_devstack::SimulatorConfig {
+                api_key: settings.inference.api_key.expose().to_string(),
+                ffmpeg: settings.media.ffmpeg.clone(),
+                ..Default::default()
+            };
+            let sim = reelfleet_devstack::serve_simulator(&listen, config).await?;
+            eprintln!("reelfleet simulator: {} (OpenAI-compatible chat, signed video generation)", sim.base_url());
+            shutdown_signal().await;
             Ok(0)
         }
         Command::Worker { stage, tiers } => {
@@ -351,14 +399,90 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             print!("{}", ops::explain_route(&settings, &m));
             Ok(0)
         }
+        Command::Scale { values, json } => {
+            let chart = scale::ChartScaling::load(values.as_deref())?;
+            if chart.namespace != settings.namespace {
+                eprintln!(
+                    "note: the values name queue namespace {:?}; reading the settings' namespace {:?}",
+                    chart.namespace, settings.namespace
+                );
+            }
+            let rows = scale::plan(&settings, &chart).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", scale::render_table(&rows));
+            }
+            Ok(0)
+        }
+        Command::Config { action: ConfigAction::Check { json } } => {
+            let mut applied: Vec<String> = std::env::vars()
+                .map(|(k, _)| k)
+                .filter(|k| k.starts_with("REELFLEET_") && k != "REELFLEET_CONFIG")
+                .collect();
+            applied.sort();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&settings.redacted())?);
+            } else {
+                println!(
+                    "settings are valid: namespace {}, file {}, {} environment overrides",
+                    settings.namespace,
+                    cli.config.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "none".into()),
+                    applied.len()
+                );
+                for name in applied {
+                    println!("  {name}");
+                }
+            }
+            Ok(0)
+        }
+        Command::Topology { action: TopologyAction::Show { json } } => {
+            let topology = Topology::new(settings.namespace.clone(), settings.broker.delivery_limit);
+            let queues: Vec<serde_json::Value> = WorkQueue::all()
+                .into_iter()
+                .map(|q| {
+                    serde_json::json!({
+                        "queue": topology.queue(q),
+                        "stage": q.stage(),
+                        "tier": match q { WorkQueue::Inference(t) => Some(t.to_string()), _ => None },
+                        "retry": topology.retry_queue(q),
+                        "dead_letter": topology.dead_letter_queue(q),
+                    })
+                })
+                .collect();
+            if json {
+                let doc = serde_json::json!({
+                    "namespace": topology.namespace(),
+                    "work_queues": queues,
+                    "events_exchange": topology.events_exchange(),
+                    "uploads_exchange": topology.uploads_exchange(),
+                });
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                println!("{:<34} {:<12} {:<9} {:<40}", "WORK QUEUE", "STAGE", "TIER", "RETRY / DEAD LETTER");
+                for q in queues {
+                    println!(
+                        "{:<34} {:<12} {:<9} {} / {}",
+                        q["queue"].as_str().unwrap_or(""),
+                        q["stage"].as_str().unwrap_or(""),
+                        q["tier"].as_str().unwrap_or("-"),
+                        q["retry"].as_str().unwrap_or(""),
+                        q["dead_letter"].as_str().unwrap_or("")
+                    );
+                }
+                println!("events exchange: {}", topology.events_exchange());
+                println!("uploads exchange (bucket notifications -> ingest): {}", topology.uploads_exchange());
+            }
+            Ok(0)
+        }
         Command::Topology { action: TopologyAction::Declare } => {
             let broker = Broker::new(&settings.broker, "reelfleet-cli")?;
             let topology = Topology::new(settings.namespace.clone(), settings.broker.delivery_limit);
             broker.declare(&topology).await.context("cannot declare the topology")?;
             println!(
-                "declared {} queues and exchange {}",
+                "declared {} queues and exchanges {}",
                 topology.all_queue_names().len(),
-                topology.events_exchange()
+                topology.exchange_names().join(", ")
             );
             Ok(0)
         }

@@ -230,17 +230,36 @@ pub struct QueueStats {
     pub unacked: Option<u64>,
     /// Consumers.
     pub consumers: u64,
+    /// Messages published into the queue per second, recently (management API only).
+    pub publish_rate: Option<f64>,
+    /// Messages acknowledged per second, recently (management API only).
+    pub ack_rate: Option<f64>,
     /// `management` or `passive-declare`.
     pub source: &'static str,
 }
 
+impl QueueStats {
+    /// Ready + unacked: what a worker fleet still has to finish. Without the
+    /// management API only the ready count is known.
+    pub fn depth(&self) -> u64 {
+        self.ready + self.unacked.unwrap_or(0)
+    }
+}
+
 /// Stats of every queue of the namespace: from the management API when it
-/// answers, else from passive declares (no unacked count).
+/// answers, else from passive declares (no unacked count, no rates).
 pub async fn queues(settings: &Settings) -> anyhow::Result<Vec<QueueStats>> {
     let topology = Topology::new(settings.namespace.clone(), settings.broker.delivery_limit);
-    let names = topology.all_queue_names();
-    if let Ok(stats) = queues_from_management(settings.broker.management_url.expose(), &names).await {
-        return Ok(stats);
+    queue_stats(settings, &topology.all_queue_names()).await
+}
+
+/// Stats of the named queues, from the management API when it answers, else
+/// from passive declares.
+pub async fn queue_stats(settings: &Settings, names: &[String]) -> anyhow::Result<Vec<QueueStats>> {
+    let vhost = vhost_of(settings.broker.url.expose());
+    match queues_from_management(settings.broker.management_url.expose(), &vhost, names).await {
+        Ok(stats) => return Ok(stats),
+        Err(e) => tracing::debug!(error = %e, "Management API unavailable, using passive declares"),
     }
     let broker = Broker::new(&settings.broker, "reelfleet-cli")?;
     let mut out = Vec::new();
@@ -250,10 +269,12 @@ pub async fn queues(settings: &Settings) -> anyhow::Result<Vec<QueueStats>> {
         let opts = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
         match channel.queue_declare(name.as_str().into(), opts, Default::default()).await {
             Ok(q) => out.push(QueueStats {
-                name,
+                name: name.clone(),
                 ready: q.message_count().into(),
                 unacked: None,
                 consumers: q.consumer_count().into(),
+                publish_rate: None,
+                ack_rate: None,
                 source: "passive-declare",
             }),
             Err(_) => bail!("queue {name} does not exist: run `reelfleet topology declare`"),
@@ -263,7 +284,18 @@ pub async fn queues(settings: &Settings) -> anyhow::Result<Vec<QueueStats>> {
     Ok(out)
 }
 
-async fn queues_from_management(base: &str, names: &[String]) -> anyhow::Result<Vec<QueueStats>> {
+/// The vhost of an AMQP URL, percent-encoded for the management API's paths
+/// (`%2F` for the default vhost).
+fn vhost_of(amqp_url: &str) -> String {
+    let path = url::Url::parse(amqp_url).map(|u| u.path().trim_start_matches('/').to_string()).unwrap_or_default();
+    if path.is_empty() {
+        "%2F".into()
+    } else {
+        path
+    }
+}
+
+async fn queues_from_management(base: &str, vhost: &str, names: &[String]) -> anyhow::Result<Vec<QueueStats>> {
     let url = url::Url::parse(base)?;
     let (user, pass) = (url.username().to_string(), url.password().unwrap_or("").to_string());
     let mut clean = url.clone();
@@ -271,7 +303,7 @@ async fn queues_from_management(base: &str, names: &[String]) -> anyhow::Result<
     let _ = clean.set_password(None);
     let http = reqwest::Client::builder().timeout(Duration::from_secs(3)).build()?;
     let resp = http
-        .get(format!("{}api/queues/%2F", clean.as_str().trim_end_matches('/').to_string() + "/"))
+        .get(format!("{}/api/queues/{vhost}", clean.as_str().trim_end_matches('/')))
         .basic_auth(user, Some(pass))
         .send()
         .await?
@@ -283,11 +315,19 @@ async fn queues_from_management(base: &str, names: &[String]) -> anyhow::Result<
         .iter()
         .map(|n| {
             let q = by_name.get(n.as_str()).with_context(|| format!("queue {n} does not exist"))?;
+            let rate = |field: &str| Some(q["message_stats"][field]["rate"].as_f64().unwrap_or(0.0));
+            // A queue declared seconds ago has no counts until the next stats emission.
+            let (Some(ready), Some(unacked)) = (q["messages_ready"].as_u64(), q["messages_unacknowledged"].as_u64())
+            else {
+                bail!("the management API has no counts for {n} yet");
+            };
             Ok(QueueStats {
                 name: n.clone(),
-                ready: q["messages_ready"].as_u64().unwrap_or(0),
-                unacked: Some(q["messages_unacknowledged"].as_u64().unwrap_or(0)),
+                ready,
+                unacked: Some(unacked),
                 consumers: q["consumers"].as_u64().unwrap_or(0),
+                publish_rate: rate("publish_details"),
+                ack_rate: rate("ack_details"),
                 source: "management",
             })
         })

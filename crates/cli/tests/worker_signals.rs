@@ -121,6 +121,21 @@ async fn sigterm_finishes_the_message_in_flight_and_exits_zero() {
         "a secret reached the logs"
     );
 
+    // JSON lines, each one object; the message's own lines carry job_id, stage and attempt at the top.
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    let handled = lines
+        .iter()
+        .find(|l| l["message"] == "Handled")
+        .unwrap_or_else(|| panic!("no line says the message was handled:\n{logs}"));
+    assert_eq!(handled["job_id"], envelope.job_id.as_str(), "{handled}");
+    assert_eq!(handled["stage"], "preprocess", "{handled}");
+    assert_eq!(handled["attempt"], 0, "{handled}");
+    assert!(handled["level"].is_string() && handled["timestamp"].is_string(), "{handled}");
+
     let m = manifests.load(&envelope.job_id).await.unwrap().unwrap();
     assert_eq!(m.status, JobStatus::Inference, "the in-flight message was not finished");
     let tier = m.tier.unwrap();
@@ -140,6 +155,8 @@ async fn sigterm_finishes_the_message_in_flight_and_exits_zero() {
     for q in topology.all_queue_names() {
         let _ = channel.queue_delete(q.as_str().into(), Default::default()).await;
     }
-    let _ = channel.exchange_delete(topology.events_exchange().as_str().into(), Default::default()).await;
+    for x in topology.exchange_names() {
+        let _ = channel.exchange_delete(x.as_str().into(), Default::default()).await;
+    }
     s3.shutdown.cancel();
 }

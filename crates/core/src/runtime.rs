@@ -432,7 +432,10 @@ impl Runtime {
     ) {
         let outcome = match result {
             Ok(dispatches) => match self.dispatch(publisher, dispatches).await {
-                Ok(()) => self.settle_ack(delivery, "ok").await,
+                Ok(()) => {
+                    info!("Handled");
+                    self.settle_ack(delivery, "ok").await
+                }
                 Err(e) => {
                     warn!(error = %e, "Could not send the next stage's message; the message goes back to the queue");
                     self.requeue(delivery).await

@@ -133,10 +133,34 @@ impl Settings {
         if self.runtime.job_timeout_secs + 60 > self.broker.consumer_timeout_secs {
             return bad("runtime.job_timeout_secs must be at least 60 s below broker.consumer_timeout_secs, or the broker closes the channel of a long job and it is redelivered forever");
         }
+        for tier in crate::envelope::Tier::ALL {
+            let t = self.inference.tier(tier);
+            for model in std::iter::once(&t.model).chain(t.fallback_model.as_ref()) {
+                if self.inference.price(model).is_none() {
+                    return Err(SettingsError::Value(format!(
+                        "inference.{tier} uses model {model:?}, which has no [[inference.models]] entry (price, limits): its jobs could not be costed"
+                    )));
+                }
+            }
+        }
         if self.signing.secret.expose().len() < 16 {
             return bad("signing.secret must be at least 16 characters");
         }
         Ok(())
+    }
+
+    /// A copy with every credential replaced by `[redacted]`, for printing.
+    pub fn redacted(&self) -> Settings {
+        let hide = |s: &Secret| Secret::new(if s.expose().is_empty() { "" } else { "[redacted]" });
+        let mut out = self.clone();
+        out.broker.url = hide(&self.broker.url);
+        out.broker.management_url = hide(&self.broker.management_url);
+        out.s3.access_key = hide(&self.s3.access_key);
+        out.s3.secret_key = hide(&self.s3.secret_key);
+        out.signing.secret = hide(&self.signing.secret);
+        out.inference.api_key = hide(&self.inference.api_key);
+        out.postprocess.cdn_purge_token = self.postprocess.cdn_purge_token.as_ref().map(hide);
+        out
     }
 
     /// The settings as TOML, credentials included (for `reelfleet dev` to hand
@@ -683,5 +707,30 @@ mod tests {
         std::fs::write(&path, "[broker]\nprefetchh = 3\n").unwrap();
         let err = Settings::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("prefetchh"), "{err}");
+    }
+
+    #[test]
+    fn a_tier_model_without_a_price_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[[inference.models]]\nmodel = \"deepseek-v3.2\"\ninput_per_mtok = 0.28\noutput_per_mtok = 0.42\n",
+        )
+        .unwrap();
+        let err = Settings::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("gemini-2.5-flash") && err.contains("no [[inference.models]] entry"), "{err}");
+    }
+
+    #[test]
+    fn redacted_settings_hold_no_credential() {
+        let s = Settings::default();
+        let json = serde_json::to_string(&s.redacted()).unwrap();
+        for secret in
+            [&s.broker.url, &s.broker.management_url, &s.s3.secret_key, &s.signing.secret, &s.inference.api_key]
+        {
+            assert!(!json.contains(secret.expose()), "{json}");
+        }
+        assert!(json.contains("[redacted]"));
     }
 }

@@ -9,7 +9,7 @@
 
 use crate::envelope::Tier;
 use lapin::{
-    options::{ExchangeDeclareOptions, QueueDeclareOptions},
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable, ShortString},
     Channel, ExchangeKind,
 };
@@ -100,6 +100,17 @@ impl Topology {
         format!("{}.events", self.namespace)
     }
 
+    /// The fanout exchange an object store's bucket notifications (MinIO's AMQP
+    /// target, Ceph RGW's AMQP topic) publish to; it feeds the ingest queue.
+    pub fn uploads_exchange(&self) -> String {
+        format!("{}.uploads", self.namespace)
+    }
+
+    /// Every exchange of the namespace.
+    pub fn exchange_names(&self) -> Vec<String> {
+        vec![self.events_exchange(), self.uploads_exchange()]
+    }
+
     /// Every queue name, work, retry and dead-letter.
     pub fn all_queue_names(&self) -> Vec<String> {
         WorkQueue::all()
@@ -140,6 +151,24 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
+        let uploads = self.uploads_exchange();
+        channel
+            .exchange_declare(
+                uploads.as_str().into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions { durable: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                self.queue(WorkQueue::Ingest).as_str().into(),
+                uploads.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
         Ok(())
     }
 }
@@ -165,5 +194,6 @@ mod tests {
         assert_eq!(t.dead_letter_queue(WorkQueue::Postprocess), "ns1.postprocess.dlq");
         assert_eq!(t.all_queue_names().len(), 7 * 3);
         assert_eq!(t.events_exchange(), "ns1.events");
+        assert_eq!(t.exchange_names(), vec!["ns1.events".to_string(), "ns1.uploads".to_string()]);
     }
 }

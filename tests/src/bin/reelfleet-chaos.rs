@@ -253,7 +253,9 @@ impl Fleet {
                 for q in topology.all_queue_names() {
                     let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
                 }
-                let _ = ch.exchange_delete(topology.events_exchange().as_str().into(), Default::default()).await;
+                for x in topology.exchange_names() {
+                    let _ = ch.exchange_delete(x.as_str().into(), Default::default()).await;
+                }
             }
         }
     }

@@ -1,0 +1,315 @@
+#!/usr/bin/env python3
+"""Checks helm/reelfleet with a real Helm engine (helm-python-sdk bundles Helm's
+library) and the Kubernetes schemas (kubernetes-validate), offline.
+
+For the default values and each values file in helm/reelfleet/ci/:
+  - `helm lint --strict` finds nothing;
+  - the chart renders, and every core object validates against the Kubernetes
+    schema (strict: unknown fields are errors);
+  - every work queue the topology declares (`reelfleet topology show --json`)
+    has exactly one KEDA ScaledObject pointing at it, whose Deployment runs the
+    worker of that queue, with `protocol: http` and `mode: QueueLength`;
+  - the ConfigMap + Secret environment is accepted by `reelfleet config check`
+    (the same names the binary reads, no unknown setting);
+  - probes, grace period, resources and PodDisruptionBudgets are where they
+    must be.
+Then values that must be refused are refused, the HPA fallback renders one HPA
+per Deployment, and every value in values.yaml carries a comment.
+
+Usage: check_chart.py PATH/TO/reelfleet
+"""
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import helm_python
+import kubernetes_validate
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "reelfleet"
+KUBE_VERSION = "1.30.0"
+CORE_KINDS = {
+    "ConfigMap",
+    "Secret",
+    "ServiceAccount",
+    "Service",
+    "Deployment",
+    "PodDisruptionBudget",
+    "HorizontalPodAutoscaler",
+}
+failures = []
+
+
+def fail(case, message):
+    failures.append(f"[{case}] {message}")
+
+
+def render(values, name="reelfleet", namespace="video"):
+    out = helm_python.Chart.load(str(CHART)).render(values, name=name, namespace=namespace)
+    docs = []
+    for path, text in sorted(out.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                docs.append(doc)
+    return docs
+
+
+def by_kind(docs, kind):
+    return [d for d in docs if d["kind"] == kind]
+
+
+def topology(namespace, reelfleet):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REELFLEET_")}
+    env["REELFLEET_NAMESPACE"] = namespace
+    out = subprocess.run(
+        [reelfleet, "topology", "show", "--json"], env=env, capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout)["work_queues"]
+
+
+def check_settings(case, docs, values, reelfleet):
+    """The environment the pods get must load in the binary as it is."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REELFLEET_")}
+    settings = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-settings")]
+    if len(settings) != 1:
+        fail(case, f"expected one settings ConfigMap, found {len(settings)}")
+        return
+    env.update(settings[0]["data"])
+    secrets = by_kind(docs, "Secret")
+    if secrets:
+        for key, value in secrets[0].get("data", {}).items():
+            env[key] = base64.b64decode(value).decode()
+    else:
+        # An existing Secret: stand-ins for the keys an operator puts in it.
+        env.update(
+            {
+                "REELFLEET_BROKER__URL": "amqp://user:pass@rabbitmq:5672/video",
+                "REELFLEET_BROKER__MANAGEMENT_URL": "http://user:pass@rabbitmq:15672/",
+                "REELFLEET_SIGNING__SECRET": "x" * 48,
+            }
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        if values.get("configFile"):
+            path = Path(tmp) / "reelfleet.toml"
+            path.write_text(values["configFile"])
+            env["REELFLEET_CONFIG"] = str(path)
+        out = subprocess.run([reelfleet, "config", "check", "--json"], env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        fail(case, f"`reelfleet config check` refuses the chart's environment: {out.stderr.strip()}")
+        return
+    effective = json.loads(out.stdout)
+    for key, value in settings[0]["data"].items():
+        path = key[len("REELFLEET_") :].lower().split("__")
+        got = effective
+        for part in path:
+            got = got.get(part) if isinstance(got, dict) else None
+        if got is None or str(got).lower() != value.lower() and not _same_number(got, value):
+            fail(case, f"{key}={value!r} did not reach the settings (got {got!r})")
+
+
+def _same_number(a, b):
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return False
+
+
+def check_workloads(case, docs, values):
+    deployments = {d["metadata"]["name"]: d for d in by_kind(docs, "Deployment")}
+    pdbs = by_kind(docs, "PodDisruptionBudget")
+    settings = next(d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-settings"))["data"]
+    job_timeout = int(settings.get("REELFLEET_RUNTIME__JOB_TIMEOUT_SECS", "900"))
+    health_port = int(settings.get("REELFLEET_RUNTIME__HEALTH_ADDR", "0.0.0.0:9090").rsplit(":", 1)[1])
+    for name, d in deployments.items():
+        pod = d["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        grace = pod.get("terminationGracePeriodSeconds", 30)
+        if grace <= job_timeout:
+            fail(case, f"{name}: terminationGracePeriodSeconds {grace} is not above the job timeout {job_timeout}")
+        ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+        for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+            got = container.get(probe, {}).get("httpGet", {})
+            if got.get("path") != path or ports.get(got.get("port")) != health_port:
+                fail(case, f"{name}: {probe} must GET {path} on the health port {health_port}, got {got}")
+        if not container.get("resources", {}).get("requests"):
+            fail(case, f"{name}: no resource requests")
+        if pod.get("securityContext", {}).get("runAsNonRoot") is not True:
+            fail(case, f"{name}: pods must run as non-root")
+        labels = d["spec"]["template"]["metadata"]["labels"]
+        covering = [
+            p for p in pdbs if all(labels.get(k) == v for k, v in p["spec"]["selector"]["matchLabels"].items())
+        ]
+        if values.get("podDisruptionBudget", {}).get("enabled", True) and len(covering) != 1:
+            fail(case, f"{name}: {len(covering)} PodDisruptionBudgets select it, expected 1")
+        if container["args"][0] != "worker":
+            fail(case, f"{name}: does not run `reelfleet worker`: {container['args']}")
+
+
+def check_keda(case, docs, namespace, reelfleet, values):
+    deployments = {d["metadata"]["name"]: d for d in by_kind(docs, "Deployment")}
+    scaled = by_kind(docs, "ScaledObject")
+    auths = {a["metadata"]["name"]: a for a in by_kind(docs, "TriggerAuthentication")}
+    secrets = {s["metadata"]["name"]: s for s in by_kind(docs, "Secret")}
+    existing = values.get("secrets", {}).get("existingSecret")
+    for queue in topology(namespace, reelfleet):
+        pointing = [
+            s
+            for s in scaled
+            for t in s["spec"]["triggers"]
+            if t["type"] == "rabbitmq" and t["metadata"].get("queueName") == queue["queue"]
+        ]
+        if len(pointing) != 1:
+            fail(case, f"queue {queue['queue']}: {len(pointing)} ScaledObjects point at it, expected exactly 1")
+            continue
+        so = pointing[0]
+        target = so["spec"]["scaleTargetRef"]
+        d = deployments.get(target["name"])
+        if target.get("kind", "Deployment") != "Deployment" or d is None:
+            fail(case, f"{so['metadata']['name']}: scales {target}, which is not a rendered Deployment")
+            continue
+        args = d["spec"]["template"]["spec"]["containers"][0]["args"]
+        want = ["worker", queue["stage"]] + (["--tier", queue["tier"]] if queue["tier"] else [])
+        if args != want:
+            fail(case, f"{so['metadata']['name']}: its Deployment runs {args}, but {queue['queue']} needs {want}")
+        (trigger,) = so["spec"]["triggers"]
+        meta = trigger["metadata"]
+        if meta.get("protocol") != "http" or meta.get("mode") != "QueueLength":
+            fail(case, f"{so['metadata']['name']}: needs protocol http + mode QueueLength (ready + unacked), got {meta}")
+        for key in ("value", "activationValue"):
+            if not isinstance(meta.get(key), str) or float(meta[key]) < 0:
+                fail(case, f"{so['metadata']['name']}: metadata.{key} must be a numeric string, got {meta.get(key)!r}")
+        if float(meta["value"]) <= 0:
+            fail(case, f"{so['metadata']['name']}: value must be above 0")
+        spec = so["spec"]
+        if not 0 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]:
+            fail(case, f"{so['metadata']['name']}: min/max replicas out of order")
+        auth = auths.get(trigger.get("authenticationRef", {}).get("name"))
+        if auth is None:
+            fail(case, f"{so['metadata']['name']}: its TriggerAuthentication is not rendered")
+            continue
+        for ref in auth["spec"]["secretTargetRef"]:
+            if ref["parameter"] != "host":
+                fail(case, f"TriggerAuthentication: unexpected parameter {ref['parameter']}")
+            if existing:
+                if ref["name"] != existing:
+                    fail(case, f"TriggerAuthentication reads Secret {ref['name']}, not the existing {existing}")
+            elif ref["key"] not in secrets.get(ref["name"], {}).get("data", {}):
+                fail(case, f"TriggerAuthentication reads {ref['name']}/{ref['key']}, which the chart does not create")
+    if len(scaled) != len(deployments):
+        fail(case, f"{len(scaled)} ScaledObjects for {len(deployments)} Deployments")
+
+
+def check_case(case, values, reelfleet):
+    lint = helm_python.lint(str(CHART), values or None, strict=True)
+    for m in lint["messages"]:
+        if m["severity"] >= 2:
+            fail(case, f"helm lint: {m['path']}: {m['error']}")
+    for e in lint["errors"]:
+        fail(case, f"helm lint: {e}")
+    docs = render(values)
+    for d in docs:
+        if d["kind"] in CORE_KINDS:
+            try:
+                kubernetes_validate.validate(d, KUBE_VERSION, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                fail(case, f"{d['kind']}/{d['metadata']['name']}: {e.message} at {list(e.path)}")
+        elif d["kind"] not in {"ScaledObject", "TriggerAuthentication", "ServiceMonitor"}:
+            fail(case, f"unexpected kind {d['kind']}")
+    namespace = (values.get("config") or {}).get("namespace", "reelfleet")
+    mode = (values.get("autoscaling") or {}).get("mode", "keda")
+    check_workloads(case, docs, values)
+    check_settings(case, docs, values, reelfleet)
+    if mode == "keda":
+        check_keda(case, docs, namespace, reelfleet, values)
+    elif mode == "hpa":
+        hpas = by_kind(docs, "HorizontalPodAutoscaler")
+        targets = sorted(h["spec"]["scaleTargetRef"]["name"] for h in hpas)
+        if targets != sorted(d["metadata"]["name"] for d in by_kind(docs, "Deployment")) or by_kind(docs, "ScaledObject"):
+            fail(case, f"HPA mode must give one HPA per Deployment and no ScaledObject, got HPAs for {targets}")
+    if values.get("metrics", {}).get("serviceMonitor", {}).get("enabled"):
+        (sm,) = by_kind(docs, "ServiceMonitor")
+        (svc,) = by_kind(docs, "Service")
+        selector = sm["spec"]["selector"]["matchLabels"]
+        if not all(svc["metadata"]["labels"].get(k) == v for k, v in selector.items()):
+            fail(case, "the ServiceMonitor does not select the metrics Service")
+        if sm["spec"]["endpoints"][0]["port"] not in [p["name"] for p in svc["spec"]["ports"]]:
+            fail(case, "the ServiceMonitor scrapes a port the Service does not name")
+    kinds = {}
+    for d in docs:
+        kinds[d["kind"]] = kinds.get(d["kind"], 0) + 1
+    return kinds
+
+
+REFUSED = [
+    ("an unknown autoscaling mode", {"autoscaling": {"mode": "sometimes"}}),
+    ("an inference worker without a tier", {"workers": {"inference-x": {"stage": "inference"}}}),
+    ("a worker of no stage", {"workers": {"transcode": {"stage": "transcode"}}}),
+    ("a negative queue length", {"workerDefaults": {"queueLength": -1}}),
+    ("an unknown top-level value", {"replicaCount": 3}),
+    ("a job longer than the broker's consumer timeout", {"config": {"runtime": {"job_timeout_secs": 4000}}}),
+    ("a credential in the ConfigMap", {"config": {"signing": {"secret": "in-plain-sight-0123456789"}}}),
+    ("a grace period below the job timeout", {"workerDefaults": {"terminationGracePeriodSeconds": 60}}),
+    ("a list in config", {"config": {"inference": {"models": [{"model": "x"}]}}}),
+    ("a health address apart from the metrics port", {"config": {"runtime": {"health_addr": "0.0.0.0:1"}}}),
+]
+
+
+def check_refusals():
+    for what, values in REFUSED:
+        try:
+            render(values)
+        except helm_python.HelmError as e:
+            print(f"  refused as expected: {what}: {str(e).splitlines()[0][:140]}")
+            continue
+        fail("refusals", f"the chart accepted {what}: {values}")
+
+
+def check_documented():
+    """Every value in values.yaml carries a comment: each leaf key has one on the
+    line above, except inside free-form maps documented as a whole."""
+    free_form = {"config", "workers", "podSecurityContext", "securityContext", "resources", "values", "requests"}
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    parents = []
+    for i, line in enumerate(lines):
+        stripped = line.lstrip()
+        if not stripped or stripped.startswith("#") or stripped.startswith("-") or ":" not in stripped:
+            continue
+        indent = len(line) - len(stripped)
+        key = stripped.split(":", 1)[0]
+        parents = [(ind, k) for ind, k in parents if ind < indent]
+        is_leaf = not line.rstrip().endswith(":")
+        if is_leaf and not any(k in free_form for _, k in parents) and not lines[i - 1].lstrip().startswith("#"):
+            fail("values.yaml", f"line {i + 1}: `{key}` has no comment")
+        parents.append((indent, key))
+
+
+def main():
+    reelfleet = sys.argv[1]
+    cases = [("default values", {})]
+    for path in sorted((CHART / "ci").glob("*.yaml")):
+        cases.append((path.name, yaml.safe_load(path.read_text()) or {}))
+    cases.append(("HPA fallback", {"autoscaling": {"mode": "hpa"}}))
+    cases.append(("fixed replicas", {"autoscaling": {"mode": "none"}, "podDisruptionBudget": {"enabled": False}}))
+    for case, values in cases:
+        kinds = check_case(case, values, reelfleet)
+        print(f"  {case}: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
+    check_refusals()
+    check_documented()
+    if failures:
+        print("chart check FAILED:", file=sys.stderr)
+        for f in failures:
+            print("  " + f, file=sys.stderr)
+        sys.exit(1)
+    print("chart check passed: lint, render, Kubernetes schemas, one ScaledObject per work queue, settings")
+
+
+if __name__ == "__main__":
+    main()

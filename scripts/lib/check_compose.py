@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Checks deploy/docker-compose.yml beyond its schema (which `compose config`
+already checked): one worker service per work queue the topology declares,
+each running the right stage and tier; every reelfleet service's environment
+accepted by `reelfleet config check`; MinIO notifying the topology's uploads
+exchange with the arguments the workers declare it with.
+
+Usage: check_compose.py RESOLVED_COMPOSE_YAML PATH/TO/reelfleet
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import yaml
+
+failures = []
+resolved = yaml.safe_load(open(sys.argv[1]))
+reelfleet = sys.argv[2]
+services = resolved["services"]
+ours = {n: s for n, s in services.items() if s.get("image", "").startswith("reelfleet")}
+namespaces = {s["environment"].get("REELFLEET_NAMESPACE", "reelfleet") for s in ours.values()}
+if len(namespaces) != 1:
+    failures.append(f"reelfleet services disagree on the namespace: {namespaces}")
+namespace = namespaces.pop()
+
+clean = {k: v for k, v in os.environ.items() if not k.startswith("REELFLEET_")}
+show = subprocess.run(
+    [reelfleet, "topology", "show", "--json"],
+    env=dict(clean, REELFLEET_NAMESPACE=namespace),
+    capture_output=True,
+    text=True,
+    check=True,
+)
+topology = json.loads(show.stdout)
+
+workers = {}
+for name, s in ours.items():
+    env = dict(clean, **{k: str(v) for k, v in s["environment"].items()})
+    out = subprocess.run([reelfleet, "config", "check"], env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        failures.append(f"{name}: `reelfleet config check` refuses its environment: {out.stderr.strip()}")
+    command = s.get("command", [])
+    if command[:1] == ["worker"]:
+        workers.setdefault(tuple(command[1:]), []).append(name)
+        grace = s.get("stop_grace_period", "10s")
+        if not grace.endswith("m") or int(grace[:-1]) * 60 <= int(env.get("REELFLEET_RUNTIME__GRACE_PERIOD_SECS", "30")):
+            failures.append(f"{name}: stop_grace_period {grace} must be above the runtime grace period")
+
+for q in topology["work_queues"]:
+    want = (q["stage"],) + (("--tier", q["tier"]) if q["tier"] else ())
+    if len(workers.get(want, [])) != 1:
+        failures.append(f"queue {q['queue']}: {len(workers.get(want, []))} services run `worker {' '.join(want)}`")
+if len(workers) != len(topology["work_queues"]):
+    failures.append(f"worker services {sorted(workers)} do not match the work queues")
+
+minio = services["minio"]["environment"]
+if minio.get("MINIO_NOTIFY_AMQP_EXCHANGE_PRIMARY") != topology["uploads_exchange"]:
+    failures.append(f"MinIO publishes to {minio.get('MINIO_NOTIFY_AMQP_EXCHANGE_PRIMARY')}, not {topology['uploads_exchange']}")
+if minio.get("MINIO_NOTIFY_AMQP_EXCHANGE_TYPE_PRIMARY") != "fanout" or minio.get("MINIO_NOTIFY_AMQP_DURABLE_PRIMARY") != "on":
+    failures.append("MinIO must declare the uploads exchange as the workers do: durable fanout")
+buckets = " ".join(services["buckets"]["command"])
+upload_buckets = {s["environment"]["REELFLEET_S3__UPLOAD_BUCKET"] for s in ours.values()}
+for b in upload_buckets:
+    if f"local/{b} arn:minio:sqs::primary:amqp" not in buckets:
+        failures.append(f"no MinIO notification on the upload bucket {b}")
+
+if failures:
+    print("compose check FAILED:", file=sys.stderr)
+    for f in failures:
+        print("  " + f, file=sys.stderr)
+    sys.exit(1)
+print(f"compose check passed: {len(services)} services, {len(workers)} workers, one per work queue, MinIO -> {topology['uploads_exchange']}")

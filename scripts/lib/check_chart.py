@@ -104,7 +104,7 @@ def check_settings(case, docs, values, reelfleet):
         out = subprocess.run([reelfleet, "config", "check", "--json"], env=env, capture_output=True, text=True)
     if out.returncode != 0:
         fail(case, f"`reelfleet config check` refuses the chart's environment: {out.stderr.strip()}")
-        return
+        return None
     effective = json.loads(out.stdout)
     for key, value in settings[0]["data"].items():
         path = key[len("REELFLEET_") :].lower().split("__")
@@ -113,6 +113,16 @@ def check_settings(case, docs, values, reelfleet):
             got = got.get(part) if isinstance(got, dict) else None
         if got is None or str(got).lower() != value.lower() and not _same_number(got, value):
             fail(case, f"{key}={value!r} did not reach the settings (got {got!r})")
+    return effective
+
+
+def held_per_replica(effective, stage, tier):
+    """Messages one replica takes off its queue at once (the runtime's prefetch)."""
+    prefetch = effective["broker"]["prefetch"]
+    if stage == "inference":
+        t = effective["inference"][tier]
+        return max(t["batch_size"] * t["concurrency"], prefetch)
+    return prefetch
 
 
 def _same_number(a, b):
@@ -153,7 +163,7 @@ def check_workloads(case, docs, values):
             fail(case, f"{name}: does not run `reelfleet worker`: {container['args']}")
 
 
-def check_keda(case, docs, namespace, reelfleet, values):
+def check_keda(case, docs, namespace, reelfleet, values, effective):
     deployments = {d["metadata"]["name"]: d for d in by_kind(docs, "Deployment")}
     scaled = by_kind(docs, "ScaledObject")
     auths = {a["metadata"]["name"]: a for a in by_kind(docs, "TriggerAuthentication")}
@@ -188,6 +198,16 @@ def check_keda(case, docs, namespace, reelfleet, values):
                 fail(case, f"{so['metadata']['name']}: metadata.{key} must be a numeric string, got {meta.get(key)!r}")
         if float(meta["value"]) <= 0:
             fail(case, f"{so['metadata']['name']}: value must be above 0")
+        elif effective is not None:
+            # A replica holds its whole prefetch as unacked: a target below that
+            # makes KEDA add replicas that find nothing to take.
+            held = held_per_replica(effective, queue["stage"], queue["tier"])
+            if float(meta["value"]) < held:
+                fail(
+                    case,
+                    f"{so['metadata']['name']}: queueLength {meta['value']} is below the {held} messages one replica "
+                    f"holds (prefetch): KEDA would start replicas with nothing to take",
+                )
         spec = so["spec"]
         if not 0 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]:
             fail(case, f"{so['metadata']['name']}: min/max replicas out of order")
@@ -226,9 +246,9 @@ def check_case(case, values, reelfleet):
     namespace = (values.get("config") or {}).get("namespace", "reelfleet")
     mode = (values.get("autoscaling") or {}).get("mode", "keda")
     check_workloads(case, docs, values)
-    check_settings(case, docs, values, reelfleet)
+    effective = check_settings(case, docs, values, reelfleet)
     if mode == "keda":
-        check_keda(case, docs, namespace, reelfleet, values)
+        check_keda(case, docs, namespace, reelfleet, values, effective)
     elif mode == "hpa":
         hpas = by_kind(docs, "HorizontalPodAutoscaler")
         targets = sorted(h["spec"]["scaleTargetRef"]["name"] for h in hpas)

@@ -65,6 +65,12 @@ async fn scale_counts_unacked_and_follows_kedas_formula() {
     let custom = ChartScaling::load(Some(&values)).unwrap();
     let rows = scale::plan(stack.settings(), &custom).await.unwrap();
     assert_eq!(row(&rows, "ingest").desired_replicas, 4, "ceil(45 / 10) = 5, clamped to 4");
+    assert_eq!(row(&rows, "inference-low").held_per_replica, 400, "batch size 100 x concurrency 4");
+    assert!(!scale::render_table(&rows).contains("raise queueLength"), "the chart's targets fit the prefetch");
+    std::fs::write(&values, "workers:\n  inference-low:\n    queueLength: 100\n").unwrap();
+    let rows = scale::plan(stack.settings(), &ChartScaling::load(Some(&values)).unwrap()).await.unwrap();
+    assert!(scale::render_table(&rows)
+        .contains("inference-low aims at 100 messages per replica but one replica holds up to 400"));
 
     // Without the management API: passive declares see ready messages only.
     let mut blind = stack.settings().clone();

@@ -382,10 +382,25 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {
-                println!("{:<40} {:>8} {:>8} {:>9}", "QUEUE", "READY", "UNACKED", "CONSUMERS");
-                for q in stats {
+                let rate = |r: Option<f64>| r.map(|r| format!("{r:.1}")).unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<40} {:>8} {:>8} {:>9} {:>8} {:>8}",
+                    "QUEUE", "READY", "UNACKED", "CONSUMERS", "IN/S", "OUT/S"
+                );
+                for q in &stats {
                     let unacked = q.unacked.map(|u| u.to_string()).unwrap_or_else(|| "-".into());
-                    println!("{:<40} {:>8} {:>8} {:>9}", q.name, q.ready, unacked, q.consumers);
+                    println!(
+                        "{:<40} {:>8} {:>8} {:>9} {:>8} {:>8}",
+                        q.name,
+                        q.ready,
+                        unacked,
+                        q.consumers,
+                        rate(q.publish_rate),
+                        rate(q.ack_rate)
+                    );
+                }
+                if stats.iter().any(|q| q.source == "passive-declare") {
+                    println!("note: the management API did not answer: unacked counts and rates are unknown");
                 }
             }
             Ok(0)

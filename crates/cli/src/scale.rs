@@ -135,6 +135,9 @@ pub struct ScaleRow {
     pub ack_rate: Option<f64>,
     /// KEDA's `value`.
     pub queue_length: f64,
+    /// Messages one replica takes at once (its prefetch): a `queue_length`
+    /// below it makes KEDA start replicas that find nothing to take.
+    pub held_per_replica: u64,
     /// KEDA's `activationValue`.
     pub activation: f64,
     /// Chart bounds.
@@ -172,10 +175,23 @@ pub async fn plan(settings: &Settings, chart: &ChartScaling) -> anyhow::Result<V
     wanted.sort_by_key(|(_, _, q)| WorkQueue::all().iter().position(|w| topology.queue(*w) == *q));
     let names: Vec<String> = wanted.iter().map(|(_, _, q)| q.clone()).collect();
     let stats = ops::queue_stats(settings, &names).await?;
-    Ok(wanted.into_iter().zip(stats).map(|((name, w, _), s)| row(name, w, &s)).collect())
+    Ok(wanted.into_iter().zip(stats).map(|((name, w, _), s)| row(name, w, &s, held_per_replica(settings, w))).collect())
 }
 
-fn row(name: &str, w: &WorkerScaling, s: &QueueStats) -> ScaleRow {
+/// The runtime's prefetch for this worker: batch size x concurrency for an
+/// inference tier, `broker.prefetch` otherwise.
+pub fn held_per_replica(settings: &Settings, w: &WorkerScaling) -> u64 {
+    let prefetch = u64::from(settings.broker.prefetch);
+    match (w.stage.as_str(), w.tier) {
+        ("inference", Some(t)) => {
+            let tier = settings.inference.tier(t);
+            ((tier.batch_size.max(1) * tier.concurrency.max(1)) as u64).max(prefetch)
+        }
+        _ => prefetch,
+    }
+}
+
+fn row(name: &str, w: &WorkerScaling, s: &QueueStats, held: u64) -> ScaleRow {
     let depth = s.depth();
     let (active, desired) = desired_replicas(depth, w);
     ScaleRow {
@@ -188,6 +204,7 @@ fn row(name: &str, w: &WorkerScaling, s: &QueueStats) -> ScaleRow {
         publish_rate: s.publish_rate,
         ack_rate: s.ack_rate,
         queue_length: w.queue_length,
+        held_per_replica: held,
         activation: w.activation_queue_length,
         min_replicas: w.min_replicas,
         max_replicas: w.max_replicas,
@@ -218,6 +235,13 @@ pub fn render_table(rows: &[ScaleRow]) -> String {
             r.queue_length,
             format!("{}..{}", r.min_replicas, r.max_replicas),
             r.desired_replicas
+        ));
+    }
+    for r in rows.iter().filter(|r| r.queue_length < r.held_per_replica as f64) {
+        out.push_str(&format!(
+            "note: {} aims at {} messages per replica but one replica holds up to {} (its prefetch): \
+             raise queueLength, or KEDA starts replicas that find nothing to take.\n",
+            r.worker, r.queue_length, r.held_per_replica
         ));
     }
     if rows.iter().any(|r| r.source == "passive-declare") {

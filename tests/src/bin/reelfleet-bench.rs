@@ -8,6 +8,9 @@
 //!   RabbitMQ and the embedded S3), and the raw ceilings of this machine:
 //!   persistent publish+consume with confirms on one quorum queue, and 1 KB
 //!   S3 PUT+GET.
+//! - `scaling [--clips N] [--seconds S]`: what KEDA would see during a real
+//!   run, polled through the management API: replicas asked for with depth =
+//!   ready + unacked (the chart) vs ready only.
 
 use anyhow::{bail, Context};
 use async_trait::async_trait;
@@ -15,7 +18,7 @@ use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions, QueueDeleteOptions};
 use reelfleet_cli::{
     dev::{DevOptions, DevStack},
-    ops,
+    ops, scale,
 };
 use reelfleet_core::{
     broker::{Broker, Outgoing},
@@ -120,13 +123,9 @@ async fn delete_namespace(broker: &Broker, topology: &Topology) {
     }
 }
 
-async fn transcode(args: &[String]) -> anyhow::Result<()> {
-    let clips = arg(args, "--clips", 20)?;
-    let seconds = arg(args, "--seconds", 10)?;
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let work = tempfile::Builder::new().prefix("reelfleet-bench-").tempdir()?;
-    let clip_dir = work.path().join("clips");
-    std::fs::create_dir_all(&clip_dir)?;
+/// `clips` real 720p clips of `seconds` each, of varied content, with audio.
+fn make_clips(clip_dir: &Path, clips: usize, seconds: usize) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(clip_dir)?;
     eprintln!("making {clips} clips of {seconds} s at 1280x720");
     let sources =
         ["testsrc2", "mandelbrot", "life=mold=10:ratio=0.1:life_color=#33cc33", "smptehdbars", "cellauto=rule=110"];
@@ -170,6 +169,15 @@ async fn transcode(args: &[String]) -> anyhow::Result<()> {
         }
         paths.push(path);
     }
+    Ok(paths)
+}
+
+async fn transcode(args: &[String]) -> anyhow::Result<()> {
+    let clips = arg(args, "--clips", 20)?;
+    let seconds = arg(args, "--seconds", 10)?;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let work = tempfile::Builder::new().prefix("reelfleet-bench-").tempdir()?;
+    let paths = make_clips(&work.path().join("clips"), clips, seconds)?;
 
     eprintln!("baseline: the same ffmpeg commands by xargs -P {cores}");
     let out = work.path().join("baseline");
@@ -233,6 +241,137 @@ async fn transcode(args: &[String]) -> anyhow::Result<()> {
     });
     let path = write_result("transcode", &result)?;
     println!("transcode: {clips} clips of {seconds} s at 720p: fleet {fleet_s:.1} s, xargs -P {cores} {baseline_s:.1} s, ratio {:.3} (fleet / baseline) -> {}", fleet_s / baseline_s, path.display());
+    Ok(())
+}
+
+/// One poll of the queues, as KEDA would see it through the management API.
+struct ScaleSample {
+    ready: u64,
+    unacked: u64,
+    desired: u32,
+    ready_only: u32,
+}
+
+/// KEDA's view of a real run: N clips uploaded at once to a fleet with one
+/// replica per worker, the queues polled every second through the management
+/// API, and for each poll the replicas the chart's values ask for when depth
+/// is ready + unacked (`protocol: http`, what the chart uses) and when it is
+/// ready only (`protocol: amqp`).
+async fn scaling(args: &[String]) -> anyhow::Result<()> {
+    let clips = arg(args, "--clips", 16)?;
+    let seconds = arg(args, "--seconds", 6)?;
+    let work = tempfile::Builder::new().prefix("reelfleet-bench-").tempdir()?;
+    let paths = make_clips(&work.path().join("clips"), clips, seconds)?;
+    let mut settings = bench_settings("scaling");
+    settings.runtime.health_addr = "127.0.0.1:0".into();
+    settings.runtime.scratch_dir = Some(work.path().join("scratch").display().to_string());
+    let dev = DevStack::start(
+        settings,
+        DevOptions {
+            data_dir: work.path().join("dev"),
+            namespace: None,
+            s3_port: 0,
+            sim_port: 0,
+            stages: reelfleet_cli::fleet::StageName::ALL.to_vec(),
+        },
+    )
+    .await?;
+    let chart = scale::ChartScaling::load(None)?;
+    let done = CancellationToken::new();
+    let sampler = {
+        let (settings, chart, done) = (dev.settings.clone(), chart.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut samples: BTreeMap<String, Vec<ScaleSample>> = BTreeMap::new();
+            while !done.is_cancelled() {
+                if let Ok(rows) = scale::plan(&settings, &chart).await {
+                    for r in rows.into_iter().filter(|r| r.source == "management") {
+                        let w = &chart.workers[&r.worker];
+                        let ready_only = scale::desired_replicas(r.ready, w).1;
+                        samples.entry(r.worker).or_default().push(ScaleSample {
+                            ready: r.ready,
+                            unacked: r.unacked.unwrap_or(0),
+                            desired: r.desired_replicas,
+                            ready_only,
+                        });
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            samples
+        })
+    };
+    eprintln!("fleet: one replica per worker, {clips} uploads at once, queues polled every second");
+    let t0 = Instant::now();
+    let submitted =
+        ops::submit(&dev.settings, &ops::SubmitRequest { files: paths.clone(), ..Default::default() }).await?;
+    let manifests = ops::wait(&dev.settings, &submitted, Duration::from_secs(3600), false).await?;
+    let run_s = t0.elapsed().as_secs_f64();
+    done.cancel();
+    let samples = sampler.await?;
+    let completed = manifests.iter().filter(|m| m.status == JobStatus::Completed).count();
+    let broker = Broker::new(&dev.settings.broker, "bench")?;
+    let topology = Topology::new(dev.settings.namespace.clone(), dev.settings.broker.delivery_limit);
+    dev.stop().await;
+    delete_namespace(&broker, &topology).await;
+    if completed != clips {
+        bail!("only {completed} of {clips} jobs completed");
+    }
+
+    let mut workers = serde_json::Map::new();
+    let (mut busy_total, mut under_total, mut zero_total, mut full_zero_total) = (0, 0, 0, 0);
+    println!(
+        "{:<20} {:>7} {:>6} {:>10} {:>12} {:>14} {:>16}",
+        "WORKER", "POLLS", "BUSY", "PEAK DEPTH", "PEAK WANTED", "READY-ONLY <", "READY-ONLY -> 0"
+    );
+    for (worker, polls) in &samples {
+        let busy: Vec<&ScaleSample> = polls.iter().filter(|p| p.unacked > 0).collect();
+        let under = busy.iter().filter(|p| p.ready_only < p.desired).count();
+        let zero = busy.iter().filter(|p| p.ready_only == 0).count();
+        let full_zero = busy.iter().filter(|p| p.desired == 0).count();
+        full_zero_total += full_zero;
+        let peak_depth = polls.iter().map(|p| p.ready + p.unacked).max().unwrap_or(0);
+        let peak_desired = polls.iter().map(|p| p.desired).max().unwrap_or(0);
+        busy_total += busy.len();
+        under_total += under;
+        zero_total += zero;
+        println!(
+            "{worker:<20} {:>7} {:>6} {peak_depth:>10} {peak_desired:>12} {under:>14} {zero:>16}",
+            polls.len(),
+            busy.len()
+        );
+        workers.insert(
+            worker.clone(),
+            serde_json::json!({
+                "polls": polls.len(),
+                "busy_polls": busy.len(),
+                "peak_depth": peak_depth,
+                "peak_desired_replicas": peak_desired,
+                "queue_length": chart.workers[worker].queue_length,
+                "min_replicas": chart.workers[worker].min_replicas,
+                "ready_only_asks_fewer": under,
+                "ready_only_asks_zero": zero,
+                "ready_plus_unacked_asks_zero": full_zero,
+            }),
+        );
+    }
+    let result = serde_json::json!({
+        "clips": clips,
+        "clip_seconds": seconds,
+        "run_s": run_s,
+        "busy_polls": busy_total,
+        "ready_only_asks_fewer": under_total,
+        "ready_only_asks_zero": zero_total,
+        "ready_plus_unacked_asks_zero": full_zero_total,
+        "workers": workers,
+        "machine": machine(),
+    });
+    let path = write_result("scaling", &result)?;
+    println!(
+        "scaling: {clips} clips in {run_s:.1} s; of {busy_total} polls where a worker held unacked messages, \
+         ready-only depth asked for fewer replicas in {under_total} and for zero in {zero_total}; ready + unacked \
+         asked for zero in {full_zero_total} -> {}",
+        path.display()
+    );
     Ok(())
 }
 
@@ -756,6 +895,7 @@ async fn main() -> anyhow::Result<()> {
         Some("transcode") => transcode(&args[1..]).await,
         Some("overhead") => overhead(&args[1..]).await,
         Some("inference") => inference(&args[1..]).await,
-        _ => bail!("usage: reelfleet-bench transcode [--clips N] [--seconds S] | overhead [--jobs N] | inference [--jobs N] [--rate R]"),
+        Some("scaling") => scaling(&args[1..]).await,
+        _ => bail!("usage: reelfleet-bench transcode [--clips N] [--seconds S] | overhead [--jobs N] | inference [--jobs N] [--rate R] | scaling [--clips N] [--seconds S]"),
     }
 }

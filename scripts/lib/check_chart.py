@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 import helm_python
+import jsonschema
 import kubernetes_validate
 import yaml
 
@@ -44,6 +45,85 @@ CORE_KINDS = {
     "HorizontalPodAutoscaler",
 }
 failures = []
+
+# The fields of KEDA's ScaledObject / TriggerAuthentication (keda.sh/v1alpha1)
+# and the Prometheus Operator's ServiceMonitor that their documentation lists,
+# written here (no cluster, no CRD), so a misspelt field fails as it would at
+# `kubectl apply` with server-side validation.
+def _obj(required, **props):
+    return {"type": "object", "required": required, "additionalProperties": False, "properties": props}
+
+
+_META = {"type": "object", "required": ["name"]}
+_STR = {"type": "string"}
+_INT = {"type": "integer", "minimum": 0}
+CRD_SCHEMAS = {
+    "ScaledObject": _obj(
+        ["apiVersion", "kind", "metadata", "spec"],
+        apiVersion={"const": "keda.sh/v1alpha1"},
+        kind=_STR,
+        metadata=_META,
+        spec=_obj(
+            ["scaleTargetRef", "triggers"],
+            scaleTargetRef=_obj(["name"], apiVersion=_STR, kind=_STR, name=_STR, envSourceContainerName=_STR),
+            pollingInterval=_INT,
+            cooldownPeriod=_INT,
+            initialCooldownPeriod=_INT,
+            idleReplicaCount=_INT,
+            minReplicaCount=_INT,
+            maxReplicaCount=_INT,
+            fallback=_obj(["failureThreshold", "replicas"], failureThreshold=_INT, replicas=_INT, behavior=_STR),
+            advanced=_obj(
+                [],
+                restoreToOriginalReplicaCount={"type": "boolean"},
+                horizontalPodAutoscalerConfig=_obj([], name=_STR, behavior={"type": "object"}),
+                scalingModifiers={"type": "object"},
+            ),
+            triggers={
+                "type": "array",
+                "minItems": 1,
+                "items": _obj(
+                    ["type", "metadata"],
+                    type=_STR,
+                    name=_STR,
+                    useCachedMetrics={"type": "boolean"},
+                    metricType={"enum": ["AverageValue", "Value", "Utilization"]},
+                    metadata={"type": "object", "additionalProperties": _STR},
+                    authenticationRef=_obj(["name"], name=_STR, kind={"enum": ["TriggerAuthentication", "ClusterTriggerAuthentication"]}),
+                ),
+            },
+        ),
+    ),
+    "TriggerAuthentication": _obj(
+        ["apiVersion", "kind", "metadata", "spec"],
+        apiVersion={"const": "keda.sh/v1alpha1"},
+        kind=_STR,
+        metadata=_META,
+        spec=_obj(
+            [],
+            secretTargetRef={"type": "array", "items": _obj(["parameter", "name", "key"], parameter=_STR, name=_STR, key=_STR)},
+            env={"type": "array"},
+            podIdentity={"type": "object"},
+        ),
+    ),
+    "ServiceMonitor": _obj(
+        ["apiVersion", "kind", "metadata", "spec"],
+        apiVersion={"const": "monitoring.coreos.com/v1"},
+        kind=_STR,
+        metadata=_META,
+        spec=_obj(
+            ["selector", "endpoints"],
+            selector=_obj([], matchLabels={"type": "object", "additionalProperties": _STR}, matchExpressions={"type": "array"}),
+            namespaceSelector={"type": "object"},
+            jobLabel=_STR,
+            endpoints={
+                "type": "array",
+                "minItems": 1,
+                "items": _obj([], port=_STR, path=_STR, interval={"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"}, scrapeTimeout=_STR, scheme=_STR),
+            },
+        ),
+    ),
+}
 
 
 def fail(case, message):
@@ -241,7 +321,10 @@ def check_case(case, values, reelfleet):
                 kubernetes_validate.validate(d, KUBE_VERSION, strict=True)
             except kubernetes_validate.ValidationError as e:
                 fail(case, f"{d['kind']}/{d['metadata']['name']}: {e.message} at {list(e.path)}")
-        elif d["kind"] not in {"ScaledObject", "TriggerAuthentication", "ServiceMonitor"}:
+        elif d["kind"] in CRD_SCHEMAS:
+            for e in jsonschema.Draft7Validator(CRD_SCHEMAS[d["kind"]]).iter_errors(d):
+                fail(case, f"{d['kind']}/{d['metadata']['name']}: {e.message} at {list(e.path)}")
+        else:
             fail(case, f"unexpected kind {d['kind']}")
     namespace = (values.get("config") or {}).get("namespace", "reelfleet")
     mode = (values.get("autoscaling") or {}).get("mode", "keda")

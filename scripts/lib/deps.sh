@@ -111,7 +111,7 @@ ensure_promtool() {
 # Python tools for the chart checks, pinned, in their own virtualenv.
 ensure_pytools() {
   local venv; venv="$(reelfleet_cache)/venv"
-  local want="helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 PyYAML==6.0.3"
+  local want="helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 jsonschema==4.26.0 PyYAML==6.0.3"
   if [ ! -f "$venv/.installed" ] || [ "$(cat "$venv/.installed")" != "$want" ]; then
     command -v python3 >/dev/null 2>&1 || apt_install python3
     python3 -m venv --help >/dev/null 2>&1 && python3 -c 'import ensurepip' 2>/dev/null || apt_install python3-venv

@@ -305,6 +305,12 @@ def check_keda(case, docs, namespace, reelfleet, values, effective):
                 fail(case, f"TriggerAuthentication reads {ref['name']}/{ref['key']}, which the chart does not create")
     if len(scaled) != len(deployments):
         fail(case, f"{len(scaled)} ScaledObjects for {len(deployments)} Deployments")
+    # Retry and dead-letter queues have no consumer: nothing may scale on them.
+    work = {q["queue"] for q in topology(namespace, reelfleet)}
+    for so in scaled:
+        for t in so["spec"]["triggers"]:
+            if t["metadata"].get("queueName") not in work:
+                fail(case, f"{so['metadata']['name']}: scales on {t['metadata'].get('queueName')}, not a work queue")
 
 
 def check_case(case, values, reelfleet):

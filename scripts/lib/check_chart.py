@@ -57,13 +57,20 @@ def _obj(required, **props):
 _META = {"type": "object", "required": ["name"]}
 _STR = {"type": "string"}
 _INT = {"type": "integer", "minimum": 0}
-CRD_SCHEMAS = {
-    "ScaledObject": _obj(
+def _crd(api_version, spec):
+    return _obj(
         ["apiVersion", "kind", "metadata", "spec"],
-        apiVersion={"const": "keda.sh/v1alpha1"},
+        apiVersion={"const": api_version},
         kind=_STR,
         metadata=_META,
-        spec=_obj(
+        spec=spec,
+    )
+
+
+CRD_SCHEMAS = {
+    "ScaledObject": _crd(
+        "keda.sh/v1alpha1",
+        _obj(
             ["scaleTargetRef", "triggers"],
             scaleTargetRef=_obj(["name"], apiVersion=_STR, kind=_STR, name=_STR, envSourceContainerName=_STR),
             pollingInterval=_INT,
@@ -94,24 +101,18 @@ CRD_SCHEMAS = {
             },
         ),
     ),
-    "TriggerAuthentication": _obj(
-        ["apiVersion", "kind", "metadata", "spec"],
-        apiVersion={"const": "keda.sh/v1alpha1"},
-        kind=_STR,
-        metadata=_META,
-        spec=_obj(
+    "TriggerAuthentication": _crd(
+        "keda.sh/v1alpha1",
+        _obj(
             [],
             secretTargetRef={"type": "array", "items": _obj(["parameter", "name", "key"], parameter=_STR, name=_STR, key=_STR)},
             env={"type": "array"},
             podIdentity={"type": "object"},
         ),
     ),
-    "ServiceMonitor": _obj(
-        ["apiVersion", "kind", "metadata", "spec"],
-        apiVersion={"const": "monitoring.coreos.com/v1"},
-        kind=_STR,
-        metadata=_META,
-        spec=_obj(
+    "ServiceMonitor": _crd(
+        "monitoring.coreos.com/v1",
+        _obj(
             ["selector", "endpoints"],
             selector=_obj([], matchLabels={"type": "object", "additionalProperties": _STR}, matchExpressions={"type": "array"}),
             namespaceSelector={"type": "object"},

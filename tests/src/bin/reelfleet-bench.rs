@@ -25,7 +25,7 @@ use reelfleet_core::{
     envelope::{Envelope, JobKind, SourceObject, Tier},
     error::StageError,
     health::Readiness,
-    manifest::{JobStatus, ManifestStore},
+    manifest::{JobManifest, JobStatus, ManifestStore},
     metrics::Metrics,
     runtime::{Dispatch, Input, Message, Runtime, Stage},
     settings::Settings,
@@ -123,6 +123,35 @@ async fn delete_namespace(broker: &Broker, topology: &Topology) {
     }
 }
 
+/// `reelfleet dev` with all four workers (one replica each), under `dir`.
+async fn start_fleet(tag: &str, dir: &Path) -> anyhow::Result<DevStack> {
+    let mut settings = bench_settings(tag);
+    settings.runtime.health_addr = "127.0.0.1:0".into();
+    settings.runtime.scratch_dir = Some(dir.join("scratch").display().to_string());
+    let options = DevOptions {
+        data_dir: dir.join("dev"),
+        namespace: None,
+        s3_port: 0,
+        sim_port: 0,
+        stages: reelfleet_cli::fleet::StageName::ALL.to_vec(),
+    };
+    DevStack::start(settings, options).await
+}
+
+/// Stops a fleet from [`start_fleet`], deletes its queues, and fails unless
+/// every one of the `expected` jobs completed.
+async fn stop_fleet(dev: DevStack, manifests: &[JobManifest], expected: usize) -> anyhow::Result<()> {
+    let completed = manifests.iter().filter(|m| m.status == JobStatus::Completed).count();
+    let broker = Broker::new(&dev.settings.broker, "bench")?;
+    let topology = Topology::new(dev.settings.namespace.clone(), dev.settings.broker.delivery_limit);
+    dev.stop().await;
+    delete_namespace(&broker, &topology).await;
+    if completed != expected {
+        bail!("only {completed} of {expected} jobs completed");
+    }
+    Ok(())
+}
+
 /// `clips` real 720p clips of `seconds` each, of varied content, with audio.
 fn make_clips(clip_dir: &Path, clips: usize, seconds: usize) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(clip_dir)?;
@@ -204,33 +233,13 @@ async fn transcode(args: &[String]) -> anyhow::Result<()> {
     eprintln!("baseline: {baseline_s:.1} s");
 
     eprintln!("fleet: reelfleet dev, {clips} uploads");
-    let mut settings = bench_settings("transcode");
-    settings.runtime.health_addr = "127.0.0.1:0".into();
-    settings.runtime.scratch_dir = Some(work.path().join("scratch").display().to_string());
-    let dev = DevStack::start(
-        settings,
-        DevOptions {
-            data_dir: work.path().join("dev"),
-            namespace: None,
-            s3_port: 0,
-            sim_port: 0,
-            stages: reelfleet_cli::fleet::StageName::ALL.to_vec(),
-        },
-    )
-    .await?;
+    let dev = start_fleet("transcode", work.path()).await?;
     let t0 = Instant::now();
     let submitted =
         ops::submit(&dev.settings, &ops::SubmitRequest { files: paths.clone(), ..Default::default() }).await?;
     let manifests = ops::wait(&dev.settings, &submitted, Duration::from_secs(3600), false).await?;
     let fleet_s = t0.elapsed().as_secs_f64();
-    let completed = manifests.iter().filter(|m| m.status == JobStatus::Completed).count();
-    let broker = Broker::new(&dev.settings.broker, "bench")?;
-    let topology = Topology::new(dev.settings.namespace.clone(), dev.settings.broker.delivery_limit);
-    dev.stop().await;
-    delete_namespace(&broker, &topology).await;
-    if completed != clips {
-        bail!("only {completed} of {clips} jobs completed");
-    }
+    stop_fleet(dev, &manifests, clips).await?;
     let result = serde_json::json!({
         "clips": clips,
         "clip_seconds": seconds,
@@ -262,20 +271,7 @@ async fn scaling(args: &[String]) -> anyhow::Result<()> {
     let seconds = arg(args, "--seconds", 6)?;
     let work = tempfile::Builder::new().prefix("reelfleet-bench-").tempdir()?;
     let paths = make_clips(&work.path().join("clips"), clips, seconds)?;
-    let mut settings = bench_settings("scaling");
-    settings.runtime.health_addr = "127.0.0.1:0".into();
-    settings.runtime.scratch_dir = Some(work.path().join("scratch").display().to_string());
-    let dev = DevStack::start(
-        settings,
-        DevOptions {
-            data_dir: work.path().join("dev"),
-            namespace: None,
-            s3_port: 0,
-            sim_port: 0,
-            stages: reelfleet_cli::fleet::StageName::ALL.to_vec(),
-        },
-    )
-    .await?;
+    let dev = start_fleet("scaling", work.path()).await?;
     let chart = scale::ChartScaling::load(None)?;
     let done = CancellationToken::new();
     let sampler = {
@@ -308,14 +304,7 @@ async fn scaling(args: &[String]) -> anyhow::Result<()> {
     let run_s = t0.elapsed().as_secs_f64();
     done.cancel();
     let samples = sampler.await?;
-    let completed = manifests.iter().filter(|m| m.status == JobStatus::Completed).count();
-    let broker = Broker::new(&dev.settings.broker, "bench")?;
-    let topology = Topology::new(dev.settings.namespace.clone(), dev.settings.broker.delivery_limit);
-    dev.stop().await;
-    delete_namespace(&broker, &topology).await;
-    if completed != clips {
-        bail!("only {completed} of {clips} jobs completed");
-    }
+    stop_fleet(dev, &manifests, clips).await?;
 
     let mut workers = serde_json::Map::new();
     let (mut busy_total, mut under_total, mut zero_total, mut full_zero_total) = (0, 0, 0, 0);

@@ -38,7 +38,8 @@ pub struct SimulatorConfig {
     pub latency_max_ms: u64,
     /// Share of requests answered 500.
     pub error_rate: f64,
-    /// Share of requests answered 429 with `Retry-After`.
+    /// Share of requests answered 429 with `Retry-After`, spread evenly (with
+    /// 0.3, three requests in every ten), so even a short run meets them.
     pub rate_429: f64,
     /// `Retry-After` seconds on a 429.
     pub retry_after_secs: u64,
@@ -113,6 +114,8 @@ pub struct SimulatorStats {
 #[derive(Debug, Default)]
 struct Traffic {
     stats: SimulatorStats,
+    /// Requests that passed the per-model limits: the 429 schedule's clock.
+    admitted: u64,
     not_before: HashMap<String, Instant>,
     accepted: HashMap<String, VecDeque<Instant>>,
 }
@@ -198,8 +201,9 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(serde_json::json!({"error": {"message": message, "type": "simulated"}}))).into_response()
 }
 
-/// Latency, then maybe a simulated failure: per-model rate limits, random
-/// 429s and 500s. Also notes clients that retry before `Retry-After`.
+/// Latency, then maybe a simulated failure: per-model rate limits, a share of
+/// 429s spread evenly, random 500s. Also notes clients that retry before
+/// `Retry-After`.
 async fn weather(state: &SimState, model: &str, request_id: Option<&str>) -> Option<Response> {
     let cfg = state.config.lock().expect("config lock").clone();
     let (delay, roll) = {
@@ -227,8 +231,12 @@ async fn weather(state: &SimState, model: &str, request_id: Option<&str>) -> Opt
                 window.push_back(now);
             }
         }
-        if wait.is_none() && roll < cfg.rate_429 {
-            wait = Some(cfg.retry_after_secs);
+        if wait.is_none() {
+            t.admitted += 1;
+            let due = |n: u64| (n as f64 * cfg.rate_429).floor();
+            if due(t.admitted) > due(t.admitted - 1) {
+                wait = Some(cfg.retry_after_secs);
+            }
         }
         if let Some(secs) = wait {
             t.stats.rate_limited += 1;
@@ -245,8 +253,7 @@ async fn weather(state: &SimState, model: &str, request_id: Option<&str>) -> Opt
         return Some(r);
     }
     let fail = cfg.error_rate + cfg.model_error_rates.get(model).copied().unwrap_or(0.0);
-    if roll >= cfg.rate_429 && roll < cfg.rate_429 + fail || cfg.model_error_rates.get(model).is_some_and(|r| *r >= 1.0)
-    {
+    if roll < fail || cfg.model_error_rates.get(model).is_some_and(|r| *r >= 1.0) {
         state.traffic.lock().expect("traffic lock").stats.server_errors += 1;
         return Some(error(StatusCode::INTERNAL_SERVER_ERROR, "simulated upstream failure"));
     }

@@ -308,13 +308,14 @@ async fn case_kill9(bin: &Path, root: &Path, clip: &Path) -> anyhow::Result<Case
     let mut fleet = Fleet::start(bin, root, "kill9", |_| {}).await?;
     let jobs = fleet.submit(clip, 100).await?;
     let mut kills = 0;
+    let mut per_stage: BTreeMap<&str, usize> = BTreeMap::new();
     let mut in_flight_at_kills = 0.0;
-    let mut turn = 0usize;
     let started = Instant::now();
     while kills < 12 && started.elapsed() < Duration::from_secs(300) {
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let stage = STAGES[(turn * 7 + kills) % 4];
-        turn += 1;
+        // Each stage in turn: three kills each.
+        let stage = STAGES[kills % STAGES.len()];
+        *per_stage.entry(stage).or_default() += 1;
         let busy = fleet.in_flight(stage).await;
         if stage == "inference" {
             in_flight_at_kills += busy;
@@ -332,12 +333,13 @@ async fn case_kill9(bin: &Path, root: &Path, clip: &Path) -> anyhow::Result<Case
     let calls = fleet.provider_calls().await?;
     let bound = jobs.len() + in_flight_at_kills as usize;
     fleet.stop().await;
-    let passed = completed == jobs.len() && ids.len() == jobs.len() && calls <= bound && kills >= 10;
+    let every_stage = STAGES.iter().all(|s| per_stage.get(s).copied().unwrap_or(0) >= 2);
+    let passed = completed == jobs.len() && ids.len() == jobs.len() && calls <= bound && kills >= 10 && every_stage;
     Ok(result(
         "kill -9 of worker processes while 100 jobs flow",
         "all complete, one manifest each, provider calls <= jobs + in flight at the kills",
         passed,
-        format!("{completed}/{} completed, {} manifests, {kills} kills", jobs.len(), ids.len()),
+        format!("{completed}/{} completed, {} manifests, {kills} kills {per_stage:?}", jobs.len(), ids.len()),
         format!("{calls} provider calls (bound {bound})"),
     ))
 }

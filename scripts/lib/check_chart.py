@@ -32,6 +32,8 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
+import report
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "reelfleet"
 KUBE_VERSION = "1.30.0"
@@ -413,12 +415,7 @@ def main():
         print(f"  {case}: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
     check_refusals()
     check_documented()
-    if failures:
-        print("chart check FAILED:", file=sys.stderr)
-        for f in failures:
-            print("  " + f, file=sys.stderr)
-        sys.exit(1)
-    print("chart check passed: lint, render, Kubernetes schemas, one ScaledObject per work queue, settings")
+    report.finish("chart", failures, "lint, render, Kubernetes schemas, one ScaledObject per work queue, settings")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ import sys
 
 import yaml
 
+import report
+
 failures = []
 resolved = yaml.safe_load(open(sys.argv[1]))
 reelfleet = sys.argv[2]
@@ -66,9 +68,8 @@ for b in upload_buckets:
     if f"local/{b} arn:minio:sqs::primary:amqp" not in buckets:
         failures.append(f"no MinIO notification on the upload bucket {b}")
 
-if failures:
-    print("compose check FAILED:", file=sys.stderr)
-    for f in failures:
-        print("  " + f, file=sys.stderr)
-    sys.exit(1)
-print(f"compose check passed: {len(services)} services, {len(workers)} workers, one per work queue, MinIO -> {topology['uploads_exchange']}")
+report.finish(
+    "compose",
+    failures,
+    f"{len(services)} services, {len(workers)} workers, one per work queue, MinIO -> {topology['uploads_exchange']}",
+)

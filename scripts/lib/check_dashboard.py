@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+import report
+
 ROOT = Path(__file__).resolve().parents[2]
 failures = []
 dash = json.loads((ROOT / "deploy/grafana/reelfleet-dashboard.json").read_text())
@@ -55,9 +57,4 @@ Path(f.name).unlink()
 if out.returncode != 0:
     failures.append("promtool check rules:\n" + out.stdout + out.stderr)
 
-if failures:
-    print("dashboard check FAILED:", file=sys.stderr)
-    for x in failures:
-        print("  " + x, file=sys.stderr)
-    sys.exit(1)
-print(f"dashboard check passed: {len(dash['panels'])} panels, {len(rules)} queries parsed by promtool")
+report.finish("dashboard", failures, f"{len(dash['panels'])} panels, {len(rules)} queries parsed by promtool")

@@ -13,6 +13,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import report
+
 ROOT = Path(__file__).resolve().parents[2]
 text = (ROOT / "deploy/Dockerfile").read_text()
 failures = []
@@ -44,9 +46,4 @@ if not re.search(r"^USER (?!0|root)", runtime, re.M):
 if "ffmpeg" not in runtime:
     failures.append("the runtime stage must install ffmpeg")
 
-if failures:
-    print("Dockerfile check FAILED:", file=sys.stderr)
-    for f in failures:
-        print("  " + f, file=sys.stderr)
-    sys.exit(1)
-print("Dockerfile check passed: sources, dependency-layer stubs, rust:" + want + ", non-root runtime with ffmpeg")
+report.finish("Dockerfile", failures, f"sources, dependency-layer stubs, rust:{want}, non-root runtime with ffmpeg")

@@ -115,7 +115,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Ready, unacked and consumers per queue.
+    /// Ready, unacked, consumers and recent rates per queue.
     Queues {
         /// Print JSON.
         #[arg(long)]

@@ -1,10 +1,10 @@
-//! The S3 event parser on the real-shaped AWS and MinIO payloads in `../shared/fixtures`.
+//! The S3 event parser on real-shaped AWS and MinIO payloads kept in `tests/fixtures/s3-events`.
 
 use reelfleet_core::s3event::{parse_event, S3EventError};
 use std::path::PathBuf;
 
 fn fixture(name: &str) -> Vec<u8> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/s3-events");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/s3-events");
     std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("fixture {name} missing from {}: {e}", dir.display()))
 }
 

@@ -18,7 +18,7 @@ use lapin::{
 use reelfleet_core::{
     broker::{Broker, HeaderValue, Outgoing, Publisher},
     envelope::{Envelope, ATTEMPT_HEADER},
-    manifest::{JobStatus, ManifestStore},
+    manifest::{JobStatus, ManifestStore, Update},
     runtime::dlq_headers,
     s3event::parse_event,
     settings::Settings,
@@ -340,18 +340,26 @@ pub async fn replay(
 /// A failed job's manifest goes back to the stage that will run it again.
 async fn reopen_job(manifests: &ManifestStore, letter: &DeadLetter) -> anyhow::Result<()> {
     let Some(job) = &letter.job else { return Ok(()) };
-    let Some(mut m) = manifests.load(job).await? else { return Ok(()) };
-    if m.status != JobStatus::Failed {
-        return Ok(());
-    }
     match stage_status(&letter.stage) {
         Some(status) => {
-            m.status = status;
-            m.error = None;
-            manifests.save(&mut m).await?;
+            manifests
+                .update(job, |m| {
+                    if m.status != JobStatus::Failed {
+                        return Update::Keep(());
+                    }
+                    m.status = status;
+                    m.error = None;
+                    m.claim = None;
+                    Update::Write(())
+                })
+                .await?;
         }
         // Ingest wrote the manifest only to record the refusal: let it admit afresh.
-        None => manifests.delete(job).await?,
+        None => {
+            if manifests.load(job).await?.is_some_and(|m| m.status == JobStatus::Failed) {
+                manifests.delete(job).await?;
+            }
+        }
     }
     Ok(())
 }

@@ -3,6 +3,7 @@ pub mod broker;
 pub mod envelope;
 pub mod error;
 pub mod health;
+pub mod jobstate;
 pub mod json;
 pub mod manifest;
 pub mod media;

@@ -4,7 +4,7 @@
 use crate::{
     envelope::{JobKind, Quality, SourceObject, Tier},
     error::{ErrorClass, StageError},
-    storage::{Storage, StorageError},
+    storage::{ConditionalPut, Storage, StorageError, WriteCondition},
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -61,6 +61,29 @@ pub struct StageTiming {
     pub duration_ms: u64,
     /// Attempts it took (1 when it worked the first time).
     pub attempts: u32,
+    /// When the broker confirmed the stage's hand-over to the next one. Until
+    /// then a redelivered message sends the stored result on again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarded_at: Option<DateTime<Utc>>,
+}
+
+/// A stage's hold on a job: whoever holds an unexpired claim is the only
+/// worker running that stage for the job. The holder renews it while it works;
+/// a claim whose holder died runs out and is taken over.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Claim {
+    /// Stage holding the job.
+    pub stage: String,
+    /// Unique per hold; the holder proves ownership with it.
+    pub lease_id: String,
+    /// The holder's attempt (failed attempts before it).
+    pub attempt: u32,
+    /// Process that holds it (`host:pid`), for operators.
+    pub holder: String,
+    /// When it was taken.
+    pub claimed_at: DateTime<Utc>,
+    /// When it runs out unless renewed.
+    pub lease_until: DateTime<Utc>,
 }
 
 /// What ingest learned of an uploaded video.
@@ -299,6 +322,9 @@ pub struct JobManifest {
     pub cdn_purge: Option<String>,
     /// Why it failed.
     pub error: Option<JobFailure>,
+    /// The stage that holds the job now, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<Claim>,
 }
 
 impl JobManifest {
@@ -326,6 +352,25 @@ impl JobManifest {
             quality_check: None,
             cdn_purge: None,
             error: None,
+            claim: None,
+        }
+    }
+
+    /// The job's envelope as ingest admitted it, for sending a stored result on again.
+    pub fn envelope(&self) -> crate::envelope::Envelope {
+        crate::envelope::Envelope {
+            schema: crate::envelope::ENVELOPE_SCHEMA,
+            job_id: self.job_id.clone(),
+            kind: self.kind,
+            source: self.source.clone(),
+            inputs: Vec::new(),
+            tier: self.tier,
+            priority: self.priority,
+            quality: self.quality,
+            attempt: 0,
+            created_at: self.created_at,
+            sent_at: Utc::now(),
+            trace_id: self.trace_id.clone(),
         }
     }
 
@@ -333,8 +378,10 @@ impl JobManifest {
     pub fn record_stage(&mut self, stage: &str, started_at: DateTime<Utc>, attempt: u32) {
         let finished_at = Utc::now();
         let duration_ms = (finished_at - started_at).num_milliseconds().max(0) as u64;
-        self.stages
-            .insert(stage.to_string(), StageTiming { started_at, finished_at, duration_ms, attempts: attempt + 1 });
+        self.stages.insert(
+            stage.to_string(),
+            StageTiming { started_at, finished_at, duration_ms, attempts: attempt + 1, forwarded_at: None },
+        );
     }
 
     /// Total cost of the job in USD.
@@ -343,7 +390,29 @@ impl JobManifest {
     }
 }
 
-/// Reads and writes manifests in the work bucket.
+/// Conditional writes a manifest update tries before it calls the manifest contended.
+const MAX_UPDATE_ROUNDS: u32 = 12;
+
+/// A manifest as read, with the ETag its next write must match.
+#[derive(Clone, Debug)]
+pub struct Versioned {
+    /// The manifest.
+    pub manifest: JobManifest,
+    /// The stored object's ETag.
+    pub etag: String,
+}
+
+/// What an [`ManifestStore::update`] step decided.
+#[derive(Debug)]
+pub enum Update<T> {
+    /// Write the changed manifest, then return the value.
+    Write(T),
+    /// Leave the stored manifest as it is and return the value.
+    Keep(T),
+}
+
+/// Reads and writes manifests in the work bucket: creation with
+/// `If-None-Match: *`, every later write with `If-Match` on the ETag read.
 #[derive(Clone, Debug)]
 pub struct ManifestStore {
     storage: Storage,
@@ -363,10 +432,20 @@ impl ManifestStore {
 
     /// The manifest of `job_id`, if it exists.
     pub async fn load(&self, job_id: &str) -> Result<Option<JobManifest>, StorageError> {
-        match self.storage.get_bytes(&self.bucket, &manifest_key(job_id), MAX_MANIFEST_BYTES).await {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StorageError::Rejected(format!("manifest of job {job_id} is corrupt: {e}"))),
+        Ok(self.load_versioned(job_id).await?.map(|v| v.manifest))
+    }
+
+    /// The manifest of `job_id` with the ETag a conditional update compares against.
+    pub async fn load_versioned(&self, job_id: &str) -> Result<Option<Versioned>, StorageError> {
+        match self.storage.get_bytes_versioned(&self.bucket, &manifest_key(job_id), MAX_MANIFEST_BYTES).await {
+            Ok((bytes, etag)) => {
+                let manifest = serde_json::from_slice(&bytes)
+                    .map_err(|e| StorageError::Rejected(format!("manifest of job {job_id} is corrupt: {e}")))?;
+                let etag = etag.ok_or_else(|| {
+                    StorageError::Rejected(format!("the store returned the manifest of job {job_id} without an ETag"))
+                })?;
+                Ok(Some(Versioned { manifest, etag }))
+            }
             Err(StorageError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
@@ -379,11 +458,49 @@ impl ManifestStore {
             .ok_or_else(|| StageError::permanent("bad_input", format!("job {job_id} has no manifest")))
     }
 
-    /// Writes the manifest.
-    pub async fn save(&self, manifest: &mut JobManifest) -> Result<(), StorageError> {
+    /// Writes `manifest` only if the stored one still has `etag`; `None` when
+    /// someone else wrote first (read again and decide again).
+    pub async fn replace(&self, manifest: &mut JobManifest, etag: &str) -> Result<Option<String>, StorageError> {
         manifest.updated_at = Utc::now();
         let body = serde_json::to_vec_pretty(manifest).expect("manifest serializes");
-        self.storage.put_bytes(&self.bucket, &manifest_key(&manifest.job_id), body, "application/json").await
+        let condition = WriteCondition::Matches(etag.to_string());
+        match self
+            .storage
+            .put_bytes_if(&self.bucket, &manifest_key(&manifest.job_id), body, "application/json", &condition)
+            .await?
+        {
+            ConditionalPut::Stored(Some(new)) => Ok(Some(new)),
+            // A store that does not say the new ETag: read it back.
+            ConditionalPut::Stored(None) => Ok(self.load_versioned(&manifest.job_id).await?.map(|v| v.etag)),
+            ConditionalPut::PreconditionFailed => Ok(None),
+        }
+    }
+
+    /// Read-modify-write of a job's manifest as a compare-and-swap: `change`
+    /// sees the stored manifest and says whether to write it; a write that
+    /// loses to another writer reads again and asks again, so no writer ever
+    /// drops another's change. `None` when the job has no manifest.
+    pub async fn update<T>(
+        &self,
+        job_id: &str,
+        mut change: impl FnMut(&mut JobManifest) -> Update<T>,
+    ) -> Result<Option<T>, StorageError> {
+        for round in 0..MAX_UPDATE_ROUNDS {
+            let Some(Versioned { mut manifest, etag }) = self.load_versioned(job_id).await? else { return Ok(None) };
+            let value = match change(&mut manifest) {
+                Update::Keep(v) => return Ok(Some(v)),
+                Update::Write(v) => v,
+            };
+            if self.replace(&mut manifest, &etag).await?.is_some() {
+                return Ok(Some(value));
+            }
+            // Lost a race: back off a little, more with each round, so racing writers spread out.
+            let ms = 5u64 << round.min(6);
+            tokio::time::sleep(std::time::Duration::from_millis(ms + rand::random::<u64>() % ms)).await;
+        }
+        Err(StorageError::Unavailable(format!(
+            "manifest of job {job_id} kept changing under {MAX_UPDATE_ROUNDS} conditional writes"
+        )))
     }
 
     /// Writes the manifest only if none exists; `false` if one did.
@@ -398,14 +515,34 @@ impl ManifestStore {
         self.storage.delete(&self.bucket, &manifest_key(job_id)).await
     }
 
-    /// Marks a job failed with the reason (no-op if it has no manifest).
+    /// Marks a job failed with the reason and lets go of any claim (no-op if
+    /// it has no manifest or is already completed).
     pub async fn mark_failed(&self, job_id: &str, failure: JobFailure) -> Result<(), StorageError> {
-        if let Some(mut m) = self.load(job_id).await? {
+        self.update(job_id, |m| {
+            if m.status == JobStatus::Completed {
+                return Update::Keep(());
+            }
             m.status = JobStatus::Failed;
-            m.error = Some(failure);
-            self.save(&mut m).await?;
-        }
-        Ok(())
+            m.error = Some(failure.clone());
+            m.claim = None;
+            Update::Write(())
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Records that `stage`'s hand-over of the job was confirmed by the broker,
+    /// so that later copies of its message are dropped instead of sent on.
+    pub async fn mark_forwarded(&self, job_id: &str, stage: &str) -> Result<(), StorageError> {
+        self.update(job_id, |m| match m.stages.get_mut(stage) {
+            Some(t) if t.forwarded_at.is_none() => {
+                t.forwarded_at = Some(Utc::now());
+                Update::Write(())
+            }
+            _ => Update::Keep(()),
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Every job id with a manifest.

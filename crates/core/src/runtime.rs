@@ -86,6 +86,12 @@ pub enum Dispatch {
         /// JSON body.
         body: Vec<u8>,
     },
+    /// Records in the job's manifest that the stage handed it on; placed
+    /// after the messages it covers, it runs once the broker confirmed them.
+    Handoff {
+        /// The job handed on.
+        job_id: String,
+    },
 }
 
 /// One stage of the pipeline.
@@ -431,7 +437,7 @@ impl Runtime {
         result: Result<Vec<Dispatch>, StageError>,
     ) {
         let outcome = match result {
-            Ok(dispatches) => match self.dispatch(publisher, dispatches).await {
+            Ok(dispatches) => match self.dispatch(stage_name, publisher, dispatches).await {
                 Ok(()) => {
                     info!("Handled");
                     self.settle_ack(delivery, "ok").await
@@ -475,9 +481,16 @@ impl Runtime {
         Outgoing::to_queue(queue, body).header(SIGNATURE_HEADER, HeaderValue::Text(sig))
     }
 
-    async fn dispatch(&self, publisher: &Publisher, dispatches: Vec<Dispatch>) -> Result<(), BrokerError> {
+    async fn dispatch(&self, stage: &str, publisher: &Publisher, dispatches: Vec<Dispatch>) -> Result<(), BrokerError> {
         for d in dispatches {
             let msg = match d {
+                Dispatch::Handoff { job_id } => {
+                    // Not recording it only costs a duplicate message later, which the next claim absorbs.
+                    if let Err(e) = self.manifests.mark_forwarded(&job_id, stage).await {
+                        warn!(job_id, error = %e, "Could not record the hand-over");
+                    }
+                    continue;
+                }
                 Dispatch::Next { queue, envelope } => self.signed(&self.topology.queue(queue), &envelope),
                 Dispatch::Event { routing_key, body } => Outgoing {
                     exchange: self.topology.events_exchange(),

@@ -58,6 +58,24 @@ pub enum StorageError {
     Io(#[from] std::io::Error),
 }
 
+/// The precondition of a conditional write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteCondition {
+    /// Only if no object is at the key (`If-None-Match: *`).
+    Absent,
+    /// Only if the object still has this ETag (`If-Match`).
+    Matches(String),
+}
+
+/// What a conditional write did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConditionalPut {
+    /// Written; the new object's ETag, when the store reported one.
+    Stored(Option<String>),
+    /// The precondition did not hold: someone else wrote (or deleted) first.
+    PreconditionFailed,
+}
+
 /// What `head` reports of an object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectInfo {
@@ -69,6 +87,10 @@ pub struct ObjectInfo {
     pub content_type: Option<String>,
     /// User metadata (`x-amz-meta-*`), names lowercased.
     pub metadata: HashMap<String, String>,
+}
+
+fn quoted(etag: &str) -> String {
+    format!("\"{}\"", etag.trim_matches('"'))
 }
 
 /// An S3 client bound to the settings' endpoint.
@@ -95,7 +117,8 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>
         (Some(404), _) | (_, Some("NoSuchKey" | "NotFound" | "NoSuchBucket")) => {
             StorageError::NotFound { bucket: bucket.into(), key: key.into() }
         }
-        (Some(412), _) | (_, Some("PreconditionFailed")) => {
+        // 409 ConditionalRequestConflict: AWS's answer when two conditional writes race.
+        (Some(412 | 409), _) | (_, Some("PreconditionFailed" | "ConditionalRequestConflict")) => {
             StorageError::Exists { bucket: bucket.into(), key: key.into() }
         }
         (Some(s), _) if (400..500).contains(&s) && s != 429 && s != 408 => {
@@ -207,30 +230,50 @@ impl Storage {
         body: Vec<u8>,
         content_type: &str,
     ) -> Result<bool, StorageError> {
-        let res = self
-            .client
-            .put_object()
-            .bucket(bucket)
-            .key(key)
-            .content_type(content_type)
-            .if_none_match("*")
-            .body(ByteStream::from(body))
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(true),
+        let put = self.put_bytes_if(bucket, key, body, content_type, &WriteCondition::Absent).await?;
+        Ok(matches!(put, ConditionalPut::Stored(_)))
+    }
+
+    /// Writes `body` to `key` only if `condition` holds at the store, which
+    /// checks and writes as one step: the compare-and-swap every job state
+    /// transition is built on.
+    pub async fn put_bytes_if(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+        condition: &WriteCondition,
+    ) -> Result<ConditionalPut, StorageError> {
+        let req = self.client.put_object().bucket(bucket).key(key).content_type(content_type);
+        let req = match condition {
+            WriteCondition::Absent => req.if_none_match("*"),
+            WriteCondition::Matches(etag) => req.if_match(quoted(etag)),
+        };
+        match req.body(ByteStream::from(body)).send().await {
+            Ok(out) => Ok(ConditionalPut::Stored(out.e_tag().map(|e| e.trim_matches('"').to_string()))),
             Err(e) => match classify(e, bucket, key) {
-                StorageError::Exists { .. } => Ok(false),
+                StorageError::Exists { .. } => Ok(ConditionalPut::PreconditionFailed),
+                // If-Match on a deleted object: the object we read is gone.
+                StorageError::NotFound { .. } if matches!(condition, WriteCondition::Matches(_)) => {
+                    Ok(ConditionalPut::PreconditionFailed)
+                }
                 other => Err(other),
             },
         }
     }
 
-    /// Reads a whole object of at most `limit` bytes into memory (manifests,
-    /// JSON documents; never videos).
-    pub async fn get_bytes(&self, bucket: &str, key: &str, limit: u64) -> Result<Vec<u8>, StorageError> {
+    /// Reads a whole object of at most `limit` bytes with its ETag, the
+    /// version a later [`Storage::put_bytes_if`] compares against.
+    pub async fn get_bytes_versioned(
+        &self,
+        bucket: &str,
+        key: &str,
+        limit: u64,
+    ) -> Result<(Vec<u8>, Option<String>), StorageError> {
         let out =
             self.client.get_object().bucket(bucket).key(key).send().await.map_err(|e| classify(e, bucket, key))?;
+        let etag = out.e_tag().map(|e| e.trim_matches('"').to_string());
         let size = out.content_length().unwrap_or(0).max(0) as u64;
         if size > limit {
             return Err(StorageError::TooLarge { bucket: bucket.into(), key: key.into(), size, limit });
@@ -240,7 +283,13 @@ impl Storage {
             .collect()
             .await
             .map_err(|e| StorageError::Unavailable(format!("s3://{bucket}/{key}: reading body: {e}")))?;
-        Ok(data.into_bytes().to_vec())
+        Ok((data.into_bytes().to_vec(), etag))
+    }
+
+    /// Reads a whole object of at most `limit` bytes into memory (manifests,
+    /// JSON documents; never videos).
+    pub async fn get_bytes(&self, bucket: &str, key: &str, limit: u64) -> Result<Vec<u8>, StorageError> {
+        Ok(self.get_bytes_versioned(bucket, key, limit).await?.0)
     }
 
     /// Streams an object into a local file, returning its size.

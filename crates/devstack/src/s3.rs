@@ -7,6 +7,7 @@ use reelfleet_core::{
 use s3s::{dto::*, s3_error, S3Request, S3Response, S3Result, S3};
 use s3s_fs::FileSystem;
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     path::{Component, Path, PathBuf},
     sync::Arc,
@@ -50,11 +51,51 @@ impl Notifier {
     }
 }
 
+/// One lock per key being written. s3s-fs checks `If-Match`/`If-None-Match`
+/// and then writes, as two steps; holding the key's lock across both makes
+/// a conditional write the atomic compare-and-swap S3 promises, so two
+/// workers racing on a manifest cannot both win.
+#[derive(Default)]
+struct KeyLocks {
+    held: std::sync::Mutex<HashMap<ObjectId, Arc<Mutex<()>>>>,
+}
+
+/// Bucket and key.
+type ObjectId = (String, String);
+
+struct KeyGuard<'a> {
+    locks: &'a KeyLocks,
+    id: ObjectId,
+    lock: Arc<Mutex<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl KeyLocks {
+    async fn lock(&self, bucket: &str, key: &str) -> KeyGuard<'_> {
+        let id = (bucket.to_string(), key.to_string());
+        let lock = self.held.lock().expect("key locks").entry(id.clone()).or_default().clone();
+        let guard = lock.clone().lock_owned().await;
+        KeyGuard { locks: self, id, lock, guard: Some(guard) }
+    }
+}
+
+impl Drop for KeyGuard<'_> {
+    fn drop(&mut self) {
+        self.guard.take();
+        let mut held = self.locks.held.lock().expect("key locks");
+        // Only the table and this guard hold it: nobody waits, forget the key.
+        if Arc::strong_count(&self.lock) == 2 {
+            held.remove(&self.id);
+        }
+    }
+}
+
 /// The S3 service: s3s-fs plus event notifications.
 struct EventingStore {
     fs: FileSystem,
     root: PathBuf,
     notifier: Arc<Notifier>,
+    locks: KeyLocks,
 }
 
 /// Implements `S3` for the store: the listed operations go straight to
@@ -91,7 +132,6 @@ s3_impl! {
         get_bucket_location: GetBucketLocationInput => GetBucketLocationOutput;
         get_object: GetObjectInput => GetObjectOutput;
         head_object: HeadObjectInput => HeadObjectOutput;
-        delete_object: DeleteObjectInput => DeleteObjectOutput;
         delete_objects: DeleteObjectsInput => DeleteObjectsOutput;
         copy_object: CopyObjectInput => CopyObjectOutput;
         list_objects: ListObjectsInput => ListObjectsOutput;
@@ -104,6 +144,7 @@ s3_impl! {
 
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
         let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
+        let _key = self.locks.lock(&bucket, &key).await;
         let resp = self.fs.put_object(req).await?;
         if bucket == self.notifier.bucket {
             let etag = resp.output.e_tag.as_ref().map(etag_text).unwrap_or_default();
@@ -118,6 +159,7 @@ s3_impl! {
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
+        let _key = self.locks.lock(&bucket, &key).await;
         let mut resp = self.fs.complete_multipart_upload(req).await?;
         // s3s-fs completes in a keep-alive future; resolve it to learn the ETag.
         if let Some(done) = resp.output.future.take() {
@@ -129,6 +171,11 @@ s3_impl! {
             self.notifier.notify("ObjectCreated:CompleteMultipartUpload", &key, size, &etag).await?;
         }
         Ok(resp)
+    }
+
+    async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
+        let _key = self.locks.lock(&req.input.bucket, &req.input.key).await;
+        self.fs.delete_object(req).await
     }
     }
 }
@@ -179,7 +226,7 @@ pub async fn serve_s3(
         queue: event_queue.to_string(),
         bucket: upload_bucket.to_string(),
     });
-    let store = EventingStore { fs, root: root.clone(), notifier };
+    let store = EventingStore { fs, root: root.clone(), notifier, locks: KeyLocks::default() };
     let service = {
         let mut b = s3s::service::S3ServiceBuilder::new(store);
         b.set_auth(s3s::auth::SimpleAuth::from_single(access_key, secret_key));

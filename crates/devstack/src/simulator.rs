@@ -98,6 +98,10 @@ pub struct UsageRecord {
     /// The client's `X-Request-Id`.
     #[serde(default)]
     pub request_id: Option<String>,
+    /// The jobs the request named (chat: its `job_id:` parts; video: `metadata.job_id`):
+    /// the bill per job that a test holds the fleet's ledger against.
+    #[serde(default)]
+    pub job_ids: Vec<String>,
 }
 
 /// What the simulator refused, and whether clients kept to `Retry-After`.
@@ -351,6 +355,7 @@ async fn chat(State(state): State<SimState>, headers: HeaderMap, Json(req): Json
         images,
         jobs: jobs.len().max(1) as u64,
         request_id,
+        job_ids: jobs.iter().map(|(id, _)| id.clone()).collect(),
     });
     Json(serde_json::json!({
         "id": id,
@@ -391,7 +396,8 @@ async fn generate(State(state): State<SimState>, headers: HeaderMap, Json(req): 
         return error(StatusCode::UNAUTHORIZED, why);
     }
     let model = req["model"].as_str().unwrap_or("holysheep-video-1").to_string();
-    if let Some(r) = weather(&state, &model, None).await {
+    let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+    if let Some(r) = weather(&state, &model, request_id.as_deref()).await {
         return r;
     }
     let started = std::time::Instant::now();
@@ -449,7 +455,8 @@ async fn generate(State(state): State<SimState>, headers: HeaderMap, Json(req): 
         completion_tokens: total_tokens,
         images: 0,
         jobs: 1,
-        request_id: None,
+        request_id,
+        job_ids: req["metadata"]["job_id"].as_str().map(str::to_string).into_iter().collect(),
     });
     Json(serde_json::json!({
         "id": id,

@@ -4,12 +4,18 @@
 //! packs several analyze jobs into one chat request within the model's
 //! limits, honours rate limits and `Retry-After`, calls the HMAC-signed video
 //! API for generate jobs, and keeps an exact cost ledger: each request's
-//! billed tokens are split over its jobs so that the jobs add up to the bill.
+//! billed tokens are split over its jobs so that the jobs add up to the bill,
+//! and every share is stored the moment the answer arrives ([`ledger`]).
+//!
+//! Every job is claimed before anything is sent for it (the job state machine
+//! in core), so a duplicated message never pays twice, and a job id that
+//! appears twice in one batch is sent once.
 //!
 //! Layout: [`router`] (model choice, cooldowns, daily spend), [`pack`]
-//! (request packing and token split), [`limits`] (rate limits), `provider`
-//! (HTTP clients).
+//! (request packing and token split), [`ledger`] (the write-ahead ledger),
+//! `limits` (rate limits), `provider` (HTTP clients).
 
+pub mod ledger;
 mod limits;
 pub mod pack;
 mod provider;
@@ -19,9 +25,11 @@ pub use provider::{sign_video_request, ChatResponse, Provider, ProviderError, Vi
 
 use async_trait::async_trait;
 use futures::{stream, StreamExt};
+use ledger::{Ledger, LedgerEntry};
 use reelfleet_core::{
     envelope::{Envelope, JobKind, Tier},
     error::StageError,
+    jobstate::{envelope_of, Claimed, Held, JobClaims, PipelineStage},
     manifest::{stage_key, Charge, InferenceInfo, JobManifest, JobStatus, ManifestStore},
     media::scratch_dir,
     metrics::Metrics,
@@ -30,7 +38,11 @@ use reelfleet_core::{
     storage::Storage,
     topology::WorkQueue,
 };
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 use tracing::{info, warn};
 
 /// Largest keyframe sent to a model, in bytes.
@@ -42,6 +54,8 @@ pub struct Inference {
     settings: Arc<Settings>,
     storage: Storage,
     manifests: ManifestStore,
+    claims: JobClaims,
+    ledger: Ledger,
     provider: Provider,
     tiers: Vec<Tier>,
     metrics: Metrics,
@@ -52,38 +66,41 @@ pub struct Inference {
 /// What became of one message before any provider call.
 enum Plan {
     Done(Result<Vec<Dispatch>, StageError>),
-    Analyze(Envelope, JobManifest),
-    Generate(Envelope, JobManifest),
+    /// Claimed; what the ledger already holds for the job.
+    Analyze(Envelope, Held, Vec<LedgerEntry>),
+    Generate(Envelope, Held, Vec<LedgerEntry>),
 }
 
 /// An analyze job ready to send: its keyframes loaded.
 struct AnalyzeJob {
     index: usize,
     envelope: Envelope,
-    manifest: JobManifest,
+    held: Held,
     images: Vec<Vec<u8>>,
     context: String,
 }
 
-/// One job's usable answer and every charge that led to it.
+/// An analyze job whose keyframes could not be loaded.
+struct Unloaded {
+    index: usize,
+    envelope: Envelope,
+    held: Held,
+    error: StageError,
+}
+
+/// One job's usable answer.
 struct JobAnswer {
     result: serde_json::Value,
     request_id: Option<String>,
     jobs_in_request: usize,
-    charges: Vec<Charge>,
-}
-
-/// What one provider request gave.
-struct RequestOutcome {
-    answers: HashMap<String, JobAnswer>,
-    /// Billed shares of jobs whose part of the answer was missing or unusable.
-    unanswered: HashMap<String, Charge>,
     model: String,
     fallback_from: Option<String>,
 }
 
-/// A job's answer, or its error with the charges already billed for it.
-type GroupResult = (Result<(JobAnswer, String, Option<String>), StageError>, Vec<Charge>);
+/// What one provider request gave: the usable answers (by job id).
+struct RequestOutcome {
+    answers: HashMap<String, JobAnswer>,
+}
 
 #[async_trait]
 impl Stage for Inference {
@@ -113,18 +130,31 @@ impl Stage for Inference {
         let n = msgs.len();
         let mut results: Vec<Option<Result<Vec<Dispatch>, StageError>>> = (0..n).map(|_| None).collect();
         let started = chrono::Utc::now();
-        let plans: Vec<Plan> = stream::iter(msgs).map(|m| self.plan(m)).buffered(16).collect().await;
+        let mut seen = HashSet::new();
+        let mut unique = Vec::with_capacity(n);
+        for (i, m) in msgs.into_iter().enumerate() {
+            if let Input::Envelope(e) = &m.input {
+                if !seen.insert(e.job_id.clone()) {
+                    info!(job_id = %e.job_id, "Job appears twice in the batch; the copy is dropped");
+                    results[i] = Some(Ok(Vec::new()));
+                    continue;
+                }
+            }
+            unique.push((i, m));
+        }
+        let plans: Vec<(usize, Plan)> =
+            stream::iter(unique).map(|(i, m)| async move { (i, self.plan(m).await) }).buffered(16).collect().await;
         let mut analyze = Vec::new();
         let mut generate = Vec::new();
-        for (i, plan) in plans.into_iter().enumerate() {
+        for (i, plan) in plans {
             match plan {
                 Plan::Done(r) => results[i] = Some(r),
-                Plan::Analyze(e, m) => analyze.push((i, e, m)),
-                Plan::Generate(e, m) => generate.push((i, e, m)),
+                Plan::Analyze(e, h, entries) => analyze.push((i, e, h, entries)),
+                Plan::Generate(e, h, entries) => generate.push((i, e, h, entries)),
             }
         }
         let generated: Vec<(usize, Result<Vec<Dispatch>, StageError>)> = stream::iter(generate)
-            .map(|(i, e, m)| async move { (i, self.generate(e, m, started).await) })
+            .map(|(i, e, h, entries)| async move { (i, self.generate(e, h, entries, started).await) })
             .buffer_unordered(4)
             .collect()
             .await;
@@ -150,49 +180,58 @@ impl Inference {
         metrics: Metrics,
     ) -> Result<Self, ProviderError> {
         let manifests = ManifestStore::new(storage.clone(), settings.s3.work_bucket.clone());
+        let claims = JobClaims::new(manifests.clone(), Duration::from_secs(settings.runtime.claim_lease_secs));
+        let ledger = Ledger::new(storage.clone(), settings.s3.work_bucket.clone());
         let provider = Provider::new(&settings.inference)?;
         let tiers = if tiers.is_empty() { Tier::ALL.to_vec() } else { tiers };
         let limits = Arc::new(limits::Limits::new(&settings.inference));
-        Ok(Self { settings, storage, manifests, provider, tiers, metrics, router: Default::default(), limits })
+        Ok(Self {
+            settings,
+            storage,
+            manifests,
+            claims,
+            ledger,
+            provider,
+            tiers,
+            metrics,
+            router: Default::default(),
+            limits,
+        })
     }
 
-    /// Checks a message against its manifest and the tier's budget.
+    /// Claims a message's job and checks it against the tier's budget and the ledger.
     async fn plan(&self, msg: Message) -> Plan {
-        let Input::Envelope(mut envelope) = msg.input else {
-            return Plan::Done(Err(StageError::permanent("bad_input", "inference takes signed envelopes only")));
+        let mut envelope = match envelope_of(&msg, PipelineStage::Inference) {
+            Ok(e) => e,
+            Err(e) => return Plan::Done(Err(e)),
         };
         // The runtime's count (a replay resets it; the signed body keeps its old value).
         envelope.attempt = msg.attempt;
         let WorkQueue::Inference(tier) = msg.queue else {
             return Plan::Done(Err(StageError::permanent("bad_input", "inference consumes tier queues only")));
         };
-        let manifest = match self.manifests.require(&envelope.job_id).await {
-            Ok(m) => m,
+        let held = match self.claims.claim(&envelope.job_id, PipelineStage::Inference, msg.attempt).await {
+            Ok(Claimed::Run(held)) => *held,
+            // Stored before a crash or a lost confirm: reuse it, never pay twice.
+            Ok(Claimed::Reforward(manifest)) => return Plan::Done(self.next(&envelope, &manifest)),
+            Ok(Claimed::Drop) => return Plan::Done(Ok(Vec::new())),
             Err(e) => return Plan::Done(Err(e)),
         };
-        let resume = msg.redelivered || msg.attempt > 0;
-        match manifest.status {
-            JobStatus::Inference => {}
-            JobStatus::Postprocess if manifest.inference.is_some() && resume => {
-                // Stored before a crash or a lost confirm: reuse it, never pay twice.
-                info!(job_id = %envelope.job_id, "Result already stored; forwarding without calling the provider");
-                return Plan::Done(self.next(&envelope, &manifest).map(|d| vec![d]));
-            }
-            other => {
-                info!(job_id = %envelope.job_id, status = %other, "Job is not waiting for inference; duplicate message dropped");
-                return Plan::Done(Ok(Vec::new()));
-            }
-        }
+        let entries = match self.ledger.entries(&envelope.job_id).await {
+            Ok(entries) => entries,
+            Err(e) => return Plan::Done(Err(e)),
+        };
+        let answered = entries.iter().any(|e| e.answer.is_some());
         let t = self.settings.inference.tier(tier);
-        if let Some(budget) = t.daily_budget_usd {
+        if let (Some(budget), false) = (t.daily_budget_usd, answered) {
             let spent = self.router.spent(tier);
             if spent >= budget {
-                return Plan::Done(self.over_budget(tier, budget, spent, t.on_budget, envelope, manifest).await);
+                return Plan::Done(self.over_budget(tier, budget, spent, t.on_budget, envelope, held).await);
             }
         }
         match envelope.kind {
-            JobKind::Analyze => Plan::Analyze(envelope, manifest),
-            JobKind::Generate => Plan::Generate(envelope, manifest),
+            JobKind::Analyze => Plan::Analyze(envelope, held, entries),
+            JobKind::Generate => Plan::Generate(envelope, held, entries),
         }
     }
 
@@ -203,18 +242,24 @@ impl Inference {
         spent: f64,
         action: BudgetAction,
         mut envelope: Envelope,
-        mut manifest: JobManifest,
+        held: Held,
     ) -> Result<Vec<Dispatch>, StageError> {
         let why = format!("tier {tier} spent ${spent:.6} of its ${budget:.6} daily budget");
         match (action, router::cheaper(tier)) {
             (BudgetAction::Downgrade, Some(lower)) => {
                 info!(job_id = %envelope.job_id, from = %tier, to = %lower, "{why}; downgraded");
-                manifest.tier = Some(lower);
-                if let Some(p) = manifest.preprocess.as_mut() {
-                    p.tier = lower;
-                    p.tier_reason = format!("{}; downgraded from {tier}: {why}", p.tier_reason);
+                let stored = held
+                    .commit(|m| {
+                        m.tier = Some(lower);
+                        if let Some(p) = m.preprocess.as_mut() {
+                            p.tier = lower;
+                            p.tier_reason = format!("{}; downgraded from {tier}: {why}", p.tier_reason);
+                        }
+                    })
+                    .await?;
+                if stored.is_none() {
+                    return Ok(Vec::new());
                 }
-                self.manifests.save(&mut manifest).await?;
                 envelope.tier = Some(lower);
                 Ok(vec![Dispatch::Next {
                     queue: WorkQueue::Inference(lower),
@@ -229,13 +274,17 @@ impl Inference {
         }
     }
 
-    fn next(&self, envelope: &Envelope, manifest: &JobManifest) -> Result<Dispatch, StageError> {
+    /// Postprocess's message for a job whose inference is stored, and the record that it was sent.
+    fn next(&self, envelope: &Envelope, manifest: &JobManifest) -> Result<Vec<Dispatch>, StageError> {
         let video = match envelope.kind {
             JobKind::Analyze => manifest.preprocess.as_ref().and_then(|p| p.normalized_key.clone()),
             JobKind::Generate => manifest.inference.as_ref().map(|i| i.result_key.clone()),
         }
         .ok_or_else(|| StageError::permanent("bad_input", "manifest names no video for postprocess"))?;
-        Ok(Dispatch::Next { queue: WorkQueue::Postprocess, envelope: envelope.forward(vec![video]) })
+        Ok(vec![
+            Dispatch::Next { queue: WorkQueue::Postprocess, envelope: envelope.forward(vec![video]) },
+            Dispatch::Handoff { job_id: envelope.job_id.clone() },
+        ])
     }
 
     fn cost(&self, model: &str, input: u64, output: u64) -> Result<f64, StageError> {
@@ -247,65 +296,107 @@ impl Inference {
         Ok((input as f64 * price.input_per_mtok + output as f64 * price.output_per_mtok) / 1_000_000.0)
     }
 
-    /// Records the job's inference, saves the manifest and returns its next message.
+    /// Records the job's inference with every charge its ledger holds,
+    /// releases the claim and returns the job's next message.
     async fn finish(
         &self,
         envelope: &Envelope,
-        mut manifest: JobManifest,
-        info: InferenceInfo,
+        held: Held,
+        mut info: InferenceInfo,
         started: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<Dispatch>, StageError> {
-        let tier = envelope.tier.or(manifest.tier).unwrap_or_default();
+        let charges = ledger::charges(&self.ledger.entries(&envelope.job_id).await?);
+        (info.input_tokens, info.output_tokens, info.cost_usd) = totals(&charges);
+        let tier = envelope.tier.or(held.manifest.tier).unwrap_or_default();
         info!(job_id = %envelope.job_id, tier = %tier, model = %info.model, input_tokens = info.input_tokens, output_tokens = info.output_tokens, cost_usd = info.cost_usd, "Inference done");
-        manifest.inference = Some(info);
-        manifest.status = JobStatus::Postprocess;
-        manifest.record_stage("inference", started, envelope.attempt);
-        self.manifests.save(&mut manifest).await?;
-        Ok(vec![self.next(envelope, &manifest)?])
+        let stored = held
+            .commit(|m| {
+                m.charges = charges.clone();
+                m.inference = Some(info.clone());
+                m.status = JobStatus::Postprocess;
+                m.record_stage("inference", started, envelope.attempt);
+            })
+            .await?;
+        match stored {
+            Some(manifest) => self.next(envelope, &manifest),
+            None => Ok(Vec::new()),
+        }
     }
 
-    async fn load_job(
-        &self,
-        index: usize,
-        envelope: Envelope,
-        manifest: JobManifest,
-    ) -> Result<AnalyzeJob, StageError> {
+    /// A job that failed this time keeps every charge billed for it so far in
+    /// its manifest (they are in its ledger already), and lets go of its claim.
+    async fn fail(&self, envelope: &Envelope, held: Held, err: StageError) -> Result<Vec<Dispatch>, StageError> {
+        match self.ledger.entries(&envelope.job_id).await {
+            Ok(entries) if !entries.is_empty() => {
+                let charges = ledger::charges(&entries);
+                if let Err(e) = held.commit(|m| m.charges = charges.clone()).await {
+                    warn!(job_id = %envelope.job_id, error = %e, "Could not copy the job's charges into its manifest");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => warn!(job_id = %envelope.job_id, error = %e, "Could not read the job's ledger"),
+        }
+        Err(err)
+    }
+
+    async fn load_job(&self, index: usize, envelope: Envelope, held: Held) -> Result<AnalyzeJob, Unloaded> {
         if envelope.inputs.is_empty() {
-            return Err(StageError::permanent("bad_input", "analyze job without keyframes"));
+            let error = StageError::permanent("bad_input", "analyze job without keyframes");
+            return Err(Unloaded { index, envelope, held, error });
         }
         let reads =
             envelope.inputs.iter().map(|key| self.storage.get_bytes(self.manifests.bucket(), key, MAX_KEYFRAME_BYTES));
-        let images = futures::future::try_join_all(reads).await?;
-        let context = manifest
+        let images = match futures::future::try_join_all(reads).await {
+            Ok(images) => images,
+            Err(e) => return Err(Unloaded { index, envelope, held, error: e.into() }),
+        };
+        let context = held
+            .manifest
             .input
             .as_ref()
             .map(|i| format!("{}x{} {} video, {:.1} s", i.width, i.height, i.codec, i.duration_s))
             .unwrap_or_default();
-        Ok(AnalyzeJob { index, envelope, manifest, images, context })
+        Ok(AnalyzeJob { index, envelope, held, images, context })
     }
 
     async fn analyze_batch(
         &self,
-        jobs: Vec<(usize, Envelope, JobManifest)>,
+        jobs: Vec<(usize, Envelope, Held, Vec<LedgerEntry>)>,
         started: chrono::DateTime<chrono::Utc>,
     ) -> Vec<(usize, Result<Vec<Dispatch>, StageError>)> {
-        let Some(tier) = jobs.first().and_then(|(_, e, m)| e.tier.or(m.tier)) else { return Vec::new() };
+        let Some(tier) = jobs.first().and_then(|(_, e, h, _)| e.tier.or(h.manifest.tier)) else { return Vec::new() };
         let mut out = Vec::new();
-        let loaded: Vec<(usize, Result<AnalyzeJob, StageError>)> = stream::iter(jobs)
-            .map(|(i, e, m)| async move { (i, self.load_job(i, e, m).await) })
-            .buffered(16)
-            .collect()
-            .await;
+        let mut fresh = Vec::new();
+        for (i, envelope, held, entries) in jobs {
+            // Answered and billed before (the worker died before storing the rest): use that answer.
+            match entries.iter().rev().find(|e| e.answer.is_some()) {
+                Some(e) => {
+                    info!(job_id = %envelope.job_id, request_id = e.request_id(), "Answer found in the ledger; not paying again");
+                    let answer = JobAnswer {
+                        result: e.answer.clone().unwrap_or_default(),
+                        request_id: e.charge.request_id.clone(),
+                        jobs_in_request: e.charge.jobs_in_request as usize,
+                        model: e.charge.model.clone(),
+                        fallback_from: None,
+                    };
+                    out.push((i, self.store_analysis(tier, envelope, held, answer, started).await));
+                }
+                None => fresh.push((i, envelope, held)),
+            }
+        }
+        let loaded: Vec<Result<AnalyzeJob, Unloaded>> =
+            stream::iter(fresh).map(|(i, e, h)| self.load_job(i, e, h)).buffered(16).collect().await;
         let mut ready = Vec::new();
-        for (i, r) in loaded {
+        for r in loaded {
             match r {
                 Ok(job) => ready.push(job),
-                Err(e) => out.push((i, Err(e))),
+                Err(u) => out.push((u.index, self.fail(&u.envelope, u.held, u.error).await)),
             }
         }
         if ready.is_empty() {
             return out;
         }
+        // One pick per batch: the batch is packed to the limits of the model it is sent to.
         let route = self.router.pick(&self.settings.inference, tier);
         let model_limits = self.settings.inference.price(&route.model).cloned();
         let (max_images, max_tokens) =
@@ -319,32 +410,25 @@ impl Inference {
             })
             .collect();
         let groups = pack::pack(&items, max_images, max_tokens, self.settings.inference.tokens_per_image_estimate);
-        let ready = Arc::new(ready);
-        let answered: Vec<Vec<(usize, GroupResult)>> = stream::iter(groups)
+        let answered: Vec<Vec<(usize, Result<JobAnswer, StageError>)>> = stream::iter(groups)
             .map(|group| {
-                let ready = ready.clone();
-                async move { self.run_group(tier, &ready, group).await }
+                let (ready, route) = (&ready, route.clone());
+                async move { self.run_group(tier, route, ready, group).await }
             })
             .buffer_unordered(4)
             .collect()
             .await;
-        let ready = Arc::try_unwrap(ready).unwrap_or_else(|_| unreachable!("all groups finished"));
-        let mut by_pos: HashMap<usize, GroupResult> = answered.into_iter().flatten().collect();
+        let mut by_pos: HashMap<usize, Result<JobAnswer, StageError>> = answered.into_iter().flatten().collect();
         let finished: Vec<(usize, Result<Vec<Dispatch>, StageError>)> = stream::iter(ready.into_iter().enumerate())
             .map(|(pos, job)| {
-                let (answer, billed) = by_pos
+                let answer = by_pos
                     .remove(&pos)
-                    .unwrap_or_else(|| (Err(StageError::transient("internal", "job lost its answer")), Vec::new()));
+                    .unwrap_or_else(|| Err(StageError::transient("internal", "job lost its answer")));
                 async move {
                     let index = job.index;
                     let r = match answer {
-                        Ok((a, model, fallback_from)) => {
-                            self.store_analysis(tier, job, a, model, fallback_from, started).await
-                        }
-                        Err(e) => {
-                            self.keep_charges(job.manifest, billed).await;
-                            Err(e)
-                        }
+                        Ok(a) => self.store_analysis(tier, job.envelope, job.held, a, started).await,
+                        Err(e) => self.fail(&job.envelope, job.held, e).await,
                     };
                     (index, r)
                 }
@@ -357,57 +441,49 @@ impl Inference {
     }
 
     /// Sends one packed request (and single-job retries for jobs whose part
-    /// of the answer is missing); returns each job's share, by position.
-    async fn run_group(&self, tier: Tier, jobs: &[AnalyzeJob], group: Vec<usize>) -> Vec<(usize, GroupResult)> {
+    /// of the answer is missing); returns each job's answer, by position.
+    async fn run_group(
+        &self,
+        tier: Tier,
+        route: router::Route,
+        jobs: &[AnalyzeJob],
+        group: Vec<usize>,
+    ) -> Vec<(usize, Result<JobAnswer, StageError>)> {
         let mut out = Vec::new();
         let members: Vec<&AnalyzeJob> = group.iter().map(|&p| &jobs[p]).collect();
-        let outcome = match self.request(tier, &members).await {
-            Ok(o) => o,
-            Err(e) => return group.into_iter().map(|p| (p, (Err(e.clone()), Vec::new()))).collect(),
+        let mut answers = match self.request(tier, route.clone(), &members).await {
+            Ok(o) => o.answers,
+            Err(e) => return group.into_iter().map(|p| (p, Err(e.clone()))).collect(),
         };
-        let RequestOutcome { mut answers, mut unanswered, model, fallback_from } = outcome;
         for p in group {
             let id = &jobs[p].envelope.job_id;
             if let Some(a) = answers.remove(id) {
-                out.push((p, (Ok((a, model.clone(), fallback_from.clone())), Vec::new())));
+                out.push((p, Ok(a)));
                 continue;
             }
-            // Missing or unusable part: this job alone, once; its first share stays on its bill.
+            // Missing or unusable part: this job alone, once; its first share stays on its bill (the ledger).
             warn!(job_id = %id, "No usable answer for the job in its batch; asking for it alone");
-            let mut billed: Vec<Charge> = unanswered.remove(id).into_iter().collect();
-            let single = match self.request(tier, &[&jobs[p]]).await {
-                Ok(mut o) => {
-                    billed.extend(o.unanswered.remove(id));
-                    match o.answers.remove(id) {
-                        Some(mut a) => {
-                            a.charges.splice(0..0, billed.drain(..));
-                            Ok((a, o.model, o.fallback_from))
-                        }
-                        None => Err(StageError::transient("provider", "the model gave no usable answer for this job")),
-                    }
-                }
+            let single = match self.request(tier, route.clone(), &[&jobs[p]]).await {
+                Ok(mut o) => o
+                    .answers
+                    .remove(id)
+                    .ok_or_else(|| StageError::transient("provider", "the model gave no usable answer for this job")),
                 Err(e) => Err(e),
             };
-            out.push((p, (single, billed)));
+            out.push((p, single));
         }
         out
-    }
-
-    /// Appends charges billed for a job that failed this time to its manifest.
-    async fn keep_charges(&self, mut manifest: JobManifest, billed: Vec<Charge>) {
-        if billed.is_empty() {
-            return;
-        }
-        manifest.charges.extend(billed);
-        if let Err(e) = self.manifests.save(&mut manifest).await {
-            warn!(job_id = %manifest.job_id, error = %e, "Could not record a charge in the manifest");
-        }
     }
 
     /// One chat request for `jobs`, through rate limits, retries and fallback;
     /// the billed tokens split exactly over all its jobs, answered or not
     /// (an unusable answer was billed too).
-    async fn request(&self, tier: Tier, jobs: &[&AnalyzeJob]) -> Result<RequestOutcome, StageError> {
+    async fn request(
+        &self,
+        tier: Tier,
+        mut route: router::Route,
+        jobs: &[&AnalyzeJob],
+    ) -> Result<RequestOutcome, StageError> {
         use base64::Engine;
         let ids: Vec<String> = jobs.iter().map(|j| j.envelope.job_id.clone()).collect();
         let mut parts = vec![serde_json::json!({"type": "text", "text": pack::INSTRUCTIONS})];
@@ -425,7 +501,6 @@ impl Inference {
         }
         let estimate: u64 = weights.iter().sum::<u64>() + (pack::INSTRUCTIONS.len() as u64).div_ceil(4);
         let request_id = uuid::Uuid::new_v4().simple().to_string();
-        let mut route = self.router.pick(&self.settings.inference, tier);
         let mut tried_fallback = route.fallback_from.is_some();
         loop {
             let body = serde_json::json!({
@@ -441,9 +516,9 @@ impl Inference {
                         ids.iter().map(|id| results.get(id).map(|r| r.to_string().len() as u64).unwrap_or(0)).collect();
                     let inputs = pack::allocate(resp.prompt_tokens, &weights);
                     let outputs = pack::allocate(resp.completion_tokens, &out_weights);
-                    let (mut answers, mut unanswered) = (HashMap::new(), HashMap::new());
+                    let now = chrono::Utc::now();
+                    let mut entries = Vec::with_capacity(ids.len());
                     for (k, id) in ids.iter().enumerate() {
-                        let answered = results.contains_key(id);
                         let charge = Charge {
                             model: route.model.clone(),
                             request_id: resp.id.clone(),
@@ -451,31 +526,37 @@ impl Inference {
                             input_tokens: inputs[k],
                             output_tokens: outputs[k],
                             usd: self.cost(&route.model, inputs[k], outputs[k])?,
-                            answered,
+                            answered: results.contains_key(id),
                         };
                         self.account(tier, &charge);
-                        match results.get(id) {
-                            Some(result) => {
-                                let a = JobAnswer {
-                                    result: result.clone(),
-                                    request_id: resp.id.clone(),
-                                    jobs_in_request: ids.len(),
-                                    charges: vec![charge],
-                                };
-                                answers.insert(id.clone(), a);
-                            }
-                            None => {
-                                warn!(job_id = %id, input_tokens = charge.input_tokens, "Billed for an unusable answer");
-                                unanswered.insert(id.clone(), charge);
-                            }
+                        if !charge.answered {
+                            warn!(job_id = %id, input_tokens = charge.input_tokens, "Billed for an unusable answer");
                         }
+                        entries.push(LedgerEntry {
+                            job_id: id.clone(),
+                            kind: "chat".into(),
+                            client_request_id: request_id.clone(),
+                            charge,
+                            answer: results.get(id).cloned(),
+                            recorded_at: now,
+                        });
                     }
-                    return Ok(RequestOutcome {
-                        answers,
-                        unanswered,
-                        model: route.model,
-                        fallback_from: route.fallback_from,
-                    });
+                    // Paid for: stored before anything else can fail.
+                    self.ledger.record(&entries).await?;
+                    let answers = results
+                        .into_iter()
+                        .map(|(id, result)| {
+                            let a = JobAnswer {
+                                result,
+                                request_id: resp.id.clone(),
+                                jobs_in_request: ids.len(),
+                                model: route.model.clone(),
+                                fallback_from: route.fallback_from.clone(),
+                            };
+                            (id, a)
+                        })
+                        .collect();
+                    return Ok(RequestOutcome { answers });
                 }
                 Err(ProviderError::Refused(m)) => {
                     return Err(StageError::permanent("provider", format!("{}: {m}", route.model)))
@@ -505,7 +586,7 @@ impl Inference {
         self.router.add_spend(tier, c.usd);
     }
 
-    /// Sends one request, waiting out rate limits and `Retry-After`, retrying 5xx with backoff.
+    /// Sends one chat request, waiting out rate limits and `Retry-After`, retrying 5xx with backoff.
     async fn send(
         &self,
         model: &str,
@@ -513,6 +594,17 @@ impl Inference {
         request_id: &str,
         estimate: u64,
     ) -> Result<ChatResponse, ProviderError> {
+        self.with_retries(model, estimate, || self.provider.chat(body, request_id)).await
+    }
+
+    /// Runs one provider call (the same request, the same `X-Request-Id`)
+    /// through the model's rate limits until it answers: a 429 waits out its
+    /// `Retry-After`, other transient failures back off, up to the configured attempts.
+    async fn with_retries<T, F, Fut>(&self, model: &str, estimate: u64, call: F) -> Result<T, ProviderError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ProviderError>>,
+    {
         use backon::BackoffBuilder;
         let mut backoff = backon::ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(200))
@@ -523,7 +615,7 @@ impl Inference {
         let (mut failures, mut throttled) = (0u32, 0u32);
         loop {
             self.limits.acquire(model, estimate).await;
-            match self.provider.chat(body, request_id).await {
+            match call().await {
                 Ok(r) => return Ok(r),
                 Err(ProviderError::RateLimited(wait)) => {
                     throttled += 1;
@@ -550,40 +642,31 @@ impl Inference {
     async fn store_analysis(
         &self,
         tier: Tier,
-        job: AnalyzeJob,
+        envelope: Envelope,
+        held: Held,
         a: JobAnswer,
-        model: String,
-        fallback_from: Option<String>,
         started: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<Dispatch>, StageError> {
-        let key = stage_key(&job.envelope.job_id, "inference", "analysis.json");
+        let key = stage_key(&envelope.job_id, "inference", "analysis.json");
         let doc = serde_json::json!({
-            "job_id": job.envelope.job_id,
-            "model": model,
+            "job_id": envelope.job_id,
+            "model": a.model,
             "request_id": a.request_id,
             "result": a.result,
-            "charges": a.charges,
         });
-        self.storage
-            .put_bytes(
-                self.manifests.bucket(),
-                &key,
-                serde_json::to_vec_pretty(&doc).expect("json"),
-                "application/json",
-            )
-            .await?;
-        let mut manifest = job.manifest;
-        manifest.charges.extend(a.charges);
-        let (input_tokens, output_tokens, cost_usd) = totals(&manifest.charges);
+        let body = serde_json::to_vec_pretty(&doc).expect("json");
+        if let Err(e) = self.storage.put_bytes(self.manifests.bucket(), &key, body, "application/json").await {
+            return self.fail(&envelope, held, e.into()).await;
+        }
         let info = InferenceInfo {
             tier: Some(tier),
-            model,
-            fallback_from,
+            model: a.model,
+            fallback_from: a.fallback_from,
             request_id: a.request_id,
             jobs_in_request: a.jobs_in_request as u32,
-            input_tokens,
-            output_tokens,
-            cost_usd,
+            input_tokens: 0,
+            output_tokens: 0,
+            cost_usd: 0.0,
             result_key: key,
             summary: a.result.get("summary").and_then(|s| s.as_str()).map(str::to_string),
             tags: a
@@ -593,57 +676,107 @@ impl Inference {
                 .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
                 .unwrap_or_default(),
         };
-        self.finish(&job.envelope, manifest, info, started).await
+        self.finish(&envelope, held, info, started).await
     }
 
     async fn generate(
         &self,
         envelope: Envelope,
-        manifest: JobManifest,
+        held: Held,
+        entries: Vec<LedgerEntry>,
         started: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<Dispatch>, StageError> {
-        let tier = envelope.tier.or(manifest.tier).unwrap_or_default();
-        let doc = manifest
+        match self.generate_video(&envelope, &held, entries).await {
+            Ok(info) => self.finish(&envelope, held, info, started).await,
+            Err(e) => self.fail(&envelope, held, e).await,
+        }
+    }
+
+    /// Asks for the video (or finds its answer in the ledger), records the
+    /// bill, downloads it and stores it in the work bucket.
+    async fn generate_video(
+        &self,
+        envelope: &Envelope,
+        held: &Held,
+        entries: Vec<LedgerEntry>,
+    ) -> Result<InferenceInfo, StageError> {
+        let tier = envelope.tier.or(held.manifest.tier).unwrap_or_default();
+        let doc = held
+            .manifest
             .prompt
             .clone()
             .ok_or_else(|| StageError::permanent("bad_input", "generate job without a prompt document"))?;
         let model = self.settings.inference.video_model.clone();
+        let stored = entries.into_iter().rev().find(|e| e.answer.is_some());
+        let (answer, charge) = match stored {
+            Some(e) => {
+                info!(job_id = %envelope.job_id, request_id = e.request_id(), "Video already billed; fetching it again without paying");
+                (
+                    serde_json::from_value(e.answer.clone().unwrap_or_default())
+                        .map_err(|err| StageError::permanent("storage", format!("ledger answer unreadable: {err}")))?,
+                    e.charge,
+                )
+            }
+            None => {
+                let request_id = uuid::Uuid::new_v4().simple().to_string();
+                let answer = self.send_video(&model, &doc, &envelope.job_id, &request_id).await?;
+                let usd = match self.settings.inference.price(&model) {
+                    Some(p) => answer.total_tokens as f64 * p.output_per_mtok / 1_000_000.0,
+                    None => doc.duration_seconds * self.settings.inference.video_usd_per_second,
+                };
+                let charge = Charge {
+                    model: model.clone(),
+                    request_id: Some(answer.id.clone()),
+                    jobs_in_request: 1,
+                    input_tokens: 0,
+                    output_tokens: answer.total_tokens,
+                    usd,
+                    answered: true,
+                };
+                self.account(tier, &charge);
+                let entry = LedgerEntry {
+                    job_id: envelope.job_id.clone(),
+                    kind: "video".into(),
+                    client_request_id: request_id,
+                    charge: charge.clone(),
+                    answer: Some(serde_json::to_value(&answer).expect("answer serializes")),
+                    recorded_at: chrono::Utc::now(),
+                };
+                // Paid for: stored before the download or anything else can fail.
+                self.ledger.record(std::slice::from_ref(&entry)).await?;
+                (answer, charge)
+            }
+        };
         let dir = scratch_dir(self.settings.runtime.scratch_dir.as_deref())?;
         let path = dir.path().join("generated.mp4");
-        let result = self.provider.generate_video(&model, &doc, &path).await?;
+        self.provider.download_video(&answer.url, &path).await?;
         let key = stage_key(&envelope.job_id, "inference", "generated.mp4");
         self.storage.upload(self.manifests.bucket(), &key, &path, "video/mp4").await?;
-        let cost_usd = match self.settings.inference.price(&model) {
-            Some(p) => result.total_tokens as f64 * p.output_per_mtok / 1_000_000.0,
-            None => doc.duration_seconds * self.settings.inference.video_usd_per_second,
-        };
-        let charge = Charge {
-            model: model.clone(),
-            request_id: Some(result.id.clone()),
-            jobs_in_request: 1,
-            input_tokens: 0,
-            output_tokens: result.total_tokens,
-            usd: cost_usd,
-            answered: true,
-        };
-        self.account(tier, &charge);
-        let mut manifest = manifest;
-        manifest.charges.push(charge);
-        let (_, _, cost_usd) = totals(&manifest.charges);
-        let info = InferenceInfo {
+        Ok(InferenceInfo {
             tier: Some(tier),
             model,
             fallback_from: None,
-            request_id: Some(result.id),
+            request_id: Some(answer.id),
             jobs_in_request: 1,
             input_tokens: 0,
-            output_tokens: result.total_tokens,
-            cost_usd,
+            output_tokens: charge.output_tokens,
+            cost_usd: charge.usd,
             result_key: key,
             summary: None,
             tags: Vec::new(),
-        };
-        self.finish(&envelope, manifest, info, started).await
+        })
+    }
+
+    /// Sends one video request through the model's rate limits, waiting out
+    /// `Retry-After` and retrying 5xx with backoff, like chat.
+    async fn send_video(
+        &self,
+        model: &str,
+        doc: &reelfleet_core::manifest::PromptDocument,
+        job_id: &str,
+        request_id: &str,
+    ) -> Result<VideoResult, ProviderError> {
+        self.with_retries(model, 1, || self.provider.generate_video(model, doc, job_id, request_id)).await
     }
 }
 

@@ -72,12 +72,22 @@ pub fn parse_results(content: &str, job_ids: &[String]) -> HashMap<String, serde
     let Ok(v) = serde_json::from_str::<serde_json::Value>(content) else { return HashMap::new() };
     let mut out = HashMap::new();
     if let Some(list) = v.get("results").and_then(|r| r.as_array()) {
+        let mut named_twice = Vec::new();
         for r in list {
-            if let Some(id) = r.get("job_id").and_then(|j| j.as_str()) {
-                if job_ids.iter().any(|j| j == id) && r.get("summary").is_some_and(|s| s.is_string()) {
-                    out.insert(id.to_string(), r.clone());
-                }
+            // A job not in the request is ignored: an answer may never land on another job.
+            let Some(id) = r.get("job_id").and_then(|j| j.as_str()).filter(|id| job_ids.iter().any(|j| j == id)) else {
+                continue;
+            };
+            if !r.get("summary").is_some_and(|s| s.is_string()) {
+                continue;
             }
+            if out.insert(id.to_string(), r.clone()).is_some() {
+                named_twice.push(id.to_string());
+            }
+        }
+        // Two answers for one job: neither can be trusted.
+        for id in named_twice {
+            out.remove(&id);
         }
     } else if job_ids.len() == 1 && v.get("summary").is_some_and(|s| s.is_string()) {
         out.insert(job_ids[0].clone(), v);
@@ -88,6 +98,18 @@ pub fn parse_results(content: &str, job_ids: &[String]) -> HashMap<String, serde
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_for_strangers_or_twice_for_one_job_are_refused() {
+        let ids = vec!["a".to_string(), "b".to_string()];
+        let content = r#"{"results":[
+            {"job_id":"a","summary":"first"},{"job_id":"a","summary":"second"},
+            {"job_id":"b","summary":"ok"},{"job_id":"zz","summary":"not asked"},{"job_id":"b2"}]}"#;
+        let got = parse_results(content, &ids);
+        assert_eq!(got.keys().collect::<Vec<_>>(), vec!["b"]);
+        assert!(parse_results("not json", &ids).is_empty());
+        assert_eq!(parse_results(r#"{"summary":"solo"}"#, &ids[..1]).len(), 1);
+    }
 
     #[test]
     fn allocation_is_exact_and_proportional() {

@@ -46,11 +46,13 @@ pub struct ChatResponse {
     pub completion_tokens: u64,
 }
 
-/// A generated video.
-#[derive(Debug, Clone)]
+/// The provider's answer to a video request: what it billed and where the video is.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct VideoResult {
     /// Provider id.
     pub id: String,
+    /// Where to download the video.
+    pub url: String,
     /// Tokens billed.
     pub total_tokens: u64,
     /// Provider-side processing time.
@@ -154,12 +156,15 @@ impl Provider {
         })
     }
 
-    /// Generates a video for `doc` and streams it into `dest`.
+    /// Asks for a video for `doc`; `request_id` stays the same across
+    /// retries of the same request (`X-Request-Id`). The answer is billed:
+    /// record it before downloading.
     pub async fn generate_video(
         &self,
         model: &str,
         doc: &PromptDocument,
-        dest: &Path,
+        job_id: &str,
+        request_id: &str,
     ) -> Result<VideoResult, ProviderError> {
         let ts = chrono::Utc::now().timestamp();
         let key = self.api_key.expose();
@@ -171,6 +176,7 @@ impl Provider {
             "resolution": doc.resolution.as_str(),
             "fps": fps,
             "quality_preset": if doc.priority >= 4 { "high" } else { "standard" },
+            "metadata": {"job_id": job_id},
         });
         let resp = self
             .http
@@ -178,11 +184,17 @@ impl Provider {
             .bearer_auth(key)
             .header("X-Timestamp", ts.to_string())
             .header("X-HolySheep-Signature", sign_video_request(key, ts))
+            .header("X-Request-Id", request_id)
             .json(&body)
             .send()
             .await
             .map_err(transport)?;
         let status = resp.status();
+        if status.as_u16() == 429 {
+            if let Some(wait) = retry_after(resp.headers()) {
+                return Err(ProviderError::RateLimited(wait));
+            }
+        }
         let text = resp.text().await.map_err(transport)?;
         if !status.is_success() {
             return Err(classify_status(status, &text));
@@ -190,7 +202,26 @@ impl Provider {
         let v: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| ProviderError::Refused(format!("invalid JSON response: {e}")))?;
         let url = v["data"]["url"].as_str().ok_or_else(|| ProviderError::Refused("response has no data.url".into()))?;
-        let mut download = self.http.get(url).bearer_auth(key).send().await.map_err(transport)?;
+        Ok(VideoResult {
+            id: v["id"].as_str().unwrap_or(request_id).to_string(),
+            url: url.to_string(),
+            total_tokens: v["usage"]["total_tokens"].as_u64().unwrap_or(0),
+            processing_time_ms: v["processing_time_ms"].as_u64().unwrap_or(0),
+        })
+    }
+
+    /// Streams a generated video into `dest`. The API key goes only to the
+    /// provider's own host, never to whatever host the answer names.
+    pub async fn download_video(&self, url: &str, dest: &Path) -> Result<(), ProviderError> {
+        let same_host = |a: &str, b: &str| {
+            let (a, b) = (reqwest::Url::parse(a).ok(), reqwest::Url::parse(b).ok());
+            matches!((a, b), (Some(a), Some(b)) if a.host_str() == b.host_str() && a.port_or_known_default() == b.port_or_known_default())
+        };
+        let mut req = self.http.get(url);
+        if same_host(url, &self.base_url) {
+            req = req.bearer_auth(self.api_key.expose());
+        }
+        let mut download = req.send().await.map_err(transport)?;
         if !download.status().is_success() {
             let st = download.status();
             return Err(classify_status(st, &download.text().await.unwrap_or_default()));
@@ -200,10 +231,6 @@ impl Provider {
             file.write_all(&chunk).await.map_err(|e| ProviderError::Unavailable(e.to_string()))?;
         }
         file.flush().await.map_err(|e| ProviderError::Unavailable(e.to_string()))?;
-        Ok(VideoResult {
-            id: v["id"].as_str().unwrap_or_default().to_string(),
-            total_tokens: v["usage"]["total_tokens"].as_u64().unwrap_or(0),
-            processing_time_ms: v["processing_time_ms"].as_u64().unwrap_or(0),
-        })
+        Ok(())
     }
 }

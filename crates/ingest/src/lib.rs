@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use reelfleet_core::{
     envelope::{Envelope, JobKind, Quality, SourceObject},
     error::{ErrorClass, StageError},
+    jobstate::{decide, Decision, PipelineStage},
     json::parse_bounded,
     manifest::{InputInfo, JobFailure, JobManifest, JobStatus, ManifestStore, PromptDocument},
     media::{input_args, scratch_dir, Media},
@@ -54,7 +55,6 @@ impl Stage for Ingest {
     }
 
     async fn handle(&self, msg: Message) -> Result<Vec<Dispatch>, StageError> {
-        let resume = msg.redelivered || msg.attempt > 0;
         match msg.input {
             Input::Raw(body) => {
                 let objects = parse_event(&body).map_err(|e| StageError::permanent("bad_input", e))?;
@@ -92,11 +92,11 @@ impl Stage for Ingest {
                         .collect());
                 }
                 match envelopes.pop() {
-                    Some(envelope) => self.admit_or_record(envelope, resume).await,
+                    Some(envelope) => self.admit_or_record(envelope).await,
                     None => Ok(Vec::new()),
                 }
             }
-            Input::Envelope(envelope) => self.admit_or_record(envelope, resume).await,
+            Input::Envelope(envelope) => self.admit_or_record(envelope).await,
         }
     }
 }
@@ -109,9 +109,9 @@ pub fn is_prompt_key(key: &str) -> bool {
 impl Ingest {
     /// Admits one source; a source refused for good gets a failed manifest so
     /// that `reelfleet status` and `submit --wait` can say why.
-    async fn admit_or_record(&self, envelope: Envelope, resume: bool) -> Result<Vec<Dispatch>, StageError> {
-        match self.admit(envelope.clone(), resume).await {
-            Ok(next) => Ok(next.into_iter().collect()),
+    async fn admit_or_record(&self, envelope: Envelope) -> Result<Vec<Dispatch>, StageError> {
+        match self.admit(envelope.clone()).await {
+            Ok(next) => Ok(next),
             Err(e) if e.class == ErrorClass::Permanent => {
                 let mut manifest = JobManifest::new(&envelope);
                 manifest.status = JobStatus::Failed;
@@ -140,16 +140,11 @@ impl Ingest {
     }
 
     /// Validates one source and returns the message for preprocess, or nothing for a duplicate.
-    async fn admit(&self, mut envelope: Envelope, resume: bool) -> Result<Option<Dispatch>, StageError> {
+    async fn admit(&self, mut envelope: Envelope) -> Result<Vec<Dispatch>, StageError> {
         let started = chrono::Utc::now();
         let job_id = envelope.job_id.clone();
         if let Some(existing) = self.manifests.load(&job_id).await? {
-            // A redelivered message whose first attempt wrote the manifest but
-            // may not have forwarded: forward again (later stages are idempotent).
-            if !(resume && existing.status == JobStatus::Ingest) {
-                info!(job_id = %job_id, key = %envelope.source.key, status = %existing.status, "Source already known; duplicate dropped");
-                return Ok(None);
-            }
+            return Ok(known_source(&existing));
         }
         let key = envelope.source.key.clone();
         let mut manifest;
@@ -167,17 +162,18 @@ impl Ingest {
             manifest = JobManifest::new(&envelope);
             manifest.input = Some(input);
         }
+        manifest.status = JobStatus::Preprocess;
         manifest.record_stage("ingest", started, envelope.attempt);
-        let created = self.manifests.create(&mut manifest).await?;
-        if !created && !resume {
+        // Creating the manifest is ingest's claim: of two deliveries of one source, one creates.
+        if !self.manifests.create(&mut manifest).await? {
             info!(job_id = %job_id, "Source admitted concurrently by another delivery; duplicate dropped");
-            return Ok(None);
-        }
-        if !created {
-            self.manifests.save(&mut manifest).await?;
+            return Ok(Vec::new());
         }
         info!(job_id = %job_id, kind = %envelope.kind, key = %key, "Job admitted");
-        Ok(Some(Dispatch::Next { queue: WorkQueue::Preprocess, envelope: envelope.forward(Vec::new()) }))
+        Ok(vec![
+            Dispatch::Next { queue: WorkQueue::Preprocess, envelope: envelope.forward(Vec::new()) },
+            Dispatch::Handoff { job_id },
+        ])
     }
 
     async fn read_prompt(&self, source: &SourceObject) -> Result<PromptDocument, StageError> {
@@ -286,6 +282,24 @@ impl Ingest {
             has_audio: probe.has_audio(),
             size_bytes: info.size,
         })
+    }
+}
+
+/// What a message for a source that already has a job does: nothing, unless
+/// ingest admitted it but its hand-over to preprocess was never confirmed.
+fn known_source(existing: &JobManifest) -> Vec<Dispatch> {
+    match decide(existing, PipelineStage::Ingest, chrono::Utc::now()) {
+        Decision::Reforward => {
+            info!(job_id = %existing.job_id, "Job admitted before but not handed on; sending it to preprocess again");
+            vec![
+                Dispatch::Next { queue: WorkQueue::Preprocess, envelope: existing.envelope() },
+                Dispatch::Handoff { job_id: existing.job_id.clone() },
+            ]
+        }
+        other => {
+            info!(job_id = %existing.job_id, key = %existing.source.key, status = %existing.status, decision = ?other, "Source already known; duplicate dropped");
+            Vec::new()
+        }
     }
 }
 

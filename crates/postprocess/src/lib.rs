@@ -8,9 +8,10 @@ use async_trait::async_trait;
 use reelfleet_core::{
     envelope::Envelope,
     error::StageError,
+    jobstate::{envelope_of, Claimed, JobClaims, PipelineStage},
     manifest::{stage_key, JobManifest, JobStatus, ManifestStore, OutputFile, QualityCheck},
     media::{input_args, output_arg, scratch_dir, Media},
-    runtime::{Dispatch, Input, Message, Stage},
+    runtime::{Dispatch, Message, Stage},
     settings::Settings,
     storage::Storage,
     topology::WorkQueue,
@@ -24,6 +25,7 @@ pub struct Postprocess {
     settings: Arc<Settings>,
     storage: Storage,
     manifests: ManifestStore,
+    claims: JobClaims,
     media: Media,
     http: reqwest::Client,
 }
@@ -71,20 +73,14 @@ impl Stage for Postprocess {
     }
 
     async fn handle(&self, msg: Message) -> Result<Vec<Dispatch>, StageError> {
-        let Input::Envelope(envelope) = msg.input else {
-            return Err(StageError::permanent("bad_input", "postprocess takes signed envelopes only"));
-        };
+        let envelope = envelope_of(&msg, PipelineStage::Postprocess)?;
         let started = chrono::Utc::now();
-        let mut manifest = self.manifests.require(&envelope.job_id).await?;
-        match manifest.status {
-            JobStatus::Postprocess => {}
+        let held = match self.claims.claim(&envelope.job_id, PipelineStage::Postprocess, msg.attempt).await? {
+            Claimed::Run(held) => *held,
             // Finished before a lost confirm: announce it again (consumers dedupe by job id).
-            JobStatus::Completed if msg.redelivered || msg.attempt > 0 => return Ok(vec![completed_event(&manifest)]),
-            other => {
-                info!(status = %other, "Job is not waiting for postprocess; duplicate message dropped");
-                return Ok(Vec::new());
-            }
-        }
+            Claimed::Reforward(manifest) => return Ok(completed(&manifest)),
+            Claimed::Drop => return Ok(Vec::new()),
+        };
         let outputs = self.produce(&envelope).await?;
         let s = &self.settings.postprocess;
         let vmaf_measured = outputs.iter().any(|o| o.vmaf.is_some());
@@ -93,27 +89,40 @@ impl Stage for Postprocess {
             .filter(|o| o.psnr_db.is_some_and(|p| p < s.min_psnr_db) || o.ssim.is_some_and(|v| v < s.min_ssim))
             .map(|o| format!("{} (PSNR {:.2} dB, SSIM {:.4})", o.name, o.psnr_db.unwrap_or(0.0), o.ssim.unwrap_or(0.0)))
             .collect();
-        manifest.quality_check = Some(QualityCheck {
-            passed: below.is_empty(),
-            min_psnr_db: s.min_psnr_db,
-            min_ssim: s.min_ssim,
-            vmaf_measured,
-        });
-        manifest.outputs = outputs;
+        let quality_check =
+            QualityCheck { passed: below.is_empty(), min_psnr_db: s.min_psnr_db, min_ssim: s.min_ssim, vmaf_measured };
         if !below.is_empty() {
-            self.manifests.save(&mut manifest).await?;
+            held.commit(|m| {
+                m.quality_check = Some(quality_check.clone());
+                m.outputs = outputs.clone();
+            })
+            .await?;
             return Err(StageError::permanent(
                 "quality",
                 format!("below the floor of PSNR {} dB / SSIM {}: {}", s.min_psnr_db, s.min_ssim, below.join(", ")),
             ));
         }
-        manifest.record_stage("postprocess", started, msg.attempt);
-        manifest.status = JobStatus::Completed;
-        manifest.cdn_purge = self.purge(&manifest).await;
-        self.manifests.save(&mut manifest).await?;
+        let mut draft = held.manifest.clone();
+        draft.outputs = outputs.clone();
+        let cdn_purge = self.purge(&draft).await;
+        let stored = held
+            .commit(|m| {
+                m.quality_check = Some(quality_check.clone());
+                m.outputs = outputs.clone();
+                m.record_stage("postprocess", started, msg.attempt);
+                m.status = JobStatus::Completed;
+                m.cdn_purge = cdn_purge.clone();
+            })
+            .await?;
+        let Some(manifest) = stored else { return Ok(Vec::new()) };
         info!(outputs = manifest.outputs.len(), cost_usd = manifest.cost_usd(), "Job completed");
-        Ok(vec![completed_event(&manifest)])
+        Ok(completed(&manifest))
     }
+}
+
+/// `job.completed` and the record that it was published.
+fn completed(m: &JobManifest) -> Vec<Dispatch> {
+    vec![completed_event(m), Dispatch::Handoff { job_id: m.job_id.clone() }]
 }
 
 fn completed_event(m: &JobManifest) -> Dispatch {
@@ -154,7 +163,8 @@ impl Postprocess {
             .timeout(Duration::from_secs(30))
             .build()
             .expect("HTTP client builds");
-        Self { settings, storage, manifests, media, http }
+        let claims = JobClaims::new(manifests.clone(), Duration::from_secs(settings.runtime.claim_lease_secs));
+        Self { settings, storage, manifests, claims, media, http }
     }
 
     async fn produce(&self, envelope: &Envelope) -> Result<Vec<OutputFile>, StageError> {

@@ -8,15 +8,16 @@ use async_trait::async_trait;
 use reelfleet_core::{
     envelope::{Envelope, JobKind},
     error::StageError,
+    jobstate::{envelope_of, Claimed, JobClaims, PipelineStage},
     manifest::{stage_key, Complexity, JobStatus, ManifestStore, PreprocessInfo},
     media::{input_args, output_arg, scratch_dir, Media},
     routing::assign_tier,
-    runtime::{Dispatch, Input, Message, Stage},
+    runtime::{Dispatch, Message, Stage},
     settings::{PreprocessSettings, Settings},
     storage::Storage,
     topology::WorkQueue,
 };
-use std::{path::Path, sync::Arc};
+use std::{path::Path, sync::Arc, time::Duration};
 use tracing::info;
 
 /// The preprocess stage.
@@ -25,6 +26,7 @@ pub struct Preprocess {
     settings: Arc<Settings>,
     storage: Storage,
     manifests: ManifestStore,
+    claims: JobClaims,
     media: Media,
 }
 
@@ -39,25 +41,15 @@ impl Stage for Preprocess {
     }
 
     async fn handle(&self, msg: Message) -> Result<Vec<Dispatch>, StageError> {
-        let Input::Envelope(envelope) = msg.input else {
-            return Err(StageError::permanent("bad_input", "preprocess takes signed envelopes only"));
-        };
+        let envelope = envelope_of(&msg, PipelineStage::Preprocess)?;
         let started = chrono::Utc::now();
-        let mut manifest = self.manifests.require(&envelope.job_id).await?;
-        let resume = msg.redelivered || msg.attempt > 0;
-        match (&manifest.status, &manifest.preprocess) {
-            (JobStatus::Ingest | JobStatus::Preprocess, _) => {}
-            // Stored before a crash or a lost confirm: send it on again.
-            (JobStatus::Inference, Some(info)) if resume => {
-                info!("Preprocess already stored; forwarding again");
-                return Ok(vec![forward(&envelope, info)]);
+        let held = match self.claims.claim(&envelope.job_id, PipelineStage::Preprocess, msg.attempt).await? {
+            Claimed::Run(held) => *held,
+            Claimed::Reforward(manifest) => {
+                return Ok(manifest.preprocess.iter().flat_map(|i| forward(&envelope, i)).collect())
             }
-            (status, _) => {
-                info!(status = %status, "Job is past preprocess; duplicate message dropped");
-                return Ok(Vec::new());
-            }
-        }
-        manifest.status = JobStatus::Preprocess;
+            Claimed::Drop => return Ok(Vec::new()),
+        };
         let info = match envelope.kind {
             JobKind::Generate => {
                 let (tier, reason) = assign_tier(envelope.priority, envelope.quality, None, &self.settings.preprocess);
@@ -66,21 +58,26 @@ impl Stage for Preprocess {
             JobKind::Analyze => self.normalize(&envelope).await?,
         };
         info!(tier = %info.tier, reason = %info.tier_reason, "Tier assigned");
-        let next = forward(&envelope, &info);
-        manifest.tier = Some(info.tier);
-        manifest.preprocess = Some(info);
-        manifest.status = JobStatus::Inference;
-        manifest.record_stage("preprocess", started, msg.attempt);
-        self.manifests.save(&mut manifest).await?;
-        Ok(vec![next])
+        let stored = held
+            .commit(|m| {
+                m.tier = Some(info.tier);
+                m.preprocess = Some(info.clone());
+                m.status = JobStatus::Inference;
+                m.record_stage("preprocess", started, msg.attempt);
+            })
+            .await?;
+        Ok(if stored.is_some() { forward(&envelope, &info) } else { Vec::new() })
     }
 }
 
-/// The message for the job's tier queue.
-fn forward(envelope: &Envelope, info: &PreprocessInfo) -> Dispatch {
+/// The message for the job's tier queue, and the record that it was sent.
+fn forward(envelope: &Envelope, info: &PreprocessInfo) -> Vec<Dispatch> {
     let mut next = envelope.forward(info.keyframes.clone());
     next.tier = Some(info.tier);
-    Dispatch::Next { queue: WorkQueue::Inference(info.tier), envelope: next }
+    vec![
+        Dispatch::Next { queue: WorkQueue::Inference(info.tier), envelope: next },
+        Dispatch::Handoff { job_id: envelope.job_id.clone() },
+    ]
 }
 
 /// Output size for a `width`x`height` video under the caps: scaled down
@@ -110,7 +107,8 @@ impl Preprocess {
     pub fn new(settings: Arc<Settings>, storage: Storage) -> Self {
         let manifests = ManifestStore::new(storage.clone(), settings.s3.work_bucket.clone());
         let media = Media::new(settings.media.clone());
-        Self { settings, storage, manifests, media }
+        let claims = JobClaims::new(manifests.clone(), Duration::from_secs(settings.runtime.claim_lease_secs));
+        Self { settings, storage, manifests, claims, media }
     }
 
     async fn normalize(&self, envelope: &Envelope) -> Result<PreprocessInfo, StageError> {

@@ -62,6 +62,39 @@ ensure_rabbitmq() {
   die "RabbitMQ does not answer on 127.0.0.1:5672 (see /var/log/rabbitmq)"
 }
 
+pg_answers() { (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; }
+
+# PostgreSQL for the shared-state tests: Debian's package, its cluster
+# started, and a test role (reelfleet_test, allowed to create databases) that
+# logs in with a password over TCP whatever the server's auth method.
+ensure_postgres() {
+  if [ -n "${REELFLEET_TEST_PG:-}" ]; then
+    say "using the PostgreSQL of REELFLEET_TEST_PG"
+    return 0
+  fi
+  if ! pg_answers; then
+    command -v pg_lsclusters >/dev/null 2>&1 || apt_install postgresql
+    if [ -z "$(pg_lsclusters -h 2>/dev/null)" ]; then
+      local version; version="$(ls /usr/lib/postgresql | sort -V | tail -n 1)"
+      as_root pg_createcluster "$version" main >/dev/null
+    fi
+    say "starting PostgreSQL"
+    pg_lsclusters -h | while read -r version cluster _; do
+      as_root pg_ctlcluster "$version" "$cluster" start 2>/dev/null || true
+    done
+    for _ in $(seq 1 30); do pg_answers && break; sleep 1; done
+    pg_answers || die "PostgreSQL does not answer on 127.0.0.1:5432 (see /var/log/postgresql)"
+  fi
+  as_root runuser -u postgres -- psql -q -v ON_ERROR_STOP=1 >/dev/null <<'SQL' || die "cannot create the reelfleet_test role in PostgreSQL"
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'reelfleet_test') THEN
+    CREATE ROLE reelfleet_test LOGIN CREATEDB PASSWORD 'reelfleet_test';
+  END IF;
+END $$;
+SQL
+  export REELFLEET_TEST_PG="postgres://reelfleet_test:reelfleet_test@127.0.0.1:5432/postgres"
+}
+
 ensure_all() {
   ensure_cargo
   ensure_ffmpeg

@@ -389,11 +389,78 @@ impl TestStack {
         out
     }
 
+    /// Starts another replica of `stages` in this process: its own runtime, broker
+    /// connections, rate limiter and budget client, the same namespace, S3,
+    /// provider and shared state. Stop it with the returned token, then `wait`.
+    pub async fn start_replica(
+        &self,
+        stages: &[reelfleet_cli::fleet::StageName],
+    ) -> (reelfleet_cli::fleet::FleetHandle, tokio_util::sync::CancellationToken) {
+        let settings = self.dev.settings.clone();
+        let metrics = reelfleet_core::metrics::Metrics::new();
+        let built = reelfleet_cli::fleet::build_stages(&settings, &self.storage, &metrics, stages, &[])
+            .await
+            .expect("replica stages");
+        let stop = tokio_util::sync::CancellationToken::new();
+        let handle = reelfleet_cli::fleet::start(settings, built, metrics, stop.clone()).await.expect("replica");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !handle.readiness.is_ready() {
+            assert!(Instant::now() < deadline, "replica not ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (handle, stop)
+    }
+
     /// Stops the fleet (draining), then deletes the namespace's queues and exchange.
     pub async fn cleanup(self) {
         let Self { dev, _janitor, .. } = self;
         dev.stop().await;
         tokio::task::spawn_blocking(move || drop(_janitor)).await.expect("janitor");
+    }
+}
+
+/// A PostgreSQL database of its own for one test, dropped with the value.
+/// The server is `REELFLEET_TEST_PG` (default: the local one, as the role
+/// `scripts/test` creates).
+pub struct TestDatabase {
+    admin: String,
+    name: String,
+    /// The database's URL.
+    pub url: String,
+}
+
+impl TestDatabase {
+    /// Creates a fresh database.
+    pub async fn create() -> Self {
+        use sqlx::Connection;
+        let admin = std::env::var("REELFLEET_TEST_PG")
+            .unwrap_or_else(|_| "postgres://reelfleet_test:reelfleet_test@127.0.0.1:5432/postgres".into());
+        let name = format!("rf_test_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .expect("PostgreSQL reachable (scripts/test installs and starts it; REELFLEET_TEST_PG names another)");
+        let create = format!("CREATE DATABASE {name}");
+        sqlx::query(&create).execute(&mut conn).await.expect("create database");
+        let _ = conn.close().await;
+        let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(admin.clone());
+        Self { url: format!("{base}/{name}"), admin, name }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async move {
+                use sqlx::Connection;
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                    let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    let _ = sqlx::query(&drop).execute(&mut conn).await;
+                }
+            });
+        })
+        .join();
     }
 }
 

@@ -5,7 +5,7 @@ use crate::fleet::{self, FleetHandle, StageName};
 use anyhow::Context;
 use reelfleet_core::{
     broker::Broker,
-    settings::Settings,
+    settings::{Secret, Settings},
     storage::Storage,
     topology::{Topology, WorkQueue},
 };
@@ -93,6 +93,10 @@ impl DevStack {
         for bucket in [&base.s3.upload_bucket, &base.s3.work_bucket] {
             storage.ensure_bucket(bucket).await.with_context(|| format!("cannot create bucket {bucket}"))?;
         }
+        if base.state.url.expose().is_empty() {
+            // Every worker process started against this data folder shares budgets and rate limits here.
+            base.state.url = Secret::new(format!("sqlite://{}", data_dir.join("state.db").display()));
+        }
         let config_path = data_dir.join("reelfleet.toml");
         std::fs::write(&config_path, base.to_toml())
             .with_context(|| format!("cannot write {}", config_path.display()))?;
@@ -101,7 +105,7 @@ impl DevStack {
         let shutdown = CancellationToken::new();
 
         let metrics = reelfleet_core::metrics::Metrics::new();
-        let stages = fleet::build_stages(&settings, &storage, &metrics, &opts.stages, &[])?;
+        let stages = fleet::build_stages(&settings, &storage, &metrics, &opts.stages, &[]).await?;
         let fleet = fleet::start(settings.clone(), stages, metrics, shutdown.clone()).await?;
         info!(
             s3 = %settings.s3.endpoint,

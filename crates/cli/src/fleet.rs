@@ -5,6 +5,7 @@ use anyhow::Context;
 use reelfleet_core::{
     broker::Broker,
     envelope::Tier,
+    fleetstate::FleetState,
     health::{self, Readiness},
     manifest::ManifestStore,
     metrics::Metrics,
@@ -46,8 +47,8 @@ impl FromStr for StageName {
     }
 }
 
-/// Builds the stage objects.
-pub fn build_stages(
+/// Builds the stage objects (inference connects to the shared state database).
+pub async fn build_stages(
     settings: &Arc<Settings>,
     storage: &Storage,
     metrics: &Metrics,
@@ -59,10 +60,15 @@ pub fn build_stages(
         out.push(match s {
             StageName::Ingest => Arc::new(Ingest::new(settings.clone(), storage.clone())),
             StageName::Preprocess => Arc::new(Preprocess::new(settings.clone(), storage.clone())),
-            StageName::Inference => Arc::new(
-                Inference::new(settings.clone(), storage.clone(), tiers.to_vec(), metrics.clone())
-                    .context("inference provider")?,
-            ),
+            StageName::Inference => {
+                let state = FleetState::connect(settings.state.url.expose(), &settings.namespace)
+                    .await
+                    .context("inference's shared state (state.url)")?;
+                Arc::new(
+                    Inference::new(settings.clone(), storage.clone(), tiers.to_vec(), metrics.clone(), state)
+                        .context("inference provider")?,
+                )
+            }
             StageName::Postprocess => Arc::new(Postprocess::new(settings.clone(), storage.clone())),
         });
     }

@@ -321,7 +321,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let settings = Arc::new(settings);
             let storage = Storage::new(&settings.s3);
             let metrics = reelfleet_core::metrics::Metrics::new();
-            let stages = fleet::build_stages(&settings, &storage, &metrics, &[stage], &tiers)?;
+            let stages = fleet::build_stages(&settings, &storage, &metrics, &[stage], &tiers).await?;
             let shutdown = CancellationToken::new();
             let handle = fleet::start(settings.clone(), stages, metrics, shutdown.clone()).await?;
             tracing::info!(stage = ?stage, health = %handle.health_addr, namespace = %settings.namespace, "Worker started");

@@ -2,6 +2,7 @@
 pub mod broker;
 pub mod envelope;
 pub mod error;
+pub mod fleetstate;
 pub mod health;
 pub mod jobstate;
 pub mod json;

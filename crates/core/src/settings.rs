@@ -58,6 +58,8 @@ pub struct Settings {
     pub inference: InferenceSettings,
     /// Renditions, quality floor, CDN purge.
     pub postprocess: PostprocessSettings,
+    /// The database every replica shares budgets, rate limits and cooldowns through.
+    pub state: StateSettings,
 }
 
 impl Default for Settings {
@@ -74,6 +76,7 @@ impl Default for Settings {
             preprocess: PreprocessSettings::default(),
             inference: InferenceSettings::default(),
             postprocess: PostprocessSettings::default(),
+            state: StateSettings::default(),
         }
     }
 }
@@ -293,6 +296,15 @@ impl Default for S3Settings {
             timeout_secs: 120,
         }
     }
+}
+
+/// The fleet's shared state store.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateSettings {
+    /// Database URL: `postgres://user:pass@host/db` for a fleet, or `sqlite:///path/state.db`
+    /// for one machine (what `reelfleet dev` uses, in its data folder). Required by inference.
+    pub url: Secret,
 }
 
 /// Message signing.

@@ -12,7 +12,7 @@ use std::{
     path::{Component, Path, PathBuf},
     sync::Arc,
 };
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -51,37 +51,55 @@ impl Notifier {
     }
 }
 
-/// One lock per key being written. s3s-fs checks `If-Match`/`If-None-Match`
-/// and then writes, as two steps; holding the key's lock across both makes
-/// a conditional write the atomic compare-and-swap S3 promises, so two
-/// workers racing on a manifest cannot both win.
+/// One lock per key in use. s3s-fs checks `If-Match`/`If-None-Match` and
+/// then writes, as two steps, and a read opens the file before it reads the
+/// ETag; holding the key's lock across each (exclusive for writes, shared for
+/// reads) makes a conditional write the atomic compare-and-swap S3 promises
+/// and a read return a body with its own ETag, so two workers racing on a
+/// manifest cannot both win, nor one win on a stale read.
 #[derive(Default)]
 struct KeyLocks {
-    held: std::sync::Mutex<HashMap<ObjectId, Arc<Mutex<()>>>>,
+    held: std::sync::Mutex<HashMap<ObjectId, Arc<RwLock<()>>>>,
 }
 
 /// Bucket and key.
 type ObjectId = (String, String);
 
+enum Hold {
+    Read(#[allow(dead_code)] tokio::sync::OwnedRwLockReadGuard<()>),
+    Write(#[allow(dead_code)] tokio::sync::OwnedRwLockWriteGuard<()>),
+}
+
 struct KeyGuard<'a> {
     locks: &'a KeyLocks,
     id: ObjectId,
-    lock: Arc<Mutex<()>>,
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    lock: Arc<RwLock<()>>,
+    hold: Option<Hold>,
 }
 
 impl KeyLocks {
-    async fn lock(&self, bucket: &str, key: &str) -> KeyGuard<'_> {
+    fn entry(&self, bucket: &str, key: &str) -> (ObjectId, Arc<RwLock<()>>) {
         let id = (bucket.to_string(), key.to_string());
         let lock = self.held.lock().expect("key locks").entry(id.clone()).or_default().clone();
-        let guard = lock.clone().lock_owned().await;
-        KeyGuard { locks: self, id, lock, guard: Some(guard) }
+        (id, lock)
+    }
+
+    async fn write(&self, bucket: &str, key: &str) -> KeyGuard<'_> {
+        let (id, lock) = self.entry(bucket, key);
+        let hold = Hold::Write(lock.clone().write_owned().await);
+        KeyGuard { locks: self, id, lock, hold: Some(hold) }
+    }
+
+    async fn read(&self, bucket: &str, key: &str) -> KeyGuard<'_> {
+        let (id, lock) = self.entry(bucket, key);
+        let hold = Hold::Read(lock.clone().read_owned().await);
+        KeyGuard { locks: self, id, lock, hold: Some(hold) }
     }
 }
 
 impl Drop for KeyGuard<'_> {
     fn drop(&mut self) {
-        self.guard.take();
+        self.hold.take();
         let mut held = self.locks.held.lock().expect("key locks");
         // Only the table and this guard hold it: nobody waits, forget the key.
         if Arc::strong_count(&self.lock) == 2 {
@@ -130,8 +148,6 @@ s3_impl! {
         head_bucket: HeadBucketInput => HeadBucketOutput;
         list_buckets: ListBucketsInput => ListBucketsOutput;
         get_bucket_location: GetBucketLocationInput => GetBucketLocationOutput;
-        get_object: GetObjectInput => GetObjectOutput;
-        head_object: HeadObjectInput => HeadObjectOutput;
         delete_objects: DeleteObjectsInput => DeleteObjectsOutput;
         copy_object: CopyObjectInput => CopyObjectOutput;
         list_objects: ListObjectsInput => ListObjectsOutput;
@@ -144,7 +160,7 @@ s3_impl! {
 
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
         let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
-        let _key = self.locks.lock(&bucket, &key).await;
+        let _key = self.locks.write(&bucket, &key).await;
         let resp = self.fs.put_object(req).await?;
         if bucket == self.notifier.bucket {
             let etag = resp.output.e_tag.as_ref().map(etag_text).unwrap_or_default();
@@ -159,7 +175,7 @@ s3_impl! {
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         let (bucket, key) = (req.input.bucket.clone(), req.input.key.clone());
-        let _key = self.locks.lock(&bucket, &key).await;
+        let _key = self.locks.write(&bucket, &key).await;
         let mut resp = self.fs.complete_multipart_upload(req).await?;
         // s3s-fs completes in a keep-alive future; resolve it to learn the ETag.
         if let Some(done) = resp.output.future.take() {
@@ -173,8 +189,18 @@ s3_impl! {
         Ok(resp)
     }
 
+    async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+        let _key = self.locks.read(&req.input.bucket, &req.input.key).await;
+        self.fs.get_object(req).await
+    }
+
+    async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
+        let _key = self.locks.read(&req.input.bucket, &req.input.key).await;
+        self.fs.head_object(req).await
+    }
+
     async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
-        let _key = self.locks.lock(&req.input.bucket, &req.input.key).await;
+        let _key = self.locks.write(&req.input.bucket, &req.input.key).await;
         self.fs.delete_object(req).await
     }
     }

@@ -11,10 +11,14 @@
 //! in core), so a duplicated message never pays twice, and a job id that
 //! appears twice in one batch is sent once.
 //!
-//! Layout: [`router`] (model choice, cooldowns, daily spend), [`pack`]
-//! (request packing and token split), [`ledger`] (the write-ahead ledger),
-//! `limits` (rate limits), `provider` (HTTP clients).
+//! Budgets, rate limits and cooldowns are the fleet's, not a replica's: they
+//! live in the shared state database (core's `fleetstate`).
+//!
+//! Layout: [`router`] (model choice and cooldowns), [`pack`] (request packing
+//! and token split), [`ledger`] (the write-ahead ledger), [`budget`] (daily
+//! budgets with reservations), `limits` (rate limits), `provider` (HTTP clients).
 
+pub mod budget;
 pub mod ledger;
 mod limits;
 pub mod pack;
@@ -29,6 +33,7 @@ use ledger::{Ledger, LedgerEntry};
 use reelfleet_core::{
     envelope::{Envelope, JobKind, Tier},
     error::StageError,
+    fleetstate::FleetState,
     jobstate::{envelope_of, Claimed, Held, JobClaims, PipelineStage},
     manifest::{stage_key, Charge, InferenceInfo, JobManifest, JobStatus, ManifestStore},
     media::scratch_dir,
@@ -47,6 +52,8 @@ use tracing::{info, warn};
 
 /// Largest keyframe sent to a model, in bytes.
 pub const MAX_KEYFRAME_BYTES: u64 = 8 * 1024 * 1024;
+/// Output tokens reserved per job when a batch's cost is estimated ahead of the bill.
+pub const OUTPUT_TOKENS_ESTIMATE: u64 = 256;
 
 /// The inference stage.
 #[derive(Clone, Debug)]
@@ -59,8 +66,9 @@ pub struct Inference {
     provider: Provider,
     tiers: Vec<Tier>,
     metrics: Metrics,
-    router: Arc<router::Router>,
+    router: router::Router,
     limits: Arc<limits::Limits>,
+    budgets: budget::Budgets,
 }
 
 /// What became of one message before any provider call.
@@ -100,6 +108,14 @@ struct JobAnswer {
 /// What one provider request gave: the usable answers (by job id).
 struct RequestOutcome {
     answers: HashMap<String, JobAnswer>,
+}
+
+/// One job's fate in a batch.
+enum Answer {
+    Answered(JobAnswer),
+    Failed(StageError),
+    /// Not sent: the tier's budget is spent.
+    OverBudget(budget::Spend),
 }
 
 #[async_trait]
@@ -172,19 +188,22 @@ impl Stage for Inference {
 }
 
 impl Inference {
-    /// The stage for `settings`, consuming the given tiers (all when empty).
+    /// The stage for `settings`, consuming the given tiers (all when empty),
+    /// sharing budgets, rate limits and cooldowns through `state`.
     pub fn new(
         settings: Arc<Settings>,
         storage: Storage,
         tiers: Vec<Tier>,
         metrics: Metrics,
+        state: FleetState,
     ) -> Result<Self, ProviderError> {
         let manifests = ManifestStore::new(storage.clone(), settings.s3.work_bucket.clone());
         let claims = JobClaims::new(manifests.clone(), Duration::from_secs(settings.runtime.claim_lease_secs));
         let ledger = Ledger::new(storage.clone(), settings.s3.work_bucket.clone());
         let provider = Provider::new(&settings.inference)?;
         let tiers = if tiers.is_empty() { Tier::ALL.to_vec() } else { tiers };
-        let limits = Arc::new(limits::Limits::new(&settings.inference));
+        let limits = Arc::new(limits::Limits::new(&settings.inference, state.clone()));
+        let budgets = budget::Budgets::new(state.clone());
         Ok(Self {
             settings,
             storage,
@@ -194,8 +213,9 @@ impl Inference {
             provider,
             tiers,
             metrics,
-            router: Default::default(),
+            router: router::Router::new(state),
             limits,
+            budgets,
         })
     }
 
@@ -223,10 +243,14 @@ impl Inference {
         };
         let answered = entries.iter().any(|e| e.answer.is_some());
         let t = self.settings.inference.tier(tier);
-        if let (Some(budget), false) = (t.daily_budget_usd, answered) {
-            let spent = self.router.spent(tier);
-            if spent >= budget {
-                return Plan::Done(self.over_budget(tier, budget, spent, t.on_budget, envelope, held).await);
+        if let (Some(cap), false) = (t.daily_budget_usd, answered) {
+            // A cheap early look; the reservation before sending is what holds the line.
+            match self.budgets.spend(tier).await {
+                Ok(spend) if spend.committed() >= cap => {
+                    return Plan::Done(self.over_budget(tier, spend, envelope, held).await);
+                }
+                Ok(_) => {}
+                Err(e) => return Plan::Done(Err(e.into())),
             }
         }
         match envelope.kind {
@@ -238,13 +262,16 @@ impl Inference {
     async fn over_budget(
         &self,
         tier: Tier,
-        budget: f64,
-        spent: f64,
-        action: BudgetAction,
+        spend: budget::Spend,
         mut envelope: Envelope,
         held: Held,
     ) -> Result<Vec<Dispatch>, StageError> {
-        let why = format!("tier {tier} spent ${spent:.6} of its ${budget:.6} daily budget");
+        let t = self.settings.inference.tier(tier);
+        let (cap, action) = (t.daily_budget_usd.unwrap_or(0.0), t.on_budget);
+        let why = format!(
+            "tier {tier} spent ${:.6} (and holds ${:.6} for requests in flight) of its ${cap:.6} daily budget",
+            spend.spent_usd, spend.reserved_usd
+        );
         match (action, router::cheaper(tier)) {
             (BudgetAction::Downgrade, Some(lower)) => {
                 info!(job_id = %envelope.job_id, from = %tier, to = %lower, "{why}; downgraded");
@@ -397,7 +424,16 @@ impl Inference {
             return out;
         }
         // One pick per batch: the batch is packed to the limits of the model it is sent to.
-        let route = self.router.pick(&self.settings.inference, tier);
+        let route = match self.router.pick(&self.settings.inference, tier).await {
+            Ok(route) => route,
+            Err(e) => {
+                let e = StageError::from(e);
+                for job in ready {
+                    out.push((job.index, self.fail(&job.envelope, job.held, e.clone()).await));
+                }
+                return out;
+            }
+        };
         let model_limits = self.settings.inference.price(&route.model).cloned();
         let (max_images, max_tokens) =
             model_limits.map(|m| (m.max_images_per_request, m.max_input_tokens)).unwrap_or((64, 128_000));
@@ -410,7 +446,7 @@ impl Inference {
             })
             .collect();
         let groups = pack::pack(&items, max_images, max_tokens, self.settings.inference.tokens_per_image_estimate);
-        let answered: Vec<Vec<(usize, Result<JobAnswer, StageError>)>> = stream::iter(groups)
+        let answered: Vec<Vec<(usize, Answer)>> = stream::iter(groups)
             .map(|group| {
                 let (ready, route) = (&ready, route.clone());
                 async move { self.run_group(tier, route, ready, group).await }
@@ -418,17 +454,18 @@ impl Inference {
             .buffer_unordered(4)
             .collect()
             .await;
-        let mut by_pos: HashMap<usize, Result<JobAnswer, StageError>> = answered.into_iter().flatten().collect();
+        let mut by_pos: HashMap<usize, Answer> = answered.into_iter().flatten().collect();
         let finished: Vec<(usize, Result<Vec<Dispatch>, StageError>)> = stream::iter(ready.into_iter().enumerate())
             .map(|(pos, job)| {
                 let answer = by_pos
                     .remove(&pos)
-                    .unwrap_or_else(|| Err(StageError::transient("internal", "job lost its answer")));
+                    .unwrap_or_else(|| Answer::Failed(StageError::transient("internal", "job lost its answer")));
                 async move {
                     let index = job.index;
                     let r = match answer {
-                        Ok(a) => self.store_analysis(tier, job.envelope, job.held, a, started).await,
-                        Err(e) => self.fail(&job.envelope, job.held, e).await,
+                        Answer::Answered(a) => self.store_analysis(tier, job.envelope, job.held, a, started).await,
+                        Answer::Failed(e) => self.fail(&job.envelope, job.held, e).await,
+                        Answer::OverBudget(spend) => self.over_budget(tier, spend, job.envelope, job.held).await,
                     };
                     (index, r)
                 }
@@ -448,42 +485,48 @@ impl Inference {
         route: router::Route,
         jobs: &[AnalyzeJob],
         group: Vec<usize>,
-    ) -> Vec<(usize, Result<JobAnswer, StageError>)> {
+    ) -> Vec<(usize, Answer)> {
         let mut out = Vec::new();
         let members: Vec<&AnalyzeJob> = group.iter().map(|&p| &jobs[p]).collect();
         let mut answers = match self.request(tier, route.clone(), &members).await {
-            Ok(o) => o.answers,
-            Err(e) => return group.into_iter().map(|p| (p, Err(e.clone()))).collect(),
+            Ok(Ok(o)) => o.answers,
+            Ok(Err(spend)) => return group.into_iter().map(|p| (p, Answer::OverBudget(spend))).collect(),
+            Err(e) => return group.into_iter().map(|p| (p, Answer::Failed(e.clone()))).collect(),
         };
         for p in group {
             let id = &jobs[p].envelope.job_id;
             if let Some(a) = answers.remove(id) {
-                out.push((p, Ok(a)));
+                out.push((p, Answer::Answered(a)));
                 continue;
             }
             // Missing or unusable part: this job alone, once; its first share stays on its bill (the ledger).
             warn!(job_id = %id, "No usable answer for the job in its batch; asking for it alone");
             let single = match self.request(tier, route.clone(), &[&jobs[p]]).await {
-                Ok(mut o) => o
-                    .answers
-                    .remove(id)
-                    .ok_or_else(|| StageError::transient("provider", "the model gave no usable answer for this job")),
-                Err(e) => Err(e),
+                Ok(Ok(mut o)) => match o.answers.remove(id) {
+                    Some(a) => Answer::Answered(a),
+                    None => Answer::Failed(StageError::transient(
+                        "provider",
+                        "the model gave no usable answer for this job",
+                    )),
+                },
+                Ok(Err(spend)) => Answer::OverBudget(spend),
+                Err(e) => Answer::Failed(e),
             };
             out.push((p, single));
         }
         out
     }
 
-    /// One chat request for `jobs`, through rate limits, retries and fallback;
-    /// the billed tokens split exactly over all its jobs, answered or not
-    /// (an unusable answer was billed too).
+    /// One chat request for `jobs`, through the tier's budget, rate limits,
+    /// retries and fallback; the billed tokens split exactly over all its
+    /// jobs, answered or not (an unusable answer was billed too). `Err(spend)`
+    /// inside when the tier's budget has no room for it: nothing was sent.
     async fn request(
         &self,
         tier: Tier,
         mut route: router::Route,
         jobs: &[&AnalyzeJob],
-    ) -> Result<RequestOutcome, StageError> {
+    ) -> Result<Result<RequestOutcome, budget::Spend>, StageError> {
         use base64::Engine;
         let ids: Vec<String> = jobs.iter().map(|j| j.envelope.job_id.clone()).collect();
         let mut parts = vec![serde_json::json!({"type": "text", "text": pack::INSTRUCTIONS})];
@@ -500,7 +543,57 @@ impl Inference {
             weights.push(weight);
         }
         let estimate: u64 = weights.iter().sum::<u64>() + (pack::INSTRUCTIONS.len() as u64).div_ceil(4);
+        let est_usd = self.cost(&route.model, estimate, OUTPUT_TOKENS_ESTIMATE * jobs.len() as u64)?;
+        let reservation = match self.reserve(tier, est_usd).await? {
+            Ok(r) => r,
+            Err(spend) => return Ok(Err(spend)),
+        };
         let request_id = uuid::Uuid::new_v4().simple().to_string();
+        let mut billed_usd = 0.0;
+        let outcome =
+            self.exchange(tier, &mut route, &ids, &parts, &weights, estimate, &request_id, &mut billed_usd).await;
+        self.settle(tier, reservation, billed_usd).await;
+        outcome.map(Ok)
+    }
+
+    /// Sets aside `usd` of `tier`'s budget; `Ok(None)` for a tier without a cap,
+    /// `Err(spend)` when the cap is reached.
+    async fn reserve(
+        &self,
+        tier: Tier,
+        usd: f64,
+    ) -> Result<Result<Option<budget::Reservation>, budget::Spend>, StageError> {
+        let Some(cap) = self.settings.inference.tier(tier).daily_budget_usd else { return Ok(Ok(None)) };
+        match self.budgets.reserve(tier, cap, usd).await? {
+            Some(r) => Ok(Ok(Some(r))),
+            None => Ok(Err(self.budgets.spend(tier).await?)),
+        }
+    }
+
+    /// Turns a reservation into what was billed (or counts the spend of a tier without a cap).
+    async fn settle(&self, tier: Tier, reservation: Option<budget::Reservation>, billed_usd: f64) {
+        match reservation {
+            Some(r) if billed_usd > 0.0 => self.budgets.settle(r, billed_usd).await,
+            Some(r) => self.budgets.release(r).await,
+            None if billed_usd > 0.0 => self.budgets.record(tier, billed_usd).await,
+            None => {}
+        }
+    }
+
+    /// Sends the request (falling back to the tier's fallback model when the
+    /// model keeps failing), records what was billed in the ledger and adds it to `billed_usd`.
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange(
+        &self,
+        tier: Tier,
+        route: &mut router::Route,
+        ids: &[String],
+        parts: &[serde_json::Value],
+        weights: &[u64],
+        estimate: u64,
+        request_id: &str,
+        billed_usd: &mut f64,
+    ) -> Result<RequestOutcome, StageError> {
         let mut tried_fallback = route.fallback_from.is_some();
         loop {
             let body = serde_json::json!({
@@ -508,13 +601,15 @@ impl Inference {
                 "messages": [{"role": "user", "content": parts}],
                 "response_format": {"type": "json_object"},
             });
-            match self.send(&route.model, &body, &request_id, estimate).await {
+            match self.send(&route.model, &body, request_id, estimate).await {
                 Ok(resp) => {
-                    self.router.record(&self.settings.inference, &route.model, true);
-                    let results = pack::parse_results(&resp.content, &ids);
+                    if let Err(e) = self.router.record(&self.settings.inference, &route.model, true).await {
+                        warn!(model = %route.model, error = %e, "Could not record the model's success");
+                    }
+                    let results = pack::parse_results(&resp.content, ids);
                     let out_weights: Vec<u64> =
                         ids.iter().map(|id| results.get(id).map(|r| r.to_string().len() as u64).unwrap_or(0)).collect();
-                    let inputs = pack::allocate(resp.prompt_tokens, &weights);
+                    let inputs = pack::allocate(resp.prompt_tokens, weights);
                     let outputs = pack::allocate(resp.completion_tokens, &out_weights);
                     let now = chrono::Utc::now();
                     let mut entries = Vec::with_capacity(ids.len());
@@ -529,13 +624,14 @@ impl Inference {
                             answered: results.contains_key(id),
                         };
                         self.account(tier, &charge);
+                        *billed_usd += charge.usd;
                         if !charge.answered {
                             warn!(job_id = %id, input_tokens = charge.input_tokens, "Billed for an unusable answer");
                         }
                         entries.push(LedgerEntry {
                             job_id: id.clone(),
                             kind: "chat".into(),
-                            client_request_id: request_id.clone(),
+                            client_request_id: request_id.to_string(),
                             charge,
                             answer: results.get(id).cloned(),
                             recorded_at: now,
@@ -562,13 +658,17 @@ impl Inference {
                     return Err(StageError::permanent("provider", format!("{}: {m}", route.model)))
                 }
                 Err(e) => {
-                    let cooled = self.router.record(&self.settings.inference, &route.model, false);
+                    let cooled = match self.router.record(&self.settings.inference, &route.model, false).await {
+                        Ok(cooled) => cooled || self.router.cooling(&route.model).await.unwrap_or(false),
+                        Err(state) => {
+                            warn!(model = %route.model, error = %state, "Could not record the model's failure");
+                            false
+                        }
+                    };
                     let fallback = self.settings.inference.tier(tier).fallback_model.clone();
-                    if let (true, false, Some(fb)) =
-                        (cooled || self.router.cooling(&route.model), tried_fallback, fallback)
-                    {
+                    if let (true, false, Some(fb)) = (cooled, tried_fallback, fallback) {
                         warn!(model = %route.model, fallback = %fb, "Model keeps failing; its fallback takes over");
-                        route = router::Route { model: fb, fallback_from: Some(route.model.clone()) };
+                        *route = router::Route { model: fb, fallback_from: Some(route.model.clone()) };
                         tried_fallback = true;
                         continue;
                     }
@@ -578,12 +678,11 @@ impl Inference {
         }
     }
 
-    /// Every billed share goes to the metrics and the tier's daily spend at once.
+    /// Every billed share goes to the metrics at once.
     fn account(&self, tier: Tier, c: &Charge) {
         self.metrics.tokens.with_label_values(&[tier.as_str(), &c.model, "input"]).inc_by(c.input_tokens);
         self.metrics.tokens.with_label_values(&[tier.as_str(), &c.model, "output"]).inc_by(c.output_tokens);
         self.metrics.cost_usd.with_label_values(&[tier.as_str(), &c.model]).inc_by(c.usd);
-        self.router.add_spend(tier, c.usd);
     }
 
     /// Sends one chat request, waiting out rate limits and `Retry-After`, retrying 5xx with backoff.
@@ -614,7 +713,7 @@ impl Inference {
             .build();
         let (mut failures, mut throttled) = (0u32, 0u32);
         loop {
-            self.limits.acquire(model, estimate).await;
+            self.limits.acquire(model, estimate).await.map_err(|e| ProviderError::Unavailable(e.to_string()))?;
             match call().await {
                 Ok(r) => return Ok(r),
                 Err(ProviderError::RateLimited(wait)) => {
@@ -686,7 +785,23 @@ impl Inference {
         entries: Vec<LedgerEntry>,
         started: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<Dispatch>, StageError> {
-        match self.generate_video(&envelope, &held, entries).await {
+        let tier = envelope.tier.or(held.manifest.tier).unwrap_or_default();
+        let stored = entries.into_iter().rev().find(|e| e.answer.is_some());
+        let reservation = match (&stored, &held.manifest.prompt) {
+            (None, Some(doc)) => {
+                let estimate = doc.duration_seconds * self.settings.inference.video_usd_per_second;
+                match self.reserve(tier, estimate).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(spend)) => return self.over_budget(tier, spend, envelope, held).await,
+                    Err(e) => return self.fail(&envelope, held, e).await,
+                }
+            }
+            _ => None,
+        };
+        let mut billed_usd = 0.0;
+        let generated = self.generate_video(&envelope, &held, stored, &mut billed_usd).await;
+        self.settle(tier, reservation, billed_usd).await;
+        match generated {
             Ok(info) => self.finish(&envelope, held, info, started).await,
             Err(e) => self.fail(&envelope, held, e).await,
         }
@@ -698,7 +813,8 @@ impl Inference {
         &self,
         envelope: &Envelope,
         held: &Held,
-        entries: Vec<LedgerEntry>,
+        stored: Option<LedgerEntry>,
+        billed_usd: &mut f64,
     ) -> Result<InferenceInfo, StageError> {
         let tier = envelope.tier.or(held.manifest.tier).unwrap_or_default();
         let doc = held
@@ -707,7 +823,6 @@ impl Inference {
             .clone()
             .ok_or_else(|| StageError::permanent("bad_input", "generate job without a prompt document"))?;
         let model = self.settings.inference.video_model.clone();
-        let stored = entries.into_iter().rev().find(|e| e.answer.is_some());
         let (answer, charge) = match stored {
             Some(e) => {
                 info!(job_id = %envelope.job_id, request_id = e.request_id(), "Video already billed; fetching it again without paying");
@@ -734,6 +849,7 @@ impl Inference {
                     answered: true,
                 };
                 self.account(tier, &charge);
+                *billed_usd += charge.usd;
                 let entry = LedgerEntry {
                     job_id: envelope.job_id.clone(),
                     kind: "video".into(),

@@ -1,19 +1,14 @@
 //! Routing: which model serves a tier right now. A model whose requests keep
 //! failing cools down and its tier's fallback model takes over until it ends.
-//! Also the per-tier daily spend that budgets are checked against.
+//! The failure streak and the cooldown live in the fleet's state database, so
+//! every replica routes alike: one replica's failures cool the model for all.
 
-use reelfleet_core::{envelope::Tier, settings::InferenceSettings};
-use std::{
-    collections::HashMap,
-    sync::Mutex,
-    time::{Duration, Instant},
+use reelfleet_core::{
+    envelope::Tier,
+    fleetstate::{now_ms, FleetState, StateError},
+    settings::InferenceSettings,
 };
-
-#[derive(Debug, Default)]
-struct Health {
-    failures: u32,
-    cooled_until: Option<Instant>,
-}
+use std::time::Duration;
 
 /// The model chosen for a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,70 +19,80 @@ pub struct Route {
     pub fallback_from: Option<String>,
 }
 
-/// Model health and per-tier spend of this worker.
-#[derive(Debug, Default)]
+/// Model health, shared by the fleet.
+#[derive(Debug, Clone)]
 pub struct Router {
-    health: Mutex<HashMap<String, Health>>,
-    spend: Mutex<(chrono::NaiveDate, HashMap<Tier, f64>)>,
+    state: FleetState,
 }
 
 impl Router {
+    /// Routing over the fleet's shared state.
+    pub fn new(state: FleetState) -> Self {
+        Self { state }
+    }
+
     /// The model that serves `tier` now.
-    pub fn pick(&self, settings: &InferenceSettings, tier: Tier) -> Route {
+    pub async fn pick(&self, settings: &InferenceSettings, tier: Tier) -> Result<Route, StateError> {
         let t = settings.tier(tier);
-        let now = Instant::now();
-        let health = self.health.lock().expect("router lock");
-        let cooling = |m: &str| health.get(m).and_then(|h| h.cooled_until).is_some_and(|u| u > now);
         match &t.fallback_model {
-            Some(fb) if cooling(&t.model) && !cooling(fb) => {
-                Route { model: fb.clone(), fallback_from: Some(t.model.clone()) }
+            Some(fb) if self.cooling(&t.model).await? && !self.cooling(fb).await? => {
+                Ok(Route { model: fb.clone(), fallback_from: Some(t.model.clone()) })
             }
-            _ => Route { model: t.model.clone(), fallback_from: None },
+            _ => Ok(Route { model: t.model.clone(), fallback_from: None }),
         }
     }
 
     /// Records a request's outcome; returns true when the model just started cooling down.
-    pub fn record(&self, settings: &InferenceSettings, model: &str, ok: bool) -> bool {
-        let mut health = self.health.lock().expect("router lock");
-        let h = health.entry(model.to_string()).or_default();
+    pub async fn record(&self, settings: &InferenceSettings, model: &str, ok: bool) -> Result<bool, StateError> {
+        let ns = self.state.namespace();
+        let pool = self.state.pool();
         if ok {
-            h.failures = 0;
-            return false;
+            sqlx::query("UPDATE rf_model_gate SET failures = 0 WHERE ns = $1 AND model = $2 AND failures > 0")
+                .bind(ns)
+                .bind(model)
+                .execute(pool)
+                .await?;
+            return Ok(false);
         }
-        h.failures += 1;
-        if h.failures >= settings.cooldown_after_failures.max(1) {
-            h.failures = 0;
-            h.cooled_until = Some(Instant::now() + Duration::from_secs(settings.cooldown_secs));
-            return true;
+        let mut tx = pool.begin().await?;
+        sqlx::query("INSERT INTO rf_model_gate (ns, model) VALUES ($1, $2) ON CONFLICT (ns, model) DO NOTHING")
+            .bind(ns)
+            .bind(model)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE rf_model_gate SET failures = failures + 1 WHERE ns = $1 AND model = $2")
+            .bind(ns)
+            .bind(model)
+            .execute(&mut *tx)
+            .await?;
+        let (failures,): (i64,) = sqlx::query_as("SELECT failures FROM rf_model_gate WHERE ns = $1 AND model = $2")
+            .bind(ns)
+            .bind(model)
+            .fetch_one(&mut *tx)
+            .await?;
+        let cooled = failures >= i64::from(settings.cooldown_after_failures.max(1));
+        if cooled {
+            let until = now_ms() + Duration::from_secs(settings.cooldown_secs).as_millis() as i64;
+            sqlx::query("UPDATE rf_model_gate SET failures = 0, cooled_until_ms = $3 WHERE ns = $1 AND model = $2")
+                .bind(ns)
+                .bind(model)
+                .bind(until)
+                .execute(&mut *tx)
+                .await?;
         }
-        false
+        tx.commit().await?;
+        Ok(cooled)
     }
 
     /// Whether `model` is cooling down.
-    pub fn cooling(&self, model: &str) -> bool {
-        let health = self.health.lock().expect("router lock");
-        health.get(model).and_then(|h| h.cooled_until).is_some_and(|u| u > Instant::now())
-    }
-
-    /// USD spent by `tier` today (UTC).
-    pub fn spent(&self, tier: Tier) -> f64 {
-        let mut spend = self.spend.lock().expect("spend lock");
-        roll(&mut spend);
-        spend.1.get(&tier).copied().unwrap_or(0.0)
-    }
-
-    /// Adds to `tier`'s spend today.
-    pub fn add_spend(&self, tier: Tier, usd: f64) {
-        let mut spend = self.spend.lock().expect("spend lock");
-        roll(&mut spend);
-        *spend.1.entry(tier).or_default() += usd;
-    }
-}
-
-fn roll(spend: &mut (chrono::NaiveDate, HashMap<Tier, f64>)) {
-    let today = chrono::Utc::now().date_naive();
-    if spend.0 != today {
-        *spend = (today, HashMap::new());
+    pub async fn cooling(&self, model: &str) -> Result<bool, StateError> {
+        let until: Option<(i64,)> =
+            sqlx::query_as("SELECT cooled_until_ms FROM rf_model_gate WHERE ns = $1 AND model = $2")
+                .bind(self.state.namespace())
+                .bind(model)
+                .fetch_optional(self.state.pool())
+                .await?;
+        Ok(until.is_some_and(|(u,)| u > now_ms()))
     }
 }
 
@@ -112,19 +117,23 @@ pub fn until_tomorrow() -> Duration {
 mod tests {
     use super::*;
 
-    #[test]
-    fn failing_model_cools_down_and_fallback_serves() {
+    #[tokio::test]
+    async fn failing_model_cools_down_for_every_replica_and_fallback_serves() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("state.db").display());
         let mut s = InferenceSettings { cooldown_after_failures: 2, cooldown_secs: 60, ..Default::default() };
         s.low.fallback_model = Some("gemini-2.5-flash".into());
-        let r = Router::default();
-        assert_eq!(r.pick(&s, Tier::Low).model, "deepseek-v3.2");
-        assert!(!r.record(&s, "deepseek-v3.2", false));
-        assert!(r.record(&s, "deepseek-v3.2", false));
-        let route = r.pick(&s, Tier::Low);
+        // Two replicas: two pools on one database.
+        let a = Router::new(FleetState::connect(&url, "ns").await.unwrap());
+        let b = Router::new(FleetState::connect(&url, "ns").await.unwrap());
+        let other_fleet = Router::new(FleetState::connect(&url, "other").await.unwrap());
+        assert_eq!(a.pick(&s, Tier::Low).await.unwrap().model, "deepseek-v3.2");
+        assert!(!a.record(&s, "deepseek-v3.2", false).await.unwrap());
+        assert!(b.record(&s, "deepseek-v3.2", false).await.unwrap(), "the streak is the fleet's, not a replica's");
+        let route = a.pick(&s, Tier::Low).await.unwrap();
         assert_eq!(route, Route { model: "gemini-2.5-flash".into(), fallback_from: Some("deepseek-v3.2".into()) });
-        r.add_spend(Tier::Low, 0.5);
-        r.add_spend(Tier::Low, 0.25);
-        assert_eq!(r.spent(Tier::Low), 0.75);
+        assert_eq!(b.pick(&s, Tier::Low).await.unwrap(), route);
+        assert_eq!(other_fleet.pick(&s, Tier::Low).await.unwrap().model, "deepseek-v3.2", "namespaces are apart");
         assert_eq!(cheaper(Tier::Critical), Some(Tier::High));
         assert!(until_tomorrow() <= Duration::from_secs(86400));
     }

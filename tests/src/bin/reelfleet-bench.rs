@@ -716,7 +716,10 @@ async fn inference_pass(jobs: usize, batched: bool, rate: f64) -> anyhow::Result
 
     let metrics = Metrics::new();
     let runtime = Runtime::new(&settings, broker.clone(), manifests.clone(), metrics.clone(), Readiness::default());
-    let stage = Arc::new(reelfleet_inference::Inference::new(settings.clone(), storage.clone(), Vec::new(), metrics)?);
+    let state_url = format!("sqlite://{}", work.path().join("state.db").display());
+    let state = reelfleet_core::fleetstate::FleetState::connect(&state_url, &settings.namespace).await?;
+    let stage =
+        Arc::new(reelfleet_inference::Inference::new(settings.clone(), storage.clone(), Vec::new(), metrics, state)?);
     let shutdown = CancellationToken::new();
     let worker = {
         let (rt, stop) = (runtime.clone(), shutdown.clone());

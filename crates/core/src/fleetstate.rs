@@ -1,0 +1,124 @@
+//! The fleet's shared state: one database that every replica of every worker
+//! reaches, holding what must not be counted per process: each tier's daily
+//! spend and reservations, each model's recent requests (for rate limits)
+//! and its failure streak and cooldown. PostgreSQL for a fleet, SQLite in the
+//! data folder for one machine (`reelfleet dev`), through one query layer
+//! (sqlx's `Any` driver) and portable SQL: every statement here runs on both.
+//!
+//! Every row carries the namespace, so fleets (and tests) sharing a database
+//! never see each other's counters.
+
+use sqlx::{
+    any::{AnyPoolOptions, AnyQueryResult},
+    AnyPool, Executor,
+};
+use std::time::Duration;
+
+/// Shared-state failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// No database configured.
+    #[error("state.url is not set: inference needs a database shared by its replicas (postgres://... for a fleet, sqlite:///path/state.db on one machine)")]
+    NotConfigured,
+    /// The database refused or could not be reached.
+    #[error("shared state database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<StateError> for crate::error::StageError {
+    fn from(e: StateError) -> Self {
+        crate::error::StageError::transient("state", e)
+    }
+}
+
+/// The schema, idempotent: applied by every process at start.
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS rf_tier_budget (
+        ns TEXT NOT NULL, day TEXT NOT NULL, tier TEXT NOT NULL,
+        spent_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
+        reserved_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
+        PRIMARY KEY (ns, day, tier))",
+    "CREATE TABLE IF NOT EXISTS rf_model_gate (
+        ns TEXT NOT NULL, model TEXT NOT NULL,
+        turn BIGINT NOT NULL DEFAULT 0,
+        failures BIGINT NOT NULL DEFAULT 0,
+        cooled_until_ms BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (ns, model))",
+    "CREATE TABLE IF NOT EXISTS rf_model_requests (
+        ns TEXT NOT NULL, model TEXT NOT NULL, at_ms BIGINT NOT NULL, tokens BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS rf_model_requests_window ON rf_model_requests (ns, model, at_ms)",
+];
+
+/// A connection pool to the shared state database.
+#[derive(Clone, Debug)]
+pub struct FleetState {
+    pool: AnyPool,
+    namespace: String,
+}
+
+impl FleetState {
+    /// Connects to `url` and applies the schema; rows are kept under `namespace`.
+    pub async fn connect(url: &str, namespace: &str) -> Result<Self, StateError> {
+        if url.trim().is_empty() {
+            return Err(StateError::NotConfigured);
+        }
+        sqlx::any::install_default_drivers();
+        let sqlite = url.starts_with("sqlite:");
+        let url = if sqlite && !url.contains("mode=") {
+            format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
+        } else {
+            url.to_string()
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if sqlite { 4 } else { 8 })
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // Several worker processes share the file: readers never block the writer,
+                        // and a writer waits its turn instead of failing.
+                        conn.execute("PRAGMA journal_mode=WAL").await?;
+                        conn.execute("PRAGMA busy_timeout=10000").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        let state = Self { pool, namespace: namespace.to_string() };
+        state.migrate().await?;
+        Ok(state)
+    }
+
+    async fn migrate(&self) -> Result<(), StateError> {
+        for statement in SCHEMA {
+            // Two processes creating the same table at once on PostgreSQL: one loses
+            // on the catalog's unique index; the table is there all the same.
+            if let Err(e) = self.pool.execute(*statement).await {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                self.pool.execute(*statement).await.map_err(|_| e)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The pool, for the modules that own a table.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// The namespace every row is kept under.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+}
+
+/// Rows a statement changed.
+pub fn changed(r: &AnyQueryResult) -> u64 {
+    r.rows_affected()
+}
+
+/// Milliseconds since the epoch on this worker's clock (replicas keep clocks within NTP's skew).
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

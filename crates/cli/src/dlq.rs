@@ -211,7 +211,7 @@ impl Held {
 
 /// Fetches the dead letters matching `filter` without removing them.
 pub async fn fetch(settings: &Settings, broker: &Broker, filter: &DlqFilter) -> anyhow::Result<Held> {
-    let topology = Topology::new(settings.namespace.clone(), settings.broker.delivery_limit);
+    let topology = Topology::from_settings(settings);
     let limit = filter.limit.unwrap_or(usize::MAX);
     let mut held = Held { channels: Vec::new(), items: Vec::new() };
     for q in WorkQueue::all() {
@@ -269,7 +269,7 @@ pub async fn replay(
     dry_run: bool,
 ) -> anyhow::Result<ReplayReport> {
     let broker = Broker::new(&settings.broker, "reelfleet-dlq")?;
-    let topology = Topology::new(settings.namespace.clone(), settings.broker.delivery_limit);
+    let topology = Topology::from_settings(settings);
     let manifests = ManifestStore::new(Storage::new(&settings.s3), settings.s3.work_bucket.clone());
     let held = fetch(settings, &broker, filter).await?;
     let mut report = ReplayReport { matched: held.items.len(), ..Default::default() };
@@ -398,7 +398,7 @@ pub async fn export(settings: &Settings, filter: &DlqFilter, out: &mut dyn std::
 /// Publishes exported dead letters back into their dead-letter queues.
 pub async fn import(settings: &Settings, input: &mut dyn BufRead) -> anyhow::Result<usize> {
     let broker = Broker::new(&settings.broker, "reelfleet-dlq")?;
-    let topology = Topology::new(settings.namespace.clone(), settings.broker.delivery_limit);
+    let topology = Topology::from_settings(settings);
     let known: Vec<String> = WorkQueue::all().into_iter().map(|q| topology.dead_letter_queue(q)).collect();
     let publisher: Publisher = broker.publisher().await?;
     let mut n = 0;

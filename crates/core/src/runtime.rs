@@ -557,10 +557,14 @@ impl Runtime {
             };
             self.metrics.batch_size.with_label_values(&[stage_name]).observe(count as f64);
             self.metrics.duration.with_label_values(&[stage_name]).observe(started.elapsed().as_secs_f64());
-            for ((delivery, decoded, attempt), result) in valid.iter().zip(results) {
+            // Settled side by side: when the broker refuses publishes, each
+            // message's requeue backoff runs alongside the others' instead of
+            // adding up over the batch.
+            let settled = valid.iter().zip(results).map(|((delivery, decoded, attempt), result)| {
                 let span = self.span(stage_name, queue, decoded, *attempt);
-                self.settle(stage_name, queue, &outbox, delivery, decoded, *attempt, result).instrument(span).await;
-            }
+                self.settle(stage_name, queue, &outbox, delivery, decoded, *attempt, result).instrument(span)
+            });
+            futures::future::join_all(settled).await;
         }
         self.metrics.in_flight.with_label_values(&[stage_name]).sub(n);
     }

@@ -34,7 +34,10 @@ use std::{collections::BTreeMap, io::BufRead, time::Duration};
 pub struct DlqFilter {
     /// Stage name (`ingest`, `preprocess`, `inference`, `postprocess`).
     pub stage: Option<String>,
-    /// `transient`, `permanent`, or `broker` (dead-lettered by the delivery limit).
+    /// `transient`, `permanent`, or `broker` (a dead letter without the runtime's
+    /// headers, left by a version that let the broker dead-letter straight into
+    /// `W.dlq`; delivery-limit dead letters are now `transient` with code
+    /// `delivery_limit`).
     pub error_class: Option<String>,
     /// Job id.
     pub job: Option<String>,
@@ -57,7 +60,7 @@ pub struct DeadLetter {
     pub job: Option<String>,
     /// Stage that gave up.
     pub stage: String,
-    /// `transient`, `permanent`, or `broker`.
+    /// `transient`, `permanent`, or `broker` (no runtime headers: an old broker dead letter).
     pub error_class: String,
     /// Short code.
     pub error_code: String,

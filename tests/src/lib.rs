@@ -125,7 +125,7 @@ impl TestStack {
         let storage = Storage::new(&dev.settings.s3);
         let manifests = ManifestStore::new(storage.clone(), dev.settings.s3.work_bucket.clone());
         let broker = Broker::new(&dev.settings.broker, "reelfleet-test").expect("broker pool");
-        let topology = Topology::new(dev.settings.namespace.clone(), dev.settings.broker.delivery_limit);
+        let topology = Topology::from_settings(&dev.settings);
         let janitor = Janitor { url: dev.settings.broker.url.expose().to_string(), topology: topology.clone() };
         let stack = Self { dev, dir, storage, manifests, broker, topology, _janitor: janitor };
         if !stages.is_empty() {

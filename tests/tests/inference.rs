@@ -161,11 +161,14 @@ async fn a_spent_budget_downgrades_or_pauses_its_tier() {
     stack.wait_inferred(&first, T).await;
     let calls = stack.dev.simulator.usage().len();
     let paused = stack.seed_analyze(Tier::Critical, 2).await;
-    let retry = stack.topology.retry_queue(WorkQueue::Inference(Tier::Critical));
+    let deferred = stack.topology.deferred_queue(WorkQueue::Inference(Tier::Critical));
     let deadline = std::time::Instant::now() + T;
-    while stack.depth(&retry).await < 2 {
+    while stack.depth(&deferred).await < 2 {
         assert!(std::time::Instant::now() < deadline, "paused jobs were not parked");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for retry in stack.topology.retry_queues(WorkQueue::Inference(Tier::Critical)) {
+        assert_eq!(stack.depth(&retry).await, 0, "a pause is not a retry: {retry}");
     }
     for j in &paused {
         let m = stack.manifests.load(j).await.unwrap().unwrap();

@@ -58,7 +58,7 @@ impl DevStack {
             .with_context(|| format!("cannot create {}", opts.data_dir.display()))?;
         let data_dir = opts.data_dir.canonicalize()?;
         let broker = Broker::new(&base.broker, "reelfleet-dev")?;
-        let topology = Topology::new(base.namespace.clone(), base.broker.delivery_limit);
+        let topology = Topology::from_settings(&base);
         broker
             .declare(&topology)
             .await

@@ -34,7 +34,10 @@ use std::{collections::BTreeMap, io::BufRead, time::Duration};
 pub struct DlqFilter {
     /// Stage name (`ingest`, `preprocess`, `inference`, `postprocess`).
     pub stage: Option<String>,
-    /// `transient`, `permanent`, or `broker` (dead-lettered by the delivery limit).
+    /// `transient`, `permanent`, or `broker` (a dead letter without the runtime's
+    /// headers, left by a version that let the broker dead-letter straight into
+    /// `W.dlq`; delivery-limit dead letters are now `transient` with code
+    /// `delivery_limit`).
     pub error_class: Option<String>,
     /// Job id.
     pub job: Option<String>,
@@ -57,7 +60,7 @@ pub struct DeadLetter {
     pub job: Option<String>,
     /// Stage that gave up.
     pub stage: String,
-    /// `transient`, `permanent`, or `broker`.
+    /// `transient`, `permanent`, or `broker` (no runtime headers: an old broker dead letter).
     pub error_class: String,
     /// Short code.
     pub error_code: String,
@@ -211,7 +214,7 @@ impl Held {
 
 /// Fetches the dead letters matching `filter` without removing them.
 pub async fn fetch(settings: &Settings, broker: &Broker, filter: &DlqFilter) -> anyhow::Result<Held> {
-    let topology = Topology::new(settings.namespace.clone(), settings.broker.delivery_limit);
+    let topology = Topology::from_settings(settings);
     let limit = filter.limit.unwrap_or(usize::MAX);
     let mut held = Held { channels: Vec::new(), items: Vec::new() };
     for q in WorkQueue::all() {
@@ -269,7 +272,7 @@ pub async fn replay(
     dry_run: bool,
 ) -> anyhow::Result<ReplayReport> {
     let broker = Broker::new(&settings.broker, "reelfleet-dlq")?;
-    let topology = Topology::new(settings.namespace.clone(), settings.broker.delivery_limit);
+    let topology = Topology::from_settings(settings);
     let manifests = ManifestStore::new(Storage::new(&settings.s3), settings.s3.work_bucket.clone());
     let held = fetch(settings, &broker, filter).await?;
     let mut report = ReplayReport { matched: held.items.len(), ..Default::default() };
@@ -406,7 +409,7 @@ pub async fn export(settings: &Settings, filter: &DlqFilter, out: &mut dyn std::
 /// Publishes exported dead letters back into their dead-letter queues.
 pub async fn import(settings: &Settings, input: &mut dyn BufRead) -> anyhow::Result<usize> {
     let broker = Broker::new(&settings.broker, "reelfleet-dlq")?;
-    let topology = Topology::new(settings.namespace.clone(), settings.broker.delivery_limit);
+    let topology = Topology::from_settings(settings);
     let known: Vec<String> = WorkQueue::all().into_iter().map(|q| topology.dead_letter_queue(q)).collect();
     let publisher: Publisher = broker.publisher().await?;
     let mut n = 0;

@@ -1,5 +1,6 @@
 //! Builds stages from settings and runs them under one runtime and one
-//! health server.
+//! health server. The health server outlives the shutdown signal: it serves
+//! (`/readyz` 503, `/metrics` live) until every worker has drained.
 
 use anyhow::Context;
 use reelfleet_core::{
@@ -85,16 +86,19 @@ pub struct FleetHandle {
     /// Readiness.
     pub readiness: Readiness,
     tasks: JoinSet<()>,
+    /// Stops the health server when the handle goes, after the drain.
+    _health: tokio_util::sync::DropGuard,
 }
 
 impl FleetHandle {
-    /// Waits until every worker has drained and stopped.
+    /// Waits until every worker has drained and stopped, then stops the health server.
     pub async fn wait(mut self) {
         while self.tasks.join_next().await.is_some() {}
     }
 }
 
-/// Starts `stages` consuming until `shutdown` is cancelled.
+/// Starts `stages` consuming until `shutdown` is cancelled; the health
+/// endpoints answer until the returned handle has drained (or is dropped).
 pub async fn start(
     settings: Arc<Settings>,
     stages: Vec<Arc<dyn Stage>>,
@@ -106,14 +110,14 @@ pub async fn start(
     let readiness = Readiness::default();
     let manifests = ManifestStore::new(storage, settings.s3.work_bucket.clone());
     let runtime = Runtime::new(&settings, broker, manifests, metrics.clone(), readiness.clone());
-    let health_addr =
-        health::serve(&settings.runtime.health_addr, readiness.clone(), metrics.clone(), shutdown.clone())
-            .await
-            .with_context(|| format!("cannot serve health endpoints on {}", settings.runtime.health_addr))?;
+    let health = CancellationToken::new();
+    let health_addr = health::serve(&settings.runtime.health_addr, readiness.clone(), metrics.clone(), health.clone())
+        .await
+        .with_context(|| format!("cannot serve health endpoints on {}", settings.runtime.health_addr))?;
     let mut tasks = JoinSet::new();
     for stage in stages {
         let (rt, stop) = (runtime.clone(), shutdown.clone());
         tasks.spawn(async move { rt.run(stage, stop).await });
     }
-    Ok(FleetHandle { health_addr, metrics, readiness, tasks })
+    Ok(FleetHandle { health_addr, metrics, readiness, tasks, _health: health.drop_guard() })
 }

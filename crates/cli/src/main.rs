@@ -16,7 +16,7 @@ use reelfleet_core::{
     settings::Settings,
     storage::Storage,
     telemetry,
-    topology::{Topology, WorkQueue},
+    topology::{step_label, Topology, WorkQueue},
 };
 use std::{path::PathBuf, sync::Arc, time::Duration};
 use tokio_util::sync::CancellationToken;
@@ -452,7 +452,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Topology { action: TopologyAction::Show { json } } => {
-            let topology = Topology::new(settings.namespace.clone(), settings.broker.delivery_limit);
+            let topology = Topology::from_settings(&settings);
             let queues: Vec<serde_json::Value> = WorkQueue::all()
                 .into_iter()
                 .map(|q| {
@@ -460,7 +460,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                         "queue": topology.queue(q),
                         "stage": q.stage(),
                         "tier": match q { WorkQueue::Inference(t) => Some(t.to_string()), _ => None },
-                        "retry": topology.retry_queue(q),
+                        "retry": topology.retry_queues(q),
+                        "deferred": topology.deferred_queue(q),
+                        "broker_dead_letter": topology.broker_dead_letter_queue(q),
                         "dead_letter": topology.dead_letter_queue(q),
                     })
                 })
@@ -474,17 +476,22 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 });
                 println!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
-                println!("{:<34} {:<12} {:<9} {:<40}", "WORK QUEUE", "STAGE", "TIER", "RETRY / DEAD LETTER");
+                let steps: Vec<String> = topology.retry_steps().iter().map(|s| step_label(*s)).collect();
+                println!(
+                    "{:<34} {:<12} {:<9} QUEUES BESIDE IT (W = the work queue)",
+                    "WORK QUEUE (W)", "STAGE", "TIER"
+                );
                 for q in queues {
                     println!(
-                        "{:<34} {:<12} {:<9} {} / {}",
+                        "{:<34} {:<12} {:<9} W.retry.{{{}}}, W.deferred, W.dlx, W.dlq",
                         q["queue"].as_str().unwrap_or(""),
                         q["stage"].as_str().unwrap_or(""),
                         q["tier"].as_str().unwrap_or("-"),
-                        q["retry"].as_str().unwrap_or(""),
-                        q["dead_letter"].as_str().unwrap_or("")
+                        steps.join(",")
                     );
                 }
+                println!("retry queues: one per delay step, each with that TTL back into W");
+                println!("W.deferred: budget pauses; W.dlx: the broker's dead letters (delivery limit), moved to W.dlq by the worker");
                 println!("events exchange: {}", topology.events_exchange());
                 println!("uploads exchange (bucket notifications -> ingest): {}", topology.uploads_exchange());
             }
@@ -492,7 +499,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Topology { action: TopologyAction::Declare } => {
             let broker = Broker::new(&settings.broker, "reelfleet-cli")?;
-            let topology = Topology::new(settings.namespace.clone(), settings.broker.delivery_limit);
+            let topology = Topology::from_settings(&settings);
             broker.declare(&topology).await.context("cannot declare the topology")?;
             println!(
                 "declared {} queues and exchanges {}",

@@ -249,7 +249,7 @@ impl QueueStats {
 /// Stats of every queue of the namespace: from the management API when it
 /// answers, else from passive declares (no unacked count, no rates).
 pub async fn queues(settings: &Settings) -> anyhow::Result<Vec<QueueStats>> {
-    let topology = Topology::new(settings.namespace.clone(), settings.broker.delivery_limit);
+    let topology = Topology::from_settings(settings);
     queue_stats(settings, &topology.all_queue_names()).await
 }
 
@@ -336,7 +336,7 @@ async fn queues_from_management(base: &str, vhost: &str, names: &[String]) -> an
 
 /// Work queue names in pipeline order, for display.
 pub fn work_queue_names(settings: &Settings) -> Vec<String> {
-    let topology = Topology::new(settings.namespace.clone(), settings.broker.delivery_limit);
+    let topology = Topology::from_settings(settings);
     WorkQueue::all().into_iter().map(|q| topology.queue(q)).collect()
 }
 

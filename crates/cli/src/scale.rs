@@ -166,7 +166,7 @@ fn work_queue(name: &str, w: &WorkerScaling) -> anyhow::Result<WorkQueue> {
 
 /// Reads the queues of every enabled worker and computes its replicas.
 pub async fn plan(settings: &Settings, chart: &ChartScaling) -> anyhow::Result<Vec<ScaleRow>> {
-    let topology = Topology::new(settings.namespace.clone(), settings.broker.delivery_limit);
+    let topology = Topology::from_settings(settings);
     let mut wanted = Vec::new();
     for (name, w) in chart.workers.iter().filter(|(_, w)| w.enabled) {
         wanted.push((name, w, topology.queue(work_queue(name, w)?)));

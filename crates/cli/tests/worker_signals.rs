@@ -1,5 +1,6 @@
-//! The `reelfleet worker` process on SIGTERM: readiness drops at once, the
-//! message in flight is finished and forwarded, the process exits 0.
+//! The `reelfleet worker` process on SIGTERM: readiness drops at once (and
+//! `/readyz` says so, with `/metrics`, while the worker drains), the message
+//! in flight is finished and forwarded, the process exits 0.
 
 use reelfleet_core::{
     broker::{Broker, HeaderValue, Outgoing},
@@ -35,7 +36,7 @@ async fn sigterm_finishes_the_message_in_flight_and_exits_zero() {
     settings.runtime.health_addr = format!("127.0.0.1:{health_port}");
     settings.runtime.grace_period_secs = 60;
     let broker = Broker::new(&settings.broker, "signal-test").unwrap();
-    let topology = Topology::new(settings.namespace.clone(), settings.broker.delivery_limit);
+    let topology = Topology::from_settings(&settings);
     broker.declare(&topology).await.expect("RabbitMQ is running");
     let s3 = reelfleet_devstack::serve_s3(
         "127.0.0.1:0",
@@ -103,9 +104,15 @@ async fn sigterm_finishes_the_message_in_flight_and_exits_zero() {
     let sent = Instant::now();
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    if let Some((status, _)) = get(&format!("{base}/readyz")).await {
-        assert_eq!(status, 503, "readiness must drop as soon as draining starts");
-    }
+    let ready = get(&format!("{base}/readyz")).await.map(|r| r.0);
+    assert_eq!(ready, Some(503), "readiness must drop as soon as draining starts, and be served while draining");
+    let (status, text) = get(&format!("{base}/metrics")).await.expect("metrics are served while draining");
+    assert_eq!(status, 200);
+    assert!(
+        text.lines().any(|l| l == "reelfleet_in_flight{stage=\"preprocess\"} 1"),
+        "the message should still be in flight when the drain is observed:\n{text}"
+    );
+    assert!(child.try_wait().unwrap().is_none(), "the worker exited before it drained");
     let exit = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;

@@ -72,7 +72,7 @@ impl From<crate::media::MediaError> for StageError {
         use crate::media::MediaError as M;
         match &e {
             M::Timeout { .. } => StageError::transient("timeout", e),
-            M::Spawn { .. } | M::Io(_) => StageError::transient("media", e),
+            M::Spawn { .. } | M::Io(_) | M::Killed { .. } => StageError::transient("media", e),
             M::Failed { .. } | M::Parse(_) => StageError::permanent("media", e),
         }
     }

@@ -1,4 +1,7 @@
-//! `/healthz`, `/readyz` and `/metrics` on one port per process.
+//! `/healthz`, `/readyz` and `/metrics` on one port per process, and the
+//! readiness they report. The server has its own lifetime, longer than the
+//! workers': while they drain, `/readyz` answers 503 and `/metrics` still
+//! shows the drain.
 
 use crate::metrics::Metrics;
 use axum::{extract::State, http::StatusCode, routing::get, Router};
@@ -51,12 +54,13 @@ struct HealthState {
     metrics: Metrics,
 }
 
-/// Serves the health endpoints on `addr` until `shutdown`; returns the bound address.
+/// Serves the health endpoints on `addr` until `stop` (cancel it once the
+/// workers have drained, not when shutdown begins); returns the bound address.
 pub async fn serve(
     addr: &str,
     readiness: Readiness,
     metrics: Metrics,
-    shutdown: CancellationToken,
+    stop: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
@@ -66,7 +70,7 @@ pub async fn serve(
         .route("/metrics", get(metrics_text))
         .with_state(HealthState { readiness, metrics });
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        let _ = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
     });
     Ok(local)
 }

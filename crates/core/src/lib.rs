@@ -1,5 +1,6 @@
 //! reelfleet-core: the contracts every stage shares and the runtime that runs them.
 pub mod broker;
+pub mod decide;
 pub mod envelope;
 pub mod error;
 pub mod fleetstate;
@@ -16,3 +17,5 @@ pub mod settings;
 pub mod storage;
 pub mod telemetry;
 pub mod topology;
+
+pub use decide::{decide, Next, Outcome};

@@ -26,6 +26,17 @@ pub enum MediaError {
         /// Timeout.
         secs: u64,
     },
+    /// Killed by a signal it did not send itself (the OOM killer's SIGKILL,
+    /// a node draining): says nothing about the input, so worth retrying.
+    #[error("{program} was killed by signal {signal}: {stderr}")]
+    Killed {
+        /// Binary.
+        program: String,
+        /// Signal number.
+        signal: i32,
+        /// Last lines of stderr.
+        stderr: String,
+    },
     /// Exited with an error.
     #[error("{program} failed ({status}): {stderr}")]
     Failed {
@@ -329,6 +340,13 @@ async fn run(program: &str, args: &[String], timeout_secs: u64) -> Result<Output
     let out = tokio::time::timeout(Duration::from_secs(timeout_secs), child.wait_with_output())
         .await
         .map_err(|_| MediaError::Timeout { program: program.into(), secs: timeout_secs })??;
+    if let Some(signal) = killed_by(&out.status) {
+        return Err(MediaError::Killed {
+            program: program.into(),
+            signal,
+            stderr: tail(&String::from_utf8_lossy(&out.stderr), 1500),
+        });
+    }
     if !out.status.success() {
         return Err(MediaError::Failed {
             program: program.into(),
@@ -337,6 +355,16 @@ async fn run(program: &str, args: &[String], timeout_secs: u64) -> Result<Output
         });
     }
     Ok(Output { stdout: out.stdout, stderr: out.stderr })
+}
+
+#[cfg(unix)]
+fn killed_by(status: &std::process::ExitStatus) -> Option<i32> {
+    std::os::unix::process::ExitStatusExt::signal(status)
+}
+
+#[cfg(not(unix))]
+fn killed_by(_status: &std::process::ExitStatus) -> Option<i32> {
+    None
 }
 
 /// The last `max` bytes of `text`, on a char boundary, trimmed.
@@ -384,5 +412,25 @@ mod tests {
         assert_eq!(s.rotation(), 270);
         let p = Probe { streams: vec![s], format: ProbeFormat::default() };
         assert_eq!(p.display_dimensions(), Some((1080, 1920)));
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_tool_killed_by_a_signal_is_transient_and_a_failing_one_permanent() {
+        use crate::error::{ErrorClass, StageError};
+        let sh = |script: &str| vec!["-c".to_string(), script.to_string()];
+
+        let killed = run("sh", &sh("echo out of memory >&2; kill -KILL $$"), 10).await.err().expect("killed");
+        assert!(
+            matches!(&killed, MediaError::Killed { signal: 9, stderr, .. } if stderr == "out of memory"),
+            "{killed:?}"
+        );
+        let e = StageError::from(killed);
+        assert_eq!((e.class, e.code), (ErrorClass::Transient, "media"), "{e}");
+
+        let failed = run("sh", &sh("echo invalid data >&2; exit 1"), 10).await.err().expect("failed");
+        assert!(matches!(&failed, MediaError::Failed { .. }), "{failed:?}");
+        let e = StageError::from(failed);
+        assert_eq!((e.class, e.code), (ErrorClass::Permanent, "media"), "{e}");
     }
 }

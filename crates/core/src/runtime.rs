@@ -1,13 +1,17 @@
 //! The stage runtime: consumes a stage's queues with bounded prefetch, hands
-//! each message to the [`Stage`], and decides in one place what happens next:
-//! ack after the outputs are stored and the next message is confirmed,
-//! delayed retry for transient errors, dead-letter for permanent ones or when
-//! retries run out. Reconnects after a lost broker; drains on shutdown.
+//! each message to the [`Stage`], and settles it: ack after the outputs are
+//! stored and the next message is confirmed; otherwise what
+//! [`decide`](crate::decide::decide) says (delayed retry, deferral,
+//! dead-letter). A publish the broker does not confirm puts the message back
+//! on its queue after a backoff. It also moves the broker's own dead letters
+//! (delivery limit) of its queues into their dead-letter queues with the same
+//! headers as its own. Reconnects after a lost broker; drains on shutdown.
 
 use crate::{
     broker::{header_str, header_u32, Broker, BrokerError, HeaderValue, Outgoing, Publisher},
+    decide::{decide, Next, Outcome},
     envelope::{Envelope, Signer, ATTEMPT_HEADER, SIGNATURE_HEADER},
-    error::{ErrorClass, StageError},
+    error::StageError,
     health::Readiness,
     manifest::{JobFailure, ManifestStore},
     metrics::Metrics,
@@ -22,7 +26,13 @@ use lapin::{
     options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
     types::FieldTable,
 };
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 use tokio::{task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
@@ -33,7 +43,7 @@ pub mod dlq_headers {
     pub const STAGE: &str = "x-reelfleet-stage";
     /// `transient` or `permanent`.
     pub const ERROR_CLASS: &str = "x-reelfleet-error-class";
-    /// Short error code.
+    /// Short error code (`delivery_limit` for a message the broker dead-lettered).
     pub const ERROR_CODE: &str = "x-reelfleet-error-code";
     /// Readable reason.
     pub const ERROR_MESSAGE: &str = "x-reelfleet-error-message";
@@ -134,6 +144,54 @@ pub struct Batching {
     pub concurrency: usize,
 }
 
+/// Shortest and longest wait before a message whose follow-up could not be
+/// published goes back to its queue.
+const REQUEUE_BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(10));
+
+/// A consumer's confirming publisher and its run of consecutive failed
+/// publishes, which spaces out the requeues that follow them: a broker that
+/// refuses publishes must not see the same message redelivered in a tight
+/// loop until the delivery limit dead-letters it.
+#[derive(Clone, Debug)]
+struct Outbox {
+    publisher: Publisher,
+    failures: Arc<AtomicU32>,
+}
+
+impl Outbox {
+    fn new(publisher: Publisher) -> Self {
+        Self { publisher, failures: Arc::default() }
+    }
+
+    async fn publish(&self, msg: &Outgoing) -> Result<(), BrokerError> {
+        let sent = self.publisher.publish(msg).await;
+        if sent.is_ok() {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+        sent
+    }
+
+    /// Counts a failed publish; returns how many in a row, this one included.
+    fn failed(&self) -> u32 {
+        self.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1)
+    }
+}
+
+/// The wait before requeueing after `consecutive` failed publishes in a row:
+/// exponential from 200 ms with jitter, never above 10 s.
+fn requeue_delay(consecutive: u32) -> Duration {
+    let (min, max) = REQUEUE_BACKOFF;
+    let mut delays = backon::ExponentialBuilder::default()
+        .with_min_delay(min)
+        .with_max_delay(max)
+        .with_jitter()
+        .without_max_times()
+        .build();
+    // Past 2^6 the cap has long been reached; no need to walk further.
+    let n = consecutive.saturating_sub(1).min(64) as usize;
+    delays.nth(n).unwrap_or(max).clamp(min, max)
+}
+
 /// Shared machinery of every worker in a process.
 #[derive(Clone)]
 pub struct Runtime {
@@ -167,7 +225,7 @@ impl Runtime {
     ) -> Self {
         Self {
             broker,
-            topology: Topology::new(settings.namespace.clone(), settings.broker.delivery_limit),
+            topology: Topology::from_settings(settings),
             signer: Signer::new(settings.signing.secret.expose().as_bytes()),
             manifests,
             metrics,
@@ -185,25 +243,38 @@ impl Runtime {
         &self.topology
     }
 
-    /// Runs `stage` on all its queues until `shutdown`, then drains.
+    /// Runs `stage` on all its queues (and moves the broker's dead letters of
+    /// those queues) until `shutdown`, then drains. Readiness drops as soon
+    /// as `shutdown` is cancelled.
     pub async fn run(&self, stage: Arc<dyn Stage>, shutdown: CancellationToken) {
         let mut tasks = JoinSet::new();
+        let (readiness, stop) = (self.readiness.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            stop.cancelled().await;
+            readiness.drain();
+        });
         for queue in stage.queues() {
             self.readiness.register(&self.topology.queue(queue));
-            let (rt, stage, shutdown) = (self.clone(), stage.clone(), shutdown.clone());
-            tasks.spawn(async move { rt.consume(stage, queue, shutdown).await });
+            let (rt, owner, stop) = (self.clone(), stage.clone(), shutdown.clone());
+            tasks.spawn(async move { rt.consume(owner, queue, stop).await });
+            let (rt, owner, stop) = (self.clone(), stage.clone(), shutdown.clone());
+            tasks.spawn(async move { rt.consume_broker_dead_letters(owner, queue, stop).await });
         }
         while tasks.join_next().await.is_some() {}
     }
 
-    async fn consume(&self, stage: Arc<dyn Stage>, queue: WorkQueue, shutdown: CancellationToken) {
-        let name = self.topology.queue(queue);
-        let mut delays = backon::ExponentialBuilder::default()
+    fn reconnect_delays(&self) -> impl Iterator<Item = Duration> {
+        backon::ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(200))
             .with_max_delay(self.reconnect_max)
             .with_jitter()
             .without_max_times()
-            .build();
+            .build()
+    }
+
+    async fn consume(&self, stage: Arc<dyn Stage>, queue: WorkQueue, shutdown: CancellationToken) {
+        let name = self.topology.queue(queue);
+        let mut delays = self.reconnect_delays();
         loop {
             match self.session(&stage, queue, &shutdown).await {
                 Ok(()) => break,
@@ -242,7 +313,7 @@ impl Runtime {
             None => self.prefetch,
         };
         channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
-        let publisher = self.broker.publisher().await?;
+        let outbox = Outbox::new(self.broker.publisher().await?);
         let tag = format!("{}-{}", stage.name(), uuid::Uuid::new_v4().simple());
         let mut consumer = channel
             .basic_consume(
@@ -265,10 +336,10 @@ impl Runtime {
             if batch.is_empty() {
                 return;
             }
-            let (rt, stage, publisher, slots) = (self.clone(), stage.clone(), publisher.clone(), slots.clone());
+            let (rt, stage, outbox, slots) = (self.clone(), stage.clone(), outbox.clone(), slots.clone());
             in_flight.spawn(async move {
                 let _slot = slots.acquire_owned().await;
-                rt.handle_batch(stage, queue, publisher, batch).await
+                rt.handle_batch(stage, queue, outbox, batch).await
             });
         };
         let result = loop {
@@ -278,8 +349,8 @@ impl Runtime {
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => match batching {
                         None => {
-                            let (rt, stage, publisher) = (self.clone(), stage.clone(), publisher.clone());
-                            in_flight.spawn(async move { rt.handle(stage, queue, publisher, delivery).await });
+                            let (rt, stage, outbox) = (self.clone(), stage.clone(), outbox.clone());
+                            in_flight.spawn(async move { rt.handle(stage, queue, outbox, delivery).await });
                         }
                         Some(b) => {
                             if buffer.is_empty() {
@@ -321,7 +392,7 @@ impl Runtime {
                 in_flight.abort_all();
             }
             let _ = channel.close(200, "shutdown".into()).await;
-            let _ = publisher.channel().close(200, "shutdown".into()).await;
+            let _ = outbox.publisher.channel().close(200, "shutdown".into()).await;
         } else {
             // The channel is gone: the broker requeues what we held, so work on it is wasted.
             in_flight.abort_all();
@@ -329,7 +400,101 @@ impl Runtime {
         result
     }
 
-    async fn handle(&self, stage: Arc<dyn Stage>, queue: WorkQueue, publisher: Publisher, delivery: Delivery) {
+    /// Moves the broker's dead letters of `queue` (`W.dlx`) to its
+    /// dead-letter queue, reconnecting until `shutdown`.
+    async fn consume_broker_dead_letters(&self, stage: Arc<dyn Stage>, queue: WorkQueue, shutdown: CancellationToken) {
+        let name = self.topology.broker_dead_letter_queue(queue);
+        let mut delays = self.reconnect_delays();
+        loop {
+            match self.broker_dead_letter_session(&stage, queue, &shutdown).await {
+                Ok(()) => break,
+                Err(e) => {
+                    let delay = delays.next().unwrap_or(self.reconnect_max);
+                    warn!(queue = %name, error = %e, delay_ms = delay.as_millis() as u64, "Consumer lost its broker connection; reconnecting");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// One connection's worth of moving broker dead letters, one at a time
+    /// (they are rare). `Ok` means a clean shutdown.
+    async fn broker_dead_letter_session(
+        &self,
+        stage: &Arc<dyn Stage>,
+        queue: WorkQueue,
+        shutdown: &CancellationToken,
+    ) -> Result<(), BrokerError> {
+        let name = self.topology.broker_dead_letter_queue(queue);
+        let channel = self.broker.channel().await?;
+        self.topology.declare(&channel).await?;
+        channel.basic_qos(1, BasicQosOptions::default()).await?;
+        let outbox = Outbox::new(self.broker.publisher().await?);
+        let tag = format!("{}-dlx-{}", stage.name(), uuid::Uuid::new_v4().simple());
+        let mut consumer = channel
+            .basic_consume(
+                name.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let result = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break Ok(()),
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => self.explain_broker_dead_letter(stage, queue, &outbox, &delivery).await,
+                    Some(Err(e)) => break Err(BrokerError::Amqp(e)),
+                    None => break Err(BrokerError::Connect(format!("consumer of {name} was cancelled by the broker"))),
+                },
+            }
+        };
+        if result.is_ok() {
+            let _ = channel.close(200, "shutdown".into()).await;
+            let _ = outbox.publisher.channel().close(200, "shutdown".into()).await;
+        }
+        result
+    }
+
+    /// Dead-letters a message the broker took off `queue` at its delivery
+    /// limit as if the runtime had given up on it: same headers, code
+    /// `delivery_limit`, and the job marked failed when the envelope verifies.
+    async fn explain_broker_dead_letter(
+        &self,
+        stage: &Arc<dyn Stage>,
+        queue: WorkQueue,
+        outbox: &Outbox,
+        delivery: &Delivery,
+    ) {
+        let stage_name = stage.name();
+        let attempt = header_u32(&delivery.properties, ATTEMPT_HEADER).unwrap_or(0);
+        let decoded = self.decode(stage, delivery);
+        let envelope = match &decoded {
+            Ok(Input::Envelope(e)) => Some(e),
+            _ => None,
+        };
+        let err = StageError::transient(
+            "delivery_limit",
+            format!(
+                "the broker dead-lettered the message after more than {} deliveries without a settlement \
+                 (the queue's delivery limit): it kept crashing, timing out or losing its worker",
+                self.topology.delivery_limit()
+            ),
+        );
+        let span = self.span(stage_name, queue, &decoded, attempt);
+        async {
+            self.metrics.failures.with_label_values(&[stage_name, &err.class.to_string(), err.code]).inc();
+            let outcome = self.dead_letter(outbox, stage_name, queue, delivery, envelope, attempt, &err).await;
+            self.metrics.messages.with_label_values(&[stage_name, &self.topology.queue(queue), outcome.as_str()]).inc();
+        }
+        .instrument(span)
+        .await;
+    }
+
+    async fn handle(&self, stage: Arc<dyn Stage>, queue: WorkQueue, outbox: Outbox, delivery: Delivery) {
         let stage_name = stage.name();
         let attempt = header_u32(&delivery.properties, ATTEMPT_HEADER).unwrap_or(0);
         let started = Instant::now();
@@ -349,7 +514,7 @@ impl Runtime {
             };
             self.metrics.duration.with_label_values(&[stage_name]).observe(started.elapsed().as_secs_f64());
             self.metrics.batch_size.with_label_values(&[stage_name]).observe(1.0);
-            self.settle(stage_name, queue, &publisher, &delivery, &decoded, attempt, result).await;
+            self.settle(stage_name, queue, &outbox, &delivery, &decoded, attempt, result).await;
         }
         .instrument(span)
         .await;
@@ -358,13 +523,7 @@ impl Runtime {
 
     /// Hands a batch of deliveries to the stage at once and settles each on
     /// its own: one message's failure never fails the others.
-    async fn handle_batch(
-        &self,
-        stage: Arc<dyn Stage>,
-        queue: WorkQueue,
-        publisher: Publisher,
-        deliveries: Vec<Delivery>,
-    ) {
+    async fn handle_batch(&self, stage: Arc<dyn Stage>, queue: WorkQueue, outbox: Outbox, deliveries: Vec<Delivery>) {
         let stage_name = stage.name();
         let started = Instant::now();
         let n = deliveries.len() as i64;
@@ -375,7 +534,7 @@ impl Runtime {
             let decoded = self.decode(&stage, &delivery);
             if let Err(e) = &decoded {
                 let span = self.span(stage_name, queue, &decoded, attempt);
-                self.settle(stage_name, queue, &publisher, &delivery, &decoded, attempt, Err(e.clone()))
+                self.settle(stage_name, queue, &outbox, &delivery, &decoded, attempt, Err(e.clone()))
                     .instrument(span)
                     .await;
                 continue;
@@ -404,10 +563,14 @@ impl Runtime {
             };
             self.metrics.batch_size.with_label_values(&[stage_name]).observe(count as f64);
             self.metrics.duration.with_label_values(&[stage_name]).observe(started.elapsed().as_secs_f64());
-            for ((delivery, decoded, attempt), result) in valid.iter().zip(results) {
+            // Settled side by side: when the broker refuses publishes, each
+            // message's requeue backoff runs alongside the others' instead of
+            // adding up over the batch.
+            let settled = valid.iter().zip(results).map(|((delivery, decoded, attempt), result)| {
                 let span = self.span(stage_name, queue, decoded, *attempt);
-                self.settle(stage_name, queue, &publisher, delivery, decoded, *attempt, result).instrument(span).await;
-            }
+                self.settle(stage_name, queue, &outbox, delivery, decoded, *attempt, result).instrument(span)
+            });
+            futures::future::join_all(settled).await;
         }
         self.metrics.in_flight.with_label_values(&[stage_name]).sub(n);
     }
@@ -424,27 +587,28 @@ impl Runtime {
         tracing::info_span!("message", stage, queue = %self.topology.queue(queue), job_id, attempt)
     }
 
-    /// The one place that decides what happens to a handled message.
+    /// Settles a handled message: ack once its follow-up messages are
+    /// confirmed, else carries out what [`decide`] says.
     #[allow(clippy::too_many_arguments)]
     async fn settle(
         &self,
         stage_name: &'static str,
         queue: WorkQueue,
-        publisher: &Publisher,
+        outbox: &Outbox,
         delivery: &Delivery,
         decoded: &Result<Input, StageError>,
         attempt: u32,
         result: Result<Vec<Dispatch>, StageError>,
     ) {
         let outcome = match result {
-            Ok(dispatches) => match self.dispatch(stage_name, publisher, dispatches).await {
+            Ok(dispatches) => match self.dispatch(stage_name, outbox, dispatches).await {
                 Ok(()) => {
                     info!("Handled");
-                    self.settle_ack(delivery, "ok").await
+                    self.settle_ack(delivery, Outcome::Ok).await
                 }
                 Err(e) => {
                     warn!(error = %e, "Could not send the next stage's message; the message goes back to the queue");
-                    self.requeue(delivery).await
+                    self.requeue(delivery, outbox).await
                 }
             },
             Err(err) => {
@@ -453,16 +617,24 @@ impl Runtime {
                     Ok(Input::Envelope(e)) => Some(e),
                     _ => None,
                 };
-                if let Some(delay) = err.defer {
-                    self.park(publisher, queue, delivery, delay, &err).await
-                } else if err.class == ErrorClass::Transient && attempt + 1 < self.retry.max_attempts {
-                    self.retry(publisher, queue, delivery, envelope, attempt, &err).await
-                } else {
-                    self.dead_letter(publisher, stage_name, queue, delivery, envelope, attempt, &err).await
+                match decide(&err, attempt, &self.retry) {
+                    Next::Retry { step } => self.retry(outbox, queue, delivery, envelope, attempt, step, &err).await,
+                    Next::Wait { step } => {
+                        let retry_queue = self.topology.retry_queue(queue, step);
+                        self.park(outbox, retry_queue, delivery, None, &err).await
+                    }
+                    Next::Defer(delay) => {
+                        let deferred = self.topology.deferred_queue(queue);
+                        self.park(outbox, deferred, delivery, Some(delay), &err).await
+                    }
+                    Next::DeadLetter { mark_failed } => {
+                        let envelope = envelope.filter(|_| mark_failed);
+                        self.dead_letter(outbox, stage_name, queue, delivery, envelope, attempt, &err).await
+                    }
                 }
             }
         };
-        self.metrics.messages.with_label_values(&[stage_name, &self.topology.queue(queue), outcome]).inc();
+        self.metrics.messages.with_label_values(&[stage_name, &self.topology.queue(queue), outcome.as_str()]).inc();
     }
 
     fn decode(&self, stage: &Arc<dyn Stage>, delivery: &Delivery) -> Result<Input, StageError> {
@@ -481,7 +653,7 @@ impl Runtime {
         Outgoing::to_queue(queue, body).header(SIGNATURE_HEADER, HeaderValue::Text(sig))
     }
 
-    async fn dispatch(&self, stage: &str, publisher: &Publisher, dispatches: Vec<Dispatch>) -> Result<(), BrokerError> {
+    async fn dispatch(&self, stage: &str, outbox: &Outbox, dispatches: Vec<Dispatch>) -> Result<(), BrokerError> {
         for d in dispatches {
             let msg = match d {
                 Dispatch::Handoff { job_id } => {
@@ -501,32 +673,24 @@ impl Runtime {
                     ..Default::default()
                 },
             };
-            publisher.publish(&msg).await?;
+            outbox.publish(&msg).await?;
         }
         Ok(())
     }
 
-    fn retry_delay(&self, attempt: u32) -> Duration {
-        let mut schedule = backon::ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(self.retry.base_delay_ms.max(1)))
-            .with_max_delay(Duration::from_millis(self.retry.max_delay_ms.max(self.retry.base_delay_ms).max(1)))
-            .with_jitter()
-            .without_max_times()
-            .build();
-        schedule.nth(attempt as usize).unwrap_or(Duration::from_millis(self.retry.max_delay_ms))
-    }
-
+    /// Parks a message in the retry queue of `step`, counting an attempt.
+    #[allow(clippy::too_many_arguments)]
     async fn retry(
         &self,
-        publisher: &Publisher,
+        outbox: &Outbox,
         queue: WorkQueue,
         delivery: &Delivery,
         envelope: Option<&Envelope>,
         attempt: u32,
+        step: Duration,
         err: &StageError,
-    ) -> &'static str {
-        let delay = self.retry_delay(attempt);
-        let retry_queue = self.topology.retry_queue(queue);
+    ) -> Outcome {
+        let retry_queue = self.topology.retry_queue(queue, step);
         let mut msg = match envelope {
             Some(env) => {
                 let mut env = env.clone();
@@ -538,48 +702,51 @@ impl Runtime {
         msg = msg
             .header(ATTEMPT_HEADER, HeaderValue::Int(i64::from(attempt + 1)))
             .header(dlq_headers::FIRST_FAILED_AT, HeaderValue::Text(first_failed_at(delivery, chrono::Utc::now())));
-        msg.expiration_ms = Some(delay.as_millis() as u64);
-        if !self.hand_over(publisher, &msg, delivery, "schedule a retry").await {
-            return "requeue";
+        if !self.hand_over(outbox, &msg, delivery, "schedule a retry").await {
+            return Outcome::Requeue;
         }
-        warn!(error = %err, delay_ms = delay.as_millis() as u64, "Transient failure; retrying later");
-        self.settle_ack(delivery, "retry").await
+        warn!(error = %err, delay_ms = step.as_millis() as u64, "Transient failure; retrying later");
+        self.settle_ack(delivery, Outcome::Retry).await
     }
 
-    /// Parks a message in the delayed-retry queue without counting an attempt.
+    /// Parks a message in `to` (a retry step queue, or the deferral queue with
+    /// its own expiration) without counting an attempt.
     async fn park(
         &self,
-        publisher: &Publisher,
-        queue: WorkQueue,
+        outbox: &Outbox,
+        to: String,
         delivery: &Delivery,
-        delay: Duration,
+        expiration: Option<Duration>,
         err: &StageError,
-    ) -> &'static str {
-        let mut msg = Outgoing::to_queue(self.topology.retry_queue(queue), delivery.data.clone());
+    ) -> Outcome {
+        let mut msg = Outgoing::to_queue(to, delivery.data.clone());
         for name in [SIGNATURE_HEADER, ATTEMPT_HEADER, dlq_headers::FIRST_FAILED_AT] {
             if let Some(v) = header_str(&delivery.properties, name) {
                 msg = msg.header(name, HeaderValue::Text(v));
             }
         }
-        msg.expiration_ms = Some(delay.as_millis() as u64);
-        if !self.hand_over(publisher, &msg, delivery, "defer").await {
-            return "requeue";
+        msg.expiration_ms = expiration.map(|d| d.as_millis() as u64);
+        if !self.hand_over(outbox, &msg, delivery, "defer").await {
+            return Outcome::Requeue;
         }
-        info!(reason = %err, delay_s = delay.as_secs(), "Deferred");
-        self.settle_ack(delivery, "deferred").await
+        info!(reason = %err, delay_ms = err.defer.unwrap_or_default().as_millis() as u64, "Deferred");
+        self.settle_ack(delivery, Outcome::Deferred).await
     }
 
+    /// Publishes a message to its dead-letter queue with the reason in its
+    /// headers, marks the job failed when `envelope` is given (a verified
+    /// one), then acks it.
     #[allow(clippy::too_many_arguments)]
     async fn dead_letter(
         &self,
-        publisher: &Publisher,
+        outbox: &Outbox,
         stage: &str,
         queue: WorkQueue,
         delivery: &Delivery,
         envelope: Option<&Envelope>,
         attempt: u32,
         err: &StageError,
-    ) -> &'static str {
+    ) -> Outcome {
         let now = chrono::Utc::now();
         let message: String = err.message.chars().take(1000).collect();
         let mut msg = Outgoing::to_queue(self.topology.dead_letter_queue(queue), delivery.data.clone())
@@ -595,12 +762,11 @@ impl Runtime {
         if let Some(sig) = header_str(&delivery.properties, SIGNATURE_HEADER) {
             msg = msg.header(SIGNATURE_HEADER, HeaderValue::Text(sig));
         }
-        if !self.hand_over(publisher, &msg, delivery, "dead-letter").await {
-            return "requeue";
+        if !self.hand_over(outbox, &msg, delivery, "dead-letter").await {
+            return Outcome::Requeue;
         }
         error!(class = %err.class, code = err.code, error = %message, "Dead-lettered");
-        // A forged message must not touch the job it names.
-        if let (Some(env), false) = (envelope, err.code == "bad_signature") {
+        if let Some(env) = envelope {
             let failure = JobFailure {
                 stage: stage.into(),
                 class: err.class,
@@ -613,34 +779,40 @@ impl Runtime {
                 warn!(error = %e, "Could not mark the manifest failed");
             }
         }
-        self.settle_ack(delivery, "dead_letter").await
+        self.settle_ack(delivery, Outcome::DeadLetter).await
     }
 
     /// Publishes the message that takes over from `delivery` (retry, deferral,
     /// dead letter); if the broker does not confirm it, `delivery` goes back
     /// to its queue instead, so it is never lost and never in both places.
-    async fn hand_over(&self, publisher: &Publisher, msg: &Outgoing, delivery: &Delivery, what: &str) -> bool {
-        match publisher.publish(msg).await {
+    async fn hand_over(&self, outbox: &Outbox, msg: &Outgoing, delivery: &Delivery, what: &str) -> bool {
+        match outbox.publish(msg).await {
             Ok(()) => true,
             Err(e) => {
                 warn!(error = %e, "Could not {what}; the message goes back to the queue");
-                self.requeue(delivery).await;
+                self.requeue(delivery, outbox).await;
                 false
             }
         }
     }
 
-    async fn settle_ack(&self, delivery: &Delivery, outcome: &'static str) -> &'static str {
+    async fn settle_ack(&self, delivery: &Delivery, outcome: Outcome) -> Outcome {
         if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
             warn!(error = %e, "Ack failed; the broker will redeliver the message");
-            return "ack_failed";
+            return Outcome::AckFailed;
         }
         outcome
     }
 
-    async fn requeue(&self, delivery: &Delivery) -> &'static str {
+    /// Puts a message whose follow-up could not be published back on its
+    /// queue, after a backoff that grows with the consumer's failed publishes in a row.
+    async fn requeue(&self, delivery: &Delivery, outbox: &Outbox) -> Outcome {
+        let failures = outbox.failed();
+        let delay = requeue_delay(failures);
+        info!(failures, delay_ms = delay.as_millis() as u64, "Backing off before requeueing");
+        tokio::time::sleep(delay).await;
         let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
-        "requeue"
+        Outcome::Requeue
     }
 }
 
@@ -663,5 +835,26 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requeues_back_off_more_after_each_failed_publish_within_bounds() {
+        let (min, max) = REQUEUE_BACKOFF;
+        for _ in 0..50 {
+            let first = requeue_delay(1);
+            assert!(first >= min && first < 2 * min, "{first:?}");
+            let fourth = requeue_delay(4);
+            assert!(fourth >= 8 * min && fourth < 16 * min, "{fourth:?}");
+            for n in [0, 7, 12, 64, u32::MAX] {
+                let d = requeue_delay(n);
+                assert!(d >= min && d <= max, "{n}: {d:?}");
+            }
+            assert!(requeue_delay(40) >= max / 2, "the cap is reached, not a reset");
+        }
     }
 }

@@ -121,7 +121,8 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>
         (Some(412 | 409), _) | (_, Some("PreconditionFailed" | "ConditionalRequestConflict")) => {
             StorageError::Exists { bucket: bucket.into(), key: key.into() }
         }
-        (Some(s), _) if (400..500).contains(&s) && s != 429 && s != 408 => {
+        // 403 is transient too: an expired or not yet propagated credential or policy, not the request.
+        (Some(s), _) if (400..500).contains(&s) && !matches!(s, 403 | 408 | 429) => {
             StorageError::Rejected(format!("s3://{bucket}/{key}: {message}"))
         }
         _ => StorageError::Unavailable(format!("s3://{bucket}/{key}: {message}")),
@@ -455,5 +456,33 @@ impl Storage {
     pub async fn delete(&self, bucket: &str, key: &str) -> Result<(), StorageError> {
         self.client.delete_object().bucket(bucket).key(key).send().await.map_err(|e| classify(e, bucket, key))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_s3::{config::http::HttpResponse, error::ErrorMetadata, operation::get_object::GetObjectError};
+
+    fn answered(status: u16, code: &str) -> StorageError {
+        let err = GetObjectError::generic(ErrorMetadata::builder().code(code).message("test").build());
+        let raw = HttpResponse::new(status.try_into().expect("status"), aws_sdk_s3::primitives::SdkBody::empty());
+        classify(SdkError::service_error(err, raw), "b", "k")
+    }
+
+    #[test]
+    fn throttling_denial_and_server_errors_are_worth_retrying() {
+        for (status, code) in [
+            (403, "AccessDenied"),
+            (408, "RequestTimeout"),
+            (429, "SlowDown"),
+            (500, "InternalError"),
+            (503, "SlowDown"),
+        ] {
+            assert!(matches!(answered(status, code), StorageError::Unavailable(_)), "{status} {code}");
+        }
+        assert!(matches!(answered(400, "InvalidArgument"), StorageError::Rejected(_)));
+        assert!(matches!(answered(404, "NoSuchKey"), StorageError::NotFound { .. }));
+        assert!(matches!(answered(412, "PreconditionFailed"), StorageError::Exists { .. }));
     }
 }

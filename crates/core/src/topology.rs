@@ -1,19 +1,38 @@
 //! Queue and exchange names under a namespace, and their idempotent declaration.
 //!
-//! Every work queue `W` is a durable quorum queue with a delivery limit whose
-//! broker-side dead-letter target is `W.dlq`. Delayed retries go through
-//! `W.retry`, a classic queue whose messages expire (per-message TTL) back into
-//! `W`. The runtime republishes to `W.retry` and `W.dlq` itself with fresh
-//! headers (no `x-death` carried over), so no message ever forms a
-//! dead-letter cycle, which RabbitMQ before 4.0.1 would silently drop.
+//! Every work queue `W` is a durable quorum queue with a delivery limit. The
+//! runtime moves messages between the queues around it itself, republishing
+//! each with fresh headers (no `x-death` carried over), so no message ever
+//! forms a dead-letter cycle, which RabbitMQ before 4.0.1 would silently drop:
+//!
+//! - `W.retry.<step>` (`W.retry.1s`, `W.retry.2s`, ... up to the longest
+//!   retry delay; see [`crate::decide::retry_steps`]): one classic queue per
+//!   delay step, with a queue-level `x-message-ttl` of that step, dead-lettering
+//!   back into `W`. RabbitMQ expires messages only at the head of a queue, so
+//!   one queue per step is what keeps a 1 s retry from waiting behind a 60 s one:
+//!   within a queue every message has the same TTL and the head always
+//!   expires first.
+//! - `W.deferred`: messages parked without counting an attempt (a tier paused
+//!   by its spent budget), with a per-message TTL back into `W`. Per-message
+//!   TTLs are fine here and only here: every deferral waits for the same
+//!   horizon (the next UTC day), so a message parked later never expires
+//!   before the head does. Deferrals stay out of the retry queues, whose
+//!   steps they would hold up for hours.
+//! - `W.dlq`: dead letters, with the runtime's headers (stage, class, code,
+//!   reason, attempts, times, queue).
+//! - `W.dlx`: the broker's own dead letters (a message redelivered past the
+//!   delivery limit: it kept crashing, timing out or losing its worker). The
+//!   runtime of the stage that owns `W` moves each to `W.dlq` with the same
+//!   headers as its own dead letters and marks the job failed, so nothing
+//!   reaches `W.dlq` unexplained.
 
-use crate::envelope::Tier;
+use crate::{decide::retry_steps, envelope::Tier, settings::RetrySettings};
 use lapin::{
     options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable, ShortString},
     Channel, ExchangeKind,
 };
-use std::fmt;
+use std::{fmt, time::Duration};
 
 /// A queue a stage consumes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -67,12 +86,19 @@ impl fmt::Display for WorkQueue {
 pub struct Topology {
     namespace: String,
     delivery_limit: u32,
+    retry_steps: Vec<Duration>,
 }
 
 impl Topology {
-    /// Topology under `namespace` with the given quorum-queue delivery limit.
-    pub fn new(namespace: impl Into<String>, delivery_limit: u32) -> Self {
-        Self { namespace: namespace.into(), delivery_limit }
+    /// Topology under `namespace` with the given quorum-queue delivery limit
+    /// and a retry queue per delay step of `retry`.
+    pub fn new(namespace: impl Into<String>, delivery_limit: u32, retry: &RetrySettings) -> Self {
+        Self { namespace: namespace.into(), delivery_limit, retry_steps: retry_steps(retry) }
+    }
+
+    /// The topology `settings` describe (namespace, delivery limit, retry steps).
+    pub fn from_settings(settings: &crate::settings::Settings) -> Self {
+        Self::new(settings.namespace.clone(), settings.broker.delivery_limit, &settings.retry)
     }
 
     /// The namespace prefix.
@@ -80,14 +106,41 @@ impl Topology {
         &self.namespace
     }
 
+    /// Deliveries of a message a work queue allows before the broker dead-letters it.
+    pub fn delivery_limit(&self) -> u32 {
+        self.delivery_limit
+    }
+
     /// `<ns>.<queue>`.
     pub fn queue(&self, q: WorkQueue) -> String {
         format!("{}.{}", self.namespace, q.suffix())
     }
 
-    /// The delayed-retry queue of a work queue.
-    pub fn retry_queue(&self, q: WorkQueue) -> String {
-        format!("{}.retry", self.queue(q))
+    /// The delay steps of the retry queues, shortest first.
+    pub fn retry_steps(&self) -> &[Duration] {
+        &self.retry_steps
+    }
+
+    /// The delayed-retry queue of a work queue for one delay step (`W.retry.2s`).
+    pub fn retry_queue(&self, q: WorkQueue, step: Duration) -> String {
+        format!("{}.retry.{}", self.queue(q), step_label(step))
+    }
+
+    /// Every delayed-retry queue of a work queue, shortest delay first.
+    pub fn retry_queues(&self, q: WorkQueue) -> Vec<String> {
+        self.retry_steps.iter().map(|s| self.retry_queue(q, *s)).collect()
+    }
+
+    /// The queue where messages of a work queue wait without counting an
+    /// attempt (budget pauses).
+    pub fn deferred_queue(&self, q: WorkQueue) -> String {
+        format!("{}.deferred", self.queue(q))
+    }
+
+    /// Where the broker dead-letters a work queue's messages (delivery limit);
+    /// the runtime moves them on to the dead-letter queue.
+    pub fn broker_dead_letter_queue(&self, q: WorkQueue) -> String {
+        format!("{}.dlx", self.queue(q))
     }
 
     /// The dead-letter queue of a work queue.
@@ -111,12 +164,18 @@ impl Topology {
         vec![self.events_exchange(), self.uploads_exchange()]
     }
 
-    /// Every queue name, work, retry and dead-letter.
+    /// Every queue of one work queue: itself, its retry queues, its deferral,
+    /// broker dead-letter and dead-letter queues.
+    pub fn queue_names(&self, q: WorkQueue) -> Vec<String> {
+        let mut names = vec![self.queue(q)];
+        names.extend(self.retry_queues(q));
+        names.extend([self.deferred_queue(q), self.broker_dead_letter_queue(q), self.dead_letter_queue(q)]);
+        names
+    }
+
+    /// Every queue name of the namespace, work queue by work queue.
     pub fn all_queue_names(&self) -> Vec<String> {
-        WorkQueue::all()
-            .into_iter()
-            .flat_map(|q| [self.queue(q), self.retry_queue(q), self.dead_letter_queue(q)])
-            .collect()
+        WorkQueue::all().into_iter().flat_map(|q| self.queue_names(q)).collect()
     }
 
     /// Declares every queue and the events exchange; safe to call any number
@@ -126,22 +185,23 @@ impl Topology {
         for q in WorkQueue::all() {
             let work = self.queue(q);
             let dlq = self.dead_letter_queue(q);
-            let mut dlq_args = FieldTable::default();
-            dlq_args.insert("x-queue-type".into(), string("quorum"));
-            channel.queue_declare(dlq.as_str().into(), durable, dlq_args).await?;
+            channel.queue_declare(dlq.as_str().into(), durable, quorum()).await?;
+            let dlx = self.broker_dead_letter_queue(q);
+            channel.queue_declare(dlx.as_str().into(), durable, quorum()).await?;
 
-            let mut work_args = FieldTable::default();
-            work_args.insert("x-queue-type".into(), string("quorum"));
+            let mut work_args = quorum();
             work_args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(self.delivery_limit.into()));
             work_args.insert("x-dead-letter-exchange".into(), string(""));
-            work_args.insert("x-dead-letter-routing-key".into(), string(&dlq));
+            work_args.insert("x-dead-letter-routing-key".into(), string(&dlx));
             channel.queue_declare(work.as_str().into(), durable, work_args).await?;
 
-            let mut retry_args = FieldTable::default();
-            retry_args.insert("x-queue-type".into(), string("classic"));
-            retry_args.insert("x-dead-letter-exchange".into(), string(""));
-            retry_args.insert("x-dead-letter-routing-key".into(), string(&work));
-            channel.queue_declare(self.retry_queue(q).as_str().into(), durable, retry_args).await?;
+            for step in &self.retry_steps {
+                let mut retry_args = back_into(&work);
+                let ttl = i64::try_from(step.as_millis()).unwrap_or(i64::MAX);
+                retry_args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
+                channel.queue_declare(self.retry_queue(q, *step).as_str().into(), durable, retry_args).await?;
+            }
+            channel.queue_declare(self.deferred_queue(q).as_str().into(), durable, back_into(&work)).await?;
         }
         channel
             .exchange_declare(
@@ -177,6 +237,31 @@ fn string(s: &str) -> AMQPValue {
     AMQPValue::LongString(s.into())
 }
 
+fn quorum() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), string("quorum"));
+    args
+}
+
+/// Arguments of a classic queue whose expired messages go back into `work`.
+fn back_into(work: &str) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), string("classic"));
+    args.insert("x-dead-letter-exchange".into(), string(""));
+    args.insert("x-dead-letter-routing-key".into(), string(work));
+    args
+}
+
+/// A delay as a queue-name suffix: `1s`, `60s`, `250ms`.
+pub fn step_label(step: Duration) -> String {
+    let ms = step.as_millis();
+    if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
 /// Short string helper for lapin names.
 pub fn short(s: &str) -> ShortString {
     s.into()
@@ -188,12 +273,31 @@ mod tests {
 
     #[test]
     fn names() {
-        let t = Topology::new("ns1", 5);
+        let retry = RetrySettings { max_attempts: 5, base_delay_ms: 1_000, max_delay_ms: 60_000 };
+        let t = Topology::new("ns1", 5, &retry);
         assert_eq!(t.queue(WorkQueue::Inference(Tier::High)), "ns1.inference.high");
-        assert_eq!(t.retry_queue(WorkQueue::Ingest), "ns1.ingest.retry");
+        assert_eq!(t.retry_queue(WorkQueue::Ingest, Duration::from_secs(2)), "ns1.ingest.retry.2s");
+        assert_eq!(
+            t.retry_queues(WorkQueue::Ingest),
+            ["1s", "2s", "4s", "8s", "16s", "32s", "60s"].map(|s| format!("ns1.ingest.retry.{s}"))
+        );
+        assert_eq!(t.deferred_queue(WorkQueue::Ingest), "ns1.ingest.deferred");
+        assert_eq!(t.broker_dead_letter_queue(WorkQueue::Preprocess), "ns1.preprocess.dlx");
         assert_eq!(t.dead_letter_queue(WorkQueue::Postprocess), "ns1.postprocess.dlq");
-        assert_eq!(t.all_queue_names().len(), 7 * 3);
+        assert_eq!(t.all_queue_names().len(), 7 * (1 + 7 + 3));
+        let unique: std::collections::BTreeSet<_> = t.all_queue_names().into_iter().collect();
+        assert_eq!(unique.len(), 7 * (1 + 7 + 3));
         assert_eq!(t.events_exchange(), "ns1.events");
         assert_eq!(t.exchange_names(), vec!["ns1.events".to_string(), "ns1.uploads".to_string()]);
+    }
+
+    #[test]
+    fn sub_second_steps_are_named_in_milliseconds() {
+        let retry = RetrySettings { max_attempts: 3, base_delay_ms: 200, max_delay_ms: 1_000 };
+        let t = Topology::new("ns1", 5, &retry);
+        assert_eq!(
+            t.retry_queues(WorkQueue::Ingest),
+            ["200ms", "400ms", "800ms", "1s"].map(|s| format!("ns1.ingest.retry.{s}"))
+        );
     }
 }

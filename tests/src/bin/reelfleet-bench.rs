@@ -143,7 +143,7 @@ async fn start_fleet(tag: &str, dir: &Path) -> anyhow::Result<DevStack> {
 async fn stop_fleet(dev: DevStack, manifests: &[JobManifest], expected: usize) -> anyhow::Result<()> {
     let completed = manifests.iter().filter(|m| m.status == JobStatus::Completed).count();
     let broker = Broker::new(&dev.settings.broker, "bench")?;
-    let topology = Topology::new(dev.settings.namespace.clone(), dev.settings.broker.delivery_limit);
+    let topology = Topology::from_settings(&dev.settings);
     dev.stop().await;
     delete_namespace(&broker, &topology).await;
     if completed != expected {
@@ -410,7 +410,7 @@ async fn overhead(args: &[String]) -> anyhow::Result<()> {
     let mut settings = bench_settings("overhead");
     settings.broker.prefetch = 32;
     let broker = Broker::new(&settings.broker, "bench")?;
-    let topology = Topology::new(settings.namespace.clone(), settings.broker.delivery_limit);
+    let topology = Topology::from_settings(&settings);
     broker.declare(&topology).await.context("RabbitMQ")?;
     let s3 = start_s3(&mut settings, &broker, &topology, work.path()).await?;
     let storage = Storage::new(&settings.s3);
@@ -616,7 +616,7 @@ async fn inference_pass(jobs: usize, batched: bool, rate: f64) -> anyhow::Result
     let work = tempfile::Builder::new().prefix("reelfleet-bench-").tempdir()?;
     let mut settings = bench_settings(if batched { "inference" } else { "unbatched" });
     let broker = Broker::new(&settings.broker, "bench")?;
-    let topology = Topology::new(settings.namespace.clone(), settings.broker.delivery_limit);
+    let topology = Topology::from_settings(&settings);
     broker.declare(&topology).await.context("RabbitMQ")?;
     let s3 = start_s3(&mut settings, &broker, &topology, work.path()).await?;
     // Provider: 600 requests a minute per model, 10% 429 and 2% 5xx when batched;

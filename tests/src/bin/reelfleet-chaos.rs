@@ -248,7 +248,7 @@ impl Fleet {
             let _ = dev.wait();
         }
         if let Ok(broker) = Broker::new(&self.settings.broker, "chaos") {
-            let topology = Topology::new(self.settings.namespace.clone(), self.settings.broker.delivery_limit);
+            let topology = Topology::from_settings(&self.settings);
             if let Ok(ch) = broker.channel().await {
                 for q in topology.all_queue_names() {
                     let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
@@ -583,7 +583,7 @@ async fn case_hostile(bin: &Path, root: &Path, clip: &Path) -> anyhow::Result<Ca
     }
     // Messages: a forged signature, garbage, an event for a missing object, an oversized event, a replayed old message.
     let broker = Broker::new(&fleet.settings.broker, "chaos")?;
-    let topology = Topology::new(fleet.settings.namespace.clone(), fleet.settings.broker.delivery_limit);
+    let topology = Topology::from_settings(&fleet.settings);
     let publisher = broker.publisher().await?;
     let forged = Envelope::new(
         JobKind::Analyze,

@@ -88,6 +88,7 @@ impl DevStack {
         .await
         .context("cannot start the provider simulator")?;
         base.inference.base_url = simulator.base_url();
+        base.inference.usage_url = Some(format!("{}/usage", simulator.base_url()));
 
         let storage = Storage::new(&base.s3);
         for bucket in [&base.s3.upload_bucket, &base.s3.work_bucket] {

@@ -8,9 +8,11 @@
 //! - [`ops`]: operator commands: submit, status, jobs, queues.
 //! - [`scale`]: queue depth and the replicas KEDA would run, per chart worker.
 //! - [`dlq`]: dead-letter operations: ls, show, replay, purge, export, import.
+//! - [`ledger`]: the write-ahead ledger held against the provider's usage log.
 
 pub mod dev;
 pub mod dlq;
 pub mod fleet;
+pub mod ledger;
 pub mod ops;
 pub mod scale;

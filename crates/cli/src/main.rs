@@ -6,7 +6,7 @@ use reelfleet_cli::{
     dev::{DevOptions, DevStack},
     dlq,
     fleet::{self, StageName},
-    ops, scale,
+    ledger, ops, scale,
 };
 use reelfleet_core::{
     broker::Broker,
@@ -154,6 +154,28 @@ enum Command {
         #[command(subcommand)]
         action: TopologyAction,
     },
+    /// The write-ahead cost ledger.
+    Ledger {
+        #[command(subcommand)]
+        action: LedgerAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LedgerAction {
+    /// Hold every ledger entry of the work bucket against the provider's usage log, per model and
+    /// per request. Exits 0 when they match, 1 when they differ, 2 on an error.
+    Reconcile {
+        /// Only ledger entries recorded since this time (RFC 3339, or a duration ago such as 30m, 2h, 1d).
+        #[arg(long)]
+        since: Option<String>,
+        /// The provider's usage log (default: the setting inference.usage_url).
+        #[arg(long)]
+        usage_url: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Filters shared by the dlq commands.
@@ -275,12 +297,14 @@ enum ConfigAction {
 fn main() {
     let cli = Cli::parse();
     telemetry::init(cli.log_format == "json");
+    // reconcile's 1 means "the ledger differs", so its errors need a code of their own.
+    let error_code = if matches!(cli.command, Command::Ledger { .. }) { 2 } else { 1 };
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     match rt.block_on(run(cli)) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::exit(1);
+            std::process::exit(error_code);
         }
     }
 }
@@ -406,6 +430,20 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Dlq { action } => run_dlq(&settings, action).await,
+        Command::Ledger { action: LedgerAction::Reconcile { since, usage_url, json } } => {
+            let opts = ledger::ReconcileOptions {
+                since: since.as_deref().map(parse_since).transpose()?,
+                usage_url,
+                progress: true,
+            };
+            let report = ledger::run(&settings, &Storage::new(&settings.s3), &opts).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", ledger::render(&report));
+            }
+            Ok(if report.balanced { 0 } else { 1 })
+        }
         Command::Route { explain, job_id } => {
             if !explain {
                 anyhow::bail!("use `reelfleet route --explain JOB_ID`");

@@ -555,6 +555,11 @@ pub struct InferenceSettings {
     pub base_url: String,
     /// API key for the gateway; also the HMAC key of video generation requests.
     pub api_key: Secret,
+    /// The provider's usage log (`GET`, a JSON list of billed requests) that
+    /// `reelfleet ledger reconcile` holds the ledger against, called with the
+    /// API key as Bearer; unset: pass `--usage-url` (`reelfleet dev` sets it
+    /// to the simulator's `/v1/usage`).
+    pub usage_url: Option<String>,
     /// Seconds to connect to the provider.
     pub connect_timeout_secs: u64,
     /// Seconds for a whole provider request.
@@ -621,6 +626,7 @@ impl Default for InferenceSettings {
         Self {
             base_url: "https://api.holysheep.ai/v1".into(),
             api_key: Secret::new("sk-reelfleet-dev"),
+            usage_url: None,
             connect_timeout_secs: 5,
             request_timeout_secs: 120,
             request_attempts: 4,

@@ -394,8 +394,11 @@ impl Runtime {
             let _ = channel.close(200, "shutdown".into()).await;
             let _ = outbox.publisher.channel().close(200, "shutdown".into()).await;
         } else {
-            // The channel is gone: the broker requeues what we held, so work on it is wasted.
-            in_flight.abort_all();
+            // The channel is gone and the broker requeues what we held, but the work
+            // goes on: a provider answer already paid for gets into the job's ledger,
+            // and the claim keeps the redelivered copy waiting until this one has
+            // stored its result, which the copy then sends on instead of redoing it.
+            in_flight.detach_all();
         }
         result
     }

@@ -1,0 +1,119 @@
+//! The one configuration tree every binary reads: documented defaults, an
+//! optional TOML file, then `REELFLEET_SECTION__FIELD` environment overrides.
+//!
+//! Layout: [`Settings`] and its error here; loading and writing
+//! (`load.rs`), the checks serde cannot make (`validate.rs`), [`Secret`]
+//! (`secret.rs`), then one file per section, named as in the TOML file
+//! (`broker.rs`, `s3.rs`, `state.rs`, `signing.rs`, `retry.rs`, `runtime.rs`,
+//! `media.rs`, `limits.rs`, `preprocess.rs`, `inference.rs`, `postprocess.rs`).
+//! The README's configuration reference is held to these fields by a test.
+
+mod broker;
+mod inference;
+mod limits;
+mod load;
+mod media;
+mod postprocess;
+mod preprocess;
+mod retry;
+mod runtime;
+mod s3;
+mod secret;
+mod signing;
+mod state;
+mod validate;
+
+pub use broker::BrokerSettings;
+pub use inference::{BudgetAction, InferenceSettings, ModelSettings, TierSettings};
+pub use limits::LimitSettings;
+pub use media::MediaSettings;
+pub use postprocess::PostprocessSettings;
+pub use preprocess::PreprocessSettings;
+pub use retry::RetrySettings;
+pub use runtime::RuntimeSettings;
+pub use s3::S3Settings;
+pub use secret::Secret;
+pub use signing::SigningSettings;
+pub use state::StateSettings;
+
+use serde::{Deserialize, Serialize};
+
+/// Every setting of a reelfleet process.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Prefix of every queue and exchange (`<namespace>.ingest`, ...).
+    pub namespace: String,
+    /// RabbitMQ connection and consumer settings.
+    pub broker: BrokerSettings,
+    /// The object store: endpoint, credentials, buckets.
+    pub s3: S3Settings,
+    /// Message signing.
+    pub signing: SigningSettings,
+    /// Retry schedule for transient failures.
+    pub retry: RetrySettings,
+    /// Stage runtime: health port, shutdown grace.
+    pub runtime: RuntimeSettings,
+    /// ffmpeg/ffprobe binaries and timeouts.
+    pub media: MediaSettings,
+    /// Limits ingest enforces on uploaded videos.
+    pub limits: LimitSettings,
+    /// Normalization, keyframes and tier assignment.
+    pub preprocess: PreprocessSettings,
+    /// Providers, tier models and prices.
+    pub inference: InferenceSettings,
+    /// Renditions, quality floor, CDN purge.
+    pub postprocess: PostprocessSettings,
+    /// The database every replica shares budgets, rate limits and cooldowns through.
+    pub state: StateSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            namespace: "reelfleet".into(),
+            broker: BrokerSettings::default(),
+            s3: S3Settings::default(),
+            signing: SigningSettings::default(),
+            retry: RetrySettings::default(),
+            runtime: RuntimeSettings::default(),
+            media: MediaSettings::default(),
+            limits: LimitSettings::default(),
+            preprocess: PreprocessSettings::default(),
+            inference: InferenceSettings::default(),
+            postprocess: PostprocessSettings::default(),
+            state: StateSettings::default(),
+        }
+    }
+}
+
+/// Error loading settings.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The file or an environment override did not fit the settings tree.
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] config::ConfigError),
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Value(String),
+}
+
+impl Settings {
+    /// A copy with every credential replaced by `[redacted]`, for printing.
+    pub fn redacted(&self) -> Settings {
+        let hide = |s: &Secret| Secret::new(if s.expose().is_empty() { "" } else { "[redacted]" });
+        let mut out = self.clone();
+        out.broker.url = hide(&self.broker.url);
+        out.broker.management_url = hide(&self.broker.management_url);
+        out.s3.access_key = hide(&self.s3.access_key);
+        out.s3.secret_key = hide(&self.s3.secret_key);
+        out.signing.secret = hide(&self.signing.secret);
+        out.inference.api_key = hide(&self.inference.api_key);
+        out.state.url = hide(&self.state.url);
+        out.postprocess.cdn_purge_token = self.postprocess.cdn_purge_token.as_ref().map(hide);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

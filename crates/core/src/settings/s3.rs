@@ -1,0 +1,44 @@
+//! The object store: endpoint, credentials, buckets, multipart.
+
+use super::Secret;
+use serde::{Deserialize, Serialize};
+
+/// Object store settings.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Settings {
+    /// Endpoint URL (path-style addressing is always used).
+    pub endpoint: String,
+    /// Region used for SigV4.
+    pub region: String,
+    /// Access key id.
+    pub access_key: Secret,
+    /// Secret access key.
+    pub secret_key: Secret,
+    /// Bucket where users upload videos and prompt documents.
+    pub upload_bucket: String,
+    /// Bucket where jobs write everything they produce.
+    pub work_bucket: String,
+    /// Files at or above this size are uploaded with multipart.
+    pub multipart_threshold_bytes: u64,
+    /// Part size for multipart uploads (at least 5 MiB).
+    pub part_size_bytes: u64,
+    /// Seconds before an S3 call is abandoned.
+    pub timeout_secs: u64,
+}
+
+impl Default for S3Settings {
+    fn default() -> Self {
+        Self {
+            endpoint: "http://127.0.0.1:9000".into(),
+            region: "us-east-1".into(),
+            access_key: Secret::new("reelfleet"),
+            secret_key: Secret::new("reelfleet-secret"),
+            upload_bucket: "uploads".into(),
+            work_bucket: "reelfleet-work".into(),
+            multipart_threshold_bytes: 16 * 1024 * 1024,
+            part_size_bytes: 8 * 1024 * 1024,
+            timeout_secs: 120,
+        }
+    }
+}

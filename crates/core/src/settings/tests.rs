@@ -1,0 +1,150 @@
+//! Settings: loading, overrides, refusals, secrets, and the README reference.
+
+use super::*;
+
+#[test]
+fn secrets_never_print() {
+    let s = Settings::default();
+    let text = format!("{s:?}");
+    assert!(!text.contains("reelfleet-secret"), "{text}");
+    assert!(!text.contains("guest:guest"));
+}
+
+#[test]
+fn toml_round_trips() {
+    let mut s = Settings { namespace: "rt-test".into(), ..Default::default() };
+    s.postprocess.cdn_purge_url = Some("http://cdn/purge".into());
+    let text = s.to_toml();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, &text).unwrap();
+    let back = Settings::load(Some(&path)).unwrap();
+    assert_eq!(back.namespace, "rt-test");
+    assert_eq!(back.s3.secret_key.expose(), "reelfleet-secret");
+    assert_eq!(back.inference.models, s.inference.models);
+    assert_eq!(back.postprocess.cdn_purge_url.as_deref(), Some("http://cdn/purge"));
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    // Only this test sets these variables, and no other test reads them.
+    std::env::set_var("REELFLEET_BROKER__PREFETCH", "7");
+    std::env::set_var("REELFLEET_LIMITS__MAX_STREAMS", "3");
+    std::env::set_var("REELFLEET_CONFIG", "/names/the/file/not/a/setting.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, "[broker]\nprefetch = 2\n").unwrap();
+    let s = Settings::load(Some(&path)).unwrap();
+    std::env::remove_var("REELFLEET_BROKER__PREFETCH");
+    std::env::remove_var("REELFLEET_LIMITS__MAX_STREAMS");
+    std::env::remove_var("REELFLEET_CONFIG");
+    assert_eq!(s.broker.prefetch, 7);
+    assert_eq!(s.limits.max_streams, 3);
+}
+
+#[test]
+fn unknown_fields_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, "[broker]\nprefetchh = 3\n").unwrap();
+    let err = Settings::load(Some(&path)).unwrap_err().to_string();
+    assert!(err.contains("prefetchh"), "{err}");
+}
+
+#[test]
+fn a_tier_model_without_a_price_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "[[inference.models]]\nmodel = \"deepseek-v3.2\"\ninput_per_mtok = 0.28\noutput_per_mtok = 0.42\n",
+    )
+    .unwrap();
+    let err = Settings::load(Some(&path)).unwrap_err().to_string();
+    assert!(err.contains("gemini-2.5-flash") && err.contains("no [[inference.models]] entry"), "{err}");
+}
+
+#[test]
+fn redacted_settings_hold_no_credential() {
+    let s = Settings::default();
+    let json = serde_json::to_string(&s.redacted()).unwrap();
+    for secret in [&s.broker.url, &s.broker.management_url, &s.s3.secret_key, &s.signing.secret, &s.inference.api_key] {
+        assert!(!json.contains(secret.expose()), "{json}");
+    }
+    assert!(json.contains("[redacted]"));
+}
+
+#[test]
+fn a_database_url_is_redacted_too() {
+    let mut s = Settings::default();
+    s.state.url = Secret::new("postgres://fleet:hunter2-secret@db/reelfleet");
+    let json = serde_json::to_string(&s.redacted()).unwrap();
+    assert!(!json.contains("hunter2-secret"), "{json}");
+}
+
+/// Every leaf of the settings tree, as dotted keys (`broker.url`; a list of
+/// tables such as `inference.models` is one key).
+fn setting_keys(value: &serde_json::Value, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+    match value {
+        serde_json::Value::Object(map) if !map.is_empty() => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                setting_keys(v, &key, out);
+            }
+        }
+        _ => {
+            out.insert(prefix.to_string());
+        }
+    }
+}
+
+/// The keys a README row names: `a.b`, `a.b` / `a.c`, `a.b` / `c` (same
+/// section), `a.{x,y}.c`, `a.<tier>.c`, `[[a.b]]`.
+fn readme_keys(cell: &str) -> Vec<String> {
+    let names: Vec<&str> =
+        cell.split('/').map(|p| p.trim().trim_matches('`').trim()).filter(|p| !p.is_empty()).collect();
+    let mut out = Vec::new();
+    let mut section = String::new();
+    for (i, name) in names.iter().enumerate() {
+        let name = name.trim_start_matches("[[").trim_end_matches("]]");
+        let full = if i > 0 && !name.contains('.') && !section.is_empty() {
+            format!("{section}.{name}")
+        } else {
+            name.to_string()
+        };
+        if let Some((s, _)) = full.rsplit_once('.') {
+            section = s.to_string();
+        }
+        let tiers = ["low", "medium", "high", "critical"];
+        let expanded: Vec<String> = if full.contains("<tier>") {
+            tiers.iter().map(|t| full.replace("<tier>", t)).collect()
+        } else if let (Some(a), Some(b)) = (full.find('{'), full.find('}')) {
+            full[a + 1..b].split(',').map(|t| format!("{}{}{}", &full[..a], t, &full[b + 1..])).collect()
+        } else {
+            vec![full]
+        };
+        out.extend(expanded);
+    }
+    out
+}
+
+#[test]
+fn the_readme_configuration_reference_names_every_setting_and_no_other() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let section = readme
+        .split("## Configuration reference")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("README has a Configuration reference section");
+    let mut documented = std::collections::BTreeSet::new();
+    for row in section.lines().filter(|l| l.starts_with("| `")) {
+        let cell = row.split('|').nth(1).unwrap_or_default();
+        documented.extend(readme_keys(cell));
+    }
+    let mut actual = std::collections::BTreeSet::new();
+    setting_keys(&serde_json::to_value(Settings::default()).unwrap(), "", &mut actual);
+    let missing: Vec<_> = actual.difference(&documented).collect();
+    let unknown: Vec<_> = documented.difference(&actual).collect();
+    assert!(missing.is_empty(), "settings the README's configuration reference does not document: {missing:?}");
+    assert!(unknown.is_empty(), "README configuration rows that name no setting: {unknown:?}");
+}

@@ -1,0 +1,41 @@
+//! The checks serde cannot make: ranges, and values that depend on each other.
+
+use super::{Settings, SettingsError};
+
+impl Settings {
+    /// Checks values serde cannot.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let bad = |m: &str| Err(SettingsError::Value(m.to_string()));
+        if self.namespace.is_empty()
+            || !self.namespace.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            return bad("namespace must be non-empty ASCII letters, digits, '-', '_' or '.'");
+        }
+        if self.broker.prefetch == 0 {
+            return bad("broker.prefetch must be at least 1");
+        }
+        if self.retry.max_attempts == 0 {
+            return bad("retry.max_attempts must be at least 1");
+        }
+        if self.preprocess.max_width < 16 || self.preprocess.max_height < 16 {
+            return bad("preprocess.max_width and max_height must be at least 16");
+        }
+        if self.runtime.job_timeout_secs + 60 > self.broker.consumer_timeout_secs {
+            return bad("runtime.job_timeout_secs must be at least 60 s below broker.consumer_timeout_secs, or the broker closes the channel of a long job and it is redelivered forever");
+        }
+        for tier in crate::envelope::Tier::ALL {
+            let t = self.inference.tier(tier);
+            for model in std::iter::once(&t.model).chain(t.fallback_model.as_ref()) {
+                if self.inference.price(model).is_none() {
+                    return Err(SettingsError::Value(format!(
+                        "inference.{tier} uses model {model:?}, which has no [[inference.models]] entry (price, limits): its jobs could not be costed"
+                    )));
+                }
+            }
+        }
+        if self.signing.secret.expose().len() < 16 {
+            return bad("signing.secret must be at least 16 characters");
+        }
+        Ok(())
+    }
+}

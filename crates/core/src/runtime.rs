@@ -312,17 +312,8 @@ impl Runtime {
             }
             None => self.prefetch,
         };
-        channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
-        let outbox = Outbox::new(self.broker.publisher().await?);
         let tag = format!("{}-{}", stage.name(), uuid::Uuid::new_v4().simple());
-        let mut consumer = channel
-            .basic_consume(
-                name.as_str().into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let (outbox, mut consumer) = self.open_consumer(&channel, &name, prefetch, &tag).await?;
         self.readiness.set(&name, true);
         self.metrics.consumer_up.with_label_values(&[&name]).set(1);
         info!(queue = %name, prefetch, batch = ?batching, "Consuming");
@@ -423,6 +414,23 @@ impl Runtime {
         }
     }
 
+    /// Sets `channel`'s prefetch, opens a publisher for what the handled
+    /// messages send on, and starts consuming `queue` under `tag`.
+    async fn open_consumer(
+        &self,
+        channel: &lapin::Channel,
+        queue: &str,
+        prefetch: u16,
+        tag: &str,
+    ) -> Result<(Outbox, lapin::Consumer), BrokerError> {
+        channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+        let outbox = Outbox::new(self.broker.publisher().await?);
+        let consumer = channel
+            .basic_consume(queue.into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await?;
+        Ok((outbox, consumer))
+    }
+
     /// One connection's worth of moving broker dead letters, one at a time
     /// (they are rare). `Ok` means a clean shutdown.
     async fn broker_dead_letter_session(
@@ -434,17 +442,8 @@ impl Runtime {
         let name = self.topology.broker_dead_letter_queue(queue);
         let channel = self.broker.channel().await?;
         self.topology.declare(&channel).await?;
-        channel.basic_qos(1, BasicQosOptions::default()).await?;
-        let outbox = Outbox::new(self.broker.publisher().await?);
         let tag = format!("{}-dlx-{}", stage.name(), uuid::Uuid::new_v4().simple());
-        let mut consumer = channel
-            .basic_consume(
-                name.as_str().into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let (outbox, mut consumer) = self.open_consumer(&channel, &name, 1, &tag).await?;
         let result = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break Ok(()),

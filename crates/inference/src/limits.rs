@@ -60,17 +60,7 @@ impl Limits {
         let ns = self.state.namespace();
         let window = MINUTE_MS + WINDOW_MARGIN.as_millis() as i64;
         let mut tx = self.state.pool().begin().await?;
-        sqlx::query("INSERT INTO rf_model_gate (ns, model) VALUES ($1, $2) ON CONFLICT (ns, model) DO NOTHING")
-            .bind(ns)
-            .bind(model)
-            .execute(&mut *tx)
-            .await?;
-        // Taking the model's row first serialises every replica's check-and-record for the model.
-        sqlx::query("UPDATE rf_model_gate SET turn = turn + 1 WHERE ns = $1 AND model = $2")
-            .bind(ns)
-            .bind(model)
-            .execute(&mut *tx)
-            .await?;
+        take_model_row(&mut tx, ns, model).await?;
         let now = now_ms();
         sqlx::query("DELETE FROM rf_model_requests WHERE ns = $1 AND model = $2 AND at_ms <= $3")
             .bind(ns)
@@ -102,4 +92,25 @@ impl Limits {
         tx.commit().await?;
         Ok(Some(Duration::from_millis((oldest + window - now).clamp(10, window) as u64)))
     }
+}
+
+/// Makes sure `model` has its row in `rf_model_gate` and takes it: the rest
+/// of the transaction runs alone for the model, whatever the replica count
+/// (a row lock on PostgreSQL, the write lock on SQLite).
+pub(crate) async fn take_model_row(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    ns: &str,
+    model: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO rf_model_gate (ns, model) VALUES ($1, $2) ON CONFLICT (ns, model) DO NOTHING")
+        .bind(ns)
+        .bind(model)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("UPDATE rf_model_gate SET turn = turn + 1 WHERE ns = $1 AND model = $2")
+        .bind(ns)
+        .bind(model)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }

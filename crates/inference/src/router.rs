@@ -55,11 +55,7 @@ impl Router {
             return Ok(false);
         }
         let mut tx = pool.begin().await?;
-        sqlx::query("INSERT INTO rf_model_gate (ns, model) VALUES ($1, $2) ON CONFLICT (ns, model) DO NOTHING")
-            .bind(ns)
-            .bind(model)
-            .execute(&mut *tx)
-            .await?;
+        crate::limits::take_model_row(&mut tx, ns, model).await?;
         sqlx::query("UPDATE rf_model_gate SET failures = failures + 1 WHERE ns = $1 AND model = $2")
             .bind(ns)
             .bind(model)

@@ -261,7 +261,7 @@ impl TestStack {
     pub async fn probe_object(&self, key: &str) -> Probe {
         let path = self.dir.path().join(format!("probe-{}", uuid::Uuid::new_v4().simple()));
         self.storage.download(&self.dev.settings.s3.work_bucket, key, &path).await.expect("download");
-        let probe = Media::new(self.dev.settings.media.clone()).probe(&path).await.expect("probe");
+        let probe = Media::new(self.dev.settings.media.clone()).expect("ffmpeg").probe(&path).await.expect("probe");
         let _ = std::fs::remove_file(&path);
         probe
     }

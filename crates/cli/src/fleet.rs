@@ -59,8 +59,10 @@ pub async fn build_stages(
     let mut out: Vec<Arc<dyn Stage>> = Vec::new();
     for s in stages {
         out.push(match s {
-            StageName::Ingest => Arc::new(Ingest::new(settings.clone(), storage.clone())),
-            StageName::Preprocess => Arc::new(Preprocess::new(settings.clone(), storage.clone())),
+            StageName::Ingest => Arc::new(Ingest::new(settings.clone(), storage.clone()).context("ingest's ffmpeg")?),
+            StageName::Preprocess => {
+                Arc::new(Preprocess::new(settings.clone(), storage.clone()).context("preprocess's ffmpeg")?)
+            }
             StageName::Inference => {
                 let state = FleetState::connect(settings.state.url.expose(), &settings.namespace)
                     .await
@@ -70,7 +72,9 @@ pub async fn build_stages(
                         .context("inference provider")?,
                 )
             }
-            StageName::Postprocess => Arc::new(Postprocess::new(settings.clone(), storage.clone())),
+            StageName::Postprocess => {
+                Arc::new(Postprocess::new(settings.clone(), storage.clone()).context("postprocess's ffmpeg")?)
+            }
         });
     }
     Ok(out)

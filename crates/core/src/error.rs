@@ -74,6 +74,7 @@ impl From<crate::media::MediaError> for StageError {
             M::Timeout { .. } => StageError::transient("timeout", e),
             M::Spawn { .. } | M::Io(_) | M::Killed { .. } => StageError::transient("media", e),
             M::Failed { .. } | M::Parse(_) => StageError::permanent("media", e),
+            M::AllowList { .. } => StageError::permanent("config", e),
         }
     }
 }

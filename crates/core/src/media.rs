@@ -1,6 +1,9 @@
 //! ffprobe and ffmpeg as subprocesses: argument lists (never a shell), a
-//! timeout, stderr kept for the error, local files only
-//! (`-protocol_whitelist file,pipe`), ffprobe's JSON parsed into types.
+//! timeout, stderr kept for the error, an environment cleared of everything
+//! but `PATH` (the worker's credentials never reach a decoder), local files
+//! only (`-protocol_whitelist file,pipe`) through a positive demuxer
+//! allow-list built from the configured ffmpeg (a worker that cannot build it
+//! does not start), ffprobe's JSON parsed into types.
 
 use crate::settings::MediaSettings;
 use serde::Deserialize;
@@ -50,6 +53,15 @@ pub enum MediaError {
     /// Output could not be understood.
     #[error("cannot parse media tool output: {0}")]
     Parse(String),
+    /// The demuxer allow-list could not be built from the configured ffmpeg:
+    /// without it a playlist could make the decoder read other files.
+    #[error("cannot build the demuxer allow-list from {program}: {reason}")]
+    AllowList {
+        /// Binary.
+        program: String,
+        /// Why.
+        reason: String,
+    },
     /// Local I/O.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -193,6 +205,8 @@ fn is_cover_art(s: &ProbeStream) -> bool {
 #[derive(Clone, Debug)]
 pub struct Media {
     settings: MediaSettings,
+    /// `-format_whitelist`'s value: every demuxer of the configured ffmpeg but [`DENIED_DEMUXERS`].
+    demuxers: std::sync::Arc<str>,
 }
 
 /// Demuxers that open other files or devices named inside the input (a
@@ -231,43 +245,40 @@ pub const DENIED_DEMUXERS: &[&str] = &[
     "bin",
 ];
 
-/// Every demuxer of the installed ffmpeg but the denied ones, for `-format_whitelist`.
-fn demuxer_whitelist() -> Option<&'static str> {
-    static LIST: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    LIST.get_or_init(|| {
-        let ffmpeg = std::env::var("REELFLEET_MEDIA__FFMPEG").unwrap_or_else(|_| "ffmpeg".into());
-        let out = std::process::Command::new(ffmpeg).args(["-hide_banner", "-demuxers"]).output().ok()?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let names: Vec<&str> = text
-            .lines()
-            .filter_map(|l| {
-                let mut parts = l.split_whitespace();
-                let flags = parts.next()?;
-                let name = parts.next()?;
-                (flags.starts_with('D') && flags.len() <= 2).then_some(name)
-            })
-            .flat_map(|n| n.split(','))
-            .filter(|n| !DENIED_DEMUXERS.contains(n))
-            .collect();
-        (!names.is_empty()).then(|| names.join(","))
-    })
-    .as_deref()
-}
-
-fn whitelist_args() -> Vec<String> {
-    let mut args = vec!["-protocol_whitelist".to_string(), "file,pipe".into()];
-    if let Some(list) = demuxer_whitelist() {
-        args.extend(["-format_whitelist".to_string(), list.to_string()]);
+/// Every demuxer `ffmpeg` has but the denied ones, for `-format_whitelist`.
+fn demuxer_allow_list(ffmpeg: &str) -> Result<String, MediaError> {
+    let fail = |reason: String| MediaError::AllowList { program: ffmpeg.into(), reason };
+    let out = std::process::Command::new(ffmpeg)
+        .args(["-hide_banner", "-demuxers"])
+        .env_clear()
+        .env("PATH", tool_path())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| fail(e.to_string()))?;
+    if !out.status.success() {
+        return Err(fail(format!("`-demuxers` exited with {}", out.status)));
     }
-    args
+    let text = String::from_utf8_lossy(&out.stdout);
+    let names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            let flags = parts.next()?;
+            let name = parts.next()?;
+            (flags.starts_with('D') && flags.len() <= 2).then_some(name)
+        })
+        .flat_map(|n| n.split(','))
+        .filter(|n| !DENIED_DEMUXERS.contains(n))
+        .collect();
+    if names.is_empty() {
+        return Err(fail("it lists no demuxer".into()));
+    }
+    Ok(names.join(","))
 }
 
-/// The input arguments that keep ffmpeg on the local file and away from
-/// playlist-like demuxers: `-protocol_whitelist file,pipe -format_whitelist <all but DENIED_DEMUXERS> -i file:<path>`.
-pub fn input_args(path: &Path) -> Vec<String> {
-    let mut args = whitelist_args();
-    args.extend(["-i".to_string(), format!("file:{}", path.display())]);
-    args
+/// `PATH` for the tools: the worker's own, or the usual system folders.
+fn tool_path() -> std::ffi::OsString {
+    std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into())
 }
 
 /// An output path as ffmpeg should see it (never parsed as a protocol or option).
@@ -276,9 +287,28 @@ pub fn output_arg(path: &Path) -> String {
 }
 
 impl Media {
-    /// Wrappers for `settings`.
-    pub fn new(settings: MediaSettings) -> Self {
-        Self { settings }
+    /// Wrappers for `settings`; fails when the demuxer allow-list cannot be
+    /// built from the configured ffmpeg (the worker must not start then).
+    pub fn new(settings: MediaSettings) -> Result<Self, MediaError> {
+        let demuxers = demuxer_allow_list(&settings.ffmpeg)?.into();
+        Ok(Self { settings, demuxers })
+    }
+
+    fn whitelist_args(&self) -> Vec<String> {
+        vec![
+            "-protocol_whitelist".to_string(),
+            "file,pipe".into(),
+            "-format_whitelist".into(),
+            self.demuxers.to_string(),
+        ]
+    }
+
+    /// The input arguments that keep ffmpeg on the local file and away from
+    /// playlist-like demuxers: `-protocol_whitelist file,pipe -format_whitelist <allow-list> -i file:<path>`.
+    pub fn input_args(&self, path: &Path) -> Vec<String> {
+        let mut args = self.whitelist_args();
+        args.extend(["-i".to_string(), format!("file:{}", path.display())]);
+        args
     }
 
     /// The x264/x265 preset from the settings.
@@ -298,7 +328,7 @@ impl Media {
     /// Probes a local file.
     pub async fn probe(&self, path: &Path) -> Result<Probe, MediaError> {
         let mut args: Vec<String> = vec!["-v".into(), "error".into()];
-        args.extend(whitelist_args());
+        args.extend(self.whitelist_args());
         args.extend(["-print_format", "json", "-show_format", "-show_streams"].map(String::from));
         args.push(format!("file:{}", path.display()));
         let out = run(&self.settings.ffprobe, &args, self.settings.probe_timeout_secs).await?;
@@ -331,6 +361,8 @@ struct Output {
 async fn run(program: &str, args: &[String], timeout_secs: u64) -> Result<Output, MediaError> {
     let child = Command::new(program)
         .args(args)
+        .env_clear()
+        .env("PATH", tool_path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -432,5 +464,48 @@ mod tests {
         assert!(matches!(&failed, MediaError::Failed { .. }), "{failed:?}");
         let e = StageError::from(failed);
         assert_eq!((e.class, e.code), (ErrorClass::Permanent, "media"), "{e}");
+    }
+
+    #[cfg(unix)]
+    fn fake_tool(dir: &Path, body: &str) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("fake-ffmpeg");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path.display().to_string()
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_tools_see_no_variable_of_the_worker_but_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let lists = r#"if [ "$2" = "-demuxers" ]; then echo " D  mov,mp4,m4a QuickTime"; exit 0; fi"#;
+        let ffmpeg = fake_tool(dir.path(), &format!("{lists}\nenv >&2"));
+        let media = Media::new(MediaSettings { ffmpeg, ..Default::default() }).expect("allow-list");
+        let seen = media.ffmpeg(&[]).await.unwrap();
+        let names: Vec<&str> = seen.lines().filter_map(|l| l.split_once('=').map(|(k, _)| k)).collect();
+        // What the shell sets for itself is fine; nothing may come from the worker.
+        let own = ["PATH", "PWD", "SHLVL", "_", "OLDPWD"];
+        let leaked: Vec<&&str> = names.iter().filter(|n| !own.contains(n)).collect();
+        assert!(leaked.is_empty(), "the tool saw the worker's {leaked:?}");
+        assert!(std::env::vars().count() > 1, "the test process has variables to leak");
+        assert!(media.input_args(Path::new("/x")).join(" ").contains("-format_whitelist mov,mp4,m4a"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn without_an_allow_list_media_refuses_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        for ffmpeg in [
+            "/nonexistent/ffmpeg".to_string(),
+            fake_tool(dir.path(), "exit 1"),
+            fake_tool(dir.path(), "echo 'nothing useful'"),
+        ] {
+            let err = Media::new(MediaSettings { ffmpeg: ffmpeg.clone(), ..Default::default() }).err();
+            assert!(matches!(err, Some(MediaError::AllowList { .. })), "{ffmpeg}: {err:?}");
+        }
+        let real = Media::new(MediaSettings::default()).expect("the installed ffmpeg lists its demuxers");
+        let list = real.input_args(Path::new("/x")).join(" ");
+        assert!(list.contains("mov") && !list.contains(",hls,") && !list.contains(",concat,"), "{list}");
     }
 }

@@ -11,7 +11,7 @@ use reelfleet_core::{
     jobstate::{decide, Decision, PipelineStage},
     json::parse_bounded,
     manifest::{InputInfo, JobFailure, JobManifest, JobStatus, ManifestStore, PromptDocument},
-    media::{input_args, scratch_dir, Media},
+    media::{scratch_dir, Media, MediaError},
     runtime::{Dispatch, Input, Message, Stage},
     s3event::parse_event,
     settings::Settings,
@@ -132,11 +132,12 @@ impl Ingest {
         }
     }
 
-    /// The stage for `settings`.
-    pub fn new(settings: Arc<Settings>, storage: Storage) -> Self {
+    /// The stage for `settings`; fails when ffmpeg cannot be made safe to run
+    /// (its demuxer allow-list cannot be built).
+    pub fn new(settings: Arc<Settings>, storage: Storage) -> Result<Self, MediaError> {
         let manifests = ManifestStore::new(storage.clone(), settings.s3.work_bucket.clone());
-        let media = Media::new(settings.media.clone());
-        Self { settings, storage, manifests, media }
+        let media = Media::new(settings.media.clone())?;
+        Ok(Self { settings, storage, manifests, media })
     }
 
     /// Validates one source and returns the message for preprocess, or nothing for a duplicate.
@@ -264,7 +265,7 @@ impl Ingest {
         }
         // The container can lie: decode the first second to prove there are frames.
         let mut args = vec!["-v".to_string(), "error".into(), "-xerror".into()];
-        args.extend(input_args(&path));
+        args.extend(self.media.input_args(&path));
         args.extend(["-t", "1", "-map", "0:v:0", "-f", "null", "-"].map(String::from));
         self.media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("video does not decode"))?;
         if duration <= 0.0 {

@@ -10,7 +10,7 @@ use reelfleet_core::{
     error::StageError,
     jobstate::{envelope_of, Claimed, JobClaims, PipelineStage},
     manifest::{stage_key, JobManifest, JobStatus, ManifestStore, OutputFile, QualityCheck},
-    media::{input_args, output_arg, scratch_dir, Media},
+    media::{output_arg, scratch_dir, Media, MediaError},
     runtime::{Dispatch, Message, Stage},
     settings::Settings,
     storage::Storage,
@@ -154,17 +154,18 @@ pub fn parse_quality(log: &str) -> (Option<f64>, Option<f64>, Option<f64>) {
 }
 
 impl Postprocess {
-    /// The stage for `settings`.
-    pub fn new(settings: Arc<Settings>, storage: Storage) -> Self {
+    /// The stage for `settings`; fails when ffmpeg cannot be made safe to run
+    /// (its demuxer allow-list cannot be built).
+    pub fn new(settings: Arc<Settings>, storage: Storage) -> Result<Self, MediaError> {
         let manifests = ManifestStore::new(storage.clone(), settings.s3.work_bucket.clone());
-        let media = Media::new(settings.media.clone());
+        let media = Media::new(settings.media.clone())?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30))
             .build()
             .expect("HTTP client builds");
         let claims = JobClaims::new(manifests.clone(), Duration::from_secs(settings.runtime.claim_lease_secs));
-        Self { settings, storage, manifests, claims, media, http }
+        Ok(Self { settings, storage, manifests, claims, media, http })
     }
 
     async fn produce(&self, envelope: &Envelope) -> Result<Vec<OutputFile>, StageError> {
@@ -195,7 +196,7 @@ impl Postprocess {
         }
         let poster = dir.path().join("poster.jpg");
         let mut args = vec!["-ss".to_string(), format!("{:.3}", duration * 0.1)];
-        args.extend(input_args(&reference));
+        args.extend(self.media.input_args(&reference));
         args.extend(["-frames:v", "1", "-q:v", "2"].map(String::from));
         args.push(output_arg(&poster));
         self.media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("poster"))?;
@@ -208,7 +209,7 @@ impl Postprocess {
         let cols = n.min(5);
         let rows = n.div_ceil(cols);
         let sprite = dir.path().join("sprite.jpg");
-        let mut args = input_args(&reference);
+        let mut args = self.media.input_args(&reference);
         args.extend([
             "-an".to_string(),
             "-vf".into(),
@@ -229,7 +230,7 @@ impl Postprocess {
 
     async fn encode(&self, input: &Path, output: &Path, plan: &RenditionPlan) -> Result<(), StageError> {
         let s = &self.settings.postprocess;
-        let mut args = input_args(input);
+        let mut args = self.media.input_args(input);
         args.extend(["-map", "0:v:0", "-map", "0:a:0?"].map(String::from));
         args.extend([
             "-vf".to_string(),
@@ -282,8 +283,8 @@ impl Postprocess {
         h: u32,
         vmaf: bool,
     ) -> Result<(Option<f64>, Option<f64>, Option<f64>), StageError> {
-        let mut args = input_args(rendition);
-        args.extend(input_args(reference));
+        let mut args = self.media.input_args(rendition);
+        args.extend(self.media.input_args(reference));
         let graph = if vmaf {
             format!("[1:v]scale={w}:{h}:flags=bicubic,setsar=1,format=yuv420p,split=3[r1][r2][r3];[0:v]setsar=1,format=yuv420p,split=3[a1][a2][a3];[a1][r1]psnr;[a2][r2]ssim;[a3][r3]libvmaf")
         } else {

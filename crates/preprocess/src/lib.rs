@@ -10,7 +10,7 @@ use reelfleet_core::{
     error::StageError,
     jobstate::{envelope_of, Claimed, JobClaims, PipelineStage},
     manifest::{stage_key, Complexity, JobStatus, ManifestStore, PreprocessInfo},
-    media::{input_args, output_arg, scratch_dir, Media},
+    media::{output_arg, scratch_dir, Media, MediaError},
     routing::assign_tier,
     runtime::{Dispatch, Message, Stage},
     settings::{PreprocessSettings, Settings},
@@ -103,12 +103,13 @@ pub fn complexity_score(motion: f64, cuts_per_min: f64, bits_per_pixel: f64) -> 
 }
 
 impl Preprocess {
-    /// The stage for `settings`.
-    pub fn new(settings: Arc<Settings>, storage: Storage) -> Self {
+    /// The stage for `settings`; fails when ffmpeg cannot be made safe to run
+    /// (its demuxer allow-list cannot be built).
+    pub fn new(settings: Arc<Settings>, storage: Storage) -> Result<Self, MediaError> {
         let manifests = ManifestStore::new(storage.clone(), settings.s3.work_bucket.clone());
-        let media = Media::new(settings.media.clone());
+        let media = Media::new(settings.media.clone())?;
         let claims = JobClaims::new(manifests.clone(), Duration::from_secs(settings.runtime.claim_lease_secs));
-        Self { settings, storage, manifests, claims, media }
+        Ok(Self { settings, storage, manifests, claims, media })
     }
 
     async fn normalize(&self, envelope: &Envelope) -> Result<PreprocessInfo, StageError> {
@@ -124,7 +125,7 @@ impl Preprocess {
         let fps = if tw.min(th) >= 1080 { s.fps_hd } else { s.fps_sd };
 
         let normalized = dir.path().join("normalized.mp4");
-        let mut args = input_args(&source);
+        let mut args = self.media.input_args(&source);
         args.extend(["-map", "0:v:0", "-map", "0:a:0?", "-sn", "-dn"].map(String::from));
         args.extend([
             "-vf".to_string(),
@@ -187,7 +188,7 @@ impl Preprocess {
         fps: u32,
         bitrate: Option<u64>,
     ) -> Result<Complexity, StageError> {
-        let mut args = input_args(video);
+        let mut args = self.media.input_args(video);
         args.extend([
             "-an".to_string(),
             "-vf".into(),
@@ -224,7 +225,7 @@ impl Preprocess {
     ) -> Result<Vec<std::path::PathBuf>, StageError> {
         let n = self.settings.preprocess.keyframes.max(1);
         let rate = n as f64 / duration.max(0.1);
-        let mut args = input_args(video);
+        let mut args = self.media.input_args(video);
         args.extend([
             "-an".to_string(),
             "-vf".into(),

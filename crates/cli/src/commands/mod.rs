@@ -121,3 +121,32 @@ fn parse_since(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
     };
     Ok(chrono::Utc::now() - chrono::Duration::seconds(secs))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn since_takes_rfc3339_or_a_duration_ago() {
+        let t = parse_since("2024-05-01T12:00:00+02:00").unwrap();
+        assert_eq!(t.to_rfc3339(), "2024-05-01T10:00:00+00:00");
+        let ago = chrono::Utc::now() - parse_since("2h").unwrap();
+        assert!((ago.num_seconds() - 7200).abs() < 5, "{ago}");
+        assert!(parse_since("5x").is_err());
+        assert!(parse_since("m").is_err());
+    }
+
+    #[test]
+    fn only_ledger_errors_exit_two() {
+        let code = |args: &[&str]| Cli::parse_from(args).command.error_code();
+        assert_eq!(code(&["reelfleet", "ledger", "reconcile"]), 2);
+        assert_eq!(code(&["reelfleet", "jobs"]), 1);
+        assert_eq!(code(&["reelfleet", "dlq", "ls"]), 1);
+    }
+}

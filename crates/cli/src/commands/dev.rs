@@ -1,0 +1,73 @@
+//! `reelfleet dev` (the embedded stack with all four workers) and
+//! `reelfleet simulator` (the provider simulator alone), both running until
+//! SIGTERM/SIGINT.
+
+use crate::{
+    dev::{DevOptions, DevStack},
+    fleet::StageName,
+};
+use reelfleet_core::{runtime::shutdown_signal, settings::Settings};
+use reelfleet_devstack::{serve_simulator, SimulatorConfig};
+use std::path::PathBuf;
+
+/// Arguments of `reelfleet dev`.
+#[derive(clap::Args, Debug)]
+pub struct DevArgs {
+    /// Folder for objects and the written configuration (DIR/reelfleet.toml).
+    #[arg(long, default_value = ".reelfleet")]
+    data_dir: PathBuf,
+    /// Queue namespace (default: the settings').
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Port of the embedded S3 endpoint.
+    #[arg(long, default_value_t = 9000)]
+    s3_port: u16,
+    /// Port of the provider simulator.
+    #[arg(long, default_value_t = 9100)]
+    sim_port: u16,
+    /// Run only the S3 endpoint and the simulator (workers run as `reelfleet worker`).
+    #[arg(long)]
+    no_workers: bool,
+}
+
+/// Starts the embedded stack, prints where it listens, drains it on a signal.
+pub async fn run(settings: Settings, args: DevArgs) -> anyhow::Result<i32> {
+    let DevArgs { data_dir, namespace, s3_port, sim_port, no_workers } = args;
+    let stages = if no_workers { Vec::new() } else { StageName::ALL.to_vec() };
+    let opts = DevOptions { data_dir, namespace, s3_port, sim_port, stages };
+    let stack = DevStack::start(settings, opts).await?;
+    eprintln!(
+        "reelfleet dev: S3 {} (bucket {}), simulator {}, health http://{}/readyz, namespace {}\n  other commands: reelfleet --config {} <command>\n  Ctrl-C to stop",
+        stack.settings.s3.endpoint,
+        stack.settings.s3.upload_bucket,
+        stack.settings.inference.base_url,
+        stack.fleet.health_addr,
+        stack.settings.namespace,
+        stack.config_path.display()
+    );
+    shutdown_signal().await;
+    eprintln!("reelfleet dev: draining");
+    stack.stop().await;
+    Ok(0)
+}
+
+/// Arguments of `reelfleet simulator`.
+#[derive(clap::Args, Debug)]
+pub struct SimulatorArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    listen: String,
+}
+
+/// Serves the provider simulator until a signal.
+pub async fn run_simulator(settings: Settings, args: SimulatorArgs) -> anyhow::Result<i32> {
+    let config = SimulatorConfig {
+        api_key: settings.inference.api_key.expose().to_string(),
+        ffmpeg: settings.media.ffmpeg.clone(),
+        ..Default::default()
+    };
+    let sim = serve_simulator(&args.listen, config).await?;
+    eprintln!("reelfleet simulator: {} (OpenAI-compatible chat, signed video generation)", sim.base_url());
+    shutdown_signal().await;
+    Ok(0)
+}

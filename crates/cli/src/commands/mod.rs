@@ -1,0 +1,152 @@
+//! The command line: [`Cli`] is what `reelfleet` parses, [`Command`] one
+//! variant per command, each backed by a module here that owns its
+//! arguments, its work (through the library modules) and its output.
+//!
+//! Every command's `run` returns the process's exit code; an error exits with
+//! [`Command::error_code`].
+
+pub mod config;
+pub mod dev;
+pub mod dlq;
+pub mod jobs;
+pub mod ledger;
+pub mod queues;
+pub mod scale;
+pub mod submit;
+pub mod topology;
+pub mod worker;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use reelfleet_core::settings::Settings;
+use std::path::{Path, PathBuf};
+
+/// `reelfleet`'s command line.
+#[derive(Parser, Debug)]
+#[command(
+    name = "reelfleet",
+    version,
+    about = "A queue-driven video AI pipeline: ingest, preprocess, inference, postprocess"
+)]
+pub struct Cli {
+    /// TOML settings file; REELFLEET_SECTION__FIELD environment variables override it.
+    #[arg(long, global = true, env = "REELFLEET_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text")]
+    pub log_format: String,
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// One `reelfleet` command.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the embedded S3 endpoint, the provider simulator and all four workers in one process.
+    Dev(dev::DevArgs),
+    /// Run the AI provider simulator alone (what the compose stack uses), until SIGTERM/SIGINT.
+    Simulator(dev::SimulatorArgs),
+    /// Run one stage's worker until SIGTERM/SIGINT.
+    Worker(worker::WorkerArgs),
+    /// Upload videos or a generation prompt into the upload bucket.
+    Submit(submit::SubmitArgs),
+    /// Show one job's manifest.
+    Status(jobs::StatusArgs),
+    /// List jobs.
+    Jobs(jobs::JobsArgs),
+    /// Ready, unacked, consumers and recent rates per queue.
+    Queues(queues::QueuesArgs),
+    /// Per worker of the Helm chart: queue depth (ready + unacked), consumers, rates and
+    /// the replicas KEDA would run with the chart's values.
+    Scale(scale::ScaleArgs),
+    /// Check the settings (file + REELFLEET_* environment) and print them, credentials redacted.
+    Config(config::ConfigArgs),
+    /// Explain a job's routing: why it got its tier and model.
+    Route(jobs::RouteArgs),
+    /// Dead-letter operations.
+    Dlq(dlq::DlqArgs),
+    /// Manage the broker topology.
+    Topology(topology::TopologyArgs),
+    /// The write-ahead cost ledger.
+    Ledger(ledger::LedgerArgs),
+}
+
+impl Command {
+    /// Runs the command and returns the process's exit code. `config` is the
+    /// settings file the settings were loaded from, if any.
+    pub async fn run(self, settings: Settings, config: Option<&Path>) -> anyhow::Result<i32> {
+        match self {
+            Command::Dev(args) => dev::run(settings, args).await,
+            Command::Simulator(args) => dev::run_simulator(settings, args).await,
+            Command::Worker(args) => worker::run(settings, args).await,
+            Command::Submit(args) => submit::run(settings, args).await,
+            Command::Status(args) => jobs::run_status(settings, args).await,
+            Command::Jobs(args) => jobs::run(settings, args).await,
+            Command::Queues(args) => queues::run(settings, args).await,
+            Command::Scale(args) => scale::run(settings, args).await,
+            Command::Config(args) => config::run(settings, args, config),
+            Command::Route(args) => jobs::run_route(settings, args).await,
+            Command::Dlq(args) => dlq::run(settings, args).await,
+            Command::Topology(args) => topology::run(settings, args).await,
+            Command::Ledger(args) => ledger::run(settings, args).await,
+        }
+    }
+
+    /// The exit code when the command fails with an error (loading the
+    /// settings included).
+    pub fn error_code(&self) -> i32 {
+        // reconcile's 1 means "the ledger differs", so its errors need a code of their own.
+        if matches!(self, Command::Ledger(_)) {
+            2
+        } else {
+            1
+        }
+    }
+}
+
+/// Parses a `--since` value: RFC 3339, or a duration ago such as 30m, 2h, 1d.
+fn parse_since(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = n.parse().with_context(|| format!("--since {s:?}: expected RFC 3339 or a duration like 30m"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => anyhow::bail!("--since {s:?}: unit must be s, m, h or d"),
+    };
+    Ok(chrono::Utc::now() - chrono::Duration::seconds(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn since_takes_rfc3339_or_a_duration_ago() {
+        let t = parse_since("2024-05-01T12:00:00+02:00").unwrap();
+        assert_eq!(t.to_rfc3339(), "2024-05-01T10:00:00+00:00");
+        let ago = chrono::Utc::now() - parse_since("2h").unwrap();
+        assert!((ago.num_seconds() - 7200).abs() < 5, "{ago}");
+        assert!(parse_since("5x").is_err());
+        assert!(parse_since("m").is_err());
+    }
+
+    #[test]
+    fn only_ledger_errors_exit_two() {
+        let code = |args: &[&str]| Cli::parse_from(args).command.error_code();
+        assert_eq!(code(&["reelfleet", "ledger", "reconcile"]), 2);
+        assert_eq!(code(&["reelfleet", "jobs"]), 1);
+        assert_eq!(code(&["reelfleet", "dlq", "ls"]), 1);
+    }
+}

@@ -300,7 +300,7 @@ async fn reelfleet_submit_in_multipart_names_the_job_that_runs_and_rotation_is_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_event_with_several_records_admits_each_object_on_its_own() {
-    let stack = TestStack::start().await;
+    let stack = TestStack::start_with(|s| s.s3.accepted_buckets = vec!["archive".into()]).await;
     let dir = stack.dir.path();
     // Objects in a bucket without notifications, announced by one hand-made AWS event.
     let bucket = "archive";
@@ -345,7 +345,7 @@ async fn an_event_with_several_records_admits_each_object_on_its_own() {
 async fn a_bucket_notification_on_the_uploads_exchange_starts_a_job() {
     // What MinIO's AMQP target (deploy/docker-compose.yml) does: publish the
     // event to `<ns>.uploads`, a fanout exchange the topology binds to ingest.
-    let stack = TestStack::start().await;
+    let stack = TestStack::start_with(|s| s.s3.accepted_buckets = vec!["notified".into()]).await;
     let bucket = "notified";
     stack.storage.ensure_bucket(bucket).await.unwrap();
     let clip = make_clip(stack.dir.path(), "clip.mp4", "testsrc2=size=320x240:rate=24", 1.0, &[]);

@@ -41,7 +41,9 @@ async fn scale_counts_unacked_and_follows_kedas_formula() {
     let rows = loop {
         let rows = scale::plan(stack.settings(), &chart).await.unwrap();
         let ingest = row(&rows, "ingest");
-        if ingest.source == "management" && ingest.unacked == Some(5) && row(&rows, "inference-low").depth == 7 {
+        // Counts, consumers and rates come in separate samples: wait for all of them.
+        let settled = ingest.unacked == Some(5) && ingest.consumers == 1 && ingest.publish_rate.is_some();
+        if ingest.source == "management" && settled && row(&rows, "inference-low").depth == 7 {
             break rows;
         }
         assert!(Instant::now() < deadline, "the management API never showed the queues: {rows:#?}");

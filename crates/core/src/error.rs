@@ -61,7 +61,9 @@ impl From<crate::storage::StorageError> for StageError {
     fn from(e: crate::storage::StorageError) -> Self {
         use crate::storage::StorageError as S;
         match &e {
-            S::NotFound { .. } | S::Rejected(_) | S::TooLarge { .. } => StageError::permanent("storage", e),
+            S::NotFound { .. } | S::Rejected(_) | S::TooLarge { .. } | S::Changed { .. } => {
+                StageError::permanent("storage", e)
+            }
             _ => StageError::transient("storage", e),
         }
     }

@@ -35,6 +35,14 @@ pub enum StorageError {
         /// Key.
         key: String,
     },
+    /// A read pinned to an ETag found another object there.
+    #[error("s3://{bucket}/{key} changed since it was validated")]
+    Changed {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+    },
     /// The store refused the request (4xx other than throttling).
     #[error("object store refused the request: {0}")]
     Rejected(String),
@@ -295,8 +303,26 @@ impl Storage {
 
     /// Streams an object into a local file, returning its size.
     pub async fn download(&self, bucket: &str, key: &str, path: &Path) -> Result<u64, StorageError> {
+        self.download_pinned(bucket, key, path, None).await
+    }
+
+    /// Streams an object into a local file only if it still has `etag` (when
+    /// given): a later read of a source gets exactly what was validated, or
+    /// [`StorageError::Changed`].
+    pub async fn download_pinned(
+        &self,
+        bucket: &str,
+        key: &str,
+        path: &Path,
+        etag: Option<&str>,
+    ) -> Result<u64, StorageError> {
         let out =
-            self.client.get_object().bucket(bucket).key(key).send().await.map_err(|e| classify(e, bucket, key))?;
+            self.client.get_object().bucket(bucket).key(key).set_if_match(etag.map(quoted)).send().await.map_err(
+                |e| match classify(e, bucket, key) {
+                    StorageError::Exists { bucket, key } => StorageError::Changed { bucket, key },
+                    other => other,
+                },
+            )?;
         let mut reader = out.body.into_async_read();
         let mut file = tokio::fs::File::create(path).await?;
         let n = tokio::io::copy(&mut reader, &mut file)

@@ -191,7 +191,15 @@ s3_impl! {
 
     async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
         let _key = self.locks.read(&req.input.bucket, &req.input.key).await;
-        self.fs.get_object(req).await
+        // s3s-fs ignores If-Match on reads; a read pinned to what was validated must not get another object.
+        let condition = req.input.if_match.clone();
+        let resp = self.fs.get_object(req).await?;
+        if let Some(ETagCondition::ETag(expected)) = condition {
+            if !resp.output.e_tag.as_ref().is_some_and(|e| e.strong_cmp(&expected)) {
+                return Err(s3_error!(PreconditionFailed, "the object's ETag does not match If-Match"));
+            }
+        }
+        Ok(resp)
     }
 
     async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {

@@ -61,6 +61,19 @@ impl Stage for Ingest {
                 if objects.is_empty() {
                     info!("S3 event announces no created object; ignored");
                 }
+                // An unsigned event is never signed on for a bucket ingest does not take.
+                let (objects, foreign): (Vec<_>, Vec<_>) =
+                    objects.into_iter().partition(|o| self.settings.s3.accepts(&o.bucket));
+                if let Some(first) = foreign.first() {
+                    let why = format!(
+                        "bucket {:?} is not an upload bucket (s3.upload_bucket, s3.accepted_buckets)",
+                        first.bucket
+                    );
+                    if objects.is_empty() {
+                        return Err(StageError::permanent("bad_input", why));
+                    }
+                    warn!(refused = foreign.len(), "{why}; its records are left out");
+                }
                 let mut envelopes = Vec::with_capacity(objects.len());
                 for obj in objects {
                     let mut source = SourceObject {
@@ -108,8 +121,19 @@ pub fn is_prompt_key(key: &str) -> bool {
 
 impl Ingest {
     /// Admits one source; a source refused for good gets a failed manifest so
-    /// that `reelfleet status` and `submit --wait` can say why.
+    /// that `reelfleet status` and `submit --wait` can say why (not one in a
+    /// bucket ingest does not take: nothing is written for it).
     async fn admit_or_record(&self, envelope: Envelope) -> Result<Vec<Dispatch>, StageError> {
+        if !self.settings.s3.accepts(&envelope.source.bucket) {
+            // Whoever can publish to the uploads queue must not make the workers read other buckets.
+            return Err(StageError::permanent(
+                "bad_input",
+                format!(
+                    "bucket {:?} is not an upload bucket (s3.upload_bucket, s3.accepted_buckets)",
+                    envelope.source.bucket
+                ),
+            ));
+        }
         match self.admit(envelope.clone()).await {
             Ok(next) => Ok(next),
             Err(e) if e.class == ErrorClass::Permanent => {
@@ -202,7 +226,8 @@ impl Ingest {
                 format!("object is {} bytes, above the {}-byte limit", info.size, limits.max_bytes),
             ));
         }
-        if source.etag.is_none() {
+        // The store's own ETag, not the event's: every later read is pinned to it.
+        if info.etag.is_some() {
             source.etag = info.etag.clone();
         }
         if let Some(p) = info.metadata.get(META_PRIORITY) {
@@ -223,7 +248,7 @@ impl Ingest {
 
         let dir = scratch_dir(self.settings.runtime.scratch_dir.as_deref())?;
         let path = dir.path().join("source");
-        self.storage.download(&source.bucket, &source.key, &path).await?;
+        self.storage.download_pinned(&source.bucket, &source.key, &path, source.etag.as_deref()).await?;
         let probe = self.media.probe(&path).await.map_err(|e| StageError::from(e).context("not a readable video"))?;
         if probe.streams.len() > limits.max_streams {
             return Err(StageError::permanent(

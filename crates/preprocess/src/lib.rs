@@ -116,7 +116,9 @@ impl Preprocess {
         let s = &self.settings.preprocess;
         let dir = scratch_dir(self.settings.runtime.scratch_dir.as_deref())?;
         let source = dir.path().join("source");
-        self.storage.download(&envelope.source.bucket, &envelope.source.key, &source).await?;
+        // Exactly the object ingest validated: one overwritten since then steps around no limit.
+        let (bucket, key, etag) = (&envelope.source.bucket, &envelope.source.key, envelope.source.etag.as_deref());
+        self.storage.download_pinned(bucket, key, &source, etag).await?;
         let probe = self.media.probe(&source).await?;
         let (w, h) = probe
             .display_dimensions()

@@ -17,6 +17,9 @@ pub struct S3Settings {
     pub secret_key: Secret,
     /// Bucket where users upload videos and prompt documents.
     pub upload_bucket: String,
+    /// Other buckets whose object-created events ingest accepts (never the
+    /// work bucket); an event naming any other bucket is refused.
+    pub accepted_buckets: Vec<String>,
     /// Bucket where jobs write everything they produce.
     pub work_bucket: String,
     /// Files at or above this size are uploaded with multipart.
@@ -27,6 +30,14 @@ pub struct S3Settings {
     pub timeout_secs: u64,
 }
 
+impl S3Settings {
+    /// Whether ingest takes objects of `bucket`.
+    pub fn accepts(&self, bucket: &str) -> bool {
+        bucket != self.work_bucket
+            && (bucket == self.upload_bucket || self.accepted_buckets.iter().any(|b| b == bucket))
+    }
+}
+
 impl Default for S3Settings {
     fn default() -> Self {
         Self {
@@ -35,6 +46,7 @@ impl Default for S3Settings {
             access_key: Secret::new("reelfleet"),
             secret_key: Secret::new("reelfleet-secret"),
             upload_bucket: "uploads".into(),
+            accepted_buckets: Vec::new(),
             work_bucket: "reelfleet-work".into(),
             multipart_threshold_bytes: 16 * 1024 * 1024,
             part_size_bytes: 8 * 1024 * 1024,

@@ -64,3 +64,25 @@ async fn a_source_overwritten_after_ingest_fails_in_preprocess_instead_of_being_
     replica.wait().await;
     stack.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_without_a_duration_is_measured_by_its_frames_before_any_decode() {
+    let stack = TestStack::start_stages(&[StageName::Ingest], |s| s.limits.max_duration_secs = 20.0).await;
+    let dir = stack.dir.path();
+    let raw = ["-c:v", "libx264", "-preset", "ultrafast", "-f", "h264"];
+    let long = make_clip(dir, "long.h264", "testsrc2=size=160x120:rate=24", 30.0, &raw);
+    let short = make_clip(dir, "short.h264", "testsrc2=size=160x120:rate=24", 3.0, &raw);
+    let long_job = stack.upload("raw/long.h264", &long).await;
+    let short_job = stack.upload("raw/short.h264", &short).await;
+
+    let m = stack.wait_for(&long_job, T, |m| m.status != JobStatus::Ingest).await;
+    assert_eq!(m.status, JobStatus::Failed, "a 30 s stream without a duration passed a 20 s limit");
+    let err = m.error.expect("reason");
+    assert!(err.message.contains("exceeds the 20 s limit"), "{}", err.message);
+
+    let m = stack.wait_for(&short_job, T, |m| m.status != JobStatus::Ingest).await;
+    assert_eq!(m.status, JobStatus::Preprocess, "{:?}", m.error);
+    let seconds = m.input.expect("input facts").duration_s;
+    assert!((seconds - 3.0).abs() < 0.5, "measured {seconds} s for a 3 s stream");
+    stack.cleanup().await;
+}

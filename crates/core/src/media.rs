@@ -335,6 +335,25 @@ impl Media {
         serde_json::from_slice(&out.stdout).map_err(|e| MediaError::Parse(format!("ffprobe JSON: {e}")))
     }
 
+    /// Counts the packets (frames) of the first video stream without decoding
+    /// them: the frame count of a stream that declares no duration.
+    pub async fn count_video_packets(&self, path: &Path) -> Result<u64, MediaError> {
+        let mut args: Vec<String> = vec!["-v".into(), "error".into()];
+        args.extend(self.whitelist_args());
+        args.extend(
+            ["-count_packets", "-select_streams", "v:0", "-show_entries", "stream=nb_read_packets", "-of", "json"]
+                .map(String::from),
+        );
+        args.push(format!("file:{}", path.display()));
+        let out = run(&self.settings.ffprobe, &args, self.settings.probe_timeout_secs).await?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| MediaError::Parse(format!("ffprobe JSON: {e}")))?;
+        v["streams"][0]["nb_read_packets"]
+            .as_str()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| MediaError::Parse("ffprobe counted no video packets".into()))
+    }
+
     /// Runs ffmpeg with `args` (after `-hide_banner -nostdin -y`), returning its stderr.
     pub async fn ffmpeg(&self, args: &[String]) -> Result<String, MediaError> {
         let mut full: Vec<String> = vec!["-hide_banner".into(), "-nostdin".into(), "-y".into()];

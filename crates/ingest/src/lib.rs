@@ -269,14 +269,29 @@ impl Ingest {
                 format!("{width}x{height} exceeds the {}x{} limit", limits.max_width, limits.max_height),
             ));
         }
-        let duration = probe.duration().unwrap_or(0.0);
+        let fps = video.fps().unwrap_or(0.0);
+        let duration = match probe.duration().filter(|d| *d > 0.0) {
+            Some(d) => d,
+            // A stream that declares no duration (a raw elementary stream) would step
+            // around the limits: count its frames, without decoding, before anything else.
+            None => {
+                let frames = self.media.count_video_packets(&path).await?;
+                if fps <= 0.0 {
+                    return Err(StageError::permanent(
+                        "bad_input",
+                        format!("the video declares neither a duration nor a frame rate ({frames} frames)"),
+                    ));
+                }
+                warn!(key = %source.key, frames, fps, "Container reports no duration; counted its frames");
+                frames as f64 / fps
+            }
+        };
         if duration > limits.max_duration_secs {
             return Err(StageError::permanent(
                 "bad_input",
                 format!("{duration:.1} s exceeds the {:.0} s limit", limits.max_duration_secs),
             ));
         }
-        let fps = video.fps().unwrap_or(0.0);
         if fps > 1000.0 {
             return Err(StageError::permanent("bad_input", format!("declared frame rate {fps:.0} fps is absurd")));
         }
@@ -293,9 +308,6 @@ impl Ingest {
         args.extend(self.media.input_args(&path));
         args.extend(["-t", "1", "-map", "0:v:0", "-f", "null", "-"].map(String::from));
         self.media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("video does not decode"))?;
-        if duration <= 0.0 {
-            warn!(key = %source.key, "Container reports no duration");
-        }
         Ok(InputInfo {
             container: probe.format.format_name.clone(),
             codec: video.codec_name.clone(),

@@ -86,3 +86,25 @@ async fn a_stream_without_a_duration_is_measured_by_its_frames_before_any_decode
     assert!((seconds - 3.0).abs() < 0.5, "measured {seconds} s for a 3 s stream");
     stack.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_generated_video_on_another_host_gets_no_key_and_is_size_capped() {
+    let stack = TestStack::start_stages(&[StageName::Inference], |s| s.inference.max_video_bytes = 1).await;
+    // The provider names a video on another origin (the recorder answers "ok", 2 bytes).
+    let elsewhere = reelfleet_tests::RequestRecorder::start().await;
+    let base = elsewhere.url().trim_end_matches("/purge").to_string();
+    stack.dev.simulator.configure(|c| c.video_base_url = Some(base.clone()));
+    let job = stack.seed_generate(reelfleet_core::envelope::Tier::Medium).await;
+    let m = stack.wait_for(&job, T, |m| m.status == JobStatus::Failed).await;
+    let err = m.error.expect("reason");
+    assert!(err.message.contains("larger than 1 bytes"), "{}", err.message);
+    let fetched = elsewhere.requests();
+    assert!(!fetched.is_empty(), "the video was never fetched");
+    assert!(
+        fetched.iter().all(|r| r.authorization.is_none()),
+        "the provider key went to {base}: {:?}",
+        fetched.iter().map(|r| &r.authorization).collect::<Vec<_>>()
+    );
+    assert_eq!(m.charges.len(), 1, "the bill is kept though the video is refused");
+    stack.cleanup().await;
+}

@@ -56,6 +56,9 @@ pub struct SimulatorConfig {
     pub rate_limit_rpm: BTreeMap<String, u32>,
     /// Share of jobs left out of a batched answer (to exercise per-job retries).
     pub drop_job_rate: f64,
+    /// Where generated videos are said to be (`<base>/videos/<id>.mp4`): another
+    /// host, to check that clients do not send it their key. Default: the simulator.
+    pub video_base_url: Option<String>,
 }
 
 impl Default for SimulatorConfig {
@@ -73,6 +76,7 @@ impl Default for SimulatorConfig {
             model_error_rates: BTreeMap::new(),
             rate_limit_rpm: BTreeMap::new(),
             drop_job_rate: 0.0,
+            video_base_url: None,
         }
     }
 }
@@ -461,7 +465,7 @@ async fn generate(State(state): State<SimState>, headers: HeaderMap, Json(req): 
     Json(serde_json::json!({
         "id": id,
         "model": model,
-        "data": {"url": format!("{}/videos/{id}.mp4", state.base)},
+        "data": {"url": format!("{}/videos/{id}.mp4", cfg.video_base_url.as_deref().unwrap_or(&state.base))},
         "usage": {"total_tokens": total_tokens},
         "processing_time_ms": started.elapsed().as_millis() as u64,
     }))

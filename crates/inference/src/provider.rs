@@ -65,6 +65,7 @@ pub struct Provider {
     http: reqwest::Client,
     base_url: String,
     api_key: reelfleet_core::settings::Secret,
+    max_video_bytes: u64,
 }
 
 impl std::fmt::Debug for Provider {
@@ -114,6 +115,7 @@ impl Provider {
             http,
             base_url: settings.base_url.trim_end_matches('/').to_string(),
             api_key: settings.api_key.clone(),
+            max_video_bytes: settings.max_video_bytes,
         })
     }
 
@@ -210,15 +212,24 @@ impl Provider {
         })
     }
 
-    /// Streams a generated video into `dest`. The API key goes only to the
-    /// provider's own host, never to whatever host the answer names.
+    /// Streams a generated video into `dest`: https only (http on loopback, for
+    /// the simulator), at most `inference.max_video_bytes`, and the API key only
+    /// to the provider's own origin, never to whatever host the answer names.
     pub async fn download_video(&self, url: &str, dest: &Path) -> Result<(), ProviderError> {
-        let same_host = |a: &str, b: &str| {
-            let (a, b) = (reqwest::Url::parse(a).ok(), reqwest::Url::parse(b).ok());
-            matches!((a, b), (Some(a), Some(b)) if a.host_str() == b.host_str() && a.port_or_known_default() == b.port_or_known_default())
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| ProviderError::Refused(format!("generated video URL {url:?}: {e}")))?;
+        let loopback = match parsed.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(d)) => d == "localhost",
+            None => false,
         };
-        let mut req = self.http.get(url);
-        if same_host(url, &self.base_url) {
+        if !(parsed.scheme() == "https" || (parsed.scheme() == "http" && loopback)) {
+            return Err(ProviderError::Refused(format!("generated video URL {url:?} is not https")));
+        }
+        let own_origin = reqwest::Url::parse(&self.base_url).is_ok_and(|base| base.origin() == parsed.origin());
+        let mut req = self.http.get(parsed);
+        if own_origin {
             req = req.bearer_auth(self.api_key.expose());
         }
         let mut download = req.send().await.map_err(transport)?;
@@ -226,8 +237,19 @@ impl Provider {
             let st = download.status();
             return Err(classify_status(st, &download.text().await.unwrap_or_default()));
         }
+        let cap = self.max_video_bytes;
+        let too_large =
+            |n: u64| ProviderError::Refused(format!("generated video is larger than {cap} bytes ({n} or more)"));
+        if let Some(n) = download.content_length().filter(|n| *n > cap) {
+            return Err(too_large(n));
+        }
         let mut file = tokio::fs::File::create(dest).await.map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        let mut written = 0u64;
         while let Some(chunk) = download.chunk().await.map_err(transport)? {
+            written += chunk.len() as u64;
+            if written > cap {
+                return Err(too_large(written));
+            }
             file.write_all(&chunk).await.map_err(|e| ProviderError::Unavailable(e.to_string()))?;
         }
         file.flush().await.map_err(|e| ProviderError::Unavailable(e.to_string()))?;

@@ -109,6 +109,8 @@ pub struct InferenceSettings {
     pub video_model: String,
     /// Price of a generated second of video, USD.
     pub video_usd_per_second: f64,
+    /// Largest generated video downloaded, in bytes; a larger one fails the job.
+    pub max_video_bytes: u64,
     /// Low tier.
     pub low: TierSettings,
     /// Medium tier.
@@ -168,6 +170,7 @@ impl Default for InferenceSettings {
             tokens_per_image_estimate: 258,
             video_model: "holysheep-video-1".into(),
             video_usd_per_second: 0.05,
+            max_video_bytes: 4 * 1024 * 1024 * 1024,
             low: tier("deepseek-v3.2", "gemini-2.5-flash", 100),
             medium: tier("gemini-2.5-flash", "deepseek-v3.2", 50),
             high: tier("gpt-4.1", "gemini-2.5-flash", 20),

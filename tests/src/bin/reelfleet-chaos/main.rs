@@ -1,31 +1,35 @@
 //! `scripts/chaos`: the fault suite. Each case runs the embedded S3 and the
 //! provider simulator in one `reelfleet dev --no-workers` process and every
-//! stage as its own `reelfleet worker` process, then breaks something: kills
-//! workers, stops the broker, stops S3, fails the provider, sends SIGTERM,
-//! feeds hostile input. It prints a table and writes `bench/results/faults.json`.
+//! stage as its own `reelfleet worker` process (several per stage where the
+//! case says so), then breaks something: kills workers, stops the broker,
+//! stops S3, fails the provider, sends SIGTERM, feeds hostile input, holds
+//! replicas to a rate limit or a budget, kills a cluster node. Every case ends
+//! with the same independent checks ([`audit::Audit`]: manifests, the
+//! provider's usage log, the ledger reconciled against it, our own queue on
+//! the events exchange, the dead-letter queues). It prints a table and writes
+//! `bench/results/faults.json`.
+
+mod audit;
+mod fleet;
 
 use anyhow::{bail, Context};
-use reelfleet_cli::{dlq, ops};
+use audit::Audit;
+use fleet::{signal, Fleet, Layout, STAGES};
+use reelfleet_cli::dlq;
 use reelfleet_core::{
     broker::{Broker, HeaderValue, Outgoing},
-    envelope::{Envelope, JobKind, Signer, SourceObject, SIGNATURE_HEADER},
-    manifest::{JobManifest, JobStatus, ManifestStore},
-    settings::Settings,
+    envelope::{Envelope, JobKind, Quality, Signer, SourceObject, SIGNATURE_HEADER},
+    manifest::{JobManifest, JobStatus},
+    settings::{BudgetAction, Settings},
     storage::Storage,
     topology::{Topology, WorkQueue},
 };
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
-
-const STAGES: [&str; 4] = ["ingest", "preprocess", "inference", "postprocess"];
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
 
 fn binary() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
@@ -36,242 +40,6 @@ fn binary() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-fn signal(child: &Child, sig: &str) -> anyhow::Result<()> {
-    let ok = Command::new("kill").args([sig, &child.id().to_string()]).status()?.success();
-    if !ok {
-        bail!("kill {sig} {} failed", child.id());
-    }
-    Ok(())
-}
-
-struct Worker {
-    child: Child,
-    port: u16,
-    starts: u32,
-}
-
-/// One case's fleet: `reelfleet dev --no-workers` plus a process per stage.
-struct Fleet {
-    bin: PathBuf,
-    root: PathBuf,
-    data: PathBuf,
-    base_config: PathBuf,
-    settings: Settings,
-    dev: Option<Child>,
-    s3_port: u16,
-    sim_port: u16,
-    workers: BTreeMap<&'static str, Worker>,
-    http: reqwest::Client,
-}
-
-impl Fleet {
-    async fn start(bin: &Path, root: &Path, name: &str, tweak: impl FnOnce(&mut Settings)) -> anyhow::Result<Self> {
-        let dir = root.join(name);
-        std::fs::create_dir_all(dir.join("logs"))?;
-        let mut settings = Settings {
-            namespace: format!("chaos-{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]),
-            ..Default::default()
-        };
-        settings.media.preset = "ultrafast".into();
-        settings.media.threads = 1;
-        settings.runtime.grace_period_secs = 20;
-        settings.runtime.scratch_dir = Some(dir.join("data/scratch").display().to_string());
-        settings.retry.max_attempts = 8;
-        settings.retry.base_delay_ms = 500;
-        settings.retry.max_delay_ms = 8000;
-        settings.broker.reconnect_max_delay_secs = 3;
-        tweak(&mut settings);
-        let base_config = dir.join("base.toml");
-        std::fs::write(&base_config, settings.to_toml())?;
-        let mut fleet = Fleet {
-            bin: bin.to_path_buf(),
-            root: dir.clone(),
-            data: dir.join("data"),
-            base_config,
-            settings,
-            dev: None,
-            s3_port: free_port(),
-            sim_port: free_port(),
-            workers: BTreeMap::new(),
-            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
-        };
-        fleet.start_dev().await?;
-        for stage in STAGES {
-            fleet.start_worker(stage)?;
-        }
-        fleet.wait_ready(Duration::from_secs(60)).await?;
-        Ok(fleet)
-    }
-
-    fn config(&self) -> PathBuf {
-        self.data.join("reelfleet.toml")
-    }
-
-    async fn start_dev(&mut self) -> anyhow::Result<()> {
-        let _ = std::fs::remove_file(self.config());
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.root.join("logs/dev.log"))?;
-        let child = Command::new(&self.bin)
-            .arg("--config")
-            .arg(&self.base_config)
-            .args(["--log-format", "json", "dev", "--no-workers", "--data-dir"])
-            .arg(&self.data)
-            .args(["--s3-port", &self.s3_port.to_string(), "--sim-port", &self.sim_port.to_string()])
-            .env("REELFLEET_RUNTIME__HEALTH_ADDR", "127.0.0.1:0")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
-        self.dev = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.config().exists() {
-            if Instant::now() > deadline {
-                bail!("reelfleet dev did not start (see {}/logs/dev.log)", self.root.display());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        self.settings = Settings::load(Some(&self.config()))?;
-        Ok(())
-    }
-
-    fn start_worker(&mut self, stage: &'static str) -> anyhow::Result<()> {
-        let starts = self.workers.get(stage).map(|w| w.starts).unwrap_or(0) + 1;
-        let port = free_port();
-        let log =
-            std::fs::OpenOptions::new().create(true).append(true).open(self.root.join(format!("logs/{stage}.log")))?;
-        let child = Command::new(&self.bin)
-            .arg("--config")
-            .arg(self.config())
-            .args(["--log-format", "json", "worker", stage])
-            .env("REELFLEET_RUNTIME__HEALTH_ADDR", format!("127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
-        self.workers.insert(stage, Worker { child, port, starts });
-        Ok(())
-    }
-
-    async fn metric(&self, stage: &str, line_prefix: &str) -> Option<f64> {
-        let port = self.workers.get(stage)?.port;
-        let text = self.http.get(format!("http://127.0.0.1:{port}/metrics")).send().await.ok()?.text().await.ok()?;
-        text.lines().find(|l| l.starts_with(line_prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
-    }
-
-    async fn in_flight(&self, stage: &str) -> f64 {
-        self.metric(stage, &format!("reelfleet_in_flight{{stage=\"{stage}\"}}")).await.unwrap_or(0.0)
-    }
-
-    async fn ready(&self, stage: &str) -> bool {
-        let Some(w) = self.workers.get(stage) else { return false };
-        matches!(self.http.get(format!("http://127.0.0.1:{}/readyz", w.port)).send().await, Ok(r) if r.status().is_success())
-    }
-
-    async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
-        for stage in STAGES {
-            while !self.ready(stage).await {
-                if Instant::now() > deadline {
-                    bail!("worker {stage} not ready (see {}/logs/{stage}.log)", self.root.display());
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-        Ok(())
-    }
-
-    async fn sim(&self, patch: serde_json::Value) -> anyhow::Result<()> {
-        let url = format!("http://127.0.0.1:{}/admin/config", self.sim_port);
-        let mut cfg: serde_json::Value = self.http.get(&url).send().await?.json().await?;
-        for (k, v) in patch.as_object().context("patch object")? {
-            cfg[k] = v.clone();
-        }
-        self.http.post(&url).json(&cfg).send().await?.error_for_status()?;
-        Ok(())
-    }
-
-    async fn provider_calls(&self) -> anyhow::Result<usize> {
-        let url = format!("http://127.0.0.1:{}/v1/usage", self.sim_port);
-        let usage: Vec<serde_json::Value> = self.http.get(&url).send().await?.json().await?;
-        Ok(usage.len())
-    }
-
-    async fn submit(&self, clip: &Path, n: usize) -> anyhow::Result<Vec<String>> {
-        let mut jobs = Vec::new();
-        for _ in 0..n {
-            let req = ops::SubmitRequest { files: vec![clip.to_path_buf()], ..Default::default() };
-            jobs.extend(ops::submit(&self.settings, &req).await?.into_iter().map(|s| s.job_id));
-        }
-        Ok(jobs)
-    }
-
-    fn manifests(&self) -> ManifestStore {
-        ManifestStore::new(Storage::new(&self.settings.s3), self.settings.s3.work_bucket.clone())
-    }
-
-    /// Waits until every job is completed or failed; returns the manifests.
-    async fn settle(&self, jobs: &[String], timeout: Duration) -> anyhow::Result<Vec<JobManifest>> {
-        let store = self.manifests();
-        let deadline = Instant::now() + timeout;
-        loop {
-            let mut done = Vec::new();
-            for j in jobs {
-                if let Ok(Some(m)) = store.load(j).await {
-                    if matches!(m.status, JobStatus::Completed | JobStatus::Failed) {
-                        done.push(m);
-                    }
-                }
-            }
-            if done.len() == jobs.len() || Instant::now() > deadline {
-                return Ok(done);
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-
-    fn alive(&mut self) -> Vec<&'static str> {
-        let mut dead = Vec::new();
-        for (stage, w) in self.workers.iter_mut() {
-            if !matches!(w.child.try_wait(), Ok(None)) {
-                dead.push(*stage);
-            }
-        }
-        dead
-    }
-
-    async fn stop(mut self) {
-        for w in self.workers.values_mut() {
-            let _ = signal(&w.child, "-TERM");
-        }
-        for w in self.workers.values_mut() {
-            let _ = w.child.wait();
-        }
-        if let Some(mut dev) = self.dev.take() {
-            let _ = signal(&dev, "-TERM");
-            let _ = dev.wait();
-        }
-        if let Ok(broker) = Broker::new(&self.settings.broker, "chaos") {
-            let topology = Topology::from_settings(&self.settings);
-            if let Ok(ch) = broker.channel().await {
-                for q in topology.all_queue_names() {
-                    let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
-                }
-                for x in topology.exchange_names() {
-                    let _ = ch.exchange_delete(x.as_str().into(), Default::default()).await;
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        for w in self.workers.values_mut() {
-            let _ = w.child.kill();
-        }
-        if let Some(dev) = self.dev.as_mut() {
-            let _ = dev.kill();
-        }
-    }
-}
-
 #[derive(Debug)]
 struct CaseResult {
     case: String,
@@ -279,10 +47,34 @@ struct CaseResult {
     outcome: String,
     figure: String,
     passed: bool,
+    /// The independent checks, when the case got that far.
+    audit: Option<Audit>,
+    /// Case-specific figures for faults.json.
+    details: serde_json::Value,
 }
 
 fn result(case: &str, expected: &str, passed: bool, outcome: String, figure: String) -> CaseResult {
-    CaseResult { case: case.into(), expected: expected.into(), outcome, figure, passed }
+    CaseResult {
+        case: case.into(),
+        expected: expected.into(),
+        outcome,
+        figure,
+        passed,
+        audit: None,
+        details: serde_json::Value::Null,
+    }
+}
+
+impl CaseResult {
+    fn with_audit(mut self, audit: Audit) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = details;
+        self
+    }
 }
 
 fn make_clip(dir: &Path, name: &str, video: &str, seconds: f64) -> anyhow::Result<PathBuf> {
@@ -304,6 +96,24 @@ fn summarize(ms: &[JobManifest], jobs: usize) -> (usize, usize) {
     (completed, jobs - completed)
 }
 
+/// Billed twice and unrecorded requests, each no more than the jobs in flight
+/// at the inference kills: the one way a kill may cost money twice is a paid
+/// answer not yet in the ledger when the process died.
+fn within_in_flight(a: &Audit, in_flight_at_kills: usize) -> bool {
+    a.billed_twice.len() <= in_flight_at_kills
+        && a.unrecorded_requests.len() <= in_flight_at_kills
+        && a.reconciled_difference >= 0
+        && a.unbilled_or_mismatched == 0
+}
+
+/// The audit of a kill case: everything except the ledger and the bill must be clean.
+fn clean_but_money(a: &Audit) -> bool {
+    a.completed == a.jobs
+        && a.duplicate_completed_events.is_empty()
+        && a.missing_completed_events.is_empty()
+        && a.dead_letters_left == 0
+}
+
 async fn case_kill9(bin: &Path, root: &Path, clip: &Path) -> anyhow::Result<CaseResult> {
     let mut fleet = Fleet::start(bin, root, "kill9", |_| {}).await?;
     let jobs = fleet.submit(clip, 100).await?;
@@ -316,39 +126,281 @@ async fn case_kill9(bin: &Path, root: &Path, clip: &Path) -> anyhow::Result<Case
         // Each stage in turn: three kills each.
         let stage = STAGES[kills % STAGES.len()];
         *per_stage.entry(stage).or_default() += 1;
-        let busy = fleet.in_flight(stage).await;
+        let busy = fleet.in_flight(stage, 0).await;
         if stage == "inference" {
             in_flight_at_kills += busy;
         }
-        if let Some(w) = fleet.workers.get_mut(stage) {
-            let _ = w.child.kill();
-            let _ = w.child.wait();
-        }
+        fleet.kill9(stage, 0);
         kills += 1;
-        fleet.start_worker(stage)?;
+        fleet.restart_worker(stage, 0)?;
     }
     let ms = fleet.settle(&jobs, Duration::from_secs(600)).await?;
     let (completed, _) = summarize(&ms, jobs.len());
     let ids = fleet.manifests().job_ids().await?;
-    let calls = fleet.provider_calls().await?;
-    let bound = jobs.len() + in_flight_at_kills as usize;
+    let audit = fleet.audit(&jobs).await?;
     fleet.stop().await;
+    let in_flight = in_flight_at_kills as usize;
     let every_stage = STAGES.iter().all(|s| per_stage.get(s).copied().unwrap_or(0) >= 2);
-    let passed = completed == jobs.len() && ids.len() == jobs.len() && calls <= bound && kills >= 10 && every_stage;
+    let passed = completed == jobs.len()
+        && ids.len() == jobs.len()
+        && clean_but_money(&audit)
+        && within_in_flight(&audit, in_flight)
+        && kills >= 10
+        && every_stage;
     Ok(result(
         "kill -9 of worker processes while 100 jobs flow",
-        "all complete, one manifest each, provider calls <= jobs + in flight at the kills",
+        "all complete, one manifest each, one job.completed each, no dead letter; jobs billed twice and requests missing from the ledger <= jobs in flight at the inference kills",
         passed,
         format!("{completed}/{} completed, {} manifests, {kills} kills {per_stage:?}", jobs.len(), ids.len()),
-        format!("{calls} provider calls (bound {bound})"),
-    ))
+        format!(
+            "{} jobs billed twice, {} unrecorded requests, reconciled difference {} tokens; {in_flight} jobs in flight at the inference kills",
+            audit.billed_twice.len(),
+            audit.unrecorded_requests.len(),
+            audit.reconciled_difference
+        ),
+    )
+    .with_details(serde_json::json!({"kills": kills, "inference_in_flight_at_kills": in_flight}))
+    .with_audit(audit))
+}
+
+/// Two replicas of every stage, kill -9 across all eight processes.
+async fn case_replicas_kill9(bin: &Path, root: &Path, clip: &Path) -> anyhow::Result<CaseResult> {
+    const JOBS: usize = 60;
+    const KILLS: usize = 16;
+    let layout = Layout { replicas: [2; 4], ..Default::default() };
+    let mut fleet = Fleet::start_with(bin, root, "replicas-kill9", layout, |s| {
+        s.runtime.claim_lease_secs = 5;
+    })
+    .await?;
+    // Slow answers, so inference kills land while a paid request is out.
+    fleet.sim(serde_json::json!({"latency_min_ms": 300, "latency_max_ms": 700})).await?;
+    let jobs = fleet.submit(clip, JOBS).await?;
+    let targets: Vec<(&'static str, usize)> = STAGES.iter().flat_map(|s| [(*s, 0), (*s, 1)]).collect();
+    let mut kills: Vec<(String, f64)> = Vec::new();
+    let mut in_flight_at_kills = 0.0;
+    let started = Instant::now();
+    while kills.len() < KILLS && started.elapsed() < Duration::from_secs(240) {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let (stage, i) = targets[kills.len() % targets.len()];
+        // Wait (a little) for work, so the kill lands mid-job.
+        let deadline = Instant::now() + Duration::from_secs(4);
+        while fleet.in_flight(stage, i).await < 1.0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let busy = fleet.in_flight(stage, i).await;
+        if stage == "inference" {
+            in_flight_at_kills += busy;
+        }
+        fleet.kill9(stage, i);
+        kills.push((format!("{stage}-{i}"), busy));
+        fleet.restart_worker(stage, i)?;
+    }
+    let ms = fleet.settle(&jobs, Duration::from_secs(480)).await?;
+    let (completed, _) = summarize(&ms, jobs.len());
+    let ids = fleet.manifests().job_ids().await?;
+    let audit = fleet.audit(&jobs).await?;
+    fleet.stop().await;
+    let in_flight = in_flight_at_kills as usize;
+    let busy_kills = kills.iter().filter(|(_, b)| *b >= 1.0).count();
+    let inference_kills = kills.iter().filter(|(k, _)| k.starts_with("inference")).count();
+    let passed = completed == jobs.len()
+        && ids.len() == jobs.len()
+        && clean_but_money(&audit)
+        && within_in_flight(&audit, in_flight)
+        && kills.len() == KILLS
+        && inference_kills >= 4;
+    Ok(result(
+        "two replicas per stage, kill -9 across all 8 processes while 60 jobs flow (provider 300-700 ms)",
+        "all complete, one manifest and one job.completed each, no dead letter; jobs billed twice and unrecorded requests <= jobs in flight at the inference kills",
+        passed,
+        format!(
+            "{completed}/{} completed, {} manifests, {} kills ({busy_kills} with work in flight, {inference_kills} of inference)",
+            jobs.len(),
+            ids.len(),
+            kills.len()
+        ),
+        format!(
+            "{} jobs billed twice, {} unrecorded requests, reconciled difference {} tokens; {in_flight} jobs in flight at the inference kills",
+            audit.billed_twice.len(),
+            audit.unrecorded_requests.len(),
+            audit.reconciled_difference
+        ),
+    )
+    .with_details(serde_json::json!({
+        "kills": kills.iter().map(|(k, b)| serde_json::json!({"worker": k, "in_flight": b})).collect::<Vec<_>>(),
+        "inference_in_flight_at_kills": in_flight,
+    }))
+    .with_audit(audit))
+}
+
+/// Most requests to `model` the provider received in any 60 s window, by arrival time.
+fn busiest_minute(usage: &[reelfleet_devstack::UsageRecord], model: &str) -> usize {
+    let mut at: Vec<u64> = usage.iter().filter(|u| u.model == model).map(|u| u.at_ms).collect();
+    at.sort_unstable();
+    let mut best = 0;
+    let mut lo = 0;
+    for hi in 0..at.len() {
+        while at[hi] - at[lo] >= 60_000 {
+            lo += 1;
+        }
+        best = best.max(hi - lo + 1);
+    }
+    best
+}
+
+/// Three inference replicas against a model the provider limits to 60 requests a minute.
+async fn case_rate_limit(bin: &Path, root: &Path, clip: &Path) -> anyhow::Result<CaseResult> {
+    const JOBS: usize = 80;
+    const RPM: u32 = 60;
+    let model = Settings::default().inference.low.model.clone();
+    let layout = Layout { replicas: [1, 1, 0, 1], ..Default::default() };
+    let limited = model.clone();
+    let mut fleet = Fleet::start_with(bin, root, "rate-limit", layout, move |s| {
+        s.inference.low.batch_size = 1;
+        s.inference.low.max_wait_ms = 20;
+        s.inference.low.fallback_model = None;
+        s.inference.models.iter_mut().filter(|m| m.model == limited).for_each(|m| m.requests_per_minute = RPM);
+    })
+    .await?;
+    fleet.sim(serde_json::json!({"rate_limit_rpm": {model.as_str(): RPM}, "rate_429": 0.0})).await?;
+    let jobs = fleet.submit_as(clip, JOBS, Some(Quality::P720)).await?;
+    // Every job waits in inference.low before the replicas start: 80 requests ready at once.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let waiting = fleet.load_all(&jobs).await.iter().filter(|m| m.status == JobStatus::Inference).count();
+        if waiting == jobs.len() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {waiting} of {} jobs reached inference", jobs.len());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for _ in 0..3 {
+        fleet.add_worker("inference")?;
+    }
+    fleet.wait_ready(Duration::from_secs(60)).await?;
+    let t0 = Instant::now();
+    let ms = fleet.settle(&jobs, Duration::from_secs(400)).await?;
+    let (completed, _) = summarize(&ms, jobs.len());
+    let drained = t0.elapsed();
+    let usage = fleet.usage().await?;
+    let stats = fleet.sim_stats().await?;
+    let rate_limited = stats["rate_limited"].as_u64().unwrap_or(u64::MAX);
+    let requests = usage.iter().filter(|u| u.model == model).count();
+    let busiest = busiest_minute(&usage, &model);
+    let mut handled = Vec::new();
+    for i in 0..fleet.replicas("inference") {
+        let ok =
+            fleet.metric("inference", i, "reelfleet_messages_total{outcome=\"ok\",queue=").await.unwrap_or_default();
+        handled.push(ok as u64);
+    }
+    let audit = fleet.audit(&jobs).await?;
+    fleet.stop().await;
+    let passed = audit.clean()
+        && completed == jobs.len()
+        && requests > RPM as usize
+        && busiest <= RPM as usize
+        && rate_limited == 0;
+    Ok(result(
+        "three inference replicas (separate processes), 80 requests to a model limited to 60 rpm",
+        "all complete; the provider saw at most 60 requests in any 60 s window (its own 429 count 0, and from its log's arrival times)",
+        passed,
+        format!(
+            "{completed}/{} completed; {requests} requests, at most {busiest} in any 60 s window, {rate_limited} refused by the provider; per replica {handled:?}",
+            jobs.len()
+        ),
+        format!("inference drained in {:.0} s", drained.as_secs_f64()),
+    )
+    .with_details(serde_json::json!({
+        "requests": requests,
+        "busiest_minute": busiest,
+        "provider_rate_limited": rate_limited,
+        "limit_rpm": RPM,
+        "per_replica_ok": handled,
+    }))
+    .with_audit(audit))
+}
+
+/// Three inference replicas under one daily cap on the low tier (on_budget = pause).
+async fn case_budget(bin: &Path, root: &Path, clip: &Path) -> anyhow::Result<CaseResult> {
+    const JOBS: usize = 20;
+    const CAP: f64 = 0.0025;
+    let layout = Layout { replicas: [1, 1, 3, 1], ..Default::default() };
+    let mut fleet = Fleet::start_with(bin, root, "budget", layout, |s| {
+        s.runtime.claim_lease_secs = 5;
+        s.inference.low.batch_size = 2;
+        s.inference.low.max_wait_ms = 200;
+        s.inference.low.concurrency = 2;
+        s.inference.low.fallback_model = None;
+        s.inference.low.daily_budget_usd = Some(CAP);
+        s.inference.low.on_budget = BudgetAction::Pause;
+    })
+    .await?;
+    let jobs = fleet.submit_as(clip, JOBS, Some(Quality::P720)).await?;
+    let topology = Topology::from_settings(&fleet.settings);
+    let deferred = topology.deferred_queue(WorkQueue::Inference(reelfleet_core::envelope::Tier::Low));
+    // Every job ends up either completed or paused (its message parked until tomorrow).
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let (completed, paused) = loop {
+        let completed = fleet.load_all(&jobs).await.iter().filter(|m| m.status == JobStatus::Completed).count();
+        let paused = audit::queue_depths(&fleet, |q| q == deferred).await?.values().sum::<u64>() as usize;
+        if completed + paused >= jobs.len() || Instant::now() > deadline {
+            break (completed, paused);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    // Settled: nothing moves any more.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ms = fleet.load_all(&jobs).await;
+    let paused_in_manifest = ms.iter().filter(|m| m.status == JobStatus::Inference).count();
+    let failed = ms.iter().filter(|m| m.status == JobStatus::Failed).count();
+    let price = fleet.settings.inference.price(&fleet.settings.inference.low.model).context("priced")?.clone();
+    let cost = |u: &reelfleet_devstack::UsageRecord| {
+        (u.prompt_tokens as f64 * price.input_per_mtok + u.completion_tokens as f64 * price.output_per_mtok) / 1e6
+    };
+    let usage = fleet.usage().await?;
+    let spent: f64 = usage.iter().map(cost).sum();
+    let largest = usage.iter().map(cost).fold(0.0, f64::max);
+    let audit = fleet.audit(&jobs).await?;
+    fleet.stop().await;
+    let passed = completed + paused == jobs.len()
+        && paused > 0
+        && paused_in_manifest == paused
+        && failed == 0
+        && spent >= CAP
+        && spent <= CAP + largest + 1e-9
+        && audit.billed_twice.is_empty()
+        && audit.reconciled
+        && audit.tokens_charged == audit.tokens_billed
+        && audit.duplicate_completed_events.is_empty()
+        && audit.missing_completed_events.is_empty()
+        && audit.dead_letters_left == 0;
+    Ok(result(
+        "three inference replicas under a daily cap on the low tier (on_budget = pause), 20 jobs",
+        "spend priced from the provider's log <= cap + the largest request; the rest paused (parked, manifest waiting at inference), none failed or lost",
+        passed,
+        format!(
+            "{completed} completed + {paused} paused (deferred queue; {paused_in_manifest} manifests waiting at inference) of {}, {failed} failed",
+            jobs.len()
+        ),
+        format!("spent ${spent:.6} of a ${CAP} cap (+ largest request ${largest:.6}) in {} requests", usage.len()),
+    )
+    .with_details(serde_json::json!({
+        "cap_usd": CAP,
+        "spent_usd": spent,
+        "largest_request_usd": largest,
+        "completed": completed,
+        "paused": paused,
+    }))
+    .with_audit(audit))
 }
 
 async fn case_broker_restart(bin: &Path, root: &Path, clip: &Path) -> anyhow::Result<CaseResult> {
     let mut fleet = Fleet::start(bin, root, "broker", |_| {}).await?;
     let jobs = fleet.submit(clip, 30).await?;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let pids: Vec<u32> = fleet.workers.values().map(|w| w.child.id()).collect();
+    let pids = fleet.pids();
     let stop = Command::new("rabbitmqctl").args(["-q", "stop_app"]).status()?.success();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let start = Command::new("rabbitmqctl").args(["-q", "start_app"]).status()?.success();
@@ -357,16 +409,18 @@ async fn case_broker_restart(bin: &Path, root: &Path, clip: &Path) -> anyhow::Re
     let recovered = down_at.elapsed();
     let ms = fleet.settle(&jobs, Duration::from_secs(600)).await?;
     let (completed, _) = summarize(&ms, jobs.len());
-    let dead = fleet.alive();
-    let same: bool = fleet.workers.values().map(|w| w.child.id()).collect::<Vec<_>>() == pids;
+    let dead = fleet.dead();
+    let same = fleet.pids() == pids;
+    let audit = fleet.audit(&jobs).await?;
     fleet.stop().await;
     Ok(result(
         "rabbitmqctl stop_app, then start_app, mid-run",
-        "all complete, no worker restarted",
-        stop && start && completed == jobs.len() && dead.is_empty() && same,
+        "all complete, no worker restarted; audit clean",
+        stop && start && completed == jobs.len() && dead.is_empty() && same && audit.clean(),
         format!("{completed}/{} completed, workers exited: {dead:?}", jobs.len()),
         format!("consumers ready again {:.1} s after start_app", recovered.as_secs_f64()),
-    ))
+    )
+    .with_audit(audit))
 }
 
 async fn case_s3_outage(bin: &Path, root: &Path, clip: &Path) -> anyhow::Result<CaseResult> {
@@ -382,19 +436,27 @@ async fn case_s3_outage(bin: &Path, root: &Path, clip: &Path) -> anyhow::Result<
     let t0 = Instant::now();
     let ms = fleet.settle(&jobs, Duration::from_secs(600)).await?;
     let (completed, _) = summarize(&ms, jobs.len());
-    let dead = fleet.alive();
+    let dead = fleet.dead();
+    let audit = fleet.audit(&jobs).await?;
     fleet.stop().await;
+    // The simulator restarts with S3, so its usage log only covers the time after the outage.
+    let passed = completed == jobs.len()
+        && dead.is_empty()
+        && audit.duplicate_completed_events.is_empty()
+        && audit.missing_completed_events.is_empty()
+        && audit.dead_letters_left == 0;
     Ok(result(
         "the S3 endpoint (and simulator) stopped for 20 s mid-run",
-        "all complete",
-        completed == jobs.len() && dead.is_empty(),
+        "all complete, one job.completed each, no dead letter (the simulator's bill restarts with it, so bill checks are reported, not required)",
+        passed,
         format!("{completed}/{} completed", jobs.len()),
         format!("drained {:.1} s after S3 returned", t0.elapsed().as_secs_f64()),
-    ))
+    )
+    .with_audit(audit))
 }
 
 async fn case_provider_down(bin: &Path, root: &Path, clip: &Path) -> anyhow::Result<CaseResult> {
-    let fleet = Fleet::start(bin, root, "provider", |s| {
+    let mut fleet = Fleet::start(bin, root, "provider", |s| {
         s.retry.max_attempts = 3;
         s.retry.base_delay_ms = 200;
         s.retry.max_delay_ms = 1000;
@@ -426,31 +488,35 @@ async fn case_provider_down(bin: &Path, root: &Path, clip: &Path) -> anyhow::Res
     let held = dlq::fetch(&fleet.settings, &Broker::new(&fleet.settings.broker, "chaos")?, &Default::default()).await?;
     let left = held.letters().count();
     held.release().await;
+    let audit = fleet.audit(&jobs).await?;
     fleet.stop().await;
     Ok(result(
         "the provider at 100% 5xx, then recovered and `reelfleet dlq replay`",
         "dead-lettered with the reason after retries; all complete after the replay",
-        failed_with_reason == jobs.len() && replay_ok && completed == jobs.len() && left == 0,
+        failed_with_reason == jobs.len() && replay_ok && completed == jobs.len() && left == 0 && audit.clean(),
         format!(
             "{failed_with_reason}/{} dead-lettered with the reason, {completed} completed after replay",
             jobs.len()
         ),
         format!("{} dead letters left; {}", left, String::from_utf8_lossy(&out.stdout).trim()),
-    ))
+    )
+    .with_audit(audit))
 }
 
 async fn case_sigterm(bin: &Path, root: &Path, clip: &Path) -> anyhow::Result<CaseResult> {
     let mut fleet = Fleet::start(bin, root, "sigterm", |s| s.runtime.grace_period_secs = 30).await?;
-    let jobs = fleet.submit(clip, 24).await?;
+    // A slow provider keeps inference busy while the earlier stages are signalled.
+    fleet.sim(serde_json::json!({"latency_min_ms": 1500, "latency_max_ms": 2500})).await?;
+    let jobs = fleet.submit(clip, 30).await?;
     let mut exits = Vec::new();
     let mut slowest = 0.0f64;
     for stage in STAGES {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while fleet.in_flight(stage).await < 1.0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while fleet.in_flight(stage, 0).await < 1.0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let busy = fleet.in_flight(stage).await;
-        let w = fleet.workers.get_mut(stage).context("worker")?;
+        let busy = fleet.in_flight(stage, 0).await;
+        let w = fleet.workers.get_mut(stage).and_then(|ws| ws.first_mut()).context("worker")?;
         let t0 = Instant::now();
         signal(&w.child, "-TERM")?;
         let status = loop {
@@ -464,16 +530,18 @@ async fn case_sigterm(bin: &Path, root: &Path, clip: &Path) -> anyhow::Result<Ca
         };
         slowest = slowest.max(t0.elapsed().as_secs_f64());
         exits.push((stage, busy, status.map(|s| s.success()).unwrap_or(false)));
-        fleet.start_worker(stage)?;
+        fleet.restart_worker(stage, 0)?;
     }
     let ms = fleet.settle(&jobs, Duration::from_secs(600)).await?;
     let (completed, _) = summarize(&ms, jobs.len());
+    let audit = fleet.audit(&jobs).await?;
     fleet.stop().await;
     let all_zero = exits.iter().all(|(_, _, ok)| *ok);
+    let all_busy = exits.iter().all(|(_, busy, _)| *busy >= 1.0);
     Ok(result(
         "SIGTERM to each worker with jobs in flight",
-        "exit 0 within the grace period, nothing lost",
-        all_zero && completed == jobs.len(),
+        "every stage had work in flight when signalled; exit 0 within the grace period, nothing lost; audit clean",
+        all_zero && all_busy && completed == jobs.len() && audit.clean(),
         format!(
             "{completed}/{} completed; exits: {}",
             jobs.len(),
@@ -484,10 +552,50 @@ async fn case_sigterm(bin: &Path, root: &Path, clip: &Path) -> anyhow::Result<Ca
                 .join(" ")
         ),
         format!("slowest exit {slowest:.1} s (grace 30 s)"),
-    ))
+    )
+    .with_details(serde_json::json!({
+        "in_flight_when_signalled": exits.iter().map(|(s, b, _)| (s.to_string(), *b)).collect::<BTreeMap<_, _>>(),
+    }))
+    .with_audit(audit))
 }
 
-/// Files and messages no one should send, and what each must lead to.
+/// What one hostile input must lead to.
+#[derive(Clone, Copy, Debug)]
+enum Must {
+    /// The job completes.
+    Complete,
+    /// The job's manifest says failed at `stage`, its reason containing `reason`,
+    /// and the job's message is in that stage's dead-letter queue.
+    Fail { stage: &'static str, reason: &'static str },
+    /// A message that is not a job: dead-lettered at `stage`, permanently, its reason containing `reason`.
+    DeadLetter { stage: &'static str, reason: &'static str },
+    /// The object store refuses the upload; no job exists.
+    RefusedAtUpload,
+    /// Changes nothing (a replayed message for a finished job).
+    NoOp,
+}
+
+impl Must {
+    fn describe(&self) -> String {
+        match self {
+            Must::Complete => "completes".into(),
+            Must::Fail { stage, reason } => format!("fails at {stage}: \"{reason}\""),
+            Must::DeadLetter { stage, reason } => format!("dead-lettered at {stage} (permanent): \"{reason}\""),
+            Must::RefusedAtUpload => "refused at upload".into(),
+            Must::NoOp => "ignored, the job unchanged".into(),
+        }
+    }
+}
+
+/// One row of the hostile table.
+struct Verdict {
+    input: String,
+    must: Must,
+    got: String,
+    ok: bool,
+}
+
+/// Files and messages no one should send, each with what it must lead to, checked one by one.
 async fn case_hostile(bin: &Path, root: &Path, clip: &Path) -> anyhow::Result<CaseResult> {
     let mut fleet = Fleet::start(bin, root, "hostile", |_| {}).await?;
     let dir = fleet.root.join("inputs");
@@ -499,23 +607,47 @@ async fn case_hostile(bin: &Path, root: &Path, clip: &Path) -> anyhow::Result<Ca
         std::fs::write(&p, bytes)?;
         Ok(p)
     };
+    let unreadable = Must::Fail { stage: "ingest", reason: "not a readable video" };
+    let bad_prompt = |reason| Must::Fail { stage: "ingest", reason };
     let whole = std::fs::read(clip)?;
-    let mut uploads: Vec<(String, PathBuf)> = vec![
-        ("zero bytes.mp4".into(), w("zero.mp4", b"")?),
-        ("truncated.mp4".into(), w("trunc.mp4", &whole[..whole.len() / 3])?),
-        ("notes.mp4".into(), w("notes.mp4", "plain text, not a video\n".repeat(40).as_bytes())?),
+    let mut uploads: Vec<(String, PathBuf, Must)> = vec![
+        ("zero bytes.mp4".into(), w("zero.mp4", b"")?, Must::Fail { stage: "ingest", reason: "object is empty" }),
+        ("truncated.mp4".into(), w("trunc.mp4", &whole[..whole.len() / 3])?, unreadable),
+        ("notes.mp4".into(), w("notes.mp4", "plain text, not a video\n".repeat(40).as_bytes())?, unreadable),
         (
             "playlist.mp4".into(),
             w("pl.mp4", format!("#EXTM3U\n#EXTINF:1.0,\n{}\n#EXT-X-ENDLIST\n", clip.display()).as_bytes())?,
+            unreadable,
         ),
-        ("subtitles.mp4".into(), w("subs.mp4", b"1\n00:00:00,000 --> 00:00:01,000\nhello\n")?),
-        ("prompt broken.json".into(), w("broken.json", br#"{"prompt": "a fox", "duration_seconds": "#)?),
-        ("prompt deep.json".into(), w("deep.json", format!("{}{}", "[".repeat(200), "]".repeat(200)).as_bytes())?),
-        ("prompt 8k.json".into(), w("8k.json", br#"{"prompt":"x","duration_seconds":2,"resolution":"8k"}"#)?),
-        ("prompt negative.json".into(), w("neg.json", br#"{"prompt":"x","duration_seconds":-3,"resolution":"720p"}"#)?),
+        (
+            "subtitles.mp4".into(),
+            w("subs.mp4", b"1\n00:00:00,000 --> 00:00:01,000\nhello\n")?,
+            Must::Fail { stage: "ingest", reason: "no video stream" },
+        ),
+        (
+            "prompt broken.json".into(),
+            w("broken.json", br#"{"prompt": "a fox", "duration_seconds": "#)?,
+            bad_prompt("invalid prompt document: EOF while parsing"),
+        ),
+        (
+            "prompt deep.json".into(),
+            w("deep.json", format!("{}{}", "[".repeat(200), "]".repeat(200)).as_bytes())?,
+            bad_prompt("nested deeper than"),
+        ),
+        (
+            "prompt 8k.json".into(),
+            w("8k.json", br#"{"prompt":"x","duration_seconds":2,"resolution":"8k"}"#)?,
+            bad_prompt("unknown variant `8k`"),
+        ),
+        (
+            "prompt negative.json".into(),
+            w("neg.json", br#"{"prompt":"x","duration_seconds":-3,"resolution":"720p"}"#)?,
+            bad_prompt("duration_seconds must be in (0, 60]"),
+        ),
         (
             "prompt extra.json".into(),
             w("extra.json", br#"{"prompt":"x","duration_seconds":2,"resolution":"720p","sql":"drop"}"#)?,
+            bad_prompt("unknown field `sql`"),
         ),
         (
             "prompt huge.json".into(),
@@ -524,64 +656,66 @@ async fn case_hostile(bin: &Path, root: &Path, clip: &Path) -> anyhow::Result<Ca
                 format!(r#"{{"prompt":"{}","duration_seconds":2,"resolution":"720p"}}"#, "x".repeat(100_000))
                     .as_bytes(),
             )?,
+            bad_prompt("above the 65536-byte limit"),
         ),
-        ("unicode ✓ 映画 été.mp4".into(), clip.to_path_buf()),
-        ("a/../../escape.mp4".into(), clip.to_path_buf()),
-        ("spaces  and + plus %2F.mp4".into(), clip.to_path_buf()),
-        (format!("{}/long.mp4", vec!["k".repeat(200); 4].join("/")), clip.to_path_buf()),
+        ("unicode ✓ 映画 été.mp4".into(), clip.to_path_buf(), Must::Complete),
+        ("a/../../escape.mp4".into(), clip.to_path_buf(), Must::Complete),
+        ("spaces  and + plus %2F.mp4".into(), clip.to_path_buf(), Must::Complete),
+        // Four 200-byte path segments: more than the embedded store's file system takes in one name.
+        (format!("{}/long.mp4", vec!["k".repeat(200); 4].join("/")), clip.to_path_buf(), Must::RefusedAtUpload),
     ];
-    // Formats from ffmpeg that must not be refused.
-    for (name, video, extra) in [
-        ("single-frame.mp4", "testsrc2=size=320x240:rate=1", vec!["-frames:v", "1"]),
-        ("vp9.webm", "testsrc2=size=320x240:rate=24", vec!["-t", "1", "-c:v", "libvpx-vp9", "-deadline", "realtime"]),
-        ("odd 321x241.mkv", "testsrc2=size=321x241:rate=25", vec!["-t", "1", "-c:v", "ffv1"]),
-        ("anim.gif", "testsrc2=size=160x120:rate=10", vec!["-t", "1"]),
-        ("fps-5000.mp4", "testsrc2=size=160x120:rate=5000", vec!["-t", "0.01", "-c:v", "libx264"]),
+    // Formats from ffmpeg: the odd but valid must not be refused.
+    for (name, video, extra, must) in [
+        ("single-frame.mp4", "testsrc2=size=320x240:rate=1", vec!["-frames:v", "1"], Must::Complete),
+        (
+            "vp9.webm",
+            "testsrc2=size=320x240:rate=24",
+            vec!["-t", "1", "-c:v", "libvpx-vp9", "-deadline", "realtime"],
+            Must::Complete,
+        ),
+        ("odd 321x241.mkv", "testsrc2=size=321x241:rate=25", vec!["-t", "1", "-c:v", "ffv1"], Must::Complete),
+        ("anim.gif", "testsrc2=size=160x120:rate=10", vec!["-t", "1"], Must::Complete),
+        (
+            "fps-5000.mp4",
+            "testsrc2=size=160x120:rate=5000",
+            vec!["-t", "0.01", "-c:v", "libx264"],
+            Must::Fail { stage: "ingest", reason: "frame rate 5000 fps is absurd" },
+        ),
+        ("audio only.mp4", "sine", vec!["-t", "1"], Must::Fail { stage: "ingest", reason: "no video stream" }),
     ] {
-        let p = dir.join(name);
+        let p = dir.join(name.replace(' ', "-"));
         let ok = Command::new("ffmpeg")
             .args(["-hide_banner", "-v", "error", "-y", "-f", "lavfi", "-i", video])
             .args(&extra)
             .arg(&p)
             .status()?
             .success();
-        if ok {
-            uploads.push((name.to_string(), p));
+        if !ok {
+            bail!("ffmpeg could not make the hostile input {name}");
         }
-    }
-    // Audio only.
-    let audio = dir.join("audio-only.mp4");
-    if Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "sine", "-t", "1"])
-        .arg(&audio)
-        .status()?
-        .success()
-    {
-        uploads.push(("audio only.mp4".into(), audio));
+        uploads.push((name.to_string(), p, must));
     }
 
     let storage = Storage::new(&fleet.settings.s3);
     let bucket = fleet.settings.s3.upload_bucket.clone();
-    let mut jobs = Vec::new();
-    let mut refused_at_upload = Vec::new();
-    for (key, path) in &uploads {
+    // Per upload: the job id, or why the store refused it.
+    let mut sent: Vec<(String, Must, Result<String, String>)> = Vec::new();
+    for (key, path, must) in &uploads {
         let ctype = if key.ends_with(".json") { "application/json" } else { "video/mp4" };
-        match storage.upload(&bucket, &format!("hostile/{key}"), path, ctype).await {
-            Ok(info) => jobs.push((
-                key.clone(),
-                SourceObject {
-                    bucket: bucket.clone(),
-                    key: format!("hostile/{key}"),
-                    size: info.size,
-                    etag: info.etag,
-                    version_id: None,
-                }
-                .job_id(),
-            )),
-            Err(e) => refused_at_upload.push(format!("{key}: {e}")),
-        }
+        let r = match storage.upload(&bucket, &format!("hostile/{key}"), path, ctype).await {
+            Ok(info) => Ok(SourceObject {
+                bucket: bucket.clone(),
+                key: format!("hostile/{key}"),
+                size: info.size,
+                etag: info.etag,
+                version_id: None,
+            }
+            .job_id()),
+            Err(e) => Err(format!("{e}")),
+        };
+        sent.push((key.clone(), *must, r));
     }
-    // Messages: a forged signature, garbage, an event for a missing object, an oversized event, a replayed old message.
+    // Messages: a forged signature, garbage, an event for a missing object, an oversized event.
     let broker = Broker::new(&fleet.settings.broker, "chaos")?;
     let topology = Topology::from_settings(&fleet.settings);
     let publisher = broker.publisher().await?;
@@ -597,13 +731,15 @@ async fn case_hostile(bin: &Path, root: &Path, clip: &Path) -> anyhow::Result<Ca
     );
     let body = forged.to_bytes();
     let sig = Signer::new(b"someone-elses-signing-key").sign(&body);
+    let forged_body = body.clone();
     publisher
         .publish(
             &Outgoing::to_queue(topology.queue(WorkQueue::Preprocess), body)
                 .header(SIGNATURE_HEADER, HeaderValue::Text(sig)),
         )
         .await?;
-    publisher.publish(&Outgoing::to_queue(topology.queue(WorkQueue::Ingest), b"\x00\xffgarbage{".to_vec())).await?;
+    let garbage = b"\x00\xffgarbage{".to_vec();
+    publisher.publish(&Outgoing::to_queue(topology.queue(WorkQueue::Ingest), garbage.clone())).await?;
     let missing = reelfleet_core::s3event::minio_event(
         "ObjectCreated:Put",
         &bucket,
@@ -612,17 +748,22 @@ async fn case_hostile(bin: &Path, root: &Path, clip: &Path) -> anyhow::Result<Ca
         "abc",
         "127.0.0.1",
     );
-    publisher.publish(&Outgoing::to_queue(topology.queue(WorkQueue::Ingest), missing)).await?;
+    publisher.publish(&Outgoing::to_queue(topology.queue(WorkQueue::Ingest), missing.clone())).await?;
     let mut big = b"{\"Records\":[".to_vec();
     big.extend(std::iter::repeat_n(b' ', 2 * 1024 * 1024));
     big.extend(b"]}");
-    publisher.publish(&Outgoing::to_queue(topology.queue(WorkQueue::Ingest), big)).await?;
-    let messages = 4;
+    publisher.publish(&Outgoing::to_queue(topology.queue(WorkQueue::Ingest), big.clone())).await?;
+    let messages: Vec<(&str, Vec<u8>, Must)> = vec![
+        ("message with a forged signature", forged_body, Must::DeadLetter { stage: "preprocess", reason: "signature" }),
+        ("garbage message", garbage, Must::DeadLetter { stage: "ingest", reason: "" }),
+        ("event for a missing object", missing, Must::DeadLetter { stage: "ingest", reason: "" }),
+        ("2 MiB event", big, Must::DeadLetter { stage: "ingest", reason: "" }),
+    ];
 
-    let ids: Vec<String> = jobs.iter().map(|(_, j)| j.clone()).collect();
+    let ids: Vec<String> = sent.iter().filter_map(|(_, _, r)| r.as_ref().ok().cloned()).collect();
     let ms = fleet.settle(&ids, Duration::from_secs(600)).await?;
     // Replay an old, validly signed message for a finished job: it must be a no-op.
-    let replayed_ok = if let Some(done) = ms.iter().find(|m| m.status == JobStatus::Completed) {
+    let replay = if let Some(done) = ms.iter().find(|m| m.status == JobStatus::Completed) {
         let old = Envelope {
             job_id: done.job_id.clone(),
             source: done.source.clone(),
@@ -638,56 +779,124 @@ async fn case_hostile(bin: &Path, root: &Path, clip: &Path) -> anyhow::Result<Ca
             .await?;
         tokio::time::sleep(Duration::from_secs(3)).await;
         let again = fleet.manifests().load(&done.job_id).await?.context("manifest")?;
-        again.status == JobStatus::Completed && again.stages == done.stages
+        let same = again.status == JobStatus::Completed && again.stages == done.stages;
+        (if same { "ignored, the job unchanged".to_string() } else { "the job changed".to_string() }, same)
     } else {
-        false
+        ("no completed job to replay".to_string(), false)
     };
-    let settled = ms.len();
-    let completed = ms.iter().filter(|m| m.status == JobStatus::Completed).count();
-    let failed_clear = ms
-        .iter()
-        .filter(|m| m.status == JobStatus::Failed)
-        .filter(|m| m.error.as_ref().is_some_and(|e| !e.message.trim().is_empty()))
-        .count();
     let held = dlq::fetch(&fleet.settings, &broker, &Default::default()).await?;
     let letters: Vec<_> = held.letters().cloned().collect();
     held.release().await;
-    // Dead letters of the hand-made messages: no job, or a job none of the uploads is.
-    let message_letters = letters.iter().filter(|d| d.job.as_ref().is_none_or(|j| !ids.contains(j))).count();
-    let dead = fleet.alive();
+
+    let mut table: Vec<Verdict> = Vec::new();
+    for (key, must, r) in &sent {
+        let (got, ok) = match r {
+            Err(e) => {
+                let tail: String = e.chars().rev().take(60).collect::<String>().chars().rev().collect();
+                (format!("refused at upload: ...{tail}"), matches!(must, Must::RefusedAtUpload))
+            }
+            Ok(job) => match ms.iter().find(|m| &m.job_id == job) {
+                None => ("unfinished".to_string(), false),
+                Some(m) if m.status == JobStatus::Completed => {
+                    ("completed".to_string(), matches!(must, Must::Complete))
+                }
+                Some(m) => {
+                    let e = m.error.clone().unwrap_or_else(|| reelfleet_core::manifest::JobFailure {
+                        stage: "?".into(),
+                        class: reelfleet_core::error::ErrorClass::Permanent,
+                        code: "?".into(),
+                        message: String::new(),
+                        attempts: 0,
+                        at: chrono::Utc::now(),
+                    });
+                    let lettered = letters.iter().any(|d| d.job.as_deref() == Some(job.as_str()) && d.stage == e.stage);
+                    let why: String = e.message.chars().take(70).collect();
+                    let ok = matches!(must, Must::Fail { stage, reason } if e.stage == *stage && e.message.contains(reason))
+                        && lettered;
+                    (
+                        format!(
+                            "failed at {} ({}, {}): {why}{}",
+                            e.stage,
+                            e.class,
+                            e.code,
+                            if lettered { "" } else { " [no dead letter]" }
+                        ),
+                        ok,
+                    )
+                }
+            },
+        };
+        table.push(Verdict { input: key.clone(), must: *must, got, ok });
+    }
+    for (name, body, must) in &messages {
+        let letter = letters.iter().find(|d| &d.body == body);
+        let (got, ok) = match letter {
+            None => ("no dead letter".to_string(), false),
+            Some(d) => {
+                let ok = matches!(must, Must::DeadLetter { stage, reason }
+                    if d.stage == *stage && d.error_class == "permanent" && !d.error_message.trim().is_empty() && d.error_message.contains(reason));
+                let why: String = d.error_message.chars().take(70).collect();
+                (format!("dead-lettered at {} ({}, {}): {why}", d.stage, d.error_class, d.error_code), ok)
+            }
+        };
+        table.push(Verdict { input: name.to_string(), must: *must, got, ok });
+    }
+    table.push(Verdict {
+        input: "replayed old message for a finished job".into(),
+        must: Must::NoOp,
+        got: replay.0,
+        ok: replay.1,
+    });
+
+    let dead = fleet.dead();
     let after = list_tree(&sentinel_dir, &fleet.data);
     let escaped: Vec<_> = after.difference(&before).filter(|p| !p.starts_with(&fleet.root)).cloned().collect();
-    let total = uploads.len() + messages + 1;
-    for (key, job) in &jobs {
-        if let Some(m) = ms.iter().find(|m| &m.job_id == job) {
-            let why = m.error.as_ref().map(|e| e.message.chars().take(80).collect::<String>()).unwrap_or_default();
-            eprintln!("  hostile {key:?}: {} {why}", m.status);
-        }
-    }
-    for r in &refused_at_upload {
+    for v in &table {
         eprintln!(
-            "  hostile refused at upload: ...{}",
-            r.chars().rev().take(200).collect::<String>().chars().rev().collect::<String>()
+            "  {} {:<40} must {:<55} got {}",
+            if v.ok { "ok  " } else { "FAIL" },
+            v.input,
+            v.must.describe(),
+            v.got
         );
     }
+    let audit = fleet.audit(&ids).await?;
     fleet.stop().await;
-    let passed = settled == jobs.len()
-        && completed + failed_clear == jobs.len()
-        && message_letters >= messages
-        && replayed_ok
+    let must_letter = table.iter().filter(|v| matches!(v.must, Must::Fail { .. } | Must::DeadLetter { .. })).count();
+    let right = table.iter().filter(|v| v.ok).count();
+    let passed = right == table.len()
         && dead.is_empty()
-        && escaped.is_empty();
+        && escaped.is_empty()
+        && audit.billed_twice.is_empty()
+        && audit.reconciled
+        && audit.tokens_charged == audit.tokens_billed
+        && audit.duplicate_completed_events.is_empty()
+        && audit.missing_completed_events.is_empty()
+        && audit.dead_letters_left == must_letter as u64;
+    let wrong: Vec<String> = table
+        .iter()
+        .filter(|v| !v.ok)
+        .map(|v| format!("{}: must {}, got {}", v.input, v.must.describe(), v.got))
+        .collect();
     Ok(result(
-        "broken and hostile inputs",
-        "each completes or dead-letters with a clear reason; no crash; nothing written outside the data folder",
+        "broken and hostile inputs, each with its own expected outcome",
+        "each input as its row says (completes / fails at a stage with a named reason and a dead letter / dead-lettered / refused at upload / ignored); no crash; nothing written outside the data folder; dead letters left = the inputs that must dead-letter",
         passed,
         format!(
-            "{total} inputs: {completed} completed, {failed_clear} failed with a reason, {} refused at upload, {message_letters} hostile messages dead-lettered, replayed old message ignored: {replayed_ok}, workers crashed: {dead:?}, files outside: {}",
-            refused_at_upload.len(),
+            "{right}/{} inputs as expected{}; workers crashed: {dead:?}, files outside: {}",
+            table.len(),
+            if wrong.is_empty() { String::new() } else { format!(" (wrong: {})", wrong.join("; ")) },
             escaped.len()
         ),
-        format!("{total} inputs"),
-    ))
+        format!("{} inputs, {must_letter} must dead-letter", table.len()),
+    )
+    .with_details(serde_json::json!({
+        "inputs": table
+            .iter()
+            .map(|v| serde_json::json!({"input": v.input, "must": v.must.describe(), "got": v.got, "ok": v.ok}))
+            .collect::<Vec<_>>(),
+    }))
+    .with_audit(audit))
 }
 
 fn list_tree(root: &Path, skip: &Path) -> std::collections::BTreeSet<PathBuf> {
@@ -720,12 +929,19 @@ async fn main() -> anyhow::Result<()> {
     type Case = for<'a> fn(&'a Path, &'a Path, &'a Path) -> futures::future::BoxFuture<'a, anyhow::Result<CaseResult>>;
     let cases: Vec<(&str, Case)> = vec![
         ("kill9", |b, r, c| Box::pin(case_kill9(b, r, c))),
+        ("replicas-kill9", |b, r, c| Box::pin(case_replicas_kill9(b, r, c))),
+        ("rate-limit", |b, r, c| Box::pin(case_rate_limit(b, r, c))),
+        ("budget", |b, r, c| Box::pin(case_budget(b, r, c))),
         ("sigterm", |b, r, c| Box::pin(case_sigterm(b, r, c))),
         ("provider", |b, r, c| Box::pin(case_provider_down(b, r, c))),
         ("hostile", |b, r, c| Box::pin(case_hostile(b, r, c))),
         ("s3", |b, r, c| Box::pin(case_s3_outage(b, r, c))),
         ("broker", |b, r, c| Box::pin(case_broker_restart(b, r, c))),
     ];
+    if let Some(unknown) = only.iter().find(|o| !cases.iter().any(|(n, _)| n == o)) {
+        bail!("no fault case {unknown:?}; cases: {}", cases.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(" "));
+    }
+    let suite = Instant::now();
     let mut results = Vec::new();
     for (name, run) in cases {
         if !only.is_empty() && !only.iter().any(|o| o == name) {
@@ -737,24 +953,49 @@ async fn main() -> anyhow::Result<()> {
             Ok(r) => r,
             Err(e) => result(name, "runs", false, format!("harness error: {e:#}"), String::new()),
         };
-        eprintln!(
-            "   {} in {:.0} s: {}",
-            if r.passed { "passed" } else { "FAILED" },
-            t0.elapsed().as_secs_f64(),
-            r.outcome
-        );
-        results.push(r);
+        let secs = t0.elapsed().as_secs_f64();
+        eprintln!("   {} in {secs:.0} s: {}", if r.passed { "passed" } else { "FAILED" }, r.outcome);
+        if let Some(a) = &r.audit {
+            eprintln!("   {}", a.line());
+        }
+        results.push((name, secs, r));
     }
     println!("\n{:<58} {:<6} {:<}", "CASE", "PASS", "OUTCOME / FIGURE");
-    for r in &results {
+    for (name, secs, r) in &results {
         println!("{:<58} {:<6} {}", r.case, if r.passed { "yes" } else { "NO" }, r.outcome);
-        println!("{:<58} {:<6} expected: {}; {}", "", "", r.expected, r.figure);
+        println!("{:<58} {:<6} {} in {secs:.0} s; {}", "", "", name, r.figure);
+        if let Some(a) = &r.audit {
+            println!("{:<58} {:<6} {}", "", "", a.line());
+        }
+        println!("{:<58} {:<6} expected: {}", "", "", r.expected);
     }
     std::fs::create_dir_all("bench/results")?;
-    let json: Vec<_> = results.iter().map(|r| serde_json::json!({"case": r.case, "passed": r.passed, "figure": r.figure, "expected": r.expected, "outcome": r.outcome})).collect();
+    let json: Vec<_> = results
+        .iter()
+        .map(|(name, secs, r)| {
+            let mut j = serde_json::json!({
+                "name": name,
+                "case": r.case,
+                "passed": r.passed,
+                "seconds": secs.round(),
+                "figure": r.figure,
+                "expected": r.expected,
+                "outcome": r.outcome,
+            });
+            if let Some(a) = &r.audit {
+                for (k, v) in a.json().as_object().into_iter().flatten() {
+                    j[k] = v.clone();
+                }
+            }
+            if !r.details.is_null() {
+                j["details"] = r.details.clone();
+            }
+            j
+        })
+        .collect();
     std::fs::write("bench/results/faults.json", serde_json::to_string_pretty(&json)?)?;
-    let passed = results.iter().filter(|r| r.passed).count();
-    println!("faults: {} passed, {} failed", passed, results.len() - passed);
+    let passed = results.iter().filter(|(_, _, r)| r.passed).count();
+    println!("faults: {} passed, {} failed in {:.0} s", passed, results.len() - passed, suite.elapsed().as_secs_f64());
     if passed != results.len() {
         std::process::exit(1);
     }

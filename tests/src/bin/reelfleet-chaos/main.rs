@@ -10,6 +10,7 @@
 //! `bench/results/faults.json`.
 
 mod audit;
+mod cluster;
 mod fleet;
 
 use anyhow::{bail, Context};
@@ -392,6 +393,101 @@ async fn case_budget(bin: &Path, root: &Path, clip: &Path) -> anyhow::Result<Cas
         "largest_request_usd": largest,
         "completed": completed,
         "paused": paused,
+    }))
+    .with_audit(audit))
+}
+
+/// A three-node cluster of our own: the leader of the busiest work queue is
+/// killed (kill -9 of its VM) mid-run and brought back.
+async fn case_cluster(bin: &Path, root: &Path, clip: &Path) -> anyhow::Result<CaseResult> {
+    const JOBS: usize = 30;
+    let cluster = cluster::Cluster::start(&root.join("cluster")).await?;
+    // lapin / deadpool-lapin take one URL per connection: each worker gets one
+    // node, two replicas per stage on different nodes, so whichever node dies
+    // every stage keeps a connected replica; a replica on the dead node
+    // reconnects to it with backoff once it is back.
+    let urls: Vec<String> = (1..=3).map(cluster::amqp_url).collect();
+    let layout = Layout { replicas: [2; 4], worker_broker_urls: urls.clone() };
+    let mut fleet = Fleet::start_with(bin, root, "cluster", layout, |s| {
+        s.broker.url = reelfleet_core::settings::Secret::new(cluster::amqp_url(1));
+        // Never the shared broker's management API.
+        s.broker.management_url = reelfleet_core::settings::Secret::new("http://127.0.0.1:9/");
+        s.runtime.claim_lease_secs = 5;
+    })
+    .await?;
+    let ns = format!("{}.", fleet.settings.namespace);
+    // Leaders were placed where the topology was declared first; spread them.
+    let _ = cluster.tool("rabbitmq-queues", 1, &["rebalance", "quorum"]);
+    let work: Vec<String> = {
+        let t = Topology::from_settings(&fleet.settings);
+        WorkQueue::all().into_iter().map(|q| t.queue(q)).collect()
+    };
+    let before = cluster.queues(1, &ns)?;
+    let quorum_on_3 = before.iter().filter(|(n, _, members, _)| work.contains(n) && *members == 3).count();
+    let jobs = fleet.submit(clip, JOBS).await?;
+    // Mid-run: the busiest work queue and its leader.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (queue, leader) = loop {
+        let qs = cluster.queues(1, &ns)?;
+        let busiest = qs.iter().filter(|(n, ..)| work.contains(n)).max_by_key(|(_, _, _, m)| *m).cloned();
+        match busiest {
+            Some((n, l, _, m)) if m >= 3 || Instant::now() > deadline => break (n, l),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    let victim: u8 = (1..=3).find(|i| leader == cluster::node(*i)).with_context(|| format!("leader {leader:?}"))?;
+    let survivor = if victim == 1 { 2 } else { 1 };
+    let killed_at = Instant::now();
+    let pid = cluster.kill9(victim)?;
+    // A new leader from the surviving members.
+    let mut new_leader = String::new();
+    while killed_at.elapsed() < Duration::from_secs(30) {
+        if let Some((_, l, ..)) = cluster.queues(survivor, &ns)?.into_iter().find(|(n, ..)| *n == queue) {
+            if !l.is_empty() && l != leader {
+                new_leader = l;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let done_while_down = |ms: &[JobManifest]| ms.iter().filter(|m| m.status == JobStatus::Completed).count();
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let completed_while_down = done_while_down(&fleet.load_all(&jobs).await);
+    let mut cluster = cluster;
+    cluster.boot(victim)?;
+    cluster.await_startup(victim, Duration::from_secs(90)).await?;
+    let down = killed_at.elapsed();
+    let ms = fleet.settle(&jobs, Duration::from_secs(400)).await?;
+    let (completed, _) = summarize(&ms, jobs.len());
+    let back = cluster.queues(1, &ns)?;
+    let members_after = back.iter().filter(|(n, _, members, _)| work.contains(n) && *members == 3).count();
+    let dead = fleet.dead();
+    let audit = fleet.audit(&jobs).await?;
+    fleet.stop().await;
+    drop(cluster);
+    let passed = audit.clean()
+        && completed == jobs.len()
+        && quorum_on_3 == work.len()
+        && !new_leader.is_empty()
+        && dead.is_empty();
+    Ok(result(
+        "3-node RabbitMQ cluster (quorum queues on all 3): kill -9 of the busiest queue's leader node mid-run, then back",
+        "a new leader is elected, all complete, 0 lost, no duplicate job.completed; audit clean",
+        passed,
+        format!(
+            "{completed}/{} completed ({completed_while_down} while the node was down); {queue} led by {leader}: killed (pid {pid}), new leader {new_leader}; quorum queues with 3 members: {quorum_on_3}/{} before, {members_after}/{} after; workers exited: {dead:?}",
+            jobs.len(),
+            work.len(),
+            work.len()
+        ),
+        format!("node down and back in {:.0} s; fleet connects one node per worker (lapin takes one URL)", down.as_secs_f64()),
+    )
+    .with_details(serde_json::json!({
+        "busiest_queue": queue,
+        "killed_leader": leader,
+        "new_leader": new_leader,
+        "quorum_queues_on_3_members": quorum_on_3,
+        "completed_while_down": completed_while_down,
     }))
     .with_audit(audit))
 }
@@ -936,6 +1032,7 @@ async fn main() -> anyhow::Result<()> {
         ("provider", |b, r, c| Box::pin(case_provider_down(b, r, c))),
         ("hostile", |b, r, c| Box::pin(case_hostile(b, r, c))),
         ("s3", |b, r, c| Box::pin(case_s3_outage(b, r, c))),
+        ("cluster", |b, r, c| Box::pin(case_cluster(b, r, c))),
         ("broker", |b, r, c| Box::pin(case_broker_restart(b, r, c))),
     ];
     if let Some(unknown) = only.iter().find(|o| !cases.iter().any(|(n, _)| n == o)) {

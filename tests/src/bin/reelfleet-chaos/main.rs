@@ -951,7 +951,7 @@ async fn case_hostile(bin: &Path, root: &Path, clip: &Path) -> anyhow::Result<Ca
         eprintln!(
             "  {} {:<40} must {:<55} got {}",
             if v.ok { "ok  " } else { "FAIL" },
-            v.input,
+            v.input.chars().take(40).collect::<String>(),
             v.must.describe(),
             v.got
         );

@@ -74,6 +74,8 @@ impl Cluster {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(d.join("server.log"))?;
         let child = Command::new(format!("{RABBITMQ_BIN}/rabbitmq-server"))
             .envs(self.env(i))
+            // A crashing node writes its MnesiaCore dump into its working directory.
+            .current_dir(&d)
             .stdin(std::process::Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)

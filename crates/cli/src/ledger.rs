@@ -597,6 +597,7 @@ mod tests {
             jobs: jobs.len() as u64,
             request_id: Some(format!("client-{id}")),
             job_ids: jobs.iter().map(|j| j.to_string()).collect(),
+            at_ms: 0,
         }
     }
 

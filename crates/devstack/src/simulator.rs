@@ -106,6 +106,10 @@ pub struct UsageRecord {
     /// the bill per job that a test holds the fleet's ledger against.
     #[serde(default)]
     pub job_ids: Vec<String>,
+    /// When the request arrived, in milliseconds since the Unix epoch: what a
+    /// test counts requests per minute from, as the provider sees them.
+    #[serde(default)]
+    pub at_ms: u64,
 }
 
 /// What the simulator refused, and whether clients kept to `Retry-After`.
@@ -268,6 +272,10 @@ async fn weather(state: &SimState, model: &str, request_id: Option<&str>) -> Opt
     None
 }
 
+fn epoch_ms() -> u64 {
+    u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0)
+}
+
 fn bearer_ok(headers: &HeaderMap, key: &str) -> bool {
     headers
         .get("authorization")
@@ -277,6 +285,7 @@ fn bearer_ok(headers: &HeaderMap, key: &str) -> bool {
 }
 
 async fn chat(State(state): State<SimState>, headers: HeaderMap, Json(req): Json<serde_json::Value>) -> Response {
+    let at_ms = epoch_ms();
     let key = state.config.lock().expect("config lock").api_key.clone();
     if !bearer_ok(&headers, &key) {
         return error(StatusCode::UNAUTHORIZED, "invalid API key");
@@ -360,6 +369,7 @@ async fn chat(State(state): State<SimState>, headers: HeaderMap, Json(req): Json
         jobs: jobs.len().max(1) as u64,
         request_id,
         job_ids: jobs.iter().map(|(id, _)| id.clone()).collect(),
+        at_ms,
     });
     Json(serde_json::json!({
         "id": id,
@@ -392,6 +402,7 @@ fn signature_ok(headers: &HeaderMap, key: &str, max_skew: i64) -> Result<(), &'s
 }
 
 async fn generate(State(state): State<SimState>, headers: HeaderMap, Json(req): Json<serde_json::Value>) -> Response {
+    let at_ms = epoch_ms();
     let cfg = state.config.lock().expect("config lock").clone();
     if !bearer_ok(&headers, &cfg.api_key) {
         return error(StatusCode::UNAUTHORIZED, "invalid API key");
@@ -461,6 +472,7 @@ async fn generate(State(state): State<SimState>, headers: HeaderMap, Json(req): 
         jobs: 1,
         request_id,
         job_ids: req["metadata"]["job_id"].as_str().map(str::to_string).into_iter().collect(),
+        at_ms,
     });
     Json(serde_json::json!({
         "id": id,

@@ -68,8 +68,8 @@ pg_answers() { (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; }
 # started, and a test role (reelfleet_test, allowed to create databases) that
 # logs in with a password over TCP whatever the server's auth method.
 ensure_postgres() {
-  if [ -n "${REELFLEET_TEST_PG:-}" ]; then
-    say "using the PostgreSQL of REELFLEET_TEST_PG"
+  if [ -n "${TEST_POSTGRES_URL:-}" ]; then
+    say "using the PostgreSQL of TEST_POSTGRES_URL"
     return 0
   fi
   if ! pg_answers; then
@@ -92,7 +92,7 @@ DO $$ BEGIN
   END IF;
 END $$;
 SQL
-  export REELFLEET_TEST_PG="postgres://reelfleet_test:reelfleet_test@127.0.0.1:5432/postgres"
+  export TEST_POSTGRES_URL="postgres://reelfleet_test:reelfleet_test@127.0.0.1:5432/postgres"
 }
 
 ensure_all() {

@@ -420,7 +420,7 @@ impl TestStack {
 }
 
 /// A PostgreSQL database of its own for one test, dropped with the value.
-/// The server is `REELFLEET_TEST_PG` (default: the local one, as the role
+/// The server is `TEST_POSTGRES_URL` (default: the local one, as the role
 /// `scripts/test` creates).
 pub struct TestDatabase {
     admin: String,
@@ -433,12 +433,12 @@ impl TestDatabase {
     /// Creates a fresh database.
     pub async fn create() -> Self {
         use sqlx::Connection;
-        let admin = std::env::var("REELFLEET_TEST_PG")
+        let admin = std::env::var("TEST_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://reelfleet_test:reelfleet_test@127.0.0.1:5432/postgres".into());
         let name = format!("rf_test_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let mut conn = sqlx::PgConnection::connect(&admin)
             .await
-            .expect("PostgreSQL reachable (scripts/test installs and starts it; REELFLEET_TEST_PG names another)");
+            .expect("PostgreSQL reachable (scripts/test installs and starts it; TEST_POSTGRES_URL names another)");
         let create = format!("CREATE DATABASE {name}");
         sqlx::query(&create).execute(&mut conn).await.expect("create database");
         let _ = conn.close().await;

@@ -107,10 +107,15 @@ fn within_in_flight(a: &Audit, in_flight_at_kills: usize) -> bool {
         && a.unbilled_or_mismatched == 0
 }
 
-/// The audit of a kill case: everything except the ledger and the bill must be clean.
-fn clean_but_money(a: &Audit) -> bool {
+/// The audit of a kill case: everything except the ledger, the bill and the
+/// completion events must be clean. A postprocess worker killed after the
+/// broker confirmed its `job.completed` and before it recorded the hand-over
+/// makes its redelivered message announce the job once more (at least once,
+/// by design: the other order could lose the event), so duplicates are
+/// allowed up to the postprocess kills that had work in flight.
+fn clean_but_money(a: &Audit, postprocess_busy_kills: usize) -> bool {
     a.completed == a.jobs
-        && a.duplicate_completed_events.is_empty()
+        && a.duplicate_completed_events.len() <= postprocess_busy_kills
         && a.missing_completed_events.is_empty()
         && a.dead_letters_left == 0
 }
@@ -121,6 +126,7 @@ async fn case_kill9(bin: &Path, root: &Path, clip: &Path) -> anyhow::Result<Case
     let mut kills = 0;
     let mut per_stage: BTreeMap<&str, usize> = BTreeMap::new();
     let mut in_flight_at_kills = 0.0;
+    let mut postprocess_busy_kills = 0;
     let started = Instant::now();
     while kills < 12 && started.elapsed() < Duration::from_secs(300) {
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -130,6 +136,9 @@ async fn case_kill9(bin: &Path, root: &Path, clip: &Path) -> anyhow::Result<Case
         let busy = fleet.in_flight(stage, 0).await;
         if stage == "inference" {
             in_flight_at_kills += busy;
+        }
+        if stage == "postprocess" && busy >= 1.0 {
+            postprocess_busy_kills += 1;
         }
         fleet.kill9(stage, 0);
         kills += 1;
@@ -144,23 +153,28 @@ async fn case_kill9(bin: &Path, root: &Path, clip: &Path) -> anyhow::Result<Case
     let every_stage = STAGES.iter().all(|s| per_stage.get(s).copied().unwrap_or(0) >= 2);
     let passed = completed == jobs.len()
         && ids.len() == jobs.len()
-        && clean_but_money(&audit)
+        && clean_but_money(&audit, postprocess_busy_kills)
         && within_in_flight(&audit, in_flight)
         && kills >= 10
         && every_stage;
     Ok(result(
         "kill -9 of worker processes while 100 jobs flow",
-        "all complete, one manifest each, one job.completed each, no dead letter; jobs billed twice and requests missing from the ledger <= jobs in flight at the inference kills",
+        "all complete, one manifest each, no dead letter; jobs billed twice and requests missing from the ledger <= jobs in flight at the inference kills; duplicate job.completed <= postprocess kills with work in flight",
         passed,
         format!("{completed}/{} completed, {} manifests, {kills} kills {per_stage:?}", jobs.len(), ids.len()),
         format!(
-            "{} jobs billed twice, {} unrecorded requests, reconciled difference {} tokens; {in_flight} jobs in flight at the inference kills",
+            "{} jobs billed twice, {} unrecorded requests, reconciled difference {} tokens; {in_flight} jobs in flight at the inference kills; {} duplicate job.completed, {postprocess_busy_kills} postprocess kills with work in flight",
             audit.billed_twice.len(),
             audit.unrecorded_requests.len(),
-            audit.reconciled_difference
+            audit.reconciled_difference,
+            audit.duplicate_completed_events.len()
         ),
     )
-    .with_details(serde_json::json!({"kills": kills, "inference_in_flight_at_kills": in_flight}))
+    .with_details(serde_json::json!({
+        "kills": kills,
+        "inference_in_flight_at_kills": in_flight,
+        "postprocess_busy_kills": postprocess_busy_kills,
+    }))
     .with_audit(audit))
 }
 
@@ -204,15 +218,16 @@ async fn case_replicas_kill9(bin: &Path, root: &Path, clip: &Path) -> anyhow::Re
     let in_flight = in_flight_at_kills as usize;
     let busy_kills = kills.iter().filter(|(_, b)| *b >= 1.0).count();
     let inference_kills = kills.iter().filter(|(k, _)| k.starts_with("inference")).count();
+    let postprocess_busy_kills = kills.iter().filter(|(k, b)| k.starts_with("postprocess") && *b >= 1.0).count();
     let passed = completed == jobs.len()
         && ids.len() == jobs.len()
-        && clean_but_money(&audit)
+        && clean_but_money(&audit, postprocess_busy_kills)
         && within_in_flight(&audit, in_flight)
         && kills.len() == KILLS
         && inference_kills >= 4;
     Ok(result(
         "two replicas per stage, kill -9 across all 8 processes while 60 jobs flow (provider 300-700 ms)",
-        "all complete, one manifest and one job.completed each, no dead letter; jobs billed twice and unrecorded requests <= jobs in flight at the inference kills",
+        "all complete, one manifest each, no dead letter; jobs billed twice and unrecorded requests <= jobs in flight at the inference kills; duplicate job.completed <= postprocess kills with work in flight",
         passed,
         format!(
             "{completed}/{} completed, {} manifests, {} kills ({busy_kills} with work in flight, {inference_kills} of inference)",
@@ -221,15 +236,17 @@ async fn case_replicas_kill9(bin: &Path, root: &Path, clip: &Path) -> anyhow::Re
             kills.len()
         ),
         format!(
-            "{} jobs billed twice, {} unrecorded requests, reconciled difference {} tokens; {in_flight} jobs in flight at the inference kills",
+            "{} jobs billed twice, {} unrecorded requests, reconciled difference {} tokens; {in_flight} jobs in flight at the inference kills; {} duplicate job.completed, {postprocess_busy_kills} postprocess kills with work in flight",
             audit.billed_twice.len(),
             audit.unrecorded_requests.len(),
-            audit.reconciled_difference
+            audit.reconciled_difference,
+            audit.duplicate_completed_events.len()
         ),
     )
     .with_details(serde_json::json!({
         "kills": kills.iter().map(|(k, b)| serde_json::json!({"worker": k, "in_flight": b})).collect::<Vec<_>>(),
         "inference_in_flight_at_kills": in_flight,
+        "postprocess_busy_kills": postprocess_busy_kills,
     }))
     .with_audit(audit))
 }

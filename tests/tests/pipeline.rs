@@ -81,7 +81,11 @@ async fn the_same_s3_event_delivered_twice_makes_one_job() {
     let clip = make_clip(stack.dir.path(), "dup.mp4", "testsrc2=size=320x240:rate=24", 2.0, &[]);
     let key = "dup/clip.mp4";
     let job = stack.upload(key, &clip).await;
-    let first = stack.wait_for(&job, JOB_TIMEOUT, finished).await;
+    // Settled: completed and its completion event's hand-over recorded (or failed).
+    let handed_over = |m: &reelfleet_core::manifest::JobManifest| {
+        m.stages.get("postprocess").is_some_and(|t| t.forwarded_at.is_some())
+    };
+    let first = stack.wait_for(&job, JOB_TIMEOUT, |m| m.status == JobStatus::Failed || handed_over(m)).await;
     assert_eq!(first.status, JobStatus::Completed, "{:?}", first.error);
 
     let bucket = stack.settings().s3.upload_bucket.clone();

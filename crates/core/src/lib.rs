@@ -10,12 +10,12 @@ pub mod json;
 pub mod manifest;
 pub mod media;
 pub mod metrics;
-pub mod routing;
 pub mod runtime;
 pub mod s3event;
 pub mod settings;
 pub mod storage;
 pub mod telemetry;
+pub mod tiering;
 pub mod topology;
 
 pub use decide::{decide, Next, Outcome};

@@ -11,10 +11,10 @@ use reelfleet_core::{
     jobstate::{envelope_of, Claimed, JobClaims, PipelineStage},
     manifest::{stage_key, Complexity, JobStatus, ManifestStore, PreprocessInfo},
     media::{output_arg, scratch_dir, Media, MediaError},
-    routing::assign_tier,
     runtime::{Dispatch, Message, Stage},
     settings::{PreprocessSettings, Settings},
     storage::Storage,
+    tiering::assign_tier,
     topology::WorkQueue,
 };
 use std::{path::Path, sync::Arc, time::Duration};

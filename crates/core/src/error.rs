@@ -28,7 +28,7 @@ impl fmt::Display for ErrorClass {
 pub struct StageError {
     /// Retry or dead-letter.
     pub class: ErrorClass,
-    /// Short code (`bad_input`, `bad_signature`, `storage`, `media`, `provider`, `broker`, `timeout`, `quality`).
+    /// Short code (`bad_input`, `bad_signature`, `storage`, `media`, `limit`, `provider`, `broker`, `timeout`, `quality`).
     pub code: &'static str,
     /// Readable reason.
     pub message: String,
@@ -76,7 +76,9 @@ impl From<crate::media::MediaError> for StageError {
             M::Timeout { .. } => StageError::transient("timeout", e),
             M::Spawn { .. } | M::Io(_) | M::Killed { .. } => StageError::transient("media", e),
             M::Failed { .. } | M::Parse(_) => StageError::permanent("media", e),
-            M::AllowList { .. } => StageError::permanent("config", e),
+            // The input asked for more than one decode may have: it would again.
+            M::Limit { .. } => StageError::permanent("limit", e),
+            M::AllowList { .. } | M::DecoderList { .. } | M::Sandbox { .. } => StageError::permanent("config", e),
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod media;
 pub mod metrics;
 pub mod runtime;
 pub mod s3event;
+pub mod sandbox;
 pub mod settings;
 pub mod storage;
 pub mod telemetry;

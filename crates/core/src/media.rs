@@ -2,13 +2,19 @@
 //! timeout, stderr kept for the error, an environment cleared of everything
 //! but `PATH` (the worker's credentials never reach a decoder), local files
 //! only (`-protocol_whitelist file,pipe`) through a positive demuxer
-//! allow-list built from the configured ffmpeg (a worker that cannot build it
-//! does not start), ffprobe's JSON parsed into types.
+//! allow-list and a decoder allow-list built from the configured ffmpeg (a
+//! worker that cannot build them does not start), every process in the
+//! decoder sandbox and under resource limits ([`crate::sandbox`]), every
+//! decode of a known input bounded by what ingest validated ([`Bounds`]:
+//! input duration, output frames and size, a timeout that follows the
+//! input's duration and resolution), ffprobe's JSON parsed into types.
 
-use crate::settings::MediaSettings;
+use crate::{
+    sandbox::{Files, Runner},
+    settings::MediaSettings,
+};
 use serde::Deserialize;
-use std::{path::Path, process::Stdio, time::Duration};
-use tokio::process::Command;
+use std::{path::Path, process::Stdio, sync::Arc, time::Duration};
 
 /// Subprocess failures.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +67,34 @@ pub enum MediaError {
         program: String,
         /// Why.
         reason: String,
+    },
+    /// The decoder allow-list could not be built from the configured ffmpeg.
+    #[error("cannot build the decoder allow-list from {program}: {reason}")]
+    DecoderList {
+        /// Binary.
+        program: String,
+        /// Why.
+        reason: String,
+    },
+    /// The sandbox or the resource limits a setting asks for cannot work here:
+    /// the worker must not start.
+    #[error("{setting}: {reason}")]
+    Sandbox {
+        /// The setting, with its value.
+        setting: &'static str,
+        /// Why, and how to opt out.
+        reason: String,
+    },
+    /// A resource limit stopped the process: the input asks for more than
+    /// the fleet gives one decode, and will again.
+    #[error("{program} exceeded {limit}: {stderr}")]
+    Limit {
+        /// Binary.
+        program: String,
+        /// The limit, with the setting that sets it.
+        limit: String,
+        /// Last lines of stderr.
+        stderr: String,
     },
     /// Local I/O.
     #[error("{0}")]
@@ -206,7 +240,77 @@ fn is_cover_art(s: &ProbeStream) -> bool {
 pub struct Media {
     settings: MediaSettings,
     /// `-format_whitelist`'s value: every demuxer of the configured ffmpeg but [`DENIED_DEMUXERS`].
-    demuxers: std::sync::Arc<str>,
+    demuxers: Arc<str>,
+    /// `-codec_whitelist`'s value: [`ACCEPTED_DECODERS`] the configured ffmpeg has.
+    decoders: Arc<str>,
+    /// The sandbox and limits every process runs in.
+    runner: Arc<Runner>,
+    /// What the input of the calls is known to be.
+    bounds: Option<Bounds>,
+}
+
+/// What ingest validated about an input, which every decode of it is held to.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Bounds {
+    /// Seconds of media (the validated duration).
+    pub duration_s: f64,
+    /// Frame width.
+    pub width: u32,
+    /// Frame height.
+    pub height: u32,
+    /// Frames per second (0: unknown).
+    pub fps: f64,
+    /// Bytes of the input (the largest, when a call reads several).
+    pub input_bytes: u64,
+}
+
+/// Pixels of a 1280x720 frame, the unit of [`Bounds::timeout_secs`].
+const PIXELS_720P: f64 = 1280.0 * 720.0;
+/// An output may be this many times its input's size (never less than [`MIN_OUTPUT_CAP`]).
+pub const OUTPUT_SIZE_FACTOR: u64 = 8;
+/// The smallest output size cap.
+pub const MIN_OUTPUT_CAP: u64 = 256 * 1024 * 1024;
+/// The highest output frame rate the frame bound allows for (or the input's, if higher).
+pub const MAX_OUTPUT_FPS: f64 = 120.0;
+
+impl Bounds {
+    fn duration(&self) -> f64 {
+        if self.duration_s.is_finite() && self.duration_s > 0.0 {
+            self.duration_s
+        } else {
+            0.0
+        }
+    }
+
+    /// Seconds of input a call may read: the duration, plus 2 % (at least
+    /// 2 s); none when the duration is not a positive number.
+    pub fn read_secs(&self) -> Option<f64> {
+        let d = self.duration();
+        (d > 0.0).then(|| d + (d * 0.02).max(2.0))
+    }
+
+    /// Most video frames a call may write: [`Bounds::read_secs`] at the
+    /// input's frame rate or [`MAX_OUTPUT_FPS`], whichever is higher.
+    pub fn max_frames(&self) -> Option<u64> {
+        let fps = if self.fps.is_finite() { self.fps.max(MAX_OUTPUT_FPS) } else { MAX_OUTPUT_FPS };
+        self.read_secs().map(|s| (s * fps).ceil() as u64)
+    }
+
+    /// Largest output file (`-fs`): [`OUTPUT_SIZE_FACTOR`] times the input,
+    /// at least [`MIN_OUTPUT_CAP`], at most `limit`.
+    pub fn max_output_bytes(&self, limit: u64) -> u64 {
+        self.input_bytes.saturating_mul(OUTPUT_SIZE_FACTOR).max(MIN_OUTPUT_CAP).min(limit)
+    }
+
+    /// An ffmpeg call's timeout: `ffmpeg_timeout_secs + per_720p_second x
+    /// duration x pixels / (1280x720)` (pixels counted as at least 640x360),
+    /// at most `ffmpeg_timeout_max_secs`.
+    pub fn timeout_secs(&self, s: &MediaSettings) -> u64 {
+        let scale = (f64::from(self.width) * f64::from(self.height) / PIXELS_720P).max(0.25);
+        let scaled = s.ffmpeg_timeout_per_720p_second * self.duration() * scale;
+        let secs = s.ffmpeg_timeout_secs as f64 + if scaled.is_finite() { scaled } else { f64::MAX };
+        (secs.ceil().min(s.ffmpeg_timeout_max_secs as f64) as u64).max(1)
+    }
 }
 
 /// Demuxers that open other files or devices named inside the input (a
@@ -245,20 +349,123 @@ pub const DENIED_DEMUXERS: &[&str] = &[
     "bin",
 ];
 
-/// Every demuxer `ffmpeg` has but the denied ones, for `-format_whitelist`.
-fn demuxer_allow_list(ffmpeg: &str) -> Result<String, MediaError> {
-    let fail = |reason: String| MediaError::AllowList { program: ffmpeg.into(), reason };
-    let out = std::process::Command::new(ffmpeg)
-        .args(["-hide_banner", "-demuxers"])
-        .env_clear()
-        .env("PATH", tool_path())
+/// Decoders the fleet means to accept: the usual camera, phone, screen and
+/// web video codecs, their audio, still-image codecs, and text subtitles
+/// (ffprobe opens every stream's decoder; the pipeline drops subtitles).
+/// `-codec_whitelist` gets those of them the configured ffmpeg has; anything
+/// else (a rare or legacy codec, a bitmap subtitle, a game format) is refused.
+pub const ACCEPTED_DECODERS: &[&str] = &[
+    // Video.
+    "h264",
+    "hevc",
+    "vp8",
+    "libvpx",
+    "vp9",
+    "libvpx-vp9",
+    "libdav1d",
+    "libaom-av1",
+    "av1",
+    "mpeg4",
+    "mpeg1video",
+    "mpeg2video",
+    "h263",
+    "h263p",
+    "flv",
+    "msmpeg4",
+    "wmv1",
+    "wmv2",
+    "wmv3",
+    "vc1",
+    "theora",
+    "prores",
+    "dnxhd",
+    "dvvideo",
+    "ffv1",
+    "huffyuv",
+    "ffvhuff",
+    "utvideo",
+    "qtrle",
+    "rawvideo",
+    // Still images and animations.
+    "mjpeg",
+    "png",
+    "apng",
+    "gif",
+    "webp",
+    "bmp",
+    // Audio.
+    "aac",
+    "aac_fixed",
+    "aac_latm",
+    "mp3float",
+    "mp3",
+    "mp2float",
+    "mp2",
+    "ac3",
+    "ac3_fixed",
+    "eac3",
+    "opus",
+    "libopus",
+    "vorbis",
+    "libvorbis",
+    "flac",
+    "alac",
+    "dca",
+    "truehd",
+    "wmav1",
+    "wmav2",
+    "amrnb",
+    "amrwb",
+    "libopencore_amrnb",
+    "libopencore_amrwb",
+    "adpcm_ima_qt",
+    "adpcm_ima_wav",
+    "adpcm_ms",
+    "pcm_s8",
+    "pcm_u8",
+    "pcm_s16le",
+    "pcm_s16be",
+    "pcm_s24le",
+    "pcm_s24be",
+    "pcm_s32le",
+    "pcm_s32be",
+    "pcm_f32le",
+    "pcm_f32be",
+    "pcm_f64le",
+    "pcm_alaw",
+    "pcm_mulaw",
+    // Text subtitles.
+    "mov_text",
+    "subrip",
+    "srt",
+    "ass",
+    "ssa",
+    "webvtt",
+    "text",
+];
+
+/// What `ffmpeg -hide_banner <what>` prints, run through `runner`.
+fn list(runner: &Runner, ffmpeg: &str, what: &str) -> Result<String, String> {
+    let args = vec!["-hide_banner".to_string(), what.to_string()];
+    let out = runner
+        .std_command(ffmpeg, &args, &Files::default(), 30)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| e.to_string())?;
     if !out.status.success() {
-        return Err(fail(format!("`-demuxers` exited with {}", out.status)));
+        return Err(format!(
+            "`{what}` exited with {}: {}",
+            out.status,
+            tail(&String::from_utf8_lossy(&out.stderr), 600)
+        ));
     }
-    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Every demuxer `ffmpeg` has but the denied ones, for `-format_whitelist`.
+fn demuxer_allow_list(runner: &Runner, ffmpeg: &str) -> Result<String, MediaError> {
+    let fail = |reason: String| MediaError::AllowList { program: ffmpeg.into(), reason };
+    let text = list(runner, ffmpeg, "-demuxers").map_err(fail)?;
     let names: Vec<&str> = text
         .lines()
         .filter_map(|l| {
@@ -276,9 +483,30 @@ fn demuxer_allow_list(ffmpeg: &str) -> Result<String, MediaError> {
     Ok(names.join(","))
 }
 
-/// `PATH` for the tools: the worker's own, or the usual system folders.
-fn tool_path() -> std::ffi::OsString {
-    std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into())
+/// The [`ACCEPTED_DECODERS`] `ffmpeg` has, for `-codec_whitelist`.
+fn decoder_allow_list(runner: &Runner, ffmpeg: &str) -> Result<String, MediaError> {
+    let fail = |reason: String| MediaError::DecoderList { program: ffmpeg.into(), reason };
+    let text = list(runner, ffmpeg, "-decoders").map_err(fail)?;
+    let has: std::collections::BTreeSet<&str> = text
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("---"))
+        .skip(1)
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            let flags = parts.next()?;
+            let name = parts.next()?;
+            (flags.len() == 6 && matches!(flags.as_bytes()[0], b'V' | b'A' | b'S')).then_some(name)
+        })
+        .collect();
+    let names: Vec<&str> = ACCEPTED_DECODERS.iter().copied().filter(|d| has.contains(d)).collect();
+    if !names.iter().any(|n| ["h264", "hevc", "vp9", "mpeg4"].contains(n)) {
+        return Err(fail(format!(
+            "it lists none of the usual video decoders (it has {} decoders, {} of them accepted)",
+            has.len(),
+            names.len()
+        )));
+    }
+    Ok(names.join(","))
 }
 
 /// An output path as ffmpeg should see it (never parsed as a protocol or option).
@@ -287,11 +515,36 @@ pub fn output_arg(path: &Path) -> String {
 }
 
 impl Media {
-    /// Wrappers for `settings`; fails when the demuxer allow-list cannot be
-    /// built from the configured ffmpeg (the worker must not start then).
+    /// Wrappers for `settings`; fails when the sandbox or the limits the
+    /// settings ask for cannot work here, or when the demuxer or decoder
+    /// allow-list cannot be built from the configured ffmpeg (run through
+    /// them): the worker must not start then.
     pub fn new(settings: MediaSettings) -> Result<Self, MediaError> {
-        let demuxers = demuxer_allow_list(&settings.ffmpeg)?.into();
-        Ok(Self { settings, demuxers })
+        let runner = Runner::new(&settings)?;
+        let demuxers = demuxer_allow_list(&runner, &settings.ffmpeg)?.into();
+        let decoders = decoder_allow_list(&runner, &settings.ffmpeg)?.into();
+        tracing::info!("{}", runner.describe());
+        if settings.sandbox == crate::settings::SandboxKind::None {
+            tracing::warn!("media.sandbox = \"none\": ffmpeg and ffprobe run without the decoder sandbox");
+        }
+        Ok(Self { settings, demuxers, decoders, runner: Arc::new(runner), bounds: None })
+    }
+
+    /// The same tools, with every call held to `bounds`: inputs read for at
+    /// most their duration plus a margin, file outputs capped in frames and
+    /// bytes, and a timeout that follows the duration and resolution.
+    pub fn bounded(&self, bounds: Bounds) -> Self {
+        Self { bounds: Some(bounds), ..self.clone() }
+    }
+
+    /// The bounds calls are held to, if any.
+    pub fn bounds(&self) -> Option<Bounds> {
+        self.bounds
+    }
+
+    /// The sandbox and limits the tools run in.
+    pub fn runner(&self) -> &Runner {
+        &self.runner
     }
 
     fn whitelist_args(&self) -> Vec<String> {
@@ -300,13 +553,20 @@ impl Media {
             "file,pipe".into(),
             "-format_whitelist".into(),
             self.demuxers.to_string(),
+            "-codec_whitelist".into(),
+            self.decoders.to_string(),
         ]
     }
 
-    /// The input arguments that keep ffmpeg on the local file and away from
-    /// playlist-like demuxers: `-protocol_whitelist file,pipe -format_whitelist <allow-list> -i file:<path>`.
+    /// The input arguments that keep ffmpeg on the local file, away from
+    /// playlist-like demuxers and to the accepted decoders, reading no more
+    /// than the bounds allow: `-protocol_whitelist file,pipe -format_whitelist
+    /// <demuxers> -codec_whitelist <decoders> [-t <seconds>] -i file:<path>`.
     pub fn input_args(&self, path: &Path) -> Vec<String> {
         let mut args = self.whitelist_args();
+        if let Some(secs) = self.bounds.and_then(|b| b.read_secs()) {
+            args.extend(["-t".to_string(), format!("{secs:.3}")]);
+        }
         args.extend(["-i".to_string(), format!("file:{}", path.display())]);
         args
     }
@@ -331,7 +591,7 @@ impl Media {
         args.extend(self.whitelist_args());
         args.extend(["-print_format", "json", "-show_format", "-show_streams"].map(String::from));
         args.push(format!("file:{}", path.display()));
-        let out = run(&self.settings.ffprobe, &args, self.settings.probe_timeout_secs).await?;
+        let out = self.run(&self.settings.ffprobe, &args, self.settings.probe_timeout_secs, false).await?;
         serde_json::from_slice(&out.stdout).map_err(|e| MediaError::Parse(format!("ffprobe JSON: {e}")))
     }
 
@@ -345,7 +605,7 @@ impl Media {
                 .map(String::from),
         );
         args.push(format!("file:{}", path.display()));
-        let out = run(&self.settings.ffprobe, &args, self.settings.probe_timeout_secs).await?;
+        let out = self.run(&self.settings.ffprobe, &args, self.settings.probe_timeout_secs, false).await?;
         let v: serde_json::Value =
             serde_json::from_slice(&out.stdout).map_err(|e| MediaError::Parse(format!("ffprobe JSON: {e}")))?;
         v["streams"][0]["nb_read_packets"]
@@ -354,21 +614,65 @@ impl Media {
             .ok_or_else(|| MediaError::Parse("ffprobe counted no video packets".into()))
     }
 
-    /// Runs ffmpeg with `args` (after `-hide_banner -nostdin -y`), returning its stderr.
+    /// Runs ffmpeg with `args` (after `-hide_banner -nostdin -y`), returning
+    /// its stderr. With bounds, a call whose last argument is a `file:`
+    /// output gets `-frames:v` and `-fs` before it (unless it sets them
+    /// itself), and an output that reached the `-fs` cap fails the call.
     pub async fn ffmpeg(&self, args: &[String]) -> Result<String, MediaError> {
         let mut full: Vec<String> = vec!["-hide_banner".into(), "-nostdin".into(), "-y".into()];
         full.extend_from_slice(args);
-        let out = run(&self.settings.ffmpeg, &full, self.settings.ffmpeg_timeout_secs).await?;
-        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+        let output = full.last().and_then(|a| a.strip_prefix("file:")).map(std::path::PathBuf::from);
+        let mut cap = None;
+        let timeout = match (&self.bounds, &output) {
+            (Some(b), Some(_)) => {
+                let at = full.len() - 1;
+                let mut extra = Vec::new();
+                if let Some(frames) = b
+                    .max_frames()
+                    .filter(|_| !full.iter().any(|a| a == "-frames:v" || a == "-vframes" || a == "-frames"))
+                {
+                    extra.extend(["-frames:v".to_string(), frames.to_string()]);
+                }
+                if !full.iter().any(|a| a == "-fs") {
+                    let bytes = b.max_output_bytes(self.settings.limit_file_size_mb.saturating_mul(1024 * 1024));
+                    extra.extend(["-fs".to_string(), bytes.to_string()]);
+                    cap = Some(bytes);
+                }
+                full.splice(at..at, extra);
+                b.timeout_secs(&self.settings)
+            }
+            (Some(b), None) => b.timeout_secs(&self.settings),
+            (None, _) => self.settings.ffmpeg_timeout_secs,
+        };
+        let out = self.run(&self.settings.ffmpeg, &full, timeout, true).await?;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if let (Some(cap), Some(path)) = (cap, &output) {
+            // ffmpeg stops at -fs and exits 0: a cut output must not pass for a whole one.
+            let size = tokio::fs::metadata(path).await.map(|m| m.len()).unwrap_or(0);
+            if size >= cap {
+                return Err(MediaError::Limit {
+                    program: self.settings.ffmpeg.clone(),
+                    limit: format!(
+                        "the output size cap of {cap} bytes ({OUTPUT_SIZE_FACTOR}x the input, at most media.limit_file_size_mb)"
+                    ),
+                    stderr: tail(&stderr, 500),
+                });
+            }
+        }
+        Ok(stderr)
     }
 
     /// Whether this ffmpeg build has a filter (for example `libvmaf`).
     pub async fn has_filter(&self, name: &str) -> bool {
         let args = vec!["-hide_banner".to_string(), "-filters".to_string()];
-        match run(&self.settings.ffmpeg, &args, 10).await {
+        match self.run(&self.settings.ffmpeg, &args, 10, false).await {
             Ok(out) => String::from_utf8_lossy(&out.stdout).lines().any(|l| l.split_whitespace().nth(1) == Some(name)),
             Err(_) => false,
         }
+    }
+
+    async fn run(&self, program: &str, args: &[String], timeout_secs: u64, writes: bool) -> Result<Output, MediaError> {
+        run(&self.runner, program, args, timeout_secs, writes).await
     }
 }
 
@@ -377,36 +681,57 @@ struct Output {
     stderr: Vec<u8>,
 }
 
-async fn run(program: &str, args: &[String], timeout_secs: u64) -> Result<Output, MediaError> {
-    let child = Command::new(program)
-        .args(args)
-        .env_clear()
-        .env("PATH", tool_path())
+/// Runs `program args` through `runner` (the folders of its `file:`
+/// arguments visible: read, or written when `writes`), killed after
+/// `timeout_secs`; a process stopped by a resource limit is a
+/// [`MediaError::Limit`].
+async fn run(
+    runner: &Runner,
+    program: &str,
+    args: &[String],
+    timeout_secs: u64,
+    writes: bool,
+) -> Result<Output, MediaError> {
+    let files = Files::from_args(args, writes);
+    let child = runner
+        .command(program, args, &files, timeout_secs)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .map_err(|source| MediaError::Spawn { program: program.into(), source })?;
     let out = tokio::time::timeout(Duration::from_secs(timeout_secs), child.wait_with_output())
         .await
         .map_err(|_| MediaError::Timeout { program: program.into(), secs: timeout_secs })??;
-    if let Some(signal) = killed_by(&out.status) {
-        return Err(MediaError::Killed {
-            program: program.into(),
-            signal,
-            stderr: tail(&String::from_utf8_lossy(&out.stderr), 1500),
-        });
+    let stderr = || tail(&String::from_utf8_lossy(&out.stderr), 1500);
+    let limits = runner.limits();
+    let limit = |what: &str| MediaError::Limit { program: program.into(), limit: what.into(), stderr: stderr() };
+    match killed_by(&out.status) {
+        Some(SIGXCPU) => return Err(limit("its CPU-time limit (media.limit_cpu_secs)")),
+        Some(SIGXFSZ) => return Err(limit("the largest file it may write (media.limit_file_size_mb)")),
+        Some(signal) => return Err(MediaError::Killed { program: program.into(), signal, stderr: stderr() }),
+        None => {}
     }
     if !out.status.success() {
-        return Err(MediaError::Failed {
-            program: program.into(),
-            status: out.status.to_string(),
-            stderr: tail(&String::from_utf8_lossy(&out.stderr), 1500),
-        });
+        let text = String::from_utf8_lossy(&out.stderr);
+        if limits.is_some() {
+            // ffmpeg catches SIGXCPU and stops (after four, at once).
+            if text.contains("received signal 24") || text.contains("Received > 3 system signals") {
+                return Err(limit("its CPU-time limit (media.limit_cpu_secs)"));
+            }
+            if text.contains("Cannot allocate memory") || text.contains("Resource temporarily unavailable") {
+                return Err(limit("its memory or thread limit (media.limit_address_space_mb, media.limit_processes)"));
+            }
+        }
+        return Err(MediaError::Failed { program: program.into(), status: out.status.to_string(), stderr: stderr() });
     }
     Ok(Output { stdout: out.stdout, stderr: out.stderr })
 }
+
+/// The signal a process gets past its `RLIMIT_CPU` soft limit.
+const SIGXCPU: i32 = 24;
+/// The signal a process gets for a write past its `RLIMIT_FSIZE`.
+const SIGXFSZ: i32 = 25;
 
 #[cfg(unix)]
 fn killed_by(status: &std::process::ExitStatus) -> Option<i32> {
@@ -467,11 +792,13 @@ mod tests {
 
     #[cfg(unix)]
     #[tokio::test]
-    async fn a_tool_killed_by_a_signal_is_transient_and_a_failing_one_permanent() {
+    async fn a_tool_killed_by_a_signal_is_transient_a_failing_one_or_one_over_a_limit_permanent() {
         use crate::error::{ErrorClass, StageError};
         let sh = |script: &str| vec!["-c".to_string(), script.to_string()];
+        let bare = Runner::bare();
 
-        let killed = run("sh", &sh("echo out of memory >&2; kill -KILL $$"), 10).await.err().expect("killed");
+        let killed =
+            run(&bare, "sh", &sh("echo out of memory >&2; kill -KILL $$"), 10, false).await.err().expect("killed");
         assert!(
             matches!(&killed, MediaError::Killed { signal: 9, stderr, .. } if stderr == "out of memory"),
             "{killed:?}"
@@ -479,10 +806,21 @@ mod tests {
         let e = StageError::from(killed);
         assert_eq!((e.class, e.code), (ErrorClass::Transient, "media"), "{e}");
 
-        let failed = run("sh", &sh("echo invalid data >&2; exit 1"), 10).await.err().expect("failed");
+        let failed = run(&bare, "sh", &sh("echo invalid data >&2; exit 1"), 10, false).await.err().expect("failed");
         assert!(matches!(&failed, MediaError::Failed { .. }), "{failed:?}");
         let e = StageError::from(failed);
         assert_eq!((e.class, e.code), (ErrorClass::Permanent, "media"), "{e}");
+
+        for (signal, setting) in [("XCPU", "media.limit_cpu_secs"), ("XFSZ", "media.limit_file_size_mb")] {
+            let over = run(&bare, "sh", &sh(&format!("kill -{signal} $$")), 10, false).await.err().expect("over");
+            assert!(matches!(&over, MediaError::Limit { limit, .. } if limit.contains(setting)), "{over:?}");
+            let e = StageError::from(over);
+            assert_eq!((e.class, e.code), (ErrorClass::Permanent, "limit"), "{e}");
+        }
+
+        let slow = run(&bare, "sleep", &["5".to_string()], 1, false).await.err().expect("timeout");
+        let e = StageError::from(slow);
+        assert_eq!((e.class, e.code), (ErrorClass::Transient, "timeout"), "a first timeout is retried: {e}");
     }
 
     #[cfg(unix)]
@@ -494,13 +832,16 @@ mod tests {
         path.display().to_string()
     }
 
+    /// A fake ffmpeg's answers to `-demuxers` and `-decoders`.
+    const LISTS: &str = r#"if [ "$2" = "-demuxers" ]; then echo " D  mov,mp4,m4a QuickTime"; exit 0; fi
+if [ "$2" = "-decoders" ]; then printf ' V..... = Video\n ------\n V....D h264  H.264\n V....D jpeg2000  JPEG 2000\n A....D aac  AAC\n'; exit 0; fi"#;
+
     #[cfg(unix)]
     #[tokio::test]
     async fn the_tools_see_no_variable_of_the_worker_but_path() {
         let dir = tempfile::tempdir().unwrap();
-        let lists = r#"if [ "$2" = "-demuxers" ]; then echo " D  mov,mp4,m4a QuickTime"; exit 0; fi"#;
-        let ffmpeg = fake_tool(dir.path(), &format!("{lists}\nenv >&2"));
-        let media = Media::new(MediaSettings { ffmpeg, ..Default::default() }).expect("allow-list");
+        let ffmpeg = fake_tool(dir.path(), &format!("{LISTS}\nenv >&2"));
+        let media = Media::new(MediaSettings { ffmpeg, ..Default::default() }).expect("allow-lists");
         let seen = media.ffmpeg(&[]).await.unwrap();
         let names: Vec<&str> = seen.lines().filter_map(|l| l.split_once('=').map(|(k, _)| k)).collect();
         // What the shell sets for itself is fine; nothing may come from the worker.
@@ -508,12 +849,14 @@ mod tests {
         let leaked: Vec<&&str> = names.iter().filter(|n| !own.contains(n)).collect();
         assert!(leaked.is_empty(), "the tool saw the worker's {leaked:?}");
         assert!(std::env::vars().count() > 1, "the test process has variables to leak");
-        assert!(media.input_args(Path::new("/x")).join(" ").contains("-format_whitelist mov,mp4,m4a"));
+        let input = media.input_args(Path::new("/x")).join(" ");
+        assert!(input.contains("-format_whitelist mov,mp4,m4a"), "{input}");
+        assert!(input.contains("-codec_whitelist h264,aac "), "only accepted decoders: {input}");
     }
 
     #[cfg(unix)]
     #[test]
-    fn without_an_allow_list_media_refuses_to_start() {
+    fn without_its_allow_lists_media_refuses_to_start() {
         let dir = tempfile::tempdir().unwrap();
         for ffmpeg in [
             "/nonexistent/ffmpeg".to_string(),
@@ -523,8 +866,83 @@ mod tests {
             let err = Media::new(MediaSettings { ffmpeg: ffmpeg.clone(), ..Default::default() }).err();
             assert!(matches!(err, Some(MediaError::AllowList { .. })), "{ffmpeg}: {err:?}");
         }
-        let real = Media::new(MediaSettings::default()).expect("the installed ffmpeg lists its demuxers");
+        let no_decoders = fake_tool(
+            dir.path(),
+            r#"if [ "$2" = "-demuxers" ]; then echo " D  mov,mp4,m4a QuickTime"; exit 0; fi
+printf ' ------\n V....D jpeg2000  JPEG 2000\n'"#,
+        );
+        let err = Media::new(MediaSettings { ffmpeg: no_decoders, ..Default::default() }).err();
+        assert!(matches!(err, Some(MediaError::DecoderList { .. })), "{err:?}");
+
+        let real = Media::new(MediaSettings::default()).expect("the installed ffmpeg lists its demuxers and decoders");
         let list = real.input_args(Path::new("/x")).join(" ");
         assert!(list.contains("mov") && !list.contains(",hls,") && !list.contains(",concat,"), "{list}");
+        let decoders = list.split("-codec_whitelist ").nth(1).and_then(|r| r.split(' ').next()).unwrap_or_default();
+        let decoders: Vec<&str> = decoders.split(',').collect();
+        for d in ["h264", "hevc", "vp9", "aac", "mjpeg", "png", "gif", "ffv1"] {
+            assert!(decoders.contains(&d), "{d} missing from {decoders:?}");
+        }
+        for d in ["jpeg2000", "pgssub", "dvdsub", "sanm", "smackvid", "exr"] {
+            assert!(!decoders.contains(&d), "{d} accepted: {decoders:?}");
+        }
+    }
+
+    #[test]
+    fn bounds_follow_the_input() {
+        let s = MediaSettings::default();
+        let b =
+            |duration_s: f64, width: u32, height: u32| Bounds { duration_s, width, height, fps: 30.0, input_bytes: 0 };
+        // 120 s + 8 s per second of 720p.
+        assert_eq!(b(10.0, 1280, 720).timeout_secs(&s), 200);
+        assert_eq!(b(10.0, 1920, 1080).timeout_secs(&s), 300);
+        assert_eq!(b(10.0, 160, 120).timeout_secs(&s), 140, "small frames count as 640x360");
+        assert_eq!(b(4.0 * 3600.0, 1280, 720).timeout_secs(&s), 12 * 3600, "capped");
+        assert_eq!(b(f64::NAN, 1280, 720).timeout_secs(&s), 120, "no duration: the base");
+        assert_eq!(b(f64::INFINITY, 8192, 8192).timeout_secs(&s), 120);
+        assert_eq!(b(100.0, 0, 0).read_secs(), Some(102.0));
+        assert_eq!(b(1000.0, 0, 0).read_secs(), Some(1020.0));
+        assert_eq!(b(0.0, 0, 0).read_secs(), None, "no duration, no cut");
+        assert_eq!(b(10.0, 0, 0).max_frames(), Some(1440), "12 s at 120 fps");
+        assert_eq!(b(-1.0, 0, 0).max_frames(), None);
+        let tiny = Bounds { input_bytes: 1000, ..b(1.0, 1, 1) };
+        assert_eq!(tiny.max_output_bytes(u64::MAX), MIN_OUTPUT_CAP);
+        let big = Bounds { input_bytes: 10 << 30, ..tiny };
+        assert_eq!(big.max_output_bytes(32 << 30), 32 << 30);
+        assert_eq!(big.max_output_bytes(u64::MAX), 80 << 30);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_bounded_call_caps_its_output_and_fails_when_it_reaches_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        // Prints its arguments, then writes an output as large as its first word asks.
+        let body = format!(
+            "{LISTS}\necho \"$@\" >&2\nfor a; do last=$a; done\ntruncate -s \"$(cat {}/size)\" \"${{last#file:}}\"",
+            dir.path().display()
+        );
+        let ffmpeg = fake_tool(dir.path(), &body);
+        let media = Media::new(MediaSettings { ffmpeg, ..Default::default() }).expect("allow-lists");
+        let bounds = Bounds { duration_s: 10.0, width: 1280, height: 720, fps: 30.0, input_bytes: 1 << 20 };
+        let media = media.bounded(bounds);
+        let scratch = tempfile::tempdir().unwrap();
+        let out = scratch.path().join("out.mp4");
+        let mut args = media.input_args(&scratch.path().join("in.mp4"));
+        args.push(output_arg(&out));
+
+        std::fs::write(dir.path().join("size"), "1000").unwrap();
+        let line = media.ffmpeg(&args).await.expect("a small output passes");
+        assert!(line.contains("-t 12.000 -i file:"), "{line}");
+        assert!(line.contains(&format!("-frames:v 1440 -fs {MIN_OUTPUT_CAP} file:{}", out.display())), "{line}");
+
+        std::fs::write(dir.path().join("size"), (MIN_OUTPUT_CAP + 1).to_string()).unwrap();
+        let err = media.ffmpeg(&args).await.expect_err("a capped output fails");
+        assert!(matches!(&err, MediaError::Limit { limit, .. } if limit.contains("output size cap")), "{err:?}");
+
+        // A call that sets its own frame count keeps it.
+        let mut own = media.input_args(&scratch.path().join("in.mp4"));
+        own.extend(["-frames:v".to_string(), "1".into(), output_arg(&out)]);
+        std::fs::write(dir.path().join("size"), "10").unwrap();
+        let line = media.ffmpeg(&own).await.unwrap();
+        assert!(line.contains("-frames:v 1 -fs") && !line.contains("1440"), "{line}");
     }
 }

@@ -1,4 +1,5 @@
-//! ffmpeg and ffprobe: binaries, timeouts, preset, threads.
+//! ffmpeg and ffprobe: binaries, timeouts, preset, threads, the decoder
+//! sandbox and the resource limits every media process runs under.
 
 use serde::{Deserialize, Serialize};
 
@@ -12,12 +13,69 @@ pub struct MediaSettings {
     pub ffprobe: String,
     /// Seconds before an ffprobe call is killed.
     pub probe_timeout_secs: u64,
-    /// Seconds before an ffmpeg call is killed.
+    /// Seconds before an ffmpeg call is killed when nothing is known of its
+    /// input, and the fixed part of the timeout of one whose input is known.
     pub ffmpeg_timeout_secs: u64,
+    /// Seconds added to an ffmpeg call's timeout per second of input at
+    /// 1280x720 (scaled by the input's pixels, counted as at least 640x360).
+    pub ffmpeg_timeout_per_720p_second: f64,
+    /// Longest timeout of one ffmpeg call, whatever its input.
+    pub ffmpeg_timeout_max_secs: u64,
     /// x264/x265 preset for every encode.
     pub preset: String,
     /// Threads per ffmpeg process (0: ffmpeg decides).
     pub threads: u32,
+    /// What ffmpeg and ffprobe run inside.
+    pub sandbox: SandboxKind,
+    /// Whether ffmpeg and ffprobe run under resource limits.
+    pub limits: LimitsKind,
+    /// Address space of one media process, in MiB (0: 4096 + 128 per CPU the worker may use).
+    pub limit_address_space_mb: u64,
+    /// CPU seconds of one media process (0: its timeout times the CPUs the worker may use).
+    pub limit_cpu_secs: u64,
+    /// Largest file one media process may write, in MiB.
+    pub limit_file_size_mb: u64,
+    /// Processes and threads of one media process (its sandbox's user when sandboxed).
+    pub limit_processes: u64,
+}
+
+/// What ffmpeg and ffprobe run inside.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxKind {
+    /// bubblewrap (`bwrap`): no network, read-only system folders, fresh
+    /// `/proc`, `/dev` and `/tmp`, only the message's scratch folder writable.
+    Bubblewrap,
+    /// The worker's own view of the machine.
+    None,
+}
+
+/// How resource limits are put on ffmpeg and ffprobe.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitsKind {
+    /// util-linux `prlimit` wraps every call.
+    Prlimit,
+    /// No limits but the timeouts.
+    None,
+}
+
+impl std::fmt::Display for SandboxKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SandboxKind::Bubblewrap => "bubblewrap",
+            SandboxKind::None => "none",
+        })
+    }
+}
+
+impl std::fmt::Display for LimitsKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LimitsKind::Prlimit => "prlimit",
+            LimitsKind::None => "none",
+        })
+    }
 }
 
 impl Default for MediaSettings {
@@ -26,9 +84,36 @@ impl Default for MediaSettings {
             ffmpeg: "ffmpeg".into(),
             ffprobe: "ffprobe".into(),
             probe_timeout_secs: 30,
-            ffmpeg_timeout_secs: 600,
+            ffmpeg_timeout_secs: 120,
+            ffmpeg_timeout_per_720p_second: 8.0,
+            ffmpeg_timeout_max_secs: 12 * 3600,
             preset: "veryfast".into(),
             threads: 0,
+            sandbox: SandboxKind::Bubblewrap,
+            limits: LimitsKind::Prlimit,
+            limit_address_space_mb: 0,
+            limit_cpu_secs: 0,
+            limit_file_size_mb: 32 * 1024,
+            limit_processes: 4096,
         }
+    }
+}
+
+impl MediaSettings {
+    /// The checks serde cannot make.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.probe_timeout_secs == 0 || self.ffmpeg_timeout_secs == 0 {
+            return Err("media.probe_timeout_secs and media.ffmpeg_timeout_secs must be at least 1".into());
+        }
+        if !(self.ffmpeg_timeout_per_720p_second.is_finite() && self.ffmpeg_timeout_per_720p_second >= 0.0) {
+            return Err("media.ffmpeg_timeout_per_720p_second must be a number of seconds, 0 or more".into());
+        }
+        if self.ffmpeg_timeout_max_secs < self.ffmpeg_timeout_secs {
+            return Err("media.ffmpeg_timeout_max_secs must be at least media.ffmpeg_timeout_secs".into());
+        }
+        if self.limit_file_size_mb == 0 || self.limit_processes == 0 {
+            return Err("media.limit_file_size_mb and media.limit_processes must be at least 1 (media.limits = \"none\" turns the limits off)".into());
+        }
+        Ok(())
     }
 }

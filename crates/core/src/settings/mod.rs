@@ -26,7 +26,7 @@ mod validate;
 pub use broker::BrokerSettings;
 pub use inference::{BudgetAction, InferenceSettings, ModelSettings, TierSettings};
 pub use limits::LimitSettings;
-pub use media::MediaSettings;
+pub use media::{LimitsKind, MediaSettings, SandboxKind};
 pub use postprocess::PostprocessSettings;
 pub use preprocess::PreprocessSettings;
 pub use retry::RetrySettings;

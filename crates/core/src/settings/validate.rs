@@ -17,6 +17,7 @@ impl Settings {
         if self.retry.max_attempts == 0 {
             return bad("retry.max_attempts must be at least 1");
         }
+        self.media.validate().map_err(SettingsError::Value)?;
         if self.preprocess.max_width < 16 || self.preprocess.max_height < 16 {
             return bad("preprocess.max_width and max_height must be at least 16");
         }

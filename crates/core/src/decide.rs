@@ -16,6 +16,29 @@ use crate::{
 };
 use std::{fmt, time::Duration};
 
+/// Message header counting the timeouts of a message at its stage (a job at
+/// one step): carried through retries, never through a dead letter, so a
+/// replay starts again at zero.
+pub const TIMEOUTS_HEADER: &str = "x-reelfleet-timeouts";
+
+/// A timeout after `earlier` timeouts of the same message at the same stage:
+/// the first is retried (a slow or busy node), the second is permanent
+/// (timeouts follow the input's duration and resolution, so the input is
+/// what does not fit). Any other error is returned as it is.
+pub fn repeated_timeout(err: StageError, earlier: u32) -> StageError {
+    if err.code == "timeout" && err.class == ErrorClass::Transient && earlier > 0 {
+        let message = format!("{} (timeout {} of this job at this stage)", err.message, earlier.saturating_add(1));
+        return StageError::permanent("timeout", message);
+    }
+    err
+}
+
+/// The value of [`TIMEOUTS_HEADER`] on the retry of a message that failed
+/// with `err` after `earlier` timeouts.
+pub fn timeouts_after(err: &StageError, earlier: u32) -> u32 {
+    earlier.saturating_add(u32::from(err.code == "timeout"))
+}
+
 /// What the runtime does with a message its stage failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Next {
@@ -169,6 +192,29 @@ mod tests {
             assert_eq!(decide(err, attempt, &retry), want, "{case}");
         }
         assert_eq!(decide(&transient, 0, &settings(1, 1_000, 60_000)), dead, "one attempt in all: no retry");
+    }
+
+    #[test]
+    fn a_second_timeout_of_a_job_at_a_stage_is_permanent() {
+        let retry = settings(5, 1_000, 60_000);
+        let timeout = StageError::transient("timeout", "ffmpeg did not finish within 200 s");
+        let other = StageError::transient("storage", "HTTP 503");
+        // (error, attempt, earlier timeouts, next, timeouts carried to the retry)
+        let table: Vec<(&StageError, u32, u32, Next, u32)> = vec![
+            (&timeout, 0, 0, Next::Retry { step: Duration::from_secs(1) }, 1),
+            (&timeout, 1, 1, Next::DeadLetter { mark_failed: true }, 2),
+            // A timeout after a failure of another kind is still the first.
+            (&timeout, 1, 0, Next::Retry { step: Duration::from_secs(2) }, 1),
+            (&other, 1, 1, Next::Retry { step: Duration::from_secs(2) }, 1),
+        ];
+        for (err, attempt, earlier, want, carried) in table {
+            let decided = repeated_timeout(err.clone(), earlier);
+            assert_eq!(decide(&decided, attempt, &retry), want, "{err} after {earlier} timeouts");
+            assert_eq!(timeouts_after(err, earlier), carried, "{err}");
+        }
+        let second = repeated_timeout(timeout, 1);
+        assert_eq!((second.class, second.code), (ErrorClass::Permanent, "timeout"));
+        assert!(second.message.ends_with("(timeout 2 of this job at this stage)"), "{}", second.message);
     }
 
     #[test]

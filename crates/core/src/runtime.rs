@@ -9,7 +9,7 @@
 
 use crate::{
     broker::{header_str, header_u32, Broker, BrokerError, HeaderValue, Outgoing, Publisher},
-    decide::{decide, Next, Outcome},
+    decide::{decide, repeated_timeout, timeouts_after, Next, Outcome, TIMEOUTS_HEADER},
     envelope::{Envelope, Signer, ATTEMPT_HEADER, SIGNATURE_HEADER},
     error::StageError,
     health::Readiness,
@@ -614,6 +614,7 @@ impl Runtime {
                 }
             },
             Err(err) => {
+                let err = repeated_timeout(err, header_u32(&delivery.properties, TIMEOUTS_HEADER).unwrap_or(0));
                 self.metrics.failures.with_label_values(&[stage_name, &err.class.to_string(), err.code]).inc();
                 let envelope = match decoded {
                     Ok(Input::Envelope(e)) => Some(e),
@@ -693,6 +694,7 @@ impl Runtime {
         err: &StageError,
     ) -> Outcome {
         let retry_queue = self.topology.retry_queue(queue, step);
+        let timeouts = timeouts_after(err, header_u32(&delivery.properties, TIMEOUTS_HEADER).unwrap_or(0));
         let mut msg = match envelope {
             Some(env) => {
                 let mut env = env.clone();
@@ -703,6 +705,7 @@ impl Runtime {
         };
         msg = msg
             .header(ATTEMPT_HEADER, HeaderValue::Int(i64::from(attempt + 1)))
+            .header(TIMEOUTS_HEADER, HeaderValue::Int(i64::from(timeouts)))
             .header(dlq_headers::FIRST_FAILED_AT, HeaderValue::Text(first_failed_at(delivery, chrono::Utc::now())));
         if !self.hand_over(outbox, &msg, delivery, "schedule a retry").await {
             return Outcome::Requeue;
@@ -722,7 +725,7 @@ impl Runtime {
         err: &StageError,
     ) -> Outcome {
         let mut msg = Outgoing::to_queue(to, delivery.data.clone());
-        for name in [SIGNATURE_HEADER, ATTEMPT_HEADER, dlq_headers::FIRST_FAILED_AT] {
+        for name in [SIGNATURE_HEADER, ATTEMPT_HEADER, TIMEOUTS_HEADER, dlq_headers::FIRST_FAILED_AT] {
             if let Some(v) = header_str(&delivery.properties, name) {
                 msg = msg.header(name, HeaderValue::Text(v));
             }

@@ -2,7 +2,7 @@
 """Static checks of deploy/Dockerfile (no engine runs here): every COPY source
 exists, the dependency layer stubs every target the manifests name, the
 builder's Rust is the one the tests ran with, and the runtime runs as non-root
-with ffmpeg.
+with ffmpeg and bubblewrap.
 
 Usage: check_dockerfile.py
 """
@@ -45,5 +45,7 @@ if not re.search(r"^USER (?!0|root)", runtime, re.M):
     failures.append("the runtime stage must run as a non-root USER")
 if "ffmpeg" not in runtime:
     failures.append("the runtime stage must install ffmpeg")
+if "bubblewrap" not in runtime:
+    failures.append("the runtime stage must install bubblewrap (media.sandbox)")
 
-report.finish("Dockerfile", failures, f"sources, dependency-layer stubs, rust:{want}, non-root runtime with ffmpeg")
+report.finish("Dockerfile", failures, f"sources, dependency-layer stubs, rust:{want}, non-root runtime with ffmpeg and bubblewrap")

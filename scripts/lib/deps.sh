@@ -37,6 +37,13 @@ ensure_ffmpeg() {
   case "$(ffmpeg -hide_banner -encoders 2>/dev/null)" in *libx265*) ;; *) die "this ffmpeg has no libx265 encoder (Debian's ffmpeg package has it)" ;; esac
 }
 
+# The decoder sandbox (bubblewrap, media.sandbox) and util-linux's prlimit
+# (resource limits, media.limits): a worker without them refuses to start.
+ensure_sandbox() {
+  command -v bwrap >/dev/null 2>&1 || apt_install bubblewrap
+  command -v prlimit >/dev/null 2>&1 || apt_install util-linux
+}
+
 amqp_answers() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
 
 ensure_rabbitmq() {
@@ -98,6 +105,7 @@ SQL
 ensure_all() {
   ensure_cargo
   ensure_ffmpeg
+  ensure_sandbox
   ensure_rabbitmq
   ensure_management
 }

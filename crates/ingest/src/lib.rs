@@ -11,7 +11,7 @@ use reelfleet_core::{
     jobstate::{decide, Decision, PipelineStage},
     json::parse_bounded,
     manifest::{InputInfo, JobFailure, JobManifest, JobStatus, ManifestStore, PromptDocument},
-    media::{scratch_dir, Media, MediaError},
+    media::{scratch_dir, Bounds, Media, MediaError},
     runtime::{Dispatch, Input, Message, Stage},
     s3event::parse_event,
     settings::Settings,
@@ -304,10 +304,12 @@ impl Ingest {
             ));
         }
         // The container can lie: decode the first second to prove there are frames.
+        let first_second = Bounds { duration_s: duration.min(1.0), width, height, fps, input_bytes: info.size };
+        let media = self.media.bounded(first_second);
         let mut args = vec!["-v".to_string(), "error".into(), "-xerror".into()];
-        args.extend(self.media.input_args(&path));
+        args.extend(media.input_args(&path));
         args.extend(["-t", "1", "-map", "0:v:0", "-f", "null", "-"].map(String::from));
-        self.media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("video does not decode"))?;
+        media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("video does not decode"))?;
         Ok(InputInfo {
             container: probe.format.format_name.clone(),
             codec: video.codec_name.clone(),

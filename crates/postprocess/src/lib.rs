@@ -10,7 +10,7 @@ use reelfleet_core::{
     error::StageError,
     jobstate::{envelope_of, Claimed, JobClaims, PipelineStage},
     manifest::{stage_key, JobManifest, JobStatus, ManifestStore, OutputFile, QualityCheck},
-    media::{output_arg, scratch_dir, Media, MediaError},
+    media::{output_arg, scratch_dir, Bounds, Media, MediaError},
     runtime::{Dispatch, Message, Stage},
     settings::Settings,
     storage::Storage,
@@ -81,7 +81,7 @@ impl Stage for Postprocess {
             Claimed::Reforward(manifest) => return Ok(completed(&manifest)),
             Claimed::Drop => return Ok(Vec::new()),
         };
-        let outputs = self.produce(&envelope).await?;
+        let outputs = self.produce(&envelope, &held.manifest).await?;
         let s = &self.settings.postprocess;
         let vmaf_measured = outputs.iter().any(|o| o.vmaf.is_some());
         let below: Vec<String> = outputs
@@ -168,7 +168,7 @@ impl Postprocess {
         Ok(Self { settings, storage, manifests, claims, media, http })
     }
 
-    async fn produce(&self, envelope: &Envelope) -> Result<Vec<OutputFile>, StageError> {
+    async fn produce(&self, envelope: &Envelope, manifest: &JobManifest) -> Result<Vec<OutputFile>, StageError> {
         let reference_key = envelope
             .inputs
             .first()
@@ -181,14 +181,28 @@ impl Postprocess {
             .display_dimensions()
             .ok_or_else(|| StageError::permanent("bad_input", "reference has no video stream"))?;
         let duration = probe.duration().unwrap_or(0.0);
+        // Every decode is held to the duration the job was validated for (the
+        // normalized video's, or the prompt's for a generated one).
+        let validated = match &manifest.preprocess {
+            Some(p) if p.normalized_key.is_some() => Some(p.duration_s),
+            _ => manifest.prompt.as_ref().map(|p| p.duration_seconds),
+        };
+        let fps = probe.video().and_then(|v| v.fps()).unwrap_or(0.0);
+        let input_bytes = std::fs::metadata(&reference)?.len();
+        let media = match validated.or(probe.duration()) {
+            Some(duration_s) => self.media.bounded(Bounds { duration_s, width: w, height: h, fps, input_bytes }),
+            None => self.media.clone(),
+        };
+        let media = &media;
         let vmaf = self.media.has_filter("libvmaf").await;
         let job = &envelope.job_id;
         let mut outputs = Vec::new();
         for plan in plan_renditions(w, h) {
             let path = dir.path().join(format!("{}.mp4", plan.name));
-            self.encode(&reference, &path, &plan).await?;
+            self.encode(media, &reference, &path, &plan).await?;
             let mut out = self.describe(&path, &plan.name, "video/mp4").await?;
-            let (psnr, ssim, vmaf_score) = self.quality(&path, &reference, plan.width, plan.height, vmaf).await?;
+            let (psnr, ssim, vmaf_score) =
+                self.quality(media, &path, &reference, plan.width, plan.height, vmaf).await?;
             (out.psnr_db, out.ssim, out.vmaf) = (psnr, ssim, vmaf_score);
             out.key = stage_key(job, "postprocess", &format!("{}.mp4", plan.name));
             self.storage.upload(self.manifests.bucket(), &out.key, &path, "video/mp4").await?;
@@ -196,10 +210,10 @@ impl Postprocess {
         }
         let poster = dir.path().join("poster.jpg");
         let mut args = vec!["-ss".to_string(), format!("{:.3}", duration * 0.1)];
-        args.extend(self.media.input_args(&reference));
+        args.extend(media.input_args(&reference));
         args.extend(["-frames:v", "1", "-q:v", "2"].map(String::from));
         args.push(output_arg(&poster));
-        self.media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("poster"))?;
+        media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("poster"))?;
         let mut out = self.describe(&poster, "poster", "image/jpeg").await?;
         out.key = stage_key(job, "postprocess", "poster.jpg");
         self.storage.upload(self.manifests.bucket(), &out.key, &poster, "image/jpeg").await?;
@@ -209,7 +223,7 @@ impl Postprocess {
         let cols = n.min(5);
         let rows = n.div_ceil(cols);
         let sprite = dir.path().join("sprite.jpg");
-        let mut args = self.media.input_args(&reference);
+        let mut args = media.input_args(&reference);
         args.extend([
             "-an".to_string(),
             "-vf".into(),
@@ -220,7 +234,7 @@ impl Postprocess {
             "4".into(),
         ]);
         args.push(output_arg(&sprite));
-        self.media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("sprite"))?;
+        media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("sprite"))?;
         let mut out = self.describe(&sprite, "sprite", "image/jpeg").await?;
         out.key = stage_key(job, "postprocess", "sprite.jpg");
         self.storage.upload(self.manifests.bucket(), &out.key, &sprite, "image/jpeg").await?;
@@ -228,9 +242,9 @@ impl Postprocess {
         Ok(outputs)
     }
 
-    async fn encode(&self, input: &Path, output: &Path, plan: &RenditionPlan) -> Result<(), StageError> {
+    async fn encode(&self, media: &Media, input: &Path, output: &Path, plan: &RenditionPlan) -> Result<(), StageError> {
         let s = &self.settings.postprocess;
-        let mut args = self.media.input_args(input);
+        let mut args = media.input_args(input);
         args.extend(["-map", "0:v:0", "-map", "0:a:0?"].map(String::from));
         args.extend([
             "-vf".to_string(),
@@ -248,7 +262,7 @@ impl Postprocess {
         args.extend(["-c:a", "aac", "-b:a", "128k", "-movflags", "+faststart"].map(String::from));
         args.extend(self.media.thread_args());
         args.push(output_arg(output));
-        self.media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context(format!("encode {}", plan.name)))?;
+        media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context(format!("encode {}", plan.name)))?;
         Ok(())
     }
 
@@ -277,21 +291,22 @@ impl Postprocess {
     /// scaled the same way: the loss the encoder added, not the intended downscale.
     async fn quality(
         &self,
+        media: &Media,
         rendition: &Path,
         reference: &Path,
         w: u32,
         h: u32,
         vmaf: bool,
     ) -> Result<(Option<f64>, Option<f64>, Option<f64>), StageError> {
-        let mut args = self.media.input_args(rendition);
-        args.extend(self.media.input_args(reference));
+        let mut args = media.input_args(rendition);
+        args.extend(media.input_args(reference));
         let graph = if vmaf {
             format!("[1:v]scale={w}:{h}:flags=bicubic,setsar=1,format=yuv420p,split=3[r1][r2][r3];[0:v]setsar=1,format=yuv420p,split=3[a1][a2][a3];[a1][r1]psnr;[a2][r2]ssim;[a3][r3]libvmaf")
         } else {
             format!("[1:v]scale={w}:{h}:flags=bicubic,setsar=1,format=yuv420p,split=2[r1][r2];[0:v]setsar=1,format=yuv420p,split=2[a1][a2];[a1][r1]psnr;[a2][r2]ssim")
         };
         args.extend(["-lavfi".to_string(), graph, "-f".into(), "null".into(), "-".into()]);
-        let log = self.media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("quality check"))?;
+        let log = media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("quality check"))?;
         let (psnr, ssim, vmaf_score) = parse_quality(&log);
         if psnr.is_none() || ssim.is_none() {
             return Err(StageError::permanent("quality", "ffmpeg reported no PSNR/SSIM"));

@@ -9,8 +9,8 @@ use reelfleet_core::{
     envelope::{Envelope, JobKind},
     error::StageError,
     jobstate::{envelope_of, Claimed, JobClaims, PipelineStage},
-    manifest::{stage_key, Complexity, JobStatus, ManifestStore, PreprocessInfo},
-    media::{output_arg, scratch_dir, Media, MediaError},
+    manifest::{stage_key, Complexity, InputInfo, JobStatus, ManifestStore, PreprocessInfo},
+    media::{output_arg, scratch_dir, Bounds, Media, MediaError},
     runtime::{Dispatch, Message, Stage},
     settings::{PreprocessSettings, Settings},
     storage::Storage,
@@ -55,7 +55,7 @@ impl Stage for Preprocess {
                 let (tier, reason) = assign_tier(envelope.priority, envelope.quality, None, &self.settings.preprocess);
                 PreprocessInfo { tier, tier_reason: reason, ..Default::default() }
             }
-            JobKind::Analyze => self.normalize(&envelope).await?,
+            JobKind::Analyze => self.normalize(&envelope, held.manifest.input.as_ref()).await?,
         };
         info!(tier = %info.tier, reason = %info.tier_reason, "Tier assigned");
         let stored = held
@@ -112,8 +112,18 @@ impl Preprocess {
         Ok(Self { settings, storage, manifests, claims, media })
     }
 
-    async fn normalize(&self, envelope: &Envelope) -> Result<PreprocessInfo, StageError> {
+    async fn normalize(&self, envelope: &Envelope, input: Option<&InputInfo>) -> Result<PreprocessInfo, StageError> {
         let s = &self.settings.preprocess;
+        // Every decode is held to what ingest validated: duration, size, frame rate.
+        let input = input.ok_or_else(|| StageError::permanent("bad_input", "the manifest holds no validated input"))?;
+        let (duration_s, fps_in, input_bytes) = (input.duration_s, input.fps, input.size_bytes);
+        let source_media = self.media.bounded(Bounds {
+            duration_s,
+            width: input.width,
+            height: input.height,
+            fps: fps_in,
+            input_bytes,
+        });
         let dir = scratch_dir(self.settings.runtime.scratch_dir.as_deref())?;
         let source = dir.path().join("source");
         // Exactly the object ingest validated: one overwritten since then steps around no limit.
@@ -127,7 +137,7 @@ impl Preprocess {
         let fps = if tw.min(th) >= 1080 { s.fps_hd } else { s.fps_sd };
 
         let normalized = dir.path().join("normalized.mp4");
-        let mut args = self.media.input_args(&source);
+        let mut args = source_media.input_args(&source);
         args.extend(["-map", "0:v:0", "-map", "0:a:0?", "-sn", "-dn"].map(String::from));
         args.extend([
             "-vf".to_string(),
@@ -151,13 +161,14 @@ impl Preprocess {
         ]);
         args.extend(self.media.thread_args());
         args.push(output_arg(&normalized));
-        self.media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("normalize"))?;
+        source_media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("normalize"))?;
         let out = self.media.probe(&normalized).await?;
         let duration = out.duration().unwrap_or(0.0);
-        let complexity = self
-            .measure_complexity(&normalized, tw, th, fps, out.video().and_then(|v| v.bit_rate()).or(out.bit_rate()))
-            .await?;
-        let keyframes = self.extract_keyframes(&normalized, dir.path(), duration).await?;
+        let input_bytes = std::fs::metadata(&normalized)?.len();
+        let own = self.media.bounded(Bounds { duration_s, width: tw, height: th, fps: fps.into(), input_bytes });
+        let bitrate = out.video().and_then(|v| v.bit_rate()).or(out.bit_rate());
+        let complexity = self.measure_complexity(&own, &normalized, tw, th, fps, bitrate).await?;
+        let keyframes = self.extract_keyframes(&own, &normalized, dir.path(), duration).await?;
 
         let job = &envelope.job_id;
         let normalized_key = stage_key(job, "preprocess", "normalized.mp4");
@@ -184,13 +195,14 @@ impl Preprocess {
 
     async fn measure_complexity(
         &self,
+        media: &Media,
         video: &Path,
         w: u32,
         h: u32,
         fps: u32,
         bitrate: Option<u64>,
     ) -> Result<Complexity, StageError> {
-        let mut args = self.media.input_args(video);
+        let mut args = media.input_args(video);
         args.extend([
             "-an".to_string(),
             "-vf".into(),
@@ -199,7 +211,7 @@ impl Preprocess {
             "null".into(),
             "-".into(),
         ]);
-        let log = self.media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("complexity"))?;
+        let log = media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("complexity"))?;
         let values = |key: &str| -> Vec<f64> {
             log.lines().filter_map(|l| l.split(key).nth(1)).filter_map(|v| v.trim().parse::<f64>().ok()).collect()
         };
@@ -221,13 +233,14 @@ impl Preprocess {
 
     async fn extract_keyframes(
         &self,
+        media: &Media,
         video: &Path,
         dir: &Path,
         duration: f64,
     ) -> Result<Vec<std::path::PathBuf>, StageError> {
         let n = self.settings.preprocess.keyframes.max(1);
         let rate = n as f64 / duration.max(0.1);
-        let mut args = self.media.input_args(video);
+        let mut args = media.input_args(video);
         args.extend([
             "-an".to_string(),
             "-vf".into(),
@@ -238,7 +251,7 @@ impl Preprocess {
             "3".into(),
             output_arg(&dir.join("keyframe-%02d.jpg")),
         ]);
-        self.media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("keyframes"))?;
+        media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("keyframes"))?;
         let mut frames: Vec<_> =
             (1..=n).map(|i| dir.join(format!("keyframe-{i:02}.jpg"))).filter(|p| p.exists()).collect();
         frames.sort();

@@ -468,6 +468,8 @@ fn demuxer_allow_list(runner: &Runner, ffmpeg: &str) -> Result<String, MediaErro
     let text = list(runner, ffmpeg, "-demuxers").map_err(fail)?;
     let names: Vec<&str> = text
         .lines()
+        .skip_while(|l| !l.trim_start().starts_with("--"))
+        .skip(1)
         .filter_map(|l| {
             let mut parts = l.split_whitespace();
             let flags = parts.next()?;
@@ -706,7 +708,7 @@ async fn run(
     let stderr = || tail(&String::from_utf8_lossy(&out.stderr), 1500);
     let limits = runner.limits();
     let limit = |what: &str| MediaError::Limit { program: program.into(), limit: what.into(), stderr: stderr() };
-    match killed_by(&out.status) {
+    match killed_by(&out.status).or_else(|| runner.signal_of(out.status.code())) {
         Some(SIGXCPU) => return Err(limit("its CPU-time limit (media.limit_cpu_secs)")),
         Some(SIGXFSZ) => return Err(limit("the largest file it may write (media.limit_file_size_mb)")),
         Some(signal) => return Err(MediaError::Killed { program: program.into(), signal, stderr: stderr() }),
@@ -833,7 +835,7 @@ mod tests {
     }
 
     /// A fake ffmpeg's answers to `-demuxers` and `-decoders`.
-    const LISTS: &str = r#"if [ "$2" = "-demuxers" ]; then echo " D  mov,mp4,m4a QuickTime"; exit 0; fi
+    const LISTS: &str = r#"if [ "$2" = "-demuxers" ]; then printf ' --\n D  mov,mp4,m4a QuickTime\n'; exit 0; fi
 if [ "$2" = "-decoders" ]; then printf ' V..... = Video\n ------\n V....D h264  H.264\n V....D jpeg2000  JPEG 2000\n A....D aac  AAC\n'; exit 0; fi"#;
 
     #[cfg(unix)]
@@ -868,7 +870,7 @@ if [ "$2" = "-decoders" ]; then printf ' V..... = Video\n ------\n V....D h264  
         }
         let no_decoders = fake_tool(
             dir.path(),
-            r#"if [ "$2" = "-demuxers" ]; then echo " D  mov,mp4,m4a QuickTime"; exit 0; fi
+            r#"if [ "$2" = "-demuxers" ]; then printf ' --\n D  mov,mp4,m4a QuickTime\n'; exit 0; fi
 printf ' ------\n V....D jpeg2000  JPEG 2000\n'"#,
         );
         let err = Media::new(MediaSettings { ffmpeg: no_decoders, ..Default::default() }).err();

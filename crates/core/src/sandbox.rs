@@ -207,6 +207,12 @@ impl Runner {
         self.cpus
     }
 
+    /// The signal that ended a sandboxed process, from bwrap's exit `code`
+    /// (128 + the signal, as a shell reports it); `None` without the sandbox.
+    pub fn signal_of(&self, code: Option<i32>) -> Option<i32> {
+        code.filter(|c| self.bwrap.is_some() && (129..=128 + 64).contains(c)).map(|c| c - 128)
+    }
+
     /// One line for the worker's start-up log.
     pub fn describe(&self) -> String {
         let sandbox = match &self.bwrap {
@@ -428,7 +434,9 @@ mod tests {
             assert!(line.contains(part), "{part:?} missing from {line}");
         }
         assert!(!line.contains("--bind / ") && !line.contains("--ro-bind / "), "the machine's root is not bound");
+        assert_eq!((r.signal_of(Some(153)), r.signal_of(Some(137)), r.signal_of(Some(255))), (Some(25), Some(9), None));
         let bare = Runner { bwrap: None, prlimit: None, limits: None, ..r };
+        assert_eq!(bare.signal_of(Some(153)), None, "without bwrap an exit code is only an exit code");
         let (program, args) = bare.wrap("/usr/bin/ffmpeg", &s(&["-i", "x"]), &files, 60);
         assert_eq!((program, args), ("/usr/bin/ffmpeg".into(), vec!["-i".into(), "x".into()]));
     }

@@ -114,16 +114,6 @@ impl Preprocess {
 
     async fn normalize(&self, envelope: &Envelope, input: Option<&InputInfo>) -> Result<PreprocessInfo, StageError> {
         let s = &self.settings.preprocess;
-        // Every decode is held to what ingest validated: duration, size, frame rate.
-        let input = input.ok_or_else(|| StageError::permanent("bad_input", "the manifest holds no validated input"))?;
-        let (duration_s, fps_in, input_bytes) = (input.duration_s, input.fps, input.size_bytes);
-        let source_media = self.media.bounded(Bounds {
-            duration_s,
-            width: input.width,
-            height: input.height,
-            fps: fps_in,
-            input_bytes,
-        });
         let dir = scratch_dir(self.settings.runtime.scratch_dir.as_deref())?;
         let source = dir.path().join("source");
         // Exactly the object ingest validated: one overwritten since then steps around no limit.
@@ -133,6 +123,26 @@ impl Preprocess {
         let (w, h) = probe
             .display_dimensions()
             .ok_or_else(|| StageError::permanent("bad_input", "no video stream to normalize"))?;
+        // Every decode is held to what ingest validated (duration, size, frame
+        // rate); a manifest without that record gets the pinned object's own.
+        let bounds = match input {
+            Some(i) => Bounds {
+                duration_s: i.duration_s,
+                width: i.width,
+                height: i.height,
+                fps: i.fps,
+                input_bytes: i.size_bytes,
+            },
+            None => Bounds {
+                duration_s: probe.duration().unwrap_or(0.0),
+                width: w,
+                height: h,
+                fps: probe.video().and_then(|v| v.fps()).unwrap_or(0.0),
+                input_bytes: std::fs::metadata(&source)?.len(),
+            },
+        };
+        let duration_s = bounds.duration_s;
+        let source_media = self.media.bounded(bounds);
         let (tw, th) = target_dimensions(w, h, s);
         let fps = if tw.min(th) >= 1080 { s.fps_hd } else { s.fps_sd };
 

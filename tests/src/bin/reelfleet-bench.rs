@@ -11,6 +11,9 @@
 //! - `scaling [--clips N] [--seconds S]`: what KEDA would see during a real
 //!   run, polled through the management API: replicas asked for with depth =
 //!   ready + unacked (the chart) vs ready only.
+//! - `sandbox [--runs N] [--seconds S]`: the ffmpeg/ffprobe commands of one
+//!   720p analyze job, N times bare and N times under prlimit + bubblewrap,
+//!   interleaved, and the fixed cost of one wrapped process.
 
 use anyhow::{bail, Context};
 use async_trait::async_trait;
@@ -880,6 +883,209 @@ async fn inference(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The ffmpeg/ffprobe commands the fleet runs for one 720p analyze job
+/// (ingest's probe and decode check, preprocess's normalize, complexity and
+/// keyframes, postprocess's two renditions with their quality checks, the
+/// poster and the sprite), as (program, arguments).
+fn sandbox_commands(clip: &Path, out: &Path) -> Vec<(&'static str, Vec<String>)> {
+    let f = |p: &Path| format!("file:{}", p.display());
+    let o = |name: &str| out.join(name);
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let probe = |p: &Path| {
+        let mut a = strings(&["-v", "error", "-print_format", "json", "-show_format", "-show_streams"]);
+        a.push(f(p));
+        ("ffprobe", a)
+    };
+    let ffmpeg = |parts: Vec<String>| {
+        let mut a = strings(&["-hide_banner", "-nostdin", "-y"]);
+        a.extend(parts);
+        ("ffmpeg", a)
+    };
+    let input = |p: &Path| vec!["-i".to_string(), f(p)];
+    let norm = o("normalized.mp4");
+    let mut cmds = vec![probe(clip)];
+    let mut check = strings(&["-v", "error", "-xerror"]);
+    check.extend(input(clip));
+    check.extend(strings(&["-t", "1", "-map", "0:v:0", "-f", "null", "-"]));
+    cmds.push(ffmpeg(check));
+    cmds.push(probe(clip));
+    let mut normalize = input(clip);
+    normalize.extend(strings(&[
+        "-map",
+        "0:v:0",
+        "-map",
+        "0:a:0?",
+        "-sn",
+        "-dn",
+        "-vf",
+        "scale=1280:720:flags=bicubic,setsar=1,fps=24,format=yuv420p",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-crf",
+        "23",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-b:a",
+        "128k",
+        "-ac",
+        "2",
+        "-movflags",
+        "+faststart",
+    ]));
+    normalize.push(f(&norm));
+    cmds.push(ffmpeg(normalize));
+    cmds.push(probe(&norm));
+    let mut complexity = input(&norm);
+    complexity.extend(strings(&["-an", "-vf", "scale=320:-2,format=gray,select='gte(scene\\,0)',metadata=print:key=lavfi.scene_score,tblend=all_mode=difference,signalstats,metadata=print:key=lavfi.signalstats.YAVG", "-f", "null", "-"]));
+    cmds.push(ffmpeg(complexity));
+    let mut keyframes = input(&norm);
+    keyframes.extend(strings(&["-an", "-vf", "fps=0.4,scale='min(640,iw)':-2", "-frames:v", "4", "-q:v", "3"]));
+    keyframes.push(f(&o("keyframe-%02d.jpg")));
+    cmds.push(ffmpeg(keyframes));
+    for (name, encoder, crf) in [("h264_720p.mp4", "libx264", "23"), ("h265_720p.mp4", "libx265", "28")] {
+        let mut encode = input(&norm);
+        encode.extend(strings(&[
+            "-map",
+            "0:v:0",
+            "-map",
+            "0:a:0?",
+            "-vf",
+            "scale=1280:720:flags=bicubic,setsar=1,format=yuv420p",
+        ]));
+        encode.extend(strings(&["-c:v", encoder, "-preset", "veryfast", "-crf", crf]));
+        if encoder == "libx265" {
+            encode.extend(strings(&["-tag:v", "hvc1", "-x265-params", "log-level=error"]));
+        }
+        encode.extend(strings(&["-c:a", "aac", "-b:a", "128k", "-movflags", "+faststart"]));
+        encode.push(f(&o(name)));
+        cmds.push(ffmpeg(encode));
+        cmds.push(probe(&o(name)));
+        let mut quality = input(&o(name));
+        quality.extend(input(&norm));
+        quality.extend(strings(&["-lavfi", "[1:v]scale=1280:720:flags=bicubic,setsar=1,format=yuv420p,split=2[r1][r2];[0:v]setsar=1,format=yuv420p,split=2[a1][a2];[a1][r1]psnr;[a2][r2]ssim", "-f", "null", "-"]));
+        cmds.push(ffmpeg(quality));
+    }
+    let mut poster = strings(&["-ss", "1.000"]);
+    poster.extend(input(&norm));
+    poster.extend(strings(&["-frames:v", "1", "-q:v", "2"]));
+    poster.push(f(&o("poster.jpg")));
+    cmds.push(ffmpeg(poster));
+    cmds.push(probe(&o("poster.jpg")));
+    let mut sprite = input(&norm);
+    sprite.extend(strings(&["-an", "-vf", "fps=1.0,scale=160:-2,tile=5x2", "-frames:v", "1", "-q:v", "4"]));
+    sprite.push(f(&o("sprite.jpg")));
+    cmds.push(ffmpeg(sprite));
+    cmds.push(probe(&o("sprite.jpg")));
+    cmds
+}
+
+/// Runs `commands` one after another through `runner`, returning the seconds taken.
+async fn run_commands(
+    runner: &reelfleet_core::sandbox::Runner,
+    commands: &[(&'static str, Vec<String>)],
+) -> anyhow::Result<f64> {
+    use reelfleet_core::sandbox::Files;
+    let t0 = Instant::now();
+    for (program, args) in commands {
+        let files = Files::from_args(args, *program == "ffmpeg");
+        let out = runner.command(program, args, &files, 3600).stdin(std::process::Stdio::null()).output().await?;
+        if !out.status.success() {
+            bail!("{program} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+/// The cost of the decoder sandbox and the resource limits: the same
+/// commands bare and wrapped, interleaved so that drift hits both alike.
+async fn sandbox(args: &[String]) -> anyhow::Result<()> {
+    use reelfleet_core::{sandbox::Runner, settings::MediaSettings};
+    let runs = arg(args, "--runs", 3)?.max(1);
+    let seconds = arg(args, "--seconds", 10)?;
+    let work = tempfile::Builder::new().prefix("reelfleet-bench-sandbox-").tempdir()?;
+    let clip = work.path().join("clip.mp4");
+    eprintln!("making a {seconds} s 1280x720 clip");
+    let status = Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1280x720:rate=30",
+            "-f",
+            "lavfi",
+        ])
+        .args(["-i", "sine=frequency=300", "-t", &seconds.to_string(), "-pix_fmt", "yuv420p", "-c:v", "libx264"])
+        .args(["-preset", "veryfast", "-c:a", "aac"])
+        .arg(&clip)
+        .status()?;
+    if !status.success() {
+        bail!("ffmpeg could not make the clip");
+    }
+    let bare = Runner::bare();
+    let wrapped = Runner::new(&MediaSettings::default()).context("bwrap and prlimit must work here")?;
+    eprintln!("{}", wrapped.describe());
+
+    // The fixed cost of one process: `ffmpeg -version`, 40 times each way.
+    let version = vec![("ffmpeg", vec!["-hide_banner".to_string(), "-version".to_string()])];
+    let (mut bare_ms, mut wrapped_ms) = (Vec::new(), Vec::new());
+    for _ in 0..40 {
+        bare_ms.push(run_commands(&bare, &version).await? * 1000.0);
+        wrapped_ms.push(run_commands(&wrapped, &version).await? * 1000.0);
+    }
+    bare_ms.sort_by(|a, b| a.total_cmp(b));
+    wrapped_ms.sort_by(|a, b| a.total_cmp(b));
+    let (bare_p50, wrapped_p50) = (percentile(&bare_ms, 0.5), percentile(&wrapped_ms, 0.5));
+
+    let mut bare_s = Vec::new();
+    let mut wrapped_s = Vec::new();
+    let mut commands = 0;
+    for run in 0..runs {
+        // Alternate which goes first.
+        for sandboxed in if run % 2 == 0 { [false, true] } else { [true, false] } {
+            let out = work.path().join(format!("run-{run}-{}", if sandboxed { "sandboxed" } else { "bare" }));
+            std::fs::create_dir_all(&out)?;
+            let cmds = sandbox_commands(&clip, &out);
+            commands = cmds.len();
+            let secs = run_commands(if sandboxed { &wrapped } else { &bare }, &cmds).await?;
+            eprintln!("run {}: {} {secs:.2} s", run + 1, if sandboxed { "sandboxed" } else { "bare" });
+            if sandboxed {
+                wrapped_s.push(secs);
+            } else {
+                bare_s.push(secs);
+            }
+        }
+    }
+    let (bare_total, wrapped_total) = (bare_s.iter().sum::<f64>(), wrapped_s.iter().sum::<f64>());
+    let ratio = wrapped_total / bare_total;
+    let result = serde_json::json!({
+        "runs": runs,
+        "clip_seconds": seconds,
+        "commands_per_run": commands,
+        "bare_s": bare_s,
+        "sandboxed_s": wrapped_s,
+        "bare_total_s": bare_total,
+        "sandboxed_total_s": wrapped_total,
+        "ratio": ratio,
+        "process_ms": {"bare_p50": bare_p50, "sandboxed_p50": wrapped_p50, "extra_p50": wrapped_p50 - bare_p50},
+        "sandbox": wrapped.describe(),
+        "machine": machine(),
+    });
+    let path = write_result("sandbox", &result)?;
+    println!(
+        "sandbox: {runs} x {commands} commands of one {seconds} s 720p job: bare {bare_total:.1} s, prlimit + bubblewrap {wrapped_total:.1} s, ratio {ratio:.3}; one process (ffmpeg -version) p50 {bare_p50:.1} ms bare, {wrapped_p50:.1} ms wrapped -> {}",
+        path.display()
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -888,6 +1094,7 @@ async fn main() -> anyhow::Result<()> {
         Some("overhead") => overhead(&args[1..]).await,
         Some("inference") => inference(&args[1..]).await,
         Some("scaling") => scaling(&args[1..]).await,
-        _ => bail!("usage: reelfleet-bench transcode [--clips N] [--seconds S] | overhead [--jobs N] | inference [--jobs N] [--rate R] | scaling [--clips N] [--seconds S]"),
+        Some("sandbox") => sandbox(&args[1..]).await,
+        _ => bail!("usage: reelfleet-bench transcode [--clips N] [--seconds S] | overhead [--jobs N] | inference [--jobs N] [--rate R] | scaling [--clips N] [--seconds S] | sandbox [--runs N] [--seconds S]"),
     }
 }

@@ -11,10 +11,11 @@
 //! and user where the kernel allows), `--die-with-parent`, `--new-session`
 //! (no terminal to inject into), every capability dropped, an environment of
 //! `PATH` alone, a root that is an empty read-only tmpfs holding only `/usr`
-//! (and the `/bin`, `/lib*` links into it), the dynamic loader's cache and
-//! `/etc/alternatives` read-only, a fresh `/proc`, a minimal `/dev`, an
-//! empty `/tmp`, and the folders of the files the call names: read-only for
-//! its inputs, writable only for its outputs (the message's scratch folder).
+//! (and the `/bin`, `/lib*` links into it), the dynamic loader's cache,
+//! `/etc/alternatives` and the CPU and NUMA topology of `/sys` read-only, a
+//! fresh `/proc`, a minimal `/dev`, an empty `/tmp`, and the folders of the
+//! files the call names: read-only for its inputs, writable only for its
+//! outputs (the message's scratch folder).
 //! Nothing else of the machine (other jobs' scratch folders, the worker's
 //! configuration, `/home`, `/root`, `/etc`) exists inside.
 
@@ -335,6 +336,9 @@ const SYSTEM_DIRS: &[&str] = &["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/li
 /// Files of `/etc` the dynamic loader reads (`/etc/alternatives`: Debian's
 /// BLAS/LAPACK, which ffmpeg links, are found through it).
 const ETC_FILES: &[&str] = &["/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives"];
+/// The CPU and NUMA topology, read-only: without them x265 finds no CPU
+/// (libnuma reads `/sys/devices/system/node`) and encodes on one thread.
+const SYS_DIRS: &[&str] = &["/sys/devices/system/cpu", "/sys/devices/system/node"];
 
 fn bwrap_args(path: &OsString, binaries: &[PathBuf], files: &Files) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
@@ -349,7 +353,7 @@ fn bwrap_args(path: &OsString, binaries: &[PathBuf], files: &Files) -> Vec<OsStr
             Err(_) => {}
         }
     }
-    for f in ETC_FILES {
+    for f in ETC_FILES.iter().chain(SYS_DIRS) {
         push(&[&"--ro-bind-try", f, f]);
     }
     push(&[&"--proc", &"/proc", &"--dev", &"/dev", &"--tmpfs", &"/tmp"]);
@@ -474,6 +478,37 @@ mod tests {
         let runner = Runner::with_path(&settings, path()).expect("both turned off explicitly");
         assert_eq!((runner.sandbox(), runner.limits()), (SandboxKind::None, None));
         assert!(Runner::new(&MediaSettings::default()).is_ok(), "bwrap and prlimit work on this machine");
+    }
+
+    #[tokio::test]
+    async fn encoders_see_the_same_cpus_inside_the_sandbox() {
+        let args: Vec<String> = [
+            "-hide_banner",
+            "-nostdin",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x240:duration=0.2",
+            "-c:v",
+            "libx265",
+            "-x265-params",
+            "log-level=info",
+            "-f",
+            "null",
+            "-",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let pool = |out: std::process::Output| {
+            let text = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(out.status.success(), "{text}");
+            text.lines().find(|l| l.contains("frame threads / pool features")).map(str::to_string)
+        };
+        let sandboxed = Runner::new(&MediaSettings::default()).expect("bwrap and prlimit work here");
+        let inside = pool(sandboxed.command("ffmpeg", &args, &Files::default(), 30).output().await.unwrap());
+        let bare = pool(Runner::bare().command("ffmpeg", &args, &Files::default(), 30).output().await.unwrap());
+        assert_eq!(inside, bare, "x265 threads differently inside the sandbox");
     }
 
     #[test]

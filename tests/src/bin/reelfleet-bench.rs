@@ -13,7 +13,8 @@
 //!   ready + unacked (the chart) vs ready only.
 //! - `sandbox [--runs N] [--seconds S]`: the ffmpeg/ffprobe commands of one
 //!   720p analyze job, N times bare and N times under prlimit + bubblewrap,
-//!   interleaved, and the fixed cost of one wrapped process.
+//!   interleaved (wall time, and the CPU time ffmpeg reports for its own
+//!   work), and the fixed cost of one wrapped process.
 
 use anyhow::{bail, Context};
 use async_trait::async_trait;
@@ -897,7 +898,7 @@ fn sandbox_commands(clip: &Path, out: &Path) -> Vec<(&'static str, Vec<String>)>
         ("ffprobe", a)
     };
     let ffmpeg = |parts: Vec<String>| {
-        let mut a = strings(&["-hide_banner", "-nostdin", "-y"]);
+        let mut a = strings(&["-hide_banner", "-nostdin", "-y", "-benchmark"]);
         a.extend(parts);
         ("ffmpeg", a)
     };
@@ -983,21 +984,33 @@ fn sandbox_commands(clip: &Path, out: &Path) -> Vec<(&'static str, Vec<String>)>
     cmds
 }
 
-/// Runs `commands` one after another through `runner`, returning the seconds taken.
+/// Runs `commands` one after another through `runner`, returning the wall
+/// seconds they took and the CPU seconds ffmpeg reported for its own work
+/// (`-benchmark`: `bench: utime=.. stime=..`, measured inside the sandbox,
+/// so it shows whether the sandbox slows the work itself, whatever else
+/// loads the machine).
 async fn run_commands(
     runner: &reelfleet_core::sandbox::Runner,
     commands: &[(&'static str, Vec<String>)],
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, f64)> {
     use reelfleet_core::sandbox::Files;
     let t0 = Instant::now();
+    let mut cpu = 0.0;
     for (program, args) in commands {
         let files = Files::from_args(args, *program == "ffmpeg");
         let out = runner.command(program, args, &files, 3600).stdin(std::process::Stdio::null()).output().await?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() {
-            bail!("{program} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+            bail!("{program} {} failed: {stderr}", args.join(" "));
+        }
+        for line in stderr.lines().filter(|l| l.starts_with("bench: utime=")) {
+            for key in ["utime=", "stime="] {
+                let value = line.split(key).nth(1).and_then(|v| v.split('s').next());
+                cpu += value.and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            }
         }
     }
-    Ok(t0.elapsed().as_secs_f64())
+    Ok((t0.elapsed().as_secs_f64(), cpu))
 }
 
 /// The cost of the decoder sandbox and the resource limits: the same
@@ -1037,15 +1050,14 @@ async fn sandbox(args: &[String]) -> anyhow::Result<()> {
     let version = vec![("ffmpeg", vec!["-hide_banner".to_string(), "-version".to_string()])];
     let (mut bare_ms, mut wrapped_ms) = (Vec::new(), Vec::new());
     for _ in 0..40 {
-        bare_ms.push(run_commands(&bare, &version).await? * 1000.0);
-        wrapped_ms.push(run_commands(&wrapped, &version).await? * 1000.0);
+        bare_ms.push(run_commands(&bare, &version).await?.0 * 1000.0);
+        wrapped_ms.push(run_commands(&wrapped, &version).await?.0 * 1000.0);
     }
     bare_ms.sort_by(|a, b| a.total_cmp(b));
     wrapped_ms.sort_by(|a, b| a.total_cmp(b));
     let (bare_p50, wrapped_p50) = (percentile(&bare_ms, 0.5), percentile(&wrapped_ms, 0.5));
 
-    let mut bare_s = Vec::new();
-    let mut wrapped_s = Vec::new();
+    let (mut bare_s, mut wrapped_s, mut bare_cpu, mut wrapped_cpu) = (Vec::new(), Vec::new(), 0.0, 0.0);
     let mut commands = 0;
     for run in 0..runs {
         // Alternate which goes first.
@@ -1054,17 +1066,27 @@ async fn sandbox(args: &[String]) -> anyhow::Result<()> {
             std::fs::create_dir_all(&out)?;
             let cmds = sandbox_commands(&clip, &out);
             commands = cmds.len();
-            let secs = run_commands(if sandboxed { &wrapped } else { &bare }, &cmds).await?;
-            eprintln!("run {}: {} {secs:.2} s", run + 1, if sandboxed { "sandboxed" } else { "bare" });
+            let (secs, cpu) = run_commands(if sandboxed { &wrapped } else { &bare }, &cmds).await?;
+            let what = if sandboxed { "sandboxed" } else { "bare" };
+            eprintln!("run {}: {what} {secs:.2} s, {cpu:.2} CPU s", run + 1);
             if sandboxed {
                 wrapped_s.push(secs);
+                wrapped_cpu += cpu;
             } else {
                 bare_s.push(secs);
+                bare_cpu += cpu;
             }
         }
     }
     let (bare_total, wrapped_total) = (bare_s.iter().sum::<f64>(), wrapped_s.iter().sum::<f64>());
     let ratio = wrapped_total / bare_total;
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(|a, b| a.total_cmp(b));
+        percentile(&v, 0.5)
+    };
+    let median_ratio = median(&wrapped_s) / median(&bare_s);
+    let cpu_ratio = wrapped_cpu / bare_cpu;
     let result = serde_json::json!({
         "runs": runs,
         "clip_seconds": seconds,
@@ -1074,13 +1096,17 @@ async fn sandbox(args: &[String]) -> anyhow::Result<()> {
         "bare_total_s": bare_total,
         "sandboxed_total_s": wrapped_total,
         "ratio": ratio,
+        "median_ratio": median_ratio,
+        "bare_ffmpeg_cpu_s": bare_cpu,
+        "sandboxed_ffmpeg_cpu_s": wrapped_cpu,
+        "cpu_ratio": cpu_ratio,
         "process_ms": {"bare_p50": bare_p50, "sandboxed_p50": wrapped_p50, "extra_p50": wrapped_p50 - bare_p50},
         "sandbox": wrapped.describe(),
         "machine": machine(),
     });
     let path = write_result("sandbox", &result)?;
     println!(
-        "sandbox: {runs} x {commands} commands of one {seconds} s 720p job: bare {bare_total:.1} s, prlimit + bubblewrap {wrapped_total:.1} s, ratio {ratio:.3}; one process (ffmpeg -version) p50 {bare_p50:.1} ms bare, {wrapped_p50:.1} ms wrapped -> {}",
+        "sandbox: {runs} x {commands} commands of one {seconds} s 720p job: wall bare {bare_total:.1} s, prlimit + bubblewrap {wrapped_total:.1} s, ratio {ratio:.3} (of medians {median_ratio:.3}); ffmpeg's own CPU bare {bare_cpu:.1} s, wrapped {wrapped_cpu:.1} s, ratio {cpu_ratio:.3}; one process (ffmpeg -version) p50 {bare_p50:.1} ms bare, {wrapped_p50:.1} ms wrapped -> {}",
         path.display()
     );
     Ok(())

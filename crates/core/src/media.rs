@@ -517,11 +517,15 @@ pub fn output_arg(path: &Path) -> String {
 }
 
 impl Media {
-    /// Wrappers for `settings`; fails when the sandbox or the limits the
-    /// settings ask for cannot work here, or when the demuxer or decoder
-    /// allow-list cannot be built from the configured ffmpeg (run through
-    /// them): the worker must not start then.
+    /// Wrappers for `settings`; makes the worker undumpable
+    /// ([`crate::sandbox::shield_worker`]); fails when the sandbox or the
+    /// limits the settings ask for cannot work here, or when the demuxer or
+    /// decoder allow-list cannot be built from the configured ffmpeg (run
+    /// through them): the worker must not start then.
     pub fn new(settings: MediaSettings) -> Result<Self, MediaError> {
+        if let Err(e) = crate::sandbox::shield_worker() {
+            tracing::warn!(error = %e, "Could not make the worker undumpable; a decoder of its user could read its environment");
+        }
         let runner = Runner::new(&settings)?;
         let demuxers = demuxer_allow_list(&runner, &settings.ffmpeg)?.into();
         let decoders = decoder_allow_list(&runner, &settings.ffmpeg)?.into();

@@ -137,6 +137,17 @@ pub fn cpu_count() -> u64 {
     from_mask.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1))
 }
 
+/// Makes this process undumpable (`PR_SET_DUMPABLE` 0): its
+/// `/proc/<pid>/environ`, `mem` and `maps` belong to root and it cannot be
+/// ptraced, so a decoder running as the same user (without the sandbox, as
+/// in a container) cannot read the worker's credentials from there. Children
+/// are dumpable again after their `exec`. No core dumps of the worker either.
+pub fn shield_worker() -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)?;
+    Ok(())
+}
+
 /// Wraps media processes in the sandbox and under the limits the settings ask for.
 #[derive(Clone, Debug)]
 pub struct Runner {
@@ -509,6 +520,14 @@ mod tests {
         let inside = pool(sandboxed.command("ffmpeg", &args, &Files::default(), 30).output().await.unwrap());
         let bare = pool(Runner::bare().command("ffmpeg", &args, &Files::default(), 30).output().await.unwrap());
         assert_eq!(inside, bare, "x265 threads differently inside the sandbox");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_shielded_worker_is_not_dumpable() {
+        shield_worker().expect("prctl");
+        let now = rustix::process::dumpable_behavior().expect("prctl");
+        assert_eq!(now, rustix::process::DumpableBehavior::NotDumpable);
     }
 
     #[test]

@@ -292,11 +292,26 @@ impl TestStack {
         name
     }
 
+    /// The fleet's signer (its keys and namespace).
+    pub fn signer(&self) -> reelfleet_core::signing::Signer {
+        reelfleet_core::signing::Signer::from_settings(&self.dev.settings.signing, &self.dev.settings.namespace)
+            .expect("the dev stack's signing key")
+    }
+
+    /// `envelope` signed by the fleet for `queue`, as a stage would send it.
+    pub fn signed(&self, queue: WorkQueue, envelope: &reelfleet_core::envelope::Envelope) -> Outgoing {
+        let name = self.topology.queue(queue);
+        let body = envelope.to_bytes();
+        let sig = self.signer().sign(&name, &body);
+        Outgoing::to_queue(name, body)
+            .header(reelfleet_core::envelope::SIGNATURE_HEADER, reelfleet_core::broker::HeaderValue::Text(sig))
+    }
+
     /// Creates `n` analyze jobs as preprocess would leave them (manifest,
     /// keyframes) and publishes them to `tier`'s queue; returns their ids.
     pub async fn seed_analyze(&self, tier: reelfleet_core::envelope::Tier, n: usize) -> Vec<String> {
         use reelfleet_core::{
-            envelope::{Envelope, JobKind, Signer, SourceObject, SIGNATURE_HEADER},
+            envelope::{Envelope, JobKind, SourceObject},
             manifest::{JobStatus, PreprocessInfo},
         };
         let bucket = self.dev.settings.s3.work_bucket.clone();
@@ -307,7 +322,6 @@ impl TestStack {
             self.storage.put_bytes(&bucket, &key, bytes, "image/jpeg").await.expect("keyframe");
             keyframes.push(key);
         }
-        let signer = Signer::new(self.dev.settings.signing.secret.expose().as_bytes());
         let publisher = self.broker.publisher().await.expect("publisher");
         let mut ids = Vec::new();
         for _ in 0..n {
@@ -333,10 +347,7 @@ impl TestStack {
                 ..Default::default()
             });
             self.manifests.create(&mut m).await.expect("manifest");
-            let body = env.to_bytes();
-            let sig = signer.sign(&body);
-            let msg = Outgoing::to_queue(self.topology.queue(WorkQueue::Inference(tier)), body)
-                .header(SIGNATURE_HEADER, reelfleet_core::broker::HeaderValue::Text(sig));
+            let msg = self.signed(WorkQueue::Inference(tier), &env);
             publisher.publish(&msg).await.expect("publish");
             ids.push(env.job_id);
         }
@@ -346,7 +357,7 @@ impl TestStack {
     /// Creates a generate job waiting for inference in `tier`; returns its id.
     pub async fn seed_generate(&self, tier: reelfleet_core::envelope::Tier) -> String {
         use reelfleet_core::{
-            envelope::{Envelope, JobKind, Quality, Signer, SourceObject, SIGNATURE_HEADER},
+            envelope::{Envelope, JobKind, Quality, SourceObject},
             manifest::{JobStatus, PromptDocument},
         };
         let tag = uuid::Uuid::new_v4().simple().to_string();
@@ -369,10 +380,7 @@ impl TestStack {
             priority: 3,
         });
         self.manifests.create(&mut m).await.expect("manifest");
-        let body = env.to_bytes();
-        let sig = Signer::new(self.dev.settings.signing.secret.expose().as_bytes()).sign(&body);
-        let msg = Outgoing::to_queue(self.topology.queue(WorkQueue::Inference(tier)), body)
-            .header(SIGNATURE_HEADER, reelfleet_core::broker::HeaderValue::Text(sig));
+        let msg = self.signed(WorkQueue::Inference(tier), &env);
         self.broker.publisher().await.expect("publisher").publish(&msg).await.expect("publish");
         env.job_id
     }

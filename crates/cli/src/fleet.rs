@@ -113,7 +113,7 @@ pub async fn start(
     let broker = Broker::new(&settings.broker, &format!("reelfleet-{}", std::process::id()))?;
     let readiness = Readiness::default();
     let manifests = ManifestStore::new(storage, settings.s3.work_bucket.clone());
-    let runtime = Runtime::new(&settings, broker, manifests, metrics.clone(), readiness.clone());
+    let runtime = Runtime::new(&settings, broker, manifests, metrics.clone(), readiness.clone())?;
     let health = CancellationToken::new();
     let health_addr = health::serve(&settings.runtime.health_addr, readiness.clone(), metrics.clone(), health.clone())
         .await

@@ -91,7 +91,9 @@ impl From<crate::envelope::EnvelopeError> for StageError {
     fn from(e: crate::envelope::EnvelopeError) -> Self {
         use crate::envelope::EnvelopeError as E;
         let code = match e {
-            E::MissingSignature | E::BadSignature => "bad_signature",
+            E::MissingSignature | E::BadSignature | E::UnknownKey(_) => "bad_signature",
+            E::Expired(_) => "signature_expired",
+            E::KeyRetired { .. } => "signature_key_retired",
             _ => "bad_input",
         };
         StageError::permanent(code, e)

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod runtime;
 pub mod s3event;
 pub mod settings;
+pub mod signing;
 pub mod storage;
 pub mod telemetry;
 pub mod tiering;

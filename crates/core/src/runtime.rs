@@ -10,12 +10,13 @@
 use crate::{
     broker::{header_str, header_u32, Broker, BrokerError, HeaderValue, Outgoing, Publisher},
     decide::{decide, Next, Outcome},
-    envelope::{Envelope, Signer, ATTEMPT_HEADER, SIGNATURE_HEADER},
+    envelope::{Envelope, ATTEMPT_HEADER, SIGNATURE_HEADER},
     error::StageError,
     health::Readiness,
     manifest::{JobFailure, ManifestStore},
     metrics::Metrics,
     settings::Settings,
+    signing::Signer,
     topology::{Topology, WorkQueue},
 };
 use async_trait::async_trait;
@@ -94,6 +95,14 @@ pub enum Dispatch {
         /// Routing key (`job.completed`).
         routing_key: String,
         /// JSON body.
+        body: Vec<u8>,
+    },
+    /// A body passed on as it came, without a signature (ingest splitting an
+    /// unsigned S3 event with several records into one event each).
+    Unsigned {
+        /// Queue.
+        queue: WorkQueue,
+        /// The body.
         body: Vec<u8>,
     },
     /// Records in the job's manifest that the stage handed it on; placed
@@ -215,18 +224,19 @@ impl std::fmt::Debug for Runtime {
 }
 
 impl Runtime {
-    /// A runtime for `settings`, sharing `metrics` and `readiness` with the health server.
+    /// A runtime for `settings`, sharing `metrics` and `readiness` with the
+    /// health server; fails when the signing keys are unusable.
     pub fn new(
         settings: &Settings,
         broker: Broker,
         manifests: ManifestStore,
         metrics: Metrics,
         readiness: Readiness,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, crate::signing::KeyError> {
+        Ok(Self {
             broker,
             topology: Topology::from_settings(settings),
-            signer: Signer::new(settings.signing.secret.expose().as_bytes()),
+            signer: Signer::from_settings(&settings.signing, &settings.namespace)?,
             manifests,
             metrics,
             readiness,
@@ -235,7 +245,7 @@ impl Runtime {
             job_timeout: Duration::from_secs(settings.runtime.job_timeout_secs),
             retry: settings.retry.clone(),
             reconnect_max: Duration::from_secs(settings.broker.reconnect_max_delay_secs.max(1)),
-        }
+        })
     }
 
     /// The topology.
@@ -473,7 +483,7 @@ impl Runtime {
     ) {
         let stage_name = stage.name();
         let attempt = header_u32(&delivery.properties, ATTEMPT_HEADER).unwrap_or(0);
-        let decoded = self.decode(stage, delivery);
+        let decoded = self.decode(stage, queue, delivery);
         let envelope = match &decoded {
             Ok(Input::Envelope(e)) => Some(e),
             _ => None,
@@ -501,7 +511,7 @@ impl Runtime {
         let attempt = header_u32(&delivery.properties, ATTEMPT_HEADER).unwrap_or(0);
         let started = Instant::now();
         self.metrics.in_flight.with_label_values(&[stage_name]).inc();
-        let decoded = self.decode(&stage, &delivery);
+        let decoded = self.decode(&stage, queue, &delivery);
         let span = self.span(stage_name, queue, &decoded, attempt);
         async {
             let result = match decoded.clone() {
@@ -533,7 +543,7 @@ impl Runtime {
         let mut valid = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
             let attempt = header_u32(&delivery.properties, ATTEMPT_HEADER).unwrap_or(0);
-            let decoded = self.decode(&stage, &delivery);
+            let decoded = self.decode(&stage, queue, &delivery);
             if let Err(e) = &decoded {
                 let span = self.span(stage_name, queue, &decoded, attempt);
                 self.settle(stage_name, queue, &outbox, &delivery, &decoded, attempt, Err(e.clone()))
@@ -639,20 +649,23 @@ impl Runtime {
         self.metrics.messages.with_label_values(&[stage_name, &self.topology.queue(queue), outcome.as_str()]).inc();
     }
 
-    fn decode(&self, stage: &Arc<dyn Stage>, delivery: &Delivery) -> Result<Input, StageError> {
+    /// Verifies a delivery as addressed to `queue` (wherever it waited on
+    /// the way: retry and deferral queues lead back there).
+    fn decode(&self, stage: &Arc<dyn Stage>, queue: WorkQueue, delivery: &Delivery) -> Result<Input, StageError> {
         let signature = header_str(&delivery.properties, SIGNATURE_HEADER);
         if signature.is_none() && stage.accepts_unsigned() {
             return Ok(Input::Raw(delivery.data.clone()));
         }
-        self.signer.verify(&delivery.data, signature.as_deref())?;
+        self.signer.verify(&self.topology.queue(queue), &delivery.data, signature.as_deref())?;
         Ok(Input::Envelope(Envelope::parse(&delivery.data)?))
     }
 
-    /// Signs `envelope` into a message for `queue`.
-    pub fn signed(&self, queue: &str, envelope: &Envelope) -> Outgoing {
+    /// Signs `envelope` for the stage queue `audience` and publishes it to
+    /// `to` (the same queue, or a retry queue that leads back to it).
+    pub fn signed(&self, audience: &str, to: &str, envelope: &Envelope) -> Outgoing {
         let body = envelope.to_bytes();
-        let sig = self.signer.sign(&body);
-        Outgoing::to_queue(queue, body).header(SIGNATURE_HEADER, HeaderValue::Text(sig))
+        let sig = self.signer.sign(audience, &body);
+        Outgoing::to_queue(to, body).header(SIGNATURE_HEADER, HeaderValue::Text(sig))
     }
 
     async fn dispatch(&self, stage: &str, outbox: &Outbox, dispatches: Vec<Dispatch>) -> Result<(), BrokerError> {
@@ -665,7 +678,12 @@ impl Runtime {
                     }
                     continue;
                 }
-                Dispatch::Next { queue, envelope } => self.signed(&self.topology.queue(queue), &envelope),
+                Dispatch::Next { queue, envelope } => {
+                    let queue = self.topology.queue(queue);
+                    self.signed(&queue, &queue, &envelope)
+                }
+                // Unsigned in, unsigned out: ingest checks it again like any other event.
+                Dispatch::Unsigned { queue, body } => Outgoing::to_queue(self.topology.queue(queue), body),
                 Dispatch::Event { routing_key, body } => Outgoing {
                     exchange: self.topology.events_exchange(),
                     routing_key,
@@ -697,7 +715,7 @@ impl Runtime {
             Some(env) => {
                 let mut env = env.clone();
                 env.attempt = attempt + 1;
-                self.signed(&retry_queue, &env)
+                self.signed(&self.topology.queue(queue), &retry_queue, &env)
             }
             None => Outgoing::to_queue(&retry_queue, delivery.data.clone()),
         };

@@ -28,7 +28,7 @@ use reelfleet_core::{
     manifest::{JobManifest, JobStatus, ManifestStore},
     metrics::Metrics,
     runtime::{Dispatch, Input, Message, Runtime, Stage},
-    settings::Settings,
+    settings::{Secret, Settings},
     storage::Storage,
     topology::{Topology, WorkQueue},
 };
@@ -84,11 +84,18 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
+/// Settings with a namespace of their own and fresh credentials.
 fn bench_settings(tag: &str) -> Settings {
-    Settings {
+    let mut s = Settings {
         namespace: format!("bench-{tag}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
         ..Default::default()
-    }
+    };
+    let key = reelfleet_core::signing::generate_key;
+    s.signing.secret = Secret::new(key());
+    s.s3.access_key = Secret::new(format!("bench{}", &key()[..12]));
+    s.s3.secret_key = Secret::new(key());
+    s.inference.api_key = Secret::new(format!("sk-bench-{}", key()));
+    s
 }
 
 /// The embedded S3 endpoint for a benchmark, its address put into `settings`.
@@ -495,7 +502,7 @@ async fn overhead(args: &[String]) -> anyhow::Result<()> {
         ManifestStore::new(storage.clone(), bucket.clone()),
         metrics,
         Readiness::default(),
-    );
+    )?;
     let shutdown = CancellationToken::new();
     let mut workers = tokio::task::JoinSet::new();
     for (name, queue, next) in chain {
@@ -521,7 +528,7 @@ async fn overhead(args: &[String]) -> anyhow::Result<()> {
             etag: Some(format!("{i}")),
             version_id: None,
         };
-        runtime.signed(&ingest, &Envelope::new(JobKind::Analyze, source))
+        runtime.signed(&ingest, &ingest, &Envelope::new(JobKind::Analyze, source))
     };
     // Throughput: every job queued at once.
     let t0 = Instant::now();
@@ -715,7 +722,7 @@ async fn inference_pass(jobs: usize, batched: bool, rate: f64) -> anyhow::Result
     }
 
     let metrics = Metrics::new();
-    let runtime = Runtime::new(&settings, broker.clone(), manifests.clone(), metrics.clone(), Readiness::default());
+    let runtime = Runtime::new(&settings, broker.clone(), manifests.clone(), metrics.clone(), Readiness::default())?;
     let state_url = format!("sqlite://{}", work.path().join("state.db").display());
     let state = reelfleet_core::fleetstate::FleetState::connect(&state_url, &settings.namespace).await?;
     let stage =
@@ -732,7 +739,8 @@ async fn inference_pass(jobs: usize, batched: bool, rate: f64) -> anyhow::Result
     for (i, env) in envelopes.iter_mut().enumerate() {
         env.sent_at = chrono::Utc::now();
         let tier = env.tier.expect("tier");
-        publisher.publish(&runtime.signed(&topology.queue(WorkQueue::Inference(tier)), env)).await?;
+        let queue = topology.queue(WorkQueue::Inference(tier));
+        publisher.publish(&runtime.signed(&queue, &queue, env)).await?;
         let due = t0 + gap.mul_f64((i + 1) as f64);
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             tokio::time::sleep(wait).await;

@@ -131,6 +131,9 @@ pub async fn run(settings: Settings, args: DlqArgs) -> anyhow::Result<i32> {
             } else {
                 println!("replayed {} of {} dead letter(s)", report.replayed, report.matched);
             }
+            for (id, why) in &report.refused {
+                println!("not replayed: {id}: {why} (its signature is not the fleet's; `dlq purge` removes it)");
+            }
         }
         DlqAction::Purge { filter, yes } => {
             let filter = filter.build(None)?;

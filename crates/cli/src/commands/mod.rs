@@ -9,6 +9,7 @@ pub mod config;
 pub mod dev;
 pub mod dlq;
 pub mod jobs;
+pub mod keys;
 pub mod ledger;
 pub mod queues;
 pub mod scale;
@@ -70,6 +71,8 @@ pub enum Command {
     Topology(topology::TopologyArgs),
     /// The write-ahead cost ledger.
     Ledger(ledger::LedgerArgs),
+    /// Message signing keys: `keys generate` makes one.
+    Keys(keys::KeysArgs),
 }
 
 impl Command {
@@ -90,6 +93,7 @@ impl Command {
             Command::Dlq(args) => dlq::run(settings, args).await,
             Command::Topology(args) => topology::run(settings, args).await,
             Command::Ledger(args) => ledger::run(settings, args).await,
+            Command::Keys(args) => keys::run(args),
         }
     }
 

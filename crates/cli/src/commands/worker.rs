@@ -3,7 +3,11 @@
 
 use crate::fleet::{self, StageName};
 use reelfleet_core::{
-    envelope::Tier, metrics::Metrics, runtime::shutdown_signal, settings::Settings, storage::Storage,
+    envelope::Tier,
+    metrics::Metrics,
+    runtime::shutdown_signal,
+    settings::{Settings, Uses},
+    storage::Storage,
 };
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +25,8 @@ pub struct WorkerArgs {
 /// Runs the stage's worker until a signal, then drains it.
 pub async fn run(settings: Settings, args: WorkerArgs) -> anyhow::Result<i32> {
     let WorkerArgs { stage, tiers } = args;
+    // Outside `reelfleet dev`, nothing runs on a missing or well-known credential.
+    settings.check_credentials(Uses { provider: stage == StageName::Inference })?;
     let settings = Arc::new(settings);
     let storage = Storage::new(&settings.s3);
     let metrics = Metrics::new();

@@ -160,7 +160,7 @@ impl Default for InferenceSettings {
         };
         Self {
             base_url: "https://api.holysheep.ai/v1".into(),
-            api_key: Secret::new("sk-reelfleet-dev"),
+            api_key: Secret::default(),
             usage_url: None,
             connect_timeout_secs: 5,
             request_timeout_secs: 120,

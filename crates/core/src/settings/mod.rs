@@ -2,13 +2,14 @@
 //! optional TOML file, then `REELFLEET_SECTION__FIELD` environment overrides.
 //!
 //! Layout: [`Settings`] and its error here; loading and writing
-//! (`load.rs`), the checks serde cannot make (`validate.rs`), [`Secret`]
-//! (`secret.rs`), then one file per section, named as in the TOML file
+//! (`load.rs`), the checks serde cannot make (`validate.rs`), the credentials a
+//! worker refuses (`credentials.rs`), [`Secret`] (`secret.rs`), then one file per section, named as in the TOML file
 //! (`broker.rs`, `s3.rs`, `state.rs`, `signing.rs`, `retry.rs`, `runtime.rs`,
 //! `media.rs`, `limits.rs`, `preprocess.rs`, `inference.rs`, `postprocess.rs`).
 //! The README's configuration reference is held to these fields by a test.
 
 mod broker;
+mod credentials;
 mod inference;
 mod limits;
 mod load;
@@ -24,6 +25,7 @@ mod state;
 mod validate;
 
 pub use broker::BrokerSettings;
+pub use credentials::Uses;
 pub use inference::{BudgetAction, InferenceSettings, ModelSettings, TierSettings};
 pub use limits::LimitSettings;
 pub use media::MediaSettings;
@@ -33,7 +35,7 @@ pub use retry::RetrySettings;
 pub use runtime::RuntimeSettings;
 pub use s3::S3Settings;
 pub use secret::Secret;
-pub use signing::SigningSettings;
+pub use signing::{PreviousKey, SigningSettings, MIN_KEY_BYTES};
 pub use state::StateSettings;
 
 use serde::{Deserialize, Serialize};
@@ -108,6 +110,9 @@ impl Settings {
         out.s3.access_key = hide(&self.s3.access_key);
         out.s3.secret_key = hide(&self.s3.secret_key);
         out.signing.secret = hide(&self.signing.secret);
+        for key in &mut out.signing.previous {
+            key.secret = hide(&key.secret);
+        }
         out.inference.api_key = hide(&self.inference.api_key);
         out.state.url = hide(&self.state.url);
         out.postprocess.cdn_purge_token = self.postprocess.cdn_purge_token.as_ref().map(hide);

@@ -36,9 +36,6 @@ impl Settings {
         if self.s3.upload_bucket == self.s3.work_bucket || self.s3.accepted_buckets.contains(&self.s3.work_bucket) {
             return bad("the work bucket cannot be an upload bucket (s3.upload_bucket, s3.accepted_buckets): uploads could then name the fleet's own outputs");
         }
-        if self.signing.secret.expose().len() < 16 {
-            return bad("signing.secret must be at least 16 characters");
-        }
         Ok(())
     }
 }

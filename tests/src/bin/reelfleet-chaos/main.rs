@@ -19,9 +19,10 @@ use fleet::{signal, Fleet, Layout, STAGES};
 use reelfleet_cli::dlq;
 use reelfleet_core::{
     broker::{Broker, HeaderValue, Outgoing},
-    envelope::{Envelope, JobKind, Quality, Signer, SourceObject, SIGNATURE_HEADER},
+    envelope::{Envelope, JobKind, Quality, SourceObject, SIGNATURE_HEADER},
     manifest::{JobManifest, JobStatus},
     settings::{BudgetAction, Settings},
+    signing::Signer,
     storage::Storage,
     topology::{Topology, WorkQueue},
 };
@@ -843,7 +844,9 @@ async fn case_hostile(bin: &Path, root: &Path, clip: &Path) -> anyhow::Result<Ca
         },
     );
     let body = forged.to_bytes();
-    let sig = Signer::new(b"someone-elses-signing-key").sign(&body);
+    let preprocess = topology.queue(WorkQueue::Preprocess);
+    let sig = Signer::with_key(&fleet.settings.namespace, &fleet.settings.signing.key_id, &[7u8; 32])
+        .sign(&preprocess, &body);
     let forged_body = body.clone();
     publisher
         .publish(
@@ -883,7 +886,8 @@ async fn case_hostile(bin: &Path, root: &Path, clip: &Path) -> anyhow::Result<Ca
             ..Envelope::new(JobKind::Analyze, done.source.clone())
         };
         let body = old.to_bytes();
-        let sig = Signer::new(fleet.settings.signing.secret.expose().as_bytes()).sign(&body);
+        let sig = Signer::from_settings(&fleet.settings.signing, &fleet.settings.namespace)?
+            .sign(&topology.queue(WorkQueue::Preprocess), &body);
         publisher
             .publish(
                 &Outgoing::to_queue(topology.queue(WorkQueue::Preprocess), body)

@@ -133,6 +133,48 @@ def fail(case, message):
     failures.append(f"[{case}] {message}")
 
 
+# Credentials as an operator gives them (none has a default in the chart).
+CREDENTIALS = {
+    "REELFLEET_BROKER__URL": "amqp://fleet:Nq3xv81ke2@rabbitmq:5672/video",
+    "REELFLEET_BROKER__MANAGEMENT_URL": "http://fleet:Nq3xv81ke2@rabbitmq:15672/",
+    "REELFLEET_S3__ACCESS_KEY": "AKIACHARTCHECK01",
+    "REELFLEET_S3__SECRET_KEY": "c7e0f5a1b9d24e8f9a3b6c0d1e2f3a4b",
+    "REELFLEET_SIGNING__SECRET": "3f9a0c7e1b5d2e8f4a6c9b0d3e7f1a2c5b8d0e4f6a9c1b3d5e7f0a2c4b6d8e9f",
+    "REELFLEET_INFERENCE__API_KEY": "sk-chart-check-5e1d9c",
+    "REELFLEET_STATE__URL": "postgres://fleet:Hk2p9w@postgresql:5432/reelfleet",
+}
+GIVEN = {"secrets": {"values": CREDENTIALS}}
+
+
+def with_credentials(values):
+    """`values` with every credential given, unless it names an existing Secret."""
+    if values.get("secrets", {}).get("existingSecret"):
+        return values
+    merged = json.loads(json.dumps(values))
+    merged.setdefault("secrets", {}).setdefault("values", {})
+    for k, v in CREDENTIALS.items():
+        merged["secrets"]["values"].setdefault(k, v)
+    return merged
+
+
+def check_secret_rolls_pods():
+    """A changed credential changes every pod template (so pods roll), and
+    the same values render the same Secret (nothing is made per render)."""
+    def annotations(values):
+        docs = render(values)
+        return {d["metadata"]["name"]: d["spec"]["template"]["metadata"]["annotations"] for d in by_kind(docs, "Deployment")}, by_kind(docs, "Secret")
+    a, secret_a = annotations(GIVEN)
+    b, secret_b = annotations(GIVEN)
+    if a != b or secret_a != secret_b:
+        fail("secret", "two renders of the same values differ")
+    changed = json.loads(json.dumps(GIVEN))
+    changed["secrets"]["values"]["REELFLEET_SIGNING__SECRET"] = "9" + CREDENTIALS["REELFLEET_SIGNING__SECRET"][1:]
+    c, _ = annotations(changed)
+    same = [n for n in a if a[n].get("checksum/credentials") == c[n].get("checksum/credentials")]
+    if same:
+        fail("secret", f"a new signing key does not roll {same}")
+
+
 def render(values, name="reelfleet", namespace="video"):
     out = helm_python.Chart.load(str(CHART)).render(values, name=name, namespace=namespace)
     docs = []
@@ -172,13 +214,7 @@ def check_settings(case, docs, values, reelfleet):
             env[key] = base64.b64decode(value).decode()
     else:
         # An existing Secret: stand-ins for the keys an operator puts in it.
-        env.update(
-            {
-                "REELFLEET_BROKER__URL": "amqp://user:pass@rabbitmq:5672/video",
-                "REELFLEET_BROKER__MANAGEMENT_URL": "http://user:pass@rabbitmq:15672/",
-                "REELFLEET_SIGNING__SECRET": "x" * 48,
-            }
-        )
+        env.update(CREDENTIALS)
     with tempfile.TemporaryDirectory() as tmp:
         if values.get("configFile"):
             path = Path(tmp) / "reelfleet.toml"
@@ -317,6 +353,7 @@ def check_keda(case, docs, namespace, reelfleet, values, effective):
 
 
 def check_case(case, values, reelfleet):
+    values = with_credentials(values)
     lint = helm_python.lint(str(CHART), values or None, strict=True)
     for m in lint["messages"]:
         if m["severity"] >= 2:
@@ -361,6 +398,8 @@ def check_case(case, values, reelfleet):
 
 
 REFUSED = [
+    ("no existing Secret and no credentials", {}),
+    ("an empty signing key", {"secrets": {"values": dict(CREDENTIALS, REELFLEET_SIGNING__SECRET="")}}),
     ("an unknown autoscaling mode", {"autoscaling": {"mode": "sometimes"}}),
     ("an inference worker without a tier", {"workers": {"inference-x": {"stage": "inference"}}}),
     ("a worker of no stage", {"workers": {"transcode": {"stage": "transcode"}}}),
@@ -376,6 +415,8 @@ REFUSED = [
 
 def check_refusals():
     for what, values in REFUSED:
+        if what not in ("no existing Secret and no credentials", "an empty signing key"):
+            values = with_credentials(values)
         try:
             render(values)
         except helm_python.HelmError as e:
@@ -405,7 +446,7 @@ def check_documented():
 
 def main():
     reelfleet = sys.argv[1]
-    cases = [("default values", {})]
+    cases = [("default values with credentials given", {})]
     for path in sorted((CHART / "ci").glob("*.yaml")):
         cases.append((path.name, yaml.safe_load(path.read_text()) or {}))
     cases.append(("HPA fallback", {"autoscaling": {"mode": "hpa"}}))
@@ -414,6 +455,7 @@ def main():
         kinds = check_case(case, values, reelfleet)
         print(f"  {case}: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
     check_refusals()
+    check_secret_rolls_pods()
     check_documented()
     report.finish("chart", failures, "lint, render, Kubernetes schemas, one ScaledObject per work queue, settings")
 

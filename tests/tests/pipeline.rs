@@ -285,12 +285,12 @@ async fn reelfleet_submit_in_multipart_names_the_job_that_runs_and_rotation_is_a
     let size = std::fs::metadata(&rotated).unwrap().len();
     assert!(size > 5 * 1024 * 1024, "the clip must need two parts, it has {size} bytes");
 
-    let req = reelfleet_cli::ops::SubmitRequest { files: vec![rotated], priority: Some(5), ..Default::default() };
+    let req = reelfleet_cli::ops::SubmitRequest { files: vec![rotated], priority: Some(4), ..Default::default() };
     let submitted = reelfleet_cli::ops::submit(stack.settings(), &req).await.unwrap();
     let m = stack.wait_for(&submitted[0].job_id, JOB_TIMEOUT, finished).await;
     assert_eq!(m.status, JobStatus::Completed, "{:?}", m.error);
     assert!(m.source.etag.as_deref().unwrap().ends_with("-2"), "not a multipart upload: {:?}", m.source.etag);
-    assert_eq!(m.tier, Some(reelfleet_core::envelope::Tier::Critical), "the priority metadata was lost");
+    assert_eq!(m.tier, Some(reelfleet_core::envelope::Tier::High), "the priority metadata was lost");
     let input = m.input.as_ref().unwrap();
     assert_eq!((input.width, input.height, input.rotation), (720, 1280, 90));
     let pre = m.preprocess.as_ref().unwrap();

@@ -289,6 +289,10 @@ pub struct JobManifest {
     pub source: SourceObject,
     /// 1 to 5.
     pub priority: u8,
+    /// What the uploader asked for when it was above
+    /// `limits.max_uploader_priority` (and `priority` was lowered to that).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_priority: Option<u8>,
     /// Requested quality.
     pub quality: Option<Quality>,
     /// Tier, once assigned.
@@ -337,6 +341,7 @@ impl JobManifest {
             status: JobStatus::Ingest,
             source: envelope.source.clone(),
             priority: envelope.priority,
+            requested_priority: None,
             quality: envelope.quality,
             tier: envelope.tier,
             trace_id: envelope.trace_id.clone(),

@@ -194,6 +194,17 @@ impl Ingest {
             manifest = JobManifest::new(&envelope);
             manifest.input = Some(input);
         }
+        // Uploaders do not choose the most expensive model for themselves.
+        let cap = self.settings.limits.max_uploader_priority;
+        if envelope.priority > cap {
+            warn!(job_id = %job_id, asked = envelope.priority, cap, "Priority above limits.max_uploader_priority; lowered");
+            manifest.requested_priority = Some(envelope.priority);
+            envelope.priority = cap;
+            manifest.priority = cap;
+            if let Some(doc) = manifest.prompt.as_mut() {
+                doc.priority = cap;
+            }
+        }
         manifest.status = JobStatus::Preprocess;
         manifest.record_stage("ingest", started, envelope.attempt);
         // Creating the manifest is ingest's claim: of two deliveries of one source, one creates.

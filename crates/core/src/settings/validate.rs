@@ -23,8 +23,14 @@ impl Settings {
         if self.runtime.job_timeout_secs + 60 > self.broker.consumer_timeout_secs {
             return bad("runtime.job_timeout_secs must be at least 60 s below broker.consumer_timeout_secs, or the broker closes the channel of a long job and it is redelivered forever");
         }
+        if !(1..=5).contains(&self.limits.max_uploader_priority) {
+            return bad("limits.max_uploader_priority must be 1 to 5");
+        }
         for tier in crate::envelope::Tier::ALL {
             let t = self.inference.tier(tier);
+            if t.daily_budget_usd.is_some_and(|b| !b.is_finite() || b < 0.0) {
+                return Err(SettingsError::Value(format!("inference.{tier}.daily_budget_usd must be 0 or more")));
+            }
             for model in std::iter::once(&t.model).chain(t.fallback_model.as_ref()) {
                 if self.inference.price(model).is_none() {
                     return Err(SettingsError::Value(format!(

@@ -45,6 +45,7 @@ CORE_KINDS = {
     "Deployment",
     "PodDisruptionBudget",
     "HorizontalPodAutoscaler",
+    "NetworkPolicy",
 }
 failures = []
 
@@ -155,6 +156,54 @@ def with_credentials(values):
     for k, v in CREDENTIALS.items():
         merged["secrets"]["values"].setdefault(k, v)
     return merged
+
+
+def check_hardening(case, docs, values):
+    """NetworkPolicy: no ingress but the metrics port, egress only DNS and the
+    listed peers; ffmpeg threads follow a CPU limit; scratch sized from what a
+    worker holds at once."""
+    net = values.get("networkPolicy", {})
+    policies = by_kind(docs, "NetworkPolicy")
+    if net.get("enabled", True):
+        if len(policies) != 1:
+            fail(case, f"expected one NetworkPolicy, found {len(policies)}")
+        else:
+            spec = policies[0]["spec"]
+            if sorted(spec.get("policyTypes", [])) != ["Egress", "Ingress"]:
+                fail(case, "the NetworkPolicy must govern both ingress and egress")
+            ports = [p.get("port") for rule in spec.get("ingress", []) for p in rule.get("ports", [])]
+            if ports != ["http-metrics"] or any("ports" not in r for r in spec.get("ingress", [])):
+                fail(case, f"ingress must be the metrics port only, got {ports}")
+            dns = spec.get("egress", [{}])[0].get("ports", [])
+            if sorted(p["port"] for p in dns) != [53, 53]:
+                fail(case, "the first egress rule must be DNS")
+    elif policies:
+        fail(case, "networkPolicy.enabled is false but a NetworkPolicy was rendered")
+    config = values.get("config", {})
+    for d in by_kind(docs, "Deployment"):
+        name = d["metadata"]["name"]
+        pod = d["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        cpu = container.get("resources", {}).get("limits", {}).get("cpu")
+        if cpu and not config.get("media", {}).get("threads"):
+            text = str(cpu)
+            want = -(-int(text[:-1]) // 1000) if text.endswith("m") else -(-float(text) // 1)
+            if env.get("REELFLEET_MEDIA__THREADS") != str(int(want)):
+                fail(case, f"{name}: CPU limit {cpu} but media threads {env.get('REELFLEET_MEDIA__THREADS')}")
+        elif "REELFLEET_MEDIA__THREADS" in env and not cpu:
+            fail(case, f"{name}: media threads set without a CPU limit")
+        (scratch,) = [v for v in pod["volumes"] if v["name"] == "scratch"]
+        size = scratch["emptyDir"]["sizeLimit"]
+        if not values.get("scratch", {}).get("sizeLimit"):
+            stage = d["metadata"]["labels"]["reelfleet.io/stage"]
+            if stage == "inference":
+                tier = d["metadata"]["labels"]["reelfleet.io/tier"]
+                held = config.get("inference", {}).get(tier, {}).get("concurrency", 4) * config.get("inference", {}).get("max_video_bytes", 4 << 30)
+            else:
+                held = config.get("broker", {}).get("prefetch", 4) * config.get("limits", {}).get("max_bytes", 10 << 30) * 3
+            if size != f"{held // (1 << 20)}Mi":
+                fail(case, f"{name}: scratch {size}, expected {held // (1 << 20)}Mi for what it holds at once")
 
 
 def check_secret_rolls_pods():
@@ -375,6 +424,7 @@ def check_case(case, values, reelfleet):
     namespace = (values.get("config") or {}).get("namespace", "reelfleet")
     mode = (values.get("autoscaling") or {}).get("mode", "keda")
     check_workloads(case, docs, values)
+    check_hardening(case, docs, values)
     effective = check_settings(case, docs, values, reelfleet)
     if mode == "keda":
         check_keda(case, docs, namespace, reelfleet, values, effective)
@@ -428,7 +478,7 @@ def check_refusals():
 def check_documented():
     """Every value in values.yaml carries a comment: each leaf key has one on the
     line above, except inside free-form maps documented as a whole."""
-    free_form = {"config", "workers", "podSecurityContext", "securityContext", "resources", "values", "requests"}
+    free_form = {"config", "workers", "podSecurityContext", "securityContext", "resources", "values", "requests", "egress"}
     lines = (CHART / "values.yaml").read_text().splitlines()
     parents = []
     for i, line in enumerate(lines):

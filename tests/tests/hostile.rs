@@ -158,8 +158,10 @@ async fn forged_misaddressed_expired_and_rotated_out_envelopes_are_refused_and_n
     let pre = stack.queue(WorkQueue::Preprocess);
     let post = stack.queue(WorkQueue::Postprocess);
     let key = |id: &str, hex: &str| Signer::with_key(&ns, id, &hex::decode(hex).unwrap());
+    /// Makes a signature header for a body.
+    type Sign<'a> = Box<dyn Fn(&[u8]) -> String + 'a>;
     // (case, signature or none, code it must be dead-lettered with)
-    let cases: Vec<(&str, Option<Box<dyn Fn(&[u8]) -> String>>, &str)> = vec![
+    let cases: Vec<(&str, Option<Sign>, &str)> = vec![
         (
             "forged with another key under the fleet's key id",
             Some(Box::new(|b| key(&s.signing.key_id, &generate_key()).sign(&pre, b))),

@@ -447,9 +447,42 @@ pub fn scratch_dir(parent: Option<&str>) -> std::io::Result<tempfile::TempDir> {
     }
 }
 
+/// Removes scratch folders (`reelfleet-*` in `parent`, or the system's temp
+/// folder) untouched for longer than `older_than`: what a killed process left.
+/// A live message's folder is never that old (the job timeout ends it first),
+/// so workers sharing one scratch folder do not sweep each other's work.
+/// Returns how many were removed.
+pub fn sweep_scratch(parent: Option<&str>, older_than: std::time::Duration) -> usize {
+    let dir = parent.map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let Ok(entries) = std::fs::read_dir(&dir) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let stale = entry.file_name().to_string_lossy().starts_with("reelfleet-")
+            && entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|age| age > older_than));
+        if stale && entry.file_type().is_ok_and(|t| t.is_dir()) && std::fs::remove_dir_all(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sweep_removes_only_old_reelfleet_folders() {
+        let parent = tempfile::tempdir().unwrap();
+        let p = parent.path().to_str().unwrap();
+        let fresh = scratch_dir(Some(p)).unwrap();
+        let other = parent.path().join("not-ours");
+        std::fs::create_dir(&other).unwrap();
+        assert_eq!(sweep_scratch(Some(p), std::time::Duration::from_secs(3600)), 0);
+        assert!(fresh.path().exists() && other.exists());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(sweep_scratch(Some(p), std::time::Duration::from_millis(10)), 1);
+        assert!(!fresh.path().exists() && other.exists());
+    }
 
     #[test]
     fn rates_and_rotation() {

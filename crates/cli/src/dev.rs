@@ -112,7 +112,7 @@ impl DevStack {
             .with_context(|| format!("cannot create {}", opts.data_dir.display()))?;
         let data_dir = opts.data_dir.canonicalize()?;
         DevSecrets::load_or_make(&data_dir)?.fill(&mut base);
-        base.check_credentials(Uses { provider: true })?;
+        base.check_credentials(Uses { provider: true, ..Default::default() })?;
         let broker = Broker::new(&base.broker, "reelfleet-dev")?;
         let topology = Topology::from_settings(&base);
         broker

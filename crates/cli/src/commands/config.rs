@@ -26,7 +26,7 @@ pub enum ConfigAction {
 /// Prints the settings already loaded from `file` (and the environment).
 pub fn run(settings: Settings, args: ConfigArgs, file: Option<&Path>) -> anyhow::Result<i32> {
     let ConfigAction::Check { json } = args.action;
-    settings.check_credentials(Uses { provider: true })?;
+    settings.check_credentials(Uses { provider: true, ..Default::default() })?;
     let mut applied: Vec<String> =
         std::env::vars().map(|(k, _)| k).filter(|k| k.starts_with("REELFLEET_") && k != "REELFLEET_CONFIG").collect();
     applied.sort();

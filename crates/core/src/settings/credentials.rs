@@ -27,6 +27,8 @@ const WELL_KNOWN: &[&str] = &[
 pub struct Uses {
     /// Calls the AI provider (`inference.api_key`).
     pub provider: bool,
+    /// Reads the SQS queue (`sqs.access_key`, `sqs.secret_key`).
+    pub sqs: bool,
 }
 
 impl Settings {
@@ -38,6 +40,10 @@ impl Settings {
             vec![("s3.access_key", &self.s3.access_key), ("s3.secret_key", &self.s3.secret_key)];
         if uses.provider {
             named.push(("inference.api_key", &self.inference.api_key));
+        }
+        if uses.sqs {
+            named.push(("sqs.access_key", &self.sqs.access_key));
+            named.push(("sqs.secret_key", &self.sqs.secret_key));
         }
         for (name, secret) in named {
             let value = secret.expose().trim();
@@ -91,12 +97,12 @@ mod tests {
     }
 
     fn refusal(s: &Settings) -> String {
-        s.check_credentials(Uses { provider: true }).unwrap_err().to_string()
+        s.check_credentials(Uses { provider: true, ..Default::default() }).unwrap_err().to_string()
     }
 
     #[test]
     fn defaults_hold_no_secret_and_are_refused() {
-        good().check_credentials(Uses { provider: true }).unwrap();
+        good().check_credentials(Uses { provider: true, ..Default::default() }).unwrap();
         assert!(refusal(&Settings::default()).contains("signing.secret is not set"));
         let mut s = good();
         s.signing.secret = Secret::new("reelfleet-dev-signing-key-change-me");
@@ -107,7 +113,7 @@ mod tests {
         let mut s = good();
         s.inference.api_key = Secret::default();
         assert!(refusal(&s).contains("inference.api_key is not set"));
-        s.check_credentials(Uses { provider: false }).unwrap();
+        s.check_credentials(Uses::default()).unwrap();
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! (`load.rs`), the checks serde cannot make (`validate.rs`), the credentials a
 //! worker refuses (`credentials.rs`), [`Secret`] (`secret.rs`), then one file per section, named as in the TOML file
 //! (`broker.rs`, `s3.rs`, `state.rs`, `signing.rs`, `retry.rs`, `runtime.rs`,
-//! `media.rs`, `limits.rs`, `preprocess.rs`, `inference.rs`, `postprocess.rs`).
+//! `media.rs`, `limits.rs`, `preprocess.rs`, `inference.rs`, `postprocess.rs`, `sqs.rs`).
 //! The README's configuration reference is held to these fields by a test.
 
 mod broker;
@@ -21,6 +21,7 @@ mod runtime;
 mod s3;
 mod secret;
 mod signing;
+mod sqs;
 mod state;
 mod validate;
 
@@ -36,6 +37,7 @@ pub use runtime::RuntimeSettings;
 pub use s3::S3Settings;
 pub use secret::Secret;
 pub use signing::{PreviousKey, SigningSettings, MIN_KEY_BYTES};
+pub use sqs::SqsSettings;
 pub use state::StateSettings;
 
 use serde::{Deserialize, Serialize};
@@ -68,6 +70,8 @@ pub struct Settings {
     pub postprocess: PostprocessSettings,
     /// The database every replica shares budgets, rate limits and cooldowns through.
     pub state: StateSettings,
+    /// The SQS bridge (`reelfleet worker bridge-sqs`).
+    pub sqs: SqsSettings,
 }
 
 impl Default for Settings {
@@ -85,6 +89,7 @@ impl Default for Settings {
             inference: InferenceSettings::default(),
             postprocess: PostprocessSettings::default(),
             state: StateSettings::default(),
+            sqs: SqsSettings::default(),
         }
     }
 }
@@ -115,6 +120,8 @@ impl Settings {
         }
         out.inference.api_key = hide(&self.inference.api_key);
         out.state.url = hide(&self.state.url);
+        out.sqs.access_key = hide(&self.sqs.access_key);
+        out.sqs.secret_key = hide(&self.sqs.secret_key);
         out.postprocess.cdn_purge_token = self.postprocess.cdn_purge_token.as_ref().map(hide);
         out
     }

@@ -42,6 +42,12 @@ impl Settings {
         if self.s3.upload_bucket == self.s3.work_bucket || self.s3.accepted_buckets.contains(&self.s3.work_bucket) {
             return bad("the work bucket cannot be an upload bucket (s3.upload_bucket, s3.accepted_buckets): uploads could then name the fleet's own outputs");
         }
+        if !(1..=20).contains(&self.sqs.wait_secs) || !(1..=10).contains(&self.sqs.batch_size) {
+            return bad("sqs.wait_secs must be 1 to 20 and sqs.batch_size 1 to 10 (SQS's own limits)");
+        }
+        if self.sqs.visibility_timeout_secs < 10 {
+            return bad("sqs.visibility_timeout_secs must be at least 10");
+        }
         Ok(())
     }
 }

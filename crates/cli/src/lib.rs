@@ -8,7 +8,7 @@
 //!   dispatches.
 //!   - `dev`: `dev` and `simulator`; `worker`; `submit`;
 //!   - `jobs`: `jobs`, `status`, `route`; `queues`; `scale`;
-//!   - `dlq`; `ledger`; `config`; `topology`.
+//!   - `dlq`; `ledger`; `config`; `topology`; `media`.
 //!
 //! The library modules the commands (and the tests) use:
 //! - [`fleet`]: builds stages from settings and runs them with one runtime,
@@ -19,11 +19,14 @@
 //! - [`scale`]: queue depth and the replicas KEDA would run, per chart worker.
 //! - [`dlq`]: dead-letter operations: ls, show, replay, purge, export, import.
 //! - [`ledger`]: the write-ahead ledger held against the provider's usage log.
+//! - [`media`]: the ffprobe/ffmpeg runs of one analyze job, from the stages'
+//!   own argument builders (the transcode benchmark's baseline).
 
 pub mod commands;
 pub mod dev;
 pub mod dlq;
 pub mod fleet;
 pub mod ledger;
+pub mod media;
 pub mod ops;
 pub mod scale;

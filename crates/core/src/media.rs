@@ -201,6 +201,16 @@ fn is_cover_art(s: &ProbeStream) -> bool {
         && s.avg_frame_rate.as_deref() == Some("0/0")
 }
 
+/// One run of ffprobe or ffmpeg as [`Media`] starts it (environment cleared
+/// but `PATH`, no shell): what `reelfleet media plan` prints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolCommand {
+    /// The configured binary (`media.ffmpeg` or `media.ffprobe`).
+    pub program: String,
+    /// Every argument, in order.
+    pub args: Vec<String>,
+}
+
 /// Runs ffprobe and ffmpeg.
 #[derive(Clone, Debug)]
 pub struct Media {
@@ -325,19 +335,24 @@ impl Media {
         }
     }
 
-    /// Probes a local file.
-    pub async fn probe(&self, path: &Path) -> Result<Probe, MediaError> {
+    /// The ffprobe run of [`Media::probe`].
+    pub fn probe_command(&self, path: &Path) -> ToolCommand {
         let mut args: Vec<String> = vec!["-v".into(), "error".into()];
         args.extend(self.whitelist_args());
         args.extend(["-print_format", "json", "-show_format", "-show_streams"].map(String::from));
         args.push(format!("file:{}", path.display()));
-        let out = run(&self.settings.ffprobe, &args, self.settings.probe_timeout_secs).await?;
+        ToolCommand { program: self.settings.ffprobe.clone(), args }
+    }
+
+    /// Probes a local file.
+    pub async fn probe(&self, path: &Path) -> Result<Probe, MediaError> {
+        let cmd = self.probe_command(path);
+        let out = run(&cmd.program, &cmd.args, self.settings.probe_timeout_secs).await?;
         serde_json::from_slice(&out.stdout).map_err(|e| MediaError::Parse(format!("ffprobe JSON: {e}")))
     }
 
-    /// Counts the packets (frames) of the first video stream without decoding
-    /// them: the frame count of a stream that declares no duration.
-    pub async fn count_video_packets(&self, path: &Path) -> Result<u64, MediaError> {
+    /// The ffprobe run of [`Media::count_video_packets`].
+    pub fn count_packets_command(&self, path: &Path) -> ToolCommand {
         let mut args: Vec<String> = vec!["-v".into(), "error".into()];
         args.extend(self.whitelist_args());
         args.extend(
@@ -345,7 +360,14 @@ impl Media {
                 .map(String::from),
         );
         args.push(format!("file:{}", path.display()));
-        let out = run(&self.settings.ffprobe, &args, self.settings.probe_timeout_secs).await?;
+        ToolCommand { program: self.settings.ffprobe.clone(), args }
+    }
+
+    /// Counts the packets (frames) of the first video stream without decoding
+    /// them: the frame count of a stream that declares no duration.
+    pub async fn count_video_packets(&self, path: &Path) -> Result<u64, MediaError> {
+        let cmd = self.count_packets_command(path);
+        let out = run(&cmd.program, &cmd.args, self.settings.probe_timeout_secs).await?;
         let v: serde_json::Value =
             serde_json::from_slice(&out.stdout).map_err(|e| MediaError::Parse(format!("ffprobe JSON: {e}")))?;
         v["streams"][0]["nb_read_packets"]
@@ -354,18 +376,29 @@ impl Media {
             .ok_or_else(|| MediaError::Parse("ffprobe counted no video packets".into()))
     }
 
-    /// Runs ffmpeg with `args` (after `-hide_banner -nostdin -y`), returning its stderr.
-    pub async fn ffmpeg(&self, args: &[String]) -> Result<String, MediaError> {
+    /// The ffmpeg run of [`Media::ffmpeg`] for `args`: `-hide_banner -nostdin -y` first.
+    pub fn ffmpeg_command(&self, args: &[String]) -> ToolCommand {
         let mut full: Vec<String> = vec!["-hide_banner".into(), "-nostdin".into(), "-y".into()];
         full.extend_from_slice(args);
-        let out = run(&self.settings.ffmpeg, &full, self.settings.ffmpeg_timeout_secs).await?;
+        ToolCommand { program: self.settings.ffmpeg.clone(), args: full }
+    }
+
+    /// Runs ffmpeg with `args` (after `-hide_banner -nostdin -y`), returning its stderr.
+    pub async fn ffmpeg(&self, args: &[String]) -> Result<String, MediaError> {
+        let cmd = self.ffmpeg_command(args);
+        let out = run(&cmd.program, &cmd.args, self.settings.ffmpeg_timeout_secs).await?;
         Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// The ffmpeg run of [`Media::has_filter`] (it lists every filter).
+    pub fn filters_command(&self) -> ToolCommand {
+        ToolCommand { program: self.settings.ffmpeg.clone(), args: vec!["-hide_banner".into(), "-filters".into()] }
     }
 
     /// Whether this ffmpeg build has a filter (for example `libvmaf`).
     pub async fn has_filter(&self, name: &str) -> bool {
-        let args = vec!["-hide_banner".to_string(), "-filters".to_string()];
-        match run(&self.settings.ffmpeg, &args, 10).await {
+        let cmd = self.filters_command();
+        match run(&cmd.program, &cmd.args, 10).await {
             Ok(out) => String::from_utf8_lossy(&out.stdout).lines().any(|l| l.split_whitespace().nth(1) == Some(name)),
             Err(_) => false,
         }

@@ -10,6 +10,7 @@ pub mod dev;
 pub mod dlq;
 pub mod jobs;
 pub mod ledger;
+pub mod media;
 pub mod queues;
 pub mod scale;
 pub mod submit;
@@ -70,6 +71,8 @@ pub enum Command {
     Topology(topology::TopologyArgs),
     /// The write-ahead cost ledger.
     Ledger(ledger::LedgerArgs),
+    /// The ffprobe and ffmpeg runs of the media stages, without a broker or S3.
+    Media(media::MediaArgs),
 }
 
 impl Command {
@@ -90,6 +93,7 @@ impl Command {
             Command::Dlq(args) => dlq::run(settings, args).await,
             Command::Topology(args) => topology::run(settings, args).await,
             Command::Ledger(args) => ledger::run(settings, args).await,
+            Command::Media(args) => media::run(settings, args).await,
         }
     }
 

@@ -9,6 +9,8 @@
 //! - [`database`]: [`TestDatabase`], a PostgreSQL database per test.
 //! - [`recorder`]: [`RequestRecorder`], an HTTP endpoint that records what it is sent.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod clip;
 pub mod database;
 pub mod fleet;

@@ -2,6 +2,8 @@
 //! bucket ingest does not take, a source swapped after ingest validated it,
 //! a stream that declares no duration.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use reelfleet_cli::fleet::StageName;
 use reelfleet_core::{
     broker::Outgoing, envelope::SourceObject, manifest::JobStatus, s3event::minio_event, topology::WorkQueue,

@@ -1,6 +1,8 @@
 //! The fleet end to end: real RabbitMQ, the embedded S3 over HTTP, real ffmpeg,
 //! the provider simulated over HTTP.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use reelfleet_core::{
     broker::{HeaderValue, Outgoing},
     envelope::{Envelope, JobKind, Signer, SourceObject, SIGNATURE_HEADER},

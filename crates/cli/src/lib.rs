@@ -22,6 +22,8 @@
 //! - [`media`]: the ffprobe/ffmpeg runs of one analyze job, from the stages'
 //!   own argument builders (the transcode benchmark's baseline).
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod commands;
 pub mod dev;
 pub mod dlq;

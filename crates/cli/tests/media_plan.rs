@@ -2,6 +2,8 @@
 //! the stages' own builders, not copies) and shell lines that read back as
 //! the exact argument lists.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use reelfleet_core::{media::Media, settings::Settings};
 use std::{path::Path, process::Command};
 

@@ -1,5 +1,7 @@
 //! A worker that cannot run ffmpeg safely refuses to start, and says why.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use std::process::Command;
 
 #[test]

@@ -1,4 +1,7 @@
 //! reelfleet-core: the contracts every stage shares and the runtime that runs them.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod broker;
 pub mod decide;
 pub mod envelope;

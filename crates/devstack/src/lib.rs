@@ -8,6 +8,8 @@
 //! - [`simulator`]: the AI provider simulator, an HTTP server speaking the
 //!   OpenAI chat-completions format and the signed video-generation API.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod s3;
 pub mod simulator;
 

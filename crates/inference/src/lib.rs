@@ -21,6 +21,8 @@
 //! [`ledger`] (the write-ahead ledger), [`budget`] (daily budgets with
 //! reservations), `limits` (rate limits), `provider` (HTTP clients).
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 mod analyze;
 pub mod budget;
 mod call;

@@ -7,6 +7,8 @@
 //! - this file: the stage (events split into jobs, validation, the manifest).
 //! - [`ffmpeg`]: the ffprobe and ffmpeg runs that validate a video.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod ffmpeg;
 
 use async_trait::async_trait;

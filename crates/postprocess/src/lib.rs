@@ -8,6 +8,8 @@
 //!   uploaded, the quality floor, the final manifest, `job.completed`).
 //! - [`ffmpeg`]: the ffprobe and ffmpeg runs of an analyze job.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod ffmpeg;
 
 use async_trait::async_trait;

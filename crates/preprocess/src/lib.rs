@@ -7,6 +7,8 @@
 //! - this file: the stage (download, measure, upload, tier, forward).
 //! - [`ffmpeg`]: the ffprobe and ffmpeg runs of an analyze job.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod ffmpeg;
 
 use async_trait::async_trait;

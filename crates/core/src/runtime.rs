@@ -1,7 +1,7 @@
 //! The stage runtime: consumes a stage's queues with bounded prefetch, hands
 //! each message to the [`Stage`], and settles it: ack after the outputs are
 //! stored and the next message is confirmed; otherwise what
-//! [`decide`](crate::decide::decide) says (delayed retry, deferral,
+//! [`decide`] says (delayed retry, deferral,
 //! dead-letter). A publish the broker does not confirm puts the message back
 //! on its queue after a backoff. It also moves the broker's own dead letters
 //! (delivery limit) of its queues into their dead-letter queues with the same

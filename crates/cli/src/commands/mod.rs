@@ -4,6 +4,18 @@
 //!
 //! Every command's `run` returns the process's exit code; an error exits with
 //! [`Command::error_code`].
+//!
+//! - [`dev`]: `dev` and `simulator`.
+//! - [`worker`]: the `worker` command.
+//! - [`submit`]: the `submit` command.
+//! - [`jobs`]: `jobs`, `status` and `route`.
+//! - [`queues`]: the `queues` command.
+//! - [`scale`]: the `scale` command.
+//! - [`config`]: `config check`.
+//! - [`topology`]: `topology declare` and `topology show`.
+//! - [`dlq`]: `dlq ls|show|replay|purge|export|import`.
+//! - [`ledger`]: `ledger reconcile`.
+//! - [`media`]: `media plan`.
 
 pub mod config;
 pub mod dev;

@@ -37,7 +37,8 @@ use tokio::{task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
 
-/// Dead-letter headers.
+/// Headers the runtime puts on every dead letter it writes (and on the
+/// broker's own, once moved), read by `reelfleet dlq`.
 pub mod dlq_headers {
     /// Stage that gave up.
     pub const STAGE: &str = "x-reelfleet-stage";
@@ -45,9 +46,9 @@ pub mod dlq_headers {
     pub const ERROR_CLASS: &str = "x-reelfleet-error-class";
     /// Short error code (`delivery_limit` for a message the broker dead-lettered).
     pub const ERROR_CODE: &str = "x-reelfleet-error-code";
-    /// Readable reason.
+    /// The reason, for a person.
     pub const ERROR_MESSAGE: &str = "x-reelfleet-error-message";
-    /// Attempts made.
+    /// Attempts made, the last one included.
     pub const ATTEMPTS: &str = "x-reelfleet-attempts";
     /// RFC 3339 time of dead-lettering.
     pub const FAILED_AT: &str = "x-reelfleet-failed-at";
@@ -60,7 +61,7 @@ pub mod dlq_headers {
 /// What a stage receives.
 #[derive(Debug, Clone)]
 pub enum Input {
-    /// A verified envelope.
+    /// An envelope whose signature checked out.
     Envelope(Envelope),
     /// An unsigned body (S3 events, to stages that accept them).
     Raw(Vec<u8>),
@@ -71,7 +72,7 @@ pub enum Input {
 pub struct Message {
     /// Queue it came from.
     pub queue: WorkQueue,
-    /// Body.
+    /// The body, as a verified envelope or raw bytes.
     pub input: Input,
     /// Failed attempts before this one.
     pub attempt: u32,
@@ -84,7 +85,7 @@ pub struct Message {
 pub enum Dispatch {
     /// The next stage's message.
     Next {
-        /// Queue.
+        /// The next stage's queue (its name under the namespace comes from the topology).
         queue: WorkQueue,
         /// Envelope (the runtime signs it).
         envelope: Envelope,
@@ -93,7 +94,7 @@ pub enum Dispatch {
     Event {
         /// Routing key (`job.completed`).
         routing_key: String,
-        /// JSON body.
+        /// The event as JSON, published unsigned.
         body: Vec<u8>,
     },
     /// Records in the job's manifest that the stage handed it on; placed
@@ -238,7 +239,7 @@ impl Runtime {
         }
     }
 
-    /// The topology.
+    /// The queue and exchange names it consumes from and publishes to.
     pub fn topology(&self) -> &Topology {
         &self.topology
     }

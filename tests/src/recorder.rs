@@ -3,11 +3,11 @@
 /// A recorded HTTP request.
 #[derive(Clone, Debug)]
 pub struct RecordedRequest {
-    /// Path.
+    /// The request's path, without the query.
     pub path: String,
-    /// `Authorization` header.
+    /// Its `Authorization` header, if it sent one.
     pub authorization: Option<String>,
-    /// Body.
+    /// Its body, as sent.
     pub body: Vec<u8>,
 }
 
@@ -42,12 +42,12 @@ impl RequestRecorder {
         Self { addr, requests }
     }
 
-    /// Its URL.
+    /// `http://<addr>/purge`: the URL to configure as the CDN purge hook.
     pub fn url(&self) -> String {
         format!("http://{}/purge", self.addr)
     }
 
-    /// What it received.
+    /// Every request it received so far, in order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.requests.lock().expect("log").clone()
     }

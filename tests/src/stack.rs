@@ -61,7 +61,7 @@ impl Drop for Janitor {
 pub struct TestStack {
     /// The running dev stack.
     pub dev: DevStack,
-    /// Its data folder.
+    /// The folder of its S3 data and scratch files, removed with the stack.
     pub dir: tempfile::TempDir,
     /// A client of its S3 endpoint.
     pub storage: Storage,

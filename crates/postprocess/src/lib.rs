@@ -41,13 +41,14 @@ pub struct Postprocess {
 /// One rendition to encode.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RenditionPlan {
-    /// Output name.
+    /// `<codec>_<short side>p` (`h264_720p`): the output's name and, with
+    /// `.mp4`, its file name.
     pub name: String,
     /// `libx264` or `libx265`.
     pub encoder: &'static str,
-    /// Width.
+    /// Width in pixels, even, never more than the reference's.
     pub width: u32,
-    /// Height.
+    /// Height in pixels, even, never more than the reference's.
     pub height: u32,
 }
 

@@ -81,7 +81,7 @@ pub enum DlqAction {
         /// Which dead letters: stage, error class, job, age.
         #[command(flatten)]
         filter: DlqFilterArgs,
-        /// Confirm.
+        /// Required: without it the matching dead letters are only counted.
         #[arg(long)]
         yes: bool,
     },

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 /// Arguments of `reelfleet worker`.
 #[derive(clap::Args, Debug)]
 pub struct WorkerArgs {
-    /// The stage.
+    /// The stage whose queues it consumes.
     stage: StageName,
     /// Inference tiers to consume (default: all four).
     #[arg(long = "tier")]

@@ -9,7 +9,7 @@ ensure_moto() {
   local venv; venv="$(reelfleet_cache)/moto-venv"
   if [ ! -f "$venv/.installed" ] || [ "$(cat "$venv/.installed")" != "$MOTO_WANT" ]; then
     command -v python3 >/dev/null 2>&1 || apt_install python3
-    python3 -m venv --help >/dev/null 2>&1 && python3 -c 'import ensurepip' 2>/dev/null || apt_install python3-venv
+    if ! { python3 -m venv --help >/dev/null 2>&1 && python3 -c 'import ensurepip' 2>/dev/null; }; then apt_install python3-venv; fi
     say "moto's server for the SQS bridge tests: $MOTO_WANT"
     rm -rf "$venv"
     python3 -m venv "$venv"

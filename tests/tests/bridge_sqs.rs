@@ -4,6 +4,8 @@
 //! poison message, relayed by the bridge to `<ns>.uploads`. Checked from the
 //! broker (what ingest's queue receives) and from SQS (what is left there).
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_sqs::types::QueueAttributeName;
 use reelfleet_bridge::{sqs_client, SqsBridge};

@@ -3,6 +3,8 @@
 //! Duplicated messages, two copies in flight at once and a job whose answer
 //! was paid for before a crash each make the stage run (and pay) once.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use reelfleet_cli::fleet::StageName;
 use reelfleet_core::{
     broker::Outgoing,

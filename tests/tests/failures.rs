@@ -3,6 +3,8 @@
 //! its requeue, and a message the broker dead-letters at the delivery limit
 //! reaches the dead-letter queue explained, with its job marked failed.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use async_trait::async_trait;
 use lapin::options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
 use reelfleet_cli::{

@@ -4,6 +4,8 @@
 //! rotated-out envelopes (and a replay that must not launder them), an
 //! uploader asking for the most expensive tier.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use chrono::Utc;
 use reelfleet_cli::dlq::{self, DlqFilter};
 use reelfleet_cli::fleet::StageName;

@@ -8,6 +8,8 @@
 //!   message only once every record it carried is confirmed, keep slow
 //!   messages hidden, leave poison to the queue's redrive policy.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod notification;
 
 use aws_sdk_sqs::{

@@ -19,7 +19,7 @@ use tracing::info;
 pub struct DevOptions {
     /// Folder for objects and the written configuration.
     pub data_dir: PathBuf,
-    /// Namespace override.
+    /// Replaces the settings' namespace; `None` keeps it.
     pub namespace: Option<String>,
     /// S3 port (0 picks one).
     pub s3_port: u16,
@@ -91,11 +91,11 @@ pub struct DevStack {
     pub settings: Arc<Settings>,
     /// The S3 endpoint.
     pub s3: S3Server,
-    /// The simulator.
+    /// The provider simulator the inference stage calls.
     pub simulator: SimulatorHandle,
-    /// The workers.
+    /// The workers of [`DevOptions::stages`] and their health server.
     pub fleet: FleetHandle,
-    /// Cancels everything.
+    /// Cancelling it drains the workers and stops the S3 endpoint and the simulator.
     pub shutdown: CancellationToken,
     /// Where the configuration was written.
     pub config_path: PathBuf,

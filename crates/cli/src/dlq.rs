@@ -40,7 +40,7 @@ pub struct DlqFilter {
     /// `W.dlq`; delivery-limit dead letters are now `transient` with code
     /// `delivery_limit`).
     pub error_class: Option<String>,
-    /// Job id.
+    /// Only the dead letters of this job.
     pub job: Option<String>,
     /// Only dead letters from this time on.
     pub since: Option<DateTime<Utc>>,
@@ -63,31 +63,31 @@ pub struct DeadLetter {
     pub stage: String,
     /// `transient`, `permanent`, or `broker` (no runtime headers: an old broker dead letter).
     pub error_class: String,
-    /// Short code.
+    /// The runtime's short code (`bad_input`, `delivery_limit`, ...).
     pub error_code: String,
-    /// Readable reason.
+    /// The reason, for a person.
     pub error_message: String,
-    /// Attempts made.
+    /// Attempts made, the last one included.
     pub attempts: u32,
-    /// First failed attempt.
+    /// RFC 3339 time of the first failed attempt; `None` without the runtime's headers.
     pub first_failure: Option<String>,
-    /// Last failed attempt.
+    /// RFC 3339 time it was dead-lettered; `None` without the runtime's headers.
     pub last_failure: Option<String>,
-    /// Headers, as text.
+    /// Every header of the message, as text or integers.
     #[serde(skip)]
     pub headers: BTreeMap<String, HeaderText>,
-    /// Body.
+    /// The message body as it was dead-lettered (usually a signed envelope).
     #[serde(skip)]
     pub body: Vec<u8>,
 }
 
-/// A header value kept for export.
+/// A header value kept for export: a JSON number or string.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(untagged)]
 pub enum HeaderText {
-    /// Integer.
+    /// An AMQP integer header, as a JSON number.
     Int(i64),
-    /// Text.
+    /// Any other header, as a JSON string.
     Text(String),
 }
 
@@ -101,11 +101,11 @@ fn header_string(h: &HeaderText) -> String {
 /// One line of `dlq export`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ExportLine {
-    /// Dead-letter id.
+    /// The dead letter's id, as `dlq ls` shows it.
     pub id: String,
-    /// Dead-letter queue.
+    /// The dead-letter queue `dlq import` puts it back into.
     pub dlq: String,
-    /// Headers.
+    /// Every header, restored on import.
     pub headers: BTreeMap<String, HeaderText>,
     /// Body, base64.
     pub body_base64: String,
@@ -258,7 +258,7 @@ pub struct ReplayReport {
     pub replayed: usize,
     /// Messages that matched (with `--dry-run`, nothing else happened).
     pub matched: usize,
-    /// Ids replayed.
+    /// The ids of the dead letters replayed.
     pub ids: Vec<String>,
     /// Dead letters left where they are because their signature is not one
     /// of the fleet's (forged, or a key no longer accepted), with the reason:

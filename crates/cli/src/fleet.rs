@@ -80,14 +80,14 @@ pub async fn build_stages(
     Ok(out)
 }
 
-/// Running workers.
+/// Running workers: what [`start`] returns.
 #[derive(Debug)]
 pub struct FleetHandle {
     /// Where `/healthz`, `/readyz` and `/metrics` answer.
     pub health_addr: SocketAddr,
-    /// The metrics.
+    /// The registry the workers count into, served on `/metrics`.
     pub metrics: Metrics,
-    /// Readiness.
+    /// What `/readyz` answers from: ready once every consumer is attached.
     pub readiness: Readiness,
     tasks: JoinSet<()>,
     /// Stops the health server when the handle goes, after the drain.

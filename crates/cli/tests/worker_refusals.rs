@@ -1,6 +1,8 @@
 //! A worker that cannot run safely refuses to start, and says why: no
 //! credential of its own, a well-known one, or an ffmpeg it cannot fence in.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use reelfleet_core::signing::generate_key;
 use std::process::{Command, Output};
 

@@ -2,6 +2,8 @@
 //! `/readyz` says so, with `/metrics`, while the worker drains), the message
 //! in flight is finished and forwarded, the process exits 0.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use reelfleet_core::{
     broker::{Broker, HeaderValue, Outgoing},
     envelope::{Envelope, JobKind, SourceObject, SIGNATURE_HEADER},

@@ -10,44 +10,46 @@ use serde::Deserialize;
 use std::{path::Path, process::Stdio, time::Duration};
 use tokio::process::Command;
 
-/// Subprocess failures.
+/// Why a run of ffprobe or ffmpeg failed. As a [`crate::error::StageError`]
+/// a spawn, signal, timeout or local I/O failure is retried; a failed run,
+/// unreadable output or a missing allow-list is permanent.
 #[derive(Debug, thiserror::Error)]
 pub enum MediaError {
     /// The binary could not be started.
     #[error("cannot run {program}: {source} (is ffmpeg installed?)")]
     Spawn {
-        /// Binary.
+        /// The configured ffmpeg or ffprobe (`media.ffmpeg`, `media.ffprobe`).
         program: String,
-        /// Why.
+        /// Why the spawn failed (not found, not executable).
         source: std::io::Error,
     },
     /// Killed after the timeout.
     #[error("{program} did not finish within {secs} s")]
     Timeout {
-        /// Binary.
+        /// The configured ffmpeg or ffprobe (`media.ffmpeg`, `media.ffprobe`).
         program: String,
-        /// Timeout.
+        /// The limit it ran into, in seconds (`media.probe_timeout_secs` or `media.ffmpeg_timeout_secs`).
         secs: u64,
     },
     /// Killed by a signal it did not send itself (the OOM killer's SIGKILL,
     /// a node draining): says nothing about the input, so worth retrying.
     #[error("{program} was killed by signal {signal}: {stderr}")]
     Killed {
-        /// Binary.
+        /// The configured ffmpeg or ffprobe (`media.ffmpeg`, `media.ffprobe`).
         program: String,
-        /// Signal number.
+        /// The signal's number (9 for SIGKILL).
         signal: i32,
-        /// Last lines of stderr.
+        /// The end of its stderr, at most 1500 bytes.
         stderr: String,
     },
     /// Exited with an error.
     #[error("{program} failed ({status}): {stderr}")]
     Failed {
-        /// Binary.
+        /// The configured ffmpeg or ffprobe (`media.ffmpeg`, `media.ffprobe`).
         program: String,
-        /// Exit status.
+        /// The exit status as the OS reports it (`exit status: 1`).
         status: String,
-        /// Last lines of stderr.
+        /// The end of its stderr, at most 1500 bytes.
         stderr: String,
     },
     /// Output could not be understood.
@@ -57,9 +59,9 @@ pub enum MediaError {
     /// without it a playlist could make the decoder read other files.
     #[error("cannot build the demuxer allow-list from {program}: {reason}")]
     AllowList {
-        /// Binary.
+        /// The configured ffmpeg or ffprobe (`media.ffmpeg`, `media.ffprobe`).
         program: String,
-        /// Why.
+        /// What went wrong: the tool did not run, failed, or listed no demuxer.
         reason: String,
     },
     /// Local I/O.
@@ -70,18 +72,19 @@ pub enum MediaError {
 /// ffprobe's view of a file.
 #[derive(Clone, Debug, Deserialize, Default)]
 pub struct Probe {
-    /// Streams.
+    /// Every stream, in the container's order (cover art and data included).
     #[serde(default)]
     pub streams: Vec<ProbeStream>,
-    /// Container.
+    /// The container's own facts (`-show_format`).
     #[serde(default)]
     pub format: ProbeFormat,
 }
 
-/// One stream.
+/// One stream, as ffprobe's `-show_streams` reports it; the numbers it
+/// prints as text stay text, absent when the container does not say.
 #[derive(Clone, Debug, Deserialize, Default)]
 pub struct ProbeStream {
-    /// Stream index.
+    /// Position in the container, from 0 (what `-map 0:N` names).
     #[serde(default)]
     pub index: u32,
     /// `video`, `audio`, `subtitle`, `data`.
@@ -90,11 +93,11 @@ pub struct ProbeStream {
     /// Codec (`h264`, `hevc`, `vp9`, ...).
     #[serde(default)]
     pub codec_name: String,
-    /// Coded width.
+    /// Coded width in pixels, before rotation; `None` for streams without pictures.
     pub width: Option<u32>,
-    /// Coded height.
+    /// Coded height in pixels, before rotation; `None` for streams without pictures.
     pub height: Option<u32>,
-    /// Pixel format.
+    /// ffmpeg's pixel format name (`yuv420p`, `yuv420p10le`); `None` for streams without pictures.
     pub pix_fmt: Option<String>,
     /// Average frame rate as a fraction (`30000/1001`).
     pub avg_frame_rate: Option<String>,
@@ -114,10 +117,10 @@ pub struct ProbeStream {
     pub side_data_list: Vec<serde_json::Value>,
 }
 
-/// The container.
+/// The container, as ffprobe's `-show_format` reports it.
 #[derive(Clone, Debug, Deserialize, Default)]
 pub struct ProbeFormat {
-    /// Demuxer names.
+    /// The demuxer's names for it, comma-separated (`mov,mp4,m4a,3gp,3g2,mj2`).
     #[serde(default)]
     pub format_name: String,
     /// Duration in seconds, as text.
@@ -126,7 +129,7 @@ pub struct ProbeFormat {
     pub size: Option<String>,
     /// Bit rate, as text.
     pub bit_rate: Option<String>,
-    /// Streams in the container.
+    /// How many streams the container holds.
     #[serde(default)]
     pub nb_streams: u32,
 }
@@ -199,6 +202,16 @@ fn is_cover_art(s: &ProbeStream) -> bool {
     matches!(s.codec_name.as_str(), "mjpeg" | "png")
         && s.nb_frames.as_deref().unwrap_or("1") == "1"
         && s.avg_frame_rate.as_deref() == Some("0/0")
+}
+
+/// One run of ffprobe or ffmpeg as [`Media`] starts it (environment cleared
+/// but `PATH`, no shell): what `reelfleet media plan` prints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolCommand {
+    /// The configured binary (`media.ffmpeg` or `media.ffprobe`).
+    pub program: String,
+    /// Every argument, in order.
+    pub args: Vec<String>,
 }
 
 /// Runs ffprobe and ffmpeg.
@@ -325,19 +338,24 @@ impl Media {
         }
     }
 
-    /// Probes a local file.
-    pub async fn probe(&self, path: &Path) -> Result<Probe, MediaError> {
+    /// The ffprobe run of [`Media::probe`].
+    pub fn probe_command(&self, path: &Path) -> ToolCommand {
         let mut args: Vec<String> = vec!["-v".into(), "error".into()];
         args.extend(self.whitelist_args());
         args.extend(["-print_format", "json", "-show_format", "-show_streams"].map(String::from));
         args.push(format!("file:{}", path.display()));
-        let out = run(&self.settings.ffprobe, &args, self.settings.probe_timeout_secs).await?;
+        ToolCommand { program: self.settings.ffprobe.clone(), args }
+    }
+
+    /// Probes a local file.
+    pub async fn probe(&self, path: &Path) -> Result<Probe, MediaError> {
+        let cmd = self.probe_command(path);
+        let out = run(&cmd.program, &cmd.args, self.settings.probe_timeout_secs).await?;
         serde_json::from_slice(&out.stdout).map_err(|e| MediaError::Parse(format!("ffprobe JSON: {e}")))
     }
 
-    /// Counts the packets (frames) of the first video stream without decoding
-    /// them: the frame count of a stream that declares no duration.
-    pub async fn count_video_packets(&self, path: &Path) -> Result<u64, MediaError> {
+    /// The ffprobe run of [`Media::count_video_packets`].
+    pub fn count_packets_command(&self, path: &Path) -> ToolCommand {
         let mut args: Vec<String> = vec!["-v".into(), "error".into()];
         args.extend(self.whitelist_args());
         args.extend(
@@ -345,7 +363,14 @@ impl Media {
                 .map(String::from),
         );
         args.push(format!("file:{}", path.display()));
-        let out = run(&self.settings.ffprobe, &args, self.settings.probe_timeout_secs).await?;
+        ToolCommand { program: self.settings.ffprobe.clone(), args }
+    }
+
+    /// Counts the packets (frames) of the first video stream without decoding
+    /// them: the frame count of a stream that declares no duration.
+    pub async fn count_video_packets(&self, path: &Path) -> Result<u64, MediaError> {
+        let cmd = self.count_packets_command(path);
+        let out = run(&cmd.program, &cmd.args, self.settings.probe_timeout_secs).await?;
         let v: serde_json::Value =
             serde_json::from_slice(&out.stdout).map_err(|e| MediaError::Parse(format!("ffprobe JSON: {e}")))?;
         v["streams"][0]["nb_read_packets"]
@@ -354,18 +379,29 @@ impl Media {
             .ok_or_else(|| MediaError::Parse("ffprobe counted no video packets".into()))
     }
 
-    /// Runs ffmpeg with `args` (after `-hide_banner -nostdin -y`), returning its stderr.
-    pub async fn ffmpeg(&self, args: &[String]) -> Result<String, MediaError> {
+    /// The ffmpeg run of [`Media::ffmpeg`] for `args`: `-hide_banner -nostdin -y` first.
+    pub fn ffmpeg_command(&self, args: &[String]) -> ToolCommand {
         let mut full: Vec<String> = vec!["-hide_banner".into(), "-nostdin".into(), "-y".into()];
         full.extend_from_slice(args);
-        let out = run(&self.settings.ffmpeg, &full, self.settings.ffmpeg_timeout_secs).await?;
+        ToolCommand { program: self.settings.ffmpeg.clone(), args: full }
+    }
+
+    /// Runs ffmpeg with `args` (after `-hide_banner -nostdin -y`), returning its stderr.
+    pub async fn ffmpeg(&self, args: &[String]) -> Result<String, MediaError> {
+        let cmd = self.ffmpeg_command(args);
+        let out = run(&cmd.program, &cmd.args, self.settings.ffmpeg_timeout_secs).await?;
         Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// The ffmpeg run of [`Media::has_filter`] (it lists every filter).
+    pub fn filters_command(&self) -> ToolCommand {
+        ToolCommand { program: self.settings.ffmpeg.clone(), args: vec!["-hide_banner".into(), "-filters".into()] }
     }
 
     /// Whether this ffmpeg build has a filter (for example `libvmaf`).
     pub async fn has_filter(&self, name: &str) -> bool {
-        let args = vec!["-hide_banner".to_string(), "-filters".to_string()];
-        match run(&self.settings.ffmpeg, &args, 10).await {
+        let cmd = self.filters_command();
+        match run(&cmd.program, &cmd.args, 10).await {
             Ok(out) => String::from_utf8_lossy(&out.stdout).lines().any(|l| l.split_whitespace().nth(1) == Some(name)),
             Err(_) => false,
         }

@@ -3,6 +3,13 @@
 //! generate prompt document), validates it against the limits, drops a
 //! source it already knows, writes `jobs/<job_id>/manifest.json` and
 //! forwards the job to preprocess.
+//!
+//! - this file: the stage (events split into jobs, validation, the manifest).
+//! - [`ffmpeg`]: the ffprobe and ffmpeg runs that validate a video.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod ffmpeg;
 
 use async_trait::async_trait;
 use reelfleet_core::{
@@ -288,7 +295,7 @@ impl Ingest {
             ));
         }
         let fps = video.fps().unwrap_or(0.0);
-        let duration = match probe.duration().filter(|d| *d > 0.0) {
+        let duration = match ffmpeg::declared_duration(&probe) {
             Some(d) => d,
             // A stream that declares no duration (a raw elementary stream) would step
             // around the limits: count its frames, without decoding, before anything else.
@@ -322,9 +329,7 @@ impl Ingest {
             ));
         }
         // The container can lie: decode the first second to prove there are frames.
-        let mut args = vec!["-v".to_string(), "error".into(), "-xerror".into()];
-        args.extend(self.media.input_args(&path));
-        args.extend(["-t", "1", "-map", "0:v:0", "-f", "null", "-"].map(String::from));
+        let args = ffmpeg::decode_check_args(&self.media, &path);
         self.media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("video does not decode"))?;
         Ok(InputInfo {
             container: probe.format.format_name.clone(),

@@ -2,7 +2,8 @@
 //! machine, printed and written to `bench/results/*.json`.
 //!
 //! - `transcode [--clips N] [--seconds S]`: N real 720p clips through the
-//!   whole fleet vs the same ffmpeg commands run by `xargs -P <cores>`.
+//!   whole fleet vs the same ffmpeg commands (`reelfleet media plan`, replayed
+//!   by `scripts/lib/baseline-transcode.sh`) run by `xargs -P <cores>`.
 //! - `overhead [--jobs N]`: the stage runtime alone (four chained no-op stages
 //!   that each read their input object, write 1 KB and forward, over real
 //!   RabbitMQ and the embedded S3), and the raw ceilings of this machine:
@@ -16,10 +17,7 @@ use anyhow::{bail, Context};
 use async_trait::async_trait;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions, QueueDeleteOptions};
-use reelfleet_cli::{
-    dev::{DevOptions, DevStack},
-    ops, scale,
-};
+use reelfleet_cli::{dev::DevStack, ops, scale};
 use reelfleet_core::{
     broker::{Broker, Outgoing},
     envelope::{Envelope, JobKind, SourceObject, Tier},
@@ -31,6 +29,10 @@ use reelfleet_core::{
     settings::{Secret, Settings},
     storage::Storage,
     topology::{Topology, WorkQueue},
+};
+use reelfleet_tests::{
+    clip::Clip,
+    fleet::{delete_namespace, reelfleet_binary, start_dev},
 };
 use std::{
     collections::BTreeMap,
@@ -119,30 +121,9 @@ async fn start_s3(
     Ok(s3)
 }
 
-async fn delete_namespace(broker: &Broker, topology: &Topology) {
-    if let Ok(ch) = broker.channel().await {
-        for q in topology.all_queue_names() {
-            let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
-        }
-        for x in topology.exchange_names() {
-            let _ = ch.exchange_delete(x.as_str().into(), Default::default()).await;
-        }
-    }
-}
-
 /// `reelfleet dev` with all four workers (one replica each), under `dir`.
-async fn start_fleet(tag: &str, dir: &Path) -> anyhow::Result<DevStack> {
-    let mut settings = bench_settings(tag);
-    settings.runtime.health_addr = "127.0.0.1:0".into();
-    settings.runtime.scratch_dir = Some(dir.join("scratch").display().to_string());
-    let options = DevOptions {
-        data_dir: dir.join("dev"),
-        namespace: None,
-        s3_port: 0,
-        sim_port: 0,
-        stages: reelfleet_cli::fleet::StageName::ALL.to_vec(),
-    };
-    DevStack::start(settings, options).await
+async fn start_fleet(settings: Settings, dir: &Path) -> anyhow::Result<DevStack> {
+    start_dev(settings, dir, &reelfleet_cli::fleet::StageName::ALL).await
 }
 
 /// Stops a fleet from [`start_fleet`], deletes its queues, and fails unless
@@ -167,45 +148,46 @@ fn make_clips(clip_dir: &Path, clips: usize, seconds: usize) -> anyhow::Result<V
         ["testsrc2", "mandelbrot", "life=mold=10:ratio=0.1:life_color=#33cc33", "smptehdbars", "cellauto=rule=110"];
     let mut paths = Vec::new();
     for i in 0..clips {
-        let path = clip_dir.join(format!("clip-{i:02}.mp4"));
         let src = sources[i % sources.len()];
         let sep = if src.contains('=') { ":" } else { "=" };
-        let video = format!("{src}{sep}size=1280x720:rate=30");
-        let status = Command::new("ffmpeg")
-            .args([
-                "-hide_banner",
-                "-v",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                &video,
-                "-f",
-                "lavfi",
-                "-i",
-                &format!("sine=frequency={}", 200 + i * 20),
-            ])
-            .args([
-                "-t",
-                &seconds.to_string(),
-                "-pix_fmt",
-                "yuv420p",
-                "-c:v",
-                "libx264",
-                "-preset",
-                "veryfast",
-                "-c:a",
-                "aac",
-            ])
-            .arg(&path)
-            .status()?;
-        if !status.success() {
-            bail!("ffmpeg could not make {}", path.display());
-        }
-        paths.push(path);
+        let clip = Clip {
+            video: &format!("{src}{sep}size=1280x720:rate=30"),
+            audio: &format!("sine=frequency={}", 200 + i * 20),
+            seconds: seconds as f64,
+            extra: &["-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac"],
+        };
+        paths.push(clip.make(clip_dir, &format!("clip-{i:02}.mp4"))?);
     }
     Ok(paths)
+}
+
+/// Each clip's ffprobe/ffmpeg runs as `reelfleet media plan --print0` lists
+/// them for `settings` (the stages' own argument builders), written to
+/// `out/clip-NN.plan`, their outputs going to `out/clip-NN/`.
+fn plan_baseline(settings: &Settings, clips: &[PathBuf], out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let reelfleet = reelfleet_binary()?;
+    let config = out.join("settings.toml");
+    std::fs::write(&config, settings.to_toml())?;
+    let mut plans = Vec::new();
+    for clip in clips {
+        let name = clip.file_stem().context("clip name")?.to_string_lossy().into_owned();
+        let outdir = out.join(&name);
+        std::fs::create_dir_all(&outdir)?;
+        let plan = Command::new(&reelfleet)
+            .arg("--config")
+            .arg(&config)
+            .args(["media", "plan", "--print0"])
+            .arg(clip)
+            .arg(&outdir)
+            .output()?;
+        if !plan.status.success() {
+            bail!("reelfleet media plan {}: {}", clip.display(), String::from_utf8_lossy(&plan.stderr));
+        }
+        let path = out.join(format!("{name}.plan"));
+        std::fs::write(&path, plan.stdout)?;
+        plans.push(path);
+    }
+    Ok(plans)
 }
 
 async fn transcode(args: &[String]) -> anyhow::Result<()> {
@@ -214,11 +196,13 @@ async fn transcode(args: &[String]) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let work = tempfile::Builder::new().prefix("reelfleet-bench-").tempdir()?;
     let paths = make_clips(&work.path().join("clips"), clips, seconds)?;
+    let settings = bench_settings("transcode");
 
     eprintln!("baseline: the same ffmpeg commands by xargs -P {cores}");
     let out = work.path().join("baseline");
     std::fs::create_dir_all(&out)?;
-    let list: String = paths.iter().map(|p| format!("{}\n", p.display())).collect();
+    let plans = plan_baseline(&settings, &paths, &out)?;
+    let list: String = plans.iter().map(|p| format!("{}\n", p.display())).collect();
     let script =
         Path::new("scripts/lib/baseline-transcode.sh").canonicalize().context("run from the repository root")?;
     let t0 = Instant::now();
@@ -226,7 +210,6 @@ async fn transcode(args: &[String]) -> anyhow::Result<()> {
         .args(["-P", &cores.to_string(), "-I", "{}", "bash"])
         .arg(&script)
         .arg("{}")
-        .arg(&out)
         .stdin(std::process::Stdio::piped())
         .spawn()?;
     {
@@ -240,7 +223,7 @@ async fn transcode(args: &[String]) -> anyhow::Result<()> {
     eprintln!("baseline: {baseline_s:.1} s");
 
     eprintln!("fleet: reelfleet dev, {clips} uploads");
-    let dev = start_fleet("transcode", work.path()).await?;
+    let dev = start_fleet(settings, work.path()).await?;
     let t0 = Instant::now();
     let submitted =
         ops::submit(&dev.settings, &ops::SubmitRequest { files: paths.clone(), ..Default::default() }).await?;
@@ -278,7 +261,7 @@ async fn scaling(args: &[String]) -> anyhow::Result<()> {
     let seconds = arg(args, "--seconds", 6)?;
     let work = tempfile::Builder::new().prefix("reelfleet-bench-").tempdir()?;
     let paths = make_clips(&work.path().join("clips"), clips, seconds)?;
-    let dev = start_fleet("scaling", work.path()).await?;
+    let dev = start_fleet(bench_settings("scaling"), work.path()).await?;
     let chart = scale::ChartScaling::load(None)?;
     let done = CancellationToken::new();
     let sampler = {

@@ -45,6 +45,7 @@ CORE_KINDS = {
     "Deployment",
     "PodDisruptionBudget",
     "HorizontalPodAutoscaler",
+    "NetworkPolicy",
 }
 failures = []
 
@@ -133,6 +134,96 @@ def fail(case, message):
     failures.append(f"[{case}] {message}")
 
 
+# Credentials as an operator gives them (none has a default in the chart).
+CREDENTIALS = {
+    "REELFLEET_BROKER__URL": "amqp://fleet:Nq3xv81ke2@rabbitmq:5672/video",
+    "REELFLEET_BROKER__MANAGEMENT_URL": "http://fleet:Nq3xv81ke2@rabbitmq:15672/",
+    "REELFLEET_S3__ACCESS_KEY": "AKIACHARTCHECK01",
+    "REELFLEET_S3__SECRET_KEY": "c7e0f5a1b9d24e8f9a3b6c0d1e2f3a4b",
+    "REELFLEET_SIGNING__SECRET": "3f9a0c7e1b5d2e8f4a6c9b0d3e7f1a2c5b8d0e4f6a9c1b3d5e7f0a2c4b6d8e9f",
+    "REELFLEET_INFERENCE__API_KEY": "sk-chart-check-5e1d9c",
+    "REELFLEET_STATE__URL": "postgres://fleet:Hk2p9w@postgresql:5432/reelfleet",
+}
+GIVEN = {"secrets": {"values": CREDENTIALS}}
+
+
+def with_credentials(values):
+    """`values` with every credential given, unless it names an existing Secret."""
+    if values.get("secrets", {}).get("existingSecret"):
+        return values
+    merged = json.loads(json.dumps(values))
+    merged.setdefault("secrets", {}).setdefault("values", {})
+    for k, v in CREDENTIALS.items():
+        merged["secrets"]["values"].setdefault(k, v)
+    return merged
+
+
+def check_hardening(case, docs, values):
+    """NetworkPolicy: no ingress but the metrics port, egress only DNS and the
+    listed peers; ffmpeg threads follow a CPU limit; scratch sized from what a
+    worker holds at once."""
+    net = values.get("networkPolicy", {})
+    policies = by_kind(docs, "NetworkPolicy")
+    if net.get("enabled", True):
+        if len(policies) != 1:
+            fail(case, f"expected one NetworkPolicy, found {len(policies)}")
+        else:
+            spec = policies[0]["spec"]
+            if sorted(spec.get("policyTypes", [])) != ["Egress", "Ingress"]:
+                fail(case, "the NetworkPolicy must govern both ingress and egress")
+            ports = [p.get("port") for rule in spec.get("ingress", []) for p in rule.get("ports", [])]
+            if ports != ["http-metrics"] or any("ports" not in r for r in spec.get("ingress", [])):
+                fail(case, f"ingress must be the metrics port only, got {ports}")
+            dns = spec.get("egress", [{}])[0].get("ports", [])
+            if sorted(p["port"] for p in dns) != [53, 53]:
+                fail(case, "the first egress rule must be DNS")
+    elif policies:
+        fail(case, "networkPolicy.enabled is false but a NetworkPolicy was rendered")
+    config = values.get("config", {})
+    for d in by_kind(docs, "Deployment"):
+        name = d["metadata"]["name"]
+        pod = d["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        cpu = container.get("resources", {}).get("limits", {}).get("cpu")
+        if cpu and not config.get("media", {}).get("threads"):
+            text = str(cpu)
+            want = -(-int(text[:-1]) // 1000) if text.endswith("m") else -(-float(text) // 1)
+            if env.get("REELFLEET_MEDIA__THREADS") != str(int(want)):
+                fail(case, f"{name}: CPU limit {cpu} but media threads {env.get('REELFLEET_MEDIA__THREADS')}")
+        elif "REELFLEET_MEDIA__THREADS" in env and not cpu:
+            fail(case, f"{name}: media threads set without a CPU limit")
+        (scratch,) = [v for v in pod["volumes"] if v["name"] == "scratch"]
+        size = scratch["emptyDir"]["sizeLimit"]
+        if not values.get("scratch", {}).get("sizeLimit"):
+            stage = d["metadata"]["labels"]["reelfleet.io/stage"]
+            if stage == "inference":
+                tier = d["metadata"]["labels"]["reelfleet.io/tier"]
+                held = config.get("inference", {}).get(tier, {}).get("concurrency", 4) * config.get("inference", {}).get("max_video_bytes", 4 << 30)
+            else:
+                held = config.get("broker", {}).get("prefetch", 4) * config.get("limits", {}).get("max_bytes", 10 << 30) * 3
+            if size != f"{held // (1 << 20)}Mi":
+                fail(case, f"{name}: scratch {size}, expected {held // (1 << 20)}Mi for what it holds at once")
+
+
+def check_secret_rolls_pods():
+    """A changed credential changes every pod template (so pods roll), and
+    the same values render the same Secret (nothing is made per render)."""
+    def annotations(values):
+        docs = render(values)
+        return {d["metadata"]["name"]: d["spec"]["template"]["metadata"]["annotations"] for d in by_kind(docs, "Deployment")}, by_kind(docs, "Secret")
+    a, secret_a = annotations(GIVEN)
+    b, secret_b = annotations(GIVEN)
+    if a != b or secret_a != secret_b:
+        fail("secret", "two renders of the same values differ")
+    changed = json.loads(json.dumps(GIVEN))
+    changed["secrets"]["values"]["REELFLEET_SIGNING__SECRET"] = "9" + CREDENTIALS["REELFLEET_SIGNING__SECRET"][1:]
+    c, _ = annotations(changed)
+    same = [n for n in a if a[n].get("checksum/credentials") == c[n].get("checksum/credentials")]
+    if same:
+        fail("secret", f"a new signing key does not roll {same}")
+
+
 def render(values, name="reelfleet", namespace="video"):
     out = helm_python.Chart.load(str(CHART)).render(values, name=name, namespace=namespace)
     docs = []
@@ -172,13 +263,7 @@ def check_settings(case, docs, values, reelfleet):
             env[key] = base64.b64decode(value).decode()
     else:
         # An existing Secret: stand-ins for the keys an operator puts in it.
-        env.update(
-            {
-                "REELFLEET_BROKER__URL": "amqp://user:pass@rabbitmq:5672/video",
-                "REELFLEET_BROKER__MANAGEMENT_URL": "http://user:pass@rabbitmq:15672/",
-                "REELFLEET_SIGNING__SECRET": "x" * 48,
-            }
-        )
+        env.update(CREDENTIALS)
     with tempfile.TemporaryDirectory() as tmp:
         if values.get("configFile"):
             path = Path(tmp) / "reelfleet.toml"
@@ -317,6 +402,7 @@ def check_keda(case, docs, namespace, reelfleet, values, effective):
 
 
 def check_case(case, values, reelfleet):
+    values = with_credentials(values)
     lint = helm_python.lint(str(CHART), values or None, strict=True)
     for m in lint["messages"]:
         if m["severity"] >= 2:
@@ -338,6 +424,7 @@ def check_case(case, values, reelfleet):
     namespace = (values.get("config") or {}).get("namespace", "reelfleet")
     mode = (values.get("autoscaling") or {}).get("mode", "keda")
     check_workloads(case, docs, values)
+    check_hardening(case, docs, values)
     effective = check_settings(case, docs, values, reelfleet)
     if mode == "keda":
         check_keda(case, docs, namespace, reelfleet, values, effective)
@@ -361,6 +448,8 @@ def check_case(case, values, reelfleet):
 
 
 REFUSED = [
+    ("no existing Secret and no credentials", {}),
+    ("an empty signing key", {"secrets": {"values": dict(CREDENTIALS, REELFLEET_SIGNING__SECRET="")}}),
     ("an unknown autoscaling mode", {"autoscaling": {"mode": "sometimes"}}),
     ("an inference worker without a tier", {"workers": {"inference-x": {"stage": "inference"}}}),
     ("a worker of no stage", {"workers": {"transcode": {"stage": "transcode"}}}),
@@ -376,6 +465,8 @@ REFUSED = [
 
 def check_refusals():
     for what, values in REFUSED:
+        if what not in ("no existing Secret and no credentials", "an empty signing key"):
+            values = with_credentials(values)
         try:
             render(values)
         except helm_python.HelmError as e:
@@ -387,7 +478,7 @@ def check_refusals():
 def check_documented():
     """Every value in values.yaml carries a comment: each leaf key has one on the
     line above, except inside free-form maps documented as a whole."""
-    free_form = {"config", "workers", "podSecurityContext", "securityContext", "resources", "values", "requests"}
+    free_form = {"config", "workers", "podSecurityContext", "securityContext", "resources", "values", "requests", "egress"}
     lines = (CHART / "values.yaml").read_text().splitlines()
     parents = []
     for i, line in enumerate(lines):
@@ -405,7 +496,7 @@ def check_documented():
 
 def main():
     reelfleet = sys.argv[1]
-    cases = [("default values", {})]
+    cases = [("default values with credentials given", {})]
     for path in sorted((CHART / "ci").glob("*.yaml")):
         cases.append((path.name, yaml.safe_load(path.read_text()) or {}))
     cases.append(("HPA fallback", {"autoscaling": {"mode": "hpa"}}))
@@ -414,6 +505,7 @@ def main():
         kinds = check_case(case, values, reelfleet)
         print(f"  {case}: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
     check_refusals()
+    check_secret_rolls_pods()
     check_documented()
     report.finish("chart", failures, "lint, render, Kubernetes schemas, one ScaledObject per work queue, settings")
 

@@ -2,7 +2,8 @@
 """Checks deploy/docker-compose.yml beyond its schema (which `compose config`
 already checked): one worker service per work queue the topology declares,
 each running the right stage and tier; every reelfleet service's environment
-accepted by `reelfleet config check`; MinIO notifying the topology's uploads
+accepted by `reelfleet config check` (which refuses well-known credentials);
+every published port bound to 127.0.0.1; MinIO notifying the topology's uploads
 exchange with the arguments the workers declare it with.
 
 Usage: check_compose.py RESOLVED_COMPOSE_YAML PATH/TO/reelfleet
@@ -56,6 +57,17 @@ for q in topology["work_queues"]:
         failures.append(f"queue {q['queue']}: {len(workers.get(want, []))} services run `worker {' '.join(want)}`")
 if len(workers) != len(topology["work_queues"]):
     failures.append(f"worker services {sorted(workers)} do not match the work queues")
+
+for name, s in services.items():
+    for p in s.get("ports", []):
+        # Compose v2 resolves ports to mappings, v1 keeps "host_ip:published:target".
+        if isinstance(p, dict):
+            host_ip, published = p.get("host_ip"), p.get("published")
+        else:
+            parts = str(p).split(":")
+            host_ip, published = (parts[0] if len(parts) == 3 else None), parts[-2] if len(parts) > 1 else parts[0]
+        if host_ip != "127.0.0.1":
+            failures.append(f"{name}: port {published} is published on {host_ip or 'every interface'}, not 127.0.0.1")
 
 minio = services["minio"]["environment"]
 if minio.get("MINIO_NOTIFY_AMQP_EXCHANGE_PRIMARY") != topology["uploads_exchange"]:

@@ -82,7 +82,7 @@ ensure_postgres() {
   if ! pg_answers; then
     command -v pg_lsclusters >/dev/null 2>&1 || apt_install postgresql
     if [ -z "$(pg_lsclusters -h 2>/dev/null)" ]; then
-      local version; version="$(ls /usr/lib/postgresql | sort -V | tail -n 1)"
+      local version; version="$(find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -n 1)"
       as_root pg_createcluster "$version" main >/dev/null
     fi
     say "starting PostgreSQL"
@@ -134,7 +134,7 @@ reelfleet_cache() {
 # installed: installing it would start a Prometheus server on :9090.
 ensure_promtool() {
   if [ -n "${PROMTOOL:-}" ] && "$PROMTOOL" --version >/dev/null 2>&1; then return 0; fi
-  if command -v promtool >/dev/null 2>&1; then export PROMTOOL="$(command -v promtool)"; return 0; fi
+  if command -v promtool >/dev/null 2>&1; then PROMTOOL="$(command -v promtool)"; export PROMTOOL; return 0; fi
   local dir; dir="$(reelfleet_cache)/prometheus"
   if [ ! -x "$dir/usr/bin/promtool" ]; then
     command -v apt-get >/dev/null 2>&1 || die "promtool not found: install Prometheus' promtool"
@@ -155,7 +155,9 @@ ensure_pytools() {
   local want="helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 jsonschema==4.26.0 PyYAML==6.0.3"
   if [ ! -f "$venv/.installed" ] || [ "$(cat "$venv/.installed")" != "$want" ]; then
     command -v python3 >/dev/null 2>&1 || apt_install python3
-    python3 -m venv --help >/dev/null 2>&1 && python3 -c 'import ensurepip' 2>/dev/null || apt_install python3-venv
+    if ! { python3 -m venv --help >/dev/null 2>&1 && python3 -c 'import ensurepip' 2>/dev/null; }; then
+      apt_install python3-venv
+    fi
     say "python tools for the chart checks: $want"
     rm -rf "$venv"
     python3 -m venv "$venv"
@@ -172,4 +174,24 @@ ensure_compose() {
   if docker compose version >/dev/null 2>&1; then export COMPOSE="docker compose"; return 0; fi
   command -v docker-compose >/dev/null 2>&1 || apt_install docker-compose
   export COMPOSE="docker-compose"
+}
+
+# ShellCheck from Debian's package, for scripts/test.
+ensure_shellcheck() {
+  command -v shellcheck >/dev/null 2>&1 || apt_install shellcheck
+}
+
+# The shell scripts scripts/test checks: every file in scripts/, scripts/lib/*.sh, .ci/run.
+shell_scripts() {
+  local f
+  for f in scripts/* scripts/lib/*.sh deploy/gen-env .ci/run; do
+    if [ -f "$f" ]; then printf '%s\n' "$f"; fi
+  done
+}
+
+# cargo-machete (dependencies no code uses), from crates.io, for scripts/test.
+ensure_machete() {
+  command -v cargo-machete >/dev/null 2>&1 && return 0
+  say "cargo install --locked cargo-machete"
+  cargo install --locked --quiet cargo-machete
 }

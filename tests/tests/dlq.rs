@@ -1,6 +1,8 @@
 //! Dead-letter operations against real dead letters: list without removing,
 //! export, replay one job after the provider recovers, purge, import, replay all.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use reelfleet_cli::dlq::{self, DlqFilter};
 use reelfleet_core::{manifest::JobStatus, topology::WorkQueue};
 use reelfleet_tests::{make_clip, TestStack};

@@ -3,10 +3,12 @@
 //! Duplicated messages, two copies in flight at once and a job whose answer
 //! was paid for before a crash each make the stage run (and pay) once.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use reelfleet_cli::fleet::StageName;
 use reelfleet_core::{
-    broker::{HeaderValue, Outgoing},
-    envelope::{Envelope, JobKind, Signer, SourceObject, Tier, SIGNATURE_HEADER},
+    broker::Outgoing,
+    envelope::{Envelope, JobKind, SourceObject, Tier},
     manifest::{Charge, JobManifest, JobStatus, Update},
     topology::WorkQueue,
 };
@@ -20,9 +22,7 @@ use std::{
 const T: Duration = Duration::from_secs(90);
 
 fn signed(stack: &TestStack, queue: WorkQueue, env: &Envelope) -> Outgoing {
-    let body = env.to_bytes();
-    let sig = Signer::new(stack.settings().signing.secret.expose().as_bytes()).sign(&body);
-    Outgoing::to_queue(stack.queue(queue), body).header(SIGNATURE_HEADER, HeaderValue::Text(sig))
+    stack.signed(queue, env)
 }
 
 /// Waits until the worker has settled (acked as handled) `expected` messages of `queue`.

@@ -3,6 +3,8 @@
 //! its requeue, and a message the broker dead-letters at the delivery limit
 //! reaches the dead-letter queue explained, with its job marked failed.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use async_trait::async_trait;
 use lapin::options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
 use reelfleet_cli::{
@@ -78,7 +80,8 @@ fn run(stack: &TestStack, stage: Recorder) -> (Runtime, CancellationToken, tokio
     let settings = stack.settings();
     let storage = Storage::new(&settings.s3);
     let manifests = reelfleet_core::manifest::ManifestStore::new(storage, settings.s3.work_bucket.clone());
-    let runtime = Runtime::new(settings, stack.broker.clone(), manifests, Metrics::new(), Readiness::default());
+    let runtime = Runtime::new(settings, stack.broker.clone(), manifests, Metrics::new(), Readiness::default())
+        .expect("the stack's signing key");
     let stop = CancellationToken::new();
     let (rt, token) = (runtime.clone(), stop.clone());
     let task = tokio::spawn(async move { rt.run(Arc::new(stage), token).await });
@@ -113,12 +116,12 @@ async fn a_short_retry_never_waits_behind_a_longer_one() {
     .await;
     let seen = Arc::new(Mutex::new(Vec::new()));
     let queue = WorkQueue::Postprocess;
-    let (runtime, stop, task) = run(&stack, Recorder { queue, answer: Answer::Fail, seen: seen.clone() });
+    let (_runtime, stop, task) = run(&stack, Recorder { queue, answer: Answer::Fail, seen: seen.clone() });
 
     // The long one first: after four failures it waits 8 s, and it heads the line.
     let (long, short) = (envelope(), envelope());
     for (env, attempt) in [(&long, 4), (&short, 0)] {
-        let msg = runtime.signed(&stack.queue(queue), env).header(ATTEMPT_HEADER, HeaderValue::Int(attempt));
+        let msg = stack.signed(queue, env).header(ATTEMPT_HEADER, HeaderValue::Int(attempt));
         stack.publish(msg).await;
         seen_at(&seen, &env.job_id, attempt as u32, Duration::from_secs(20)).await;
     }
@@ -149,7 +152,7 @@ async fn a_refused_publish_backs_off_before_the_requeue() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let queue = WorkQueue::Preprocess;
     let answer = Answer::Forward(WorkQueue::Postprocess);
-    let (runtime, stop, task) = run(&stack, Recorder { queue, answer, seen: seen.clone() });
+    let (_runtime, stop, task) = run(&stack, Recorder { queue, answer, seen: seen.clone() });
 
     // Once both consumers have declared the topology, the next stage's queue
     // goes: every forward is returned unroutable, as a refused publish.
@@ -164,7 +167,7 @@ async fn a_refused_publish_backs_off_before_the_requeue() {
     channel.queue_delete(stack.queue(WorkQueue::Postprocess).as_str().into(), Default::default()).await.unwrap();
 
     let env = envelope();
-    stack.publish(runtime.signed(&stack.queue(queue), &env)).await;
+    stack.publish(stack.signed(queue, &env)).await;
     seen_at(&seen, &env.job_id, 0, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     let times: Vec<Instant> = seen.lock().unwrap().iter().map(|s| s.2).collect();
@@ -186,9 +189,8 @@ async fn a_message_past_the_delivery_limit_is_dead_lettered_explained_and_fails_
     let work = stack.queue(queue);
     let env = envelope();
     stack.manifests.create(&mut JobManifest::new(&env)).await.unwrap();
-    let signer = reelfleet_core::envelope::Signer::new(stack.settings().signing.secret.expose().as_bytes());
     let body = env.to_bytes();
-    let signature = signer.sign(&body);
+    let signature = stack.signer().sign(&work, &body);
     stack.publish(Outgoing::to_queue(&work, body).header(SIGNATURE_HEADER, HeaderValue::Text(signature.clone()))).await;
 
     // A consumer that never settles the message: each delivery goes back, until

@@ -1,21 +1,27 @@
 //! The attacker's cases, each with what must happen: an event that names a
 //! bucket ingest does not take, a source swapped after ingest validated it,
-//! a stream that declares no duration, a generated video elsewhere; and a
-//! decoder the input took over: it finds no secret in its environment or in
-//! the worker's, reaches no network, writes nothing outside its scratch
-//! folder, decodes only accepted codecs, and a decode over a limit or timing
-//! out twice fails for good.
+//! a stream that declares no duration, forged, misaddressed, expired and
+//! rotated-out envelopes (and a replay that must not launder them), an
+//! uploader asking for the most expensive tier; and a decoder the input took
+//! over: it finds no secret in its environment or in the worker's, reaches no
+//! network, writes nothing outside its scratch folder, decodes only accepted
+//! codecs, and a decode over a limit or timing out twice fails for good.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+use chrono::Utc;
+use reelfleet_cli::dlq::{self, DlqFilter};
 use reelfleet_cli::fleet::StageName;
 use reelfleet_core::{
-    broker::Outgoing,
-    envelope::SourceObject,
+    broker::{HeaderValue, Outgoing},
+    envelope::{Envelope, JobKind, SourceObject, Tier, SIGNATURE_HEADER},
     error::{ErrorClass, StageError},
     manifest::JobStatus,
     media::{Media, MediaError},
     s3event::minio_event,
     sandbox::{Files, Runner},
-    settings::{MediaSettings, Settings},
+    settings::{MediaSettings, PreviousKey, Secret, Settings},
+    signing::{generate_key, Signer},
     topology::WorkQueue,
 };
 use reelfleet_tests::{make_clip, TestStack};
@@ -121,6 +127,154 @@ async fn a_generated_video_on_another_host_gets_no_key_and_is_size_capped() {
         fetched.iter().map(|r| &r.authorization).collect::<Vec<_>>()
     );
     assert_eq!(m.charges.len(), 1, "the bill is kept though the video is refused");
+    stack.cleanup().await;
+}
+
+/// One envelope for a job nobody created, so a message that passes the
+/// signature check is dead-lettered for the missing manifest (`bad_input`)
+/// and one that does not, for its signature.
+fn stray(tag: &str) -> Envelope {
+    Envelope::new(
+        JobKind::Analyze,
+        SourceObject {
+            bucket: "uploads".into(),
+            key: format!("forged/{tag}.mp4"),
+            size: 1,
+            etag: Some(tag.into()),
+            version_id: None,
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_misaddressed_expired_and_rotated_out_envelopes_are_refused_and_never_replayed_signed() {
+    let (old, retired) = (generate_key(), generate_key());
+    let stack = TestStack::start_stages(&[StageName::Preprocess], |s| {
+        s.signing.previous = vec![
+            PreviousKey {
+                key_id: "old".into(),
+                secret: Secret::new(old.clone()),
+                accept_until: Utc::now() + chrono::Duration::hours(1),
+            },
+            PreviousKey {
+                key_id: "gone".into(),
+                secret: Secret::new(retired.clone()),
+                accept_until: Utc::now() - chrono::Duration::seconds(1),
+            },
+        ];
+    })
+    .await;
+    let s = stack.settings().clone();
+    let (ns, fleet) = (s.namespace.clone(), stack.signer());
+    let pre = stack.queue(WorkQueue::Preprocess);
+    let post = stack.queue(WorkQueue::Postprocess);
+    let key = |id: &str, hex: &str| Signer::with_key(&ns, id, &hex::decode(hex).unwrap());
+    /// Makes a signature header for a body.
+    type Sign<'a> = Box<dyn Fn(&[u8]) -> String + 'a>;
+    // (case, signature or none, code it must be dead-lettered with)
+    let cases: Vec<(&str, Option<Sign>, &str)> = vec![
+        (
+            "forged with another key under the fleet's key id",
+            Some(Box::new(|b| key(&s.signing.key_id, &generate_key()).sign(&pre, b))),
+            "bad_signature",
+        ),
+        ("signed for postprocess, replayed onto preprocess", Some(Box::new(|b| fleet.sign(&post, b))), "bad_signature"),
+        (
+            "signed by another fleet's namespace",
+            Some(Box::new(|b| Signer::from_settings(&s.signing, "other-fleet").unwrap().sign(&pre, b))),
+            "bad_signature",
+        ),
+        ("unsigned", None, "bad_signature"),
+        (
+            "expired a day ago",
+            Some(Box::new(|b| fleet.sign_at(&pre, b, Utc::now() - chrono::Duration::days(8)))),
+            "signature_expired",
+        ),
+        ("signed with a retired key", Some(Box::new(|b| key("gone", &retired).sign(&pre, b))), "signature_key_retired"),
+        (
+            "signed with the previous key, still accepted",
+            Some(Box::new(|b| key("old", &old).sign(&pre, b))),
+            "bad_input",
+        ),
+    ];
+    let mut expected = std::collections::BTreeMap::new();
+    for (i, (case, sign, code)) in cases.iter().enumerate() {
+        let env = stray(&format!("case{i}"));
+        let body = env.to_bytes();
+        let mut msg = Outgoing::to_queue(&pre, body.clone());
+        if let Some(sign) = sign {
+            msg = msg.header(SIGNATURE_HEADER, HeaderValue::Text(sign(&body)));
+        }
+        stack.publish(msg).await;
+        expected.insert(env.job_id, (*case, *code));
+    }
+    let dlq = format!("{pre}.dlq");
+    let deadline = std::time::Instant::now() + T;
+    while stack.depth(&dlq).await < cases.len() as u32 {
+        assert!(std::time::Instant::now() < deadline, "not every case was dead-lettered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let preprocess = DlqFilter { stage: Some("preprocess".into()), ..Default::default() };
+    let held = dlq::fetch(&s, &stack.broker, &preprocess).await.unwrap();
+    let letters: Vec<_> = held.letters().cloned().collect();
+    held.release().await;
+    for letter in &letters {
+        let job = Envelope::parse(&letter.body).unwrap().job_id;
+        let (case, code) = expected[&job];
+        assert_eq!(letter.error_code, code, "{case}: {}", letter.error_message);
+    }
+
+    // Replay signs anew only what the fleet signed: the expired and the
+    // previous-key messages come back (and fail on the missing manifest, so
+    // past the signature), the unsigned one stays unsigned, the rest stay put.
+    let report = dlq::replay(&s, &preprocess, None, false).await.unwrap();
+    let refused: std::collections::BTreeSet<_> = report.refused.iter().map(|(id, _)| id.clone()).collect();
+    let refused_cases: std::collections::BTreeSet<_> = letters
+        .iter()
+        .filter(|l| refused.contains(&l.id))
+        .map(|l| expected[&Envelope::parse(&l.body).unwrap().job_id].0)
+        .collect();
+    assert_eq!(
+        refused_cases,
+        [
+            "forged with another key under the fleet's key id",
+            "signed for postprocess, replayed onto preprocess",
+            "signed by another fleet's namespace",
+            "signed with a retired key"
+        ]
+        .into_iter()
+        .collect(),
+    );
+    assert_eq!(report.replayed, 3);
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let held = dlq::fetch(&s, &stack.broker, &preprocess).await.unwrap();
+        let again: Vec<_> = held.letters().cloned().collect();
+        held.release().await;
+        let codes: std::collections::BTreeMap<&str, String> = again
+            .iter()
+            .map(|l| (expected[&Envelope::parse(&l.body).unwrap().job_id].0, l.error_code.clone()))
+            .collect();
+        if again.len() == cases.len() {
+            assert_eq!(codes["expired a day ago"], "bad_input", "the replayed copy was not signed anew");
+            assert_eq!(codes["unsigned"], "bad_signature", "an unsigned message was replayed signed");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "replayed messages did not come back: {codes:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_prompt_document_asking_for_critical_is_lowered_to_the_uploaders_cap() {
+    let stack = TestStack::start_stages(&[StageName::Ingest, StageName::Preprocess], |_| {}).await;
+    let doc = stack.dir.path().join("vip.json");
+    std::fs::write(&doc, br#"{"prompt":"a fox","duration_seconds":2,"resolution":"720p","priority":5}"#).unwrap();
+    let job = stack.upload("prompts/vip.json", &doc).await;
+    let m = stack.wait_for(&job, T, |m| m.tier.is_some() || m.status == JobStatus::Failed).await;
+    assert_eq!((m.priority, m.requested_priority), (4, Some(5)), "{:?}", m.error);
+    assert_ne!(m.tier, Some(Tier::Critical), "an uploader chose the most expensive model");
     stack.cleanup().await;
 }
 

@@ -2,6 +2,8 @@
 //! batches by size and by wait, Retry-After, fallback, the ledger against the
 //! bill, budgets, signed video requests.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use reelfleet_cli::fleet::StageName;
 use reelfleet_core::{envelope::Tier, manifest::JobStatus, topology::WorkQueue};
 use reelfleet_tests::TestStack;

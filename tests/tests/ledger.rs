@@ -4,6 +4,8 @@
 //! between the bill and the write) is named with its tokens, and so is a
 //! request that lost one job's share.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use reelfleet_cli::{
     fleet::StageName,
     ledger::{self, ReconcileOptions, Report},

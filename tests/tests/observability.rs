@@ -2,6 +2,8 @@
 //! `promtool check metrics`, and the README's metrics table says exactly what
 //! is served (names, types, labels).
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use reelfleet_core::manifest::JobStatus;
 use reelfleet_tests::{make_clip, TestStack};
 use std::{

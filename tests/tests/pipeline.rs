@@ -1,11 +1,14 @@
 //! The fleet end to end: real RabbitMQ, the embedded S3 over HTTP, real ffmpeg,
 //! the provider simulated over HTTP.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use reelfleet_core::{
     broker::{HeaderValue, Outgoing},
-    envelope::{Envelope, JobKind, Signer, SourceObject, SIGNATURE_HEADER},
+    envelope::{Envelope, JobKind, SourceObject, SIGNATURE_HEADER},
     manifest::JobStatus,
     s3event::minio_event,
+    signing::Signer,
     topology::WorkQueue,
 };
 use reelfleet_tests::{make_clip, TestStack};
@@ -171,8 +174,9 @@ async fn a_message_with_a_wrong_signature_is_dead_lettered_unprocessed() {
     };
     let envelope = Envelope::new(JobKind::Analyze, source);
     let body = envelope.to_bytes();
-    let forged = Signer::new(b"not-the-shared-signing-key").sign(&body);
     let queue = stack.queue(WorkQueue::Preprocess);
+    let forged =
+        Signer::with_key(&stack.settings().namespace, &stack.settings().signing.key_id, &[9u8; 32]).sign(&queue, &body);
     stack.publish(Outgoing::to_queue(&queue, body.clone()).header(SIGNATURE_HEADER, HeaderValue::Text(forged))).await;
     stack.publish(Outgoing::to_queue(&queue, body.clone())).await;
     let dead = stack.take_messages(&format!("{queue}.dlq"), 2, Duration::from_secs(30)).await;
@@ -283,12 +287,12 @@ async fn reelfleet_submit_in_multipart_names_the_job_that_runs_and_rotation_is_a
     let size = std::fs::metadata(&rotated).unwrap().len();
     assert!(size > 5 * 1024 * 1024, "the clip must need two parts, it has {size} bytes");
 
-    let req = reelfleet_cli::ops::SubmitRequest { files: vec![rotated], priority: Some(5), ..Default::default() };
+    let req = reelfleet_cli::ops::SubmitRequest { files: vec![rotated], priority: Some(4), ..Default::default() };
     let submitted = reelfleet_cli::ops::submit(stack.settings(), &req).await.unwrap();
     let m = stack.wait_for(&submitted[0].job_id, JOB_TIMEOUT, finished).await;
     assert_eq!(m.status, JobStatus::Completed, "{:?}", m.error);
     assert!(m.source.etag.as_deref().unwrap().ends_with("-2"), "not a multipart upload: {:?}", m.source.etag);
-    assert_eq!(m.tier, Some(reelfleet_core::envelope::Tier::Critical), "the priority metadata was lost");
+    assert_eq!(m.tier, Some(reelfleet_core::envelope::Tier::High), "the priority metadata was lost");
     let input = m.input.as_ref().unwrap();
     assert_eq!((input.width, input.height, input.rotation), (720, 1280, 90));
     let pre = m.preprocess.as_ref().unwrap();
@@ -339,8 +343,11 @@ async fn an_event_with_several_records_admits_each_object_on_its_own() {
     assert_eq!(b.status, JobStatus::Failed);
     let dead =
         stack.take_messages(&format!("{}.dlq", stack.queue(WorkQueue::Ingest)), 1, Duration::from_secs(10)).await;
-    let envelope = Envelope::parse(&dead[0].1).expect("the dead letter is the split-off submission");
-    assert_eq!(envelope.source.key, "in/bad.mp4");
+    // The split-off event goes on as it came: unsigned, one record, checked again by ingest.
+    let (headers, body) = &dead[0];
+    assert!(!headers.contains_key(SIGNATURE_HEADER), "an unsigned event was re-emitted signed: {headers:?}");
+    let objects = reelfleet_core::s3event::parse_event(body).expect("the dead letter is the split-off S3 event");
+    assert_eq!(objects.iter().map(|o| o.key.as_str()).collect::<Vec<_>>(), ["in/bad.mp4"]);
     assert_eq!(stack.depth(&format!("{}.dlq", stack.queue(WorkQueue::Ingest))).await, 0);
     stack.cleanup().await;
 }
@@ -375,4 +382,109 @@ async fn a_bucket_notification_on_the_uploads_exchange_starts_a_job() {
     let m = stack.wait_for(&job, JOB_TIMEOUT, finished).await;
     assert_eq!(m.status, JobStatus::Completed, "{:?}", m.error);
     stack.cleanup().await;
+}
+
+/// A run as the drift test compares it: the program's file name, every
+/// `file:` argument reduced to its file name (the source, and the normalized
+/// video postprocess downloads as its reference, named alike on both sides),
+/// and every decimal number masked (rates and seek times come from the
+/// normalized video's duration in the fleet, from the clip's in the plan).
+fn comparable(words: &[String], clip_name: &str) -> Vec<String> {
+    let mask_decimals = |w: &str| {
+        let mut out = String::new();
+        let mut rest = w;
+        while let Some(i) = rest.find(|c: char| c.is_ascii_digit()) {
+            out.push_str(&rest[..i]);
+            let digits = |s: &str| s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+            let int = digits(&rest[i..]);
+            let after = &rest[i + int..];
+            match after.strip_prefix('.').map(|f| (digits(f), f)) {
+                Some((frac, _)) if frac > 0 => {
+                    out.push('#');
+                    rest = &after[1 + frac..];
+                }
+                _ => {
+                    out.push_str(&rest[i..i + int]);
+                    rest = after;
+                }
+            }
+        }
+        out + rest
+    };
+    let file_name = |p: &str| std::path::Path::new(p).file_name().map(|n| n.to_string_lossy().into_owned());
+    words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| match (i, w.strip_prefix("file:")) {
+            (0, _) => file_name(w).unwrap_or_default(),
+            (_, Some(path)) => match file_name(path).unwrap_or_default() {
+                n if n == "source" || n == clip_name => "SOURCE".into(),
+                n if n == "reference.mp4" || n == "normalized.mp4" => "NORMALIZED".into(),
+                n => n,
+            },
+            _ => mask_decimals(w),
+        })
+        .collect()
+}
+
+/// `reelfleet media plan` (the transcode baseline) lists the very ffprobe
+/// and ffmpeg runs the fleet makes for a job: every run of a real job is
+/// recorded through wrappers and held against the plan for the same clip, so
+/// an argument or a filter graph changed on one side only fails here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn media_plan_lists_the_runs_the_fleet_makes() {
+    let tools = tempfile::tempdir().unwrap();
+    let log = tools.path().join("runs.log");
+    for tool in ["ffmpeg", "ffprobe"] {
+        use std::os::unix::fs::PermissionsExt;
+        let path = tools.path().join(tool);
+        let script = format!(
+            "#!/bin/sh\n{{ printf '%s\\0' {tool} \"$@\"; printf '\\0'; }} >> '{}'\nexec {tool} \"$@\"\n",
+            log.display()
+        );
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let stack = TestStack::start_with(|s| {
+        s.media.ffmpeg = tools.path().join("ffmpeg").display().to_string();
+        s.media.ffprobe = tools.path().join("ffprobe").display().to_string();
+    })
+    .await;
+    let clip = make_clip(tools.path(), "planned.mp4", "testsrc2=size=320x240:rate=24", 2.0, &[]);
+    let job = stack.upload("planned.mp4", &clip).await;
+    let m = stack.wait_for(&job, JOB_TIMEOUT, finished).await;
+    assert_eq!(m.status, JobStatus::Completed, "{:?}", m.error);
+    let recorded = std::fs::read(&log).unwrap();
+    let mut settings = stack.settings().clone();
+    stack.cleanup().await;
+
+    let mut fleet: Vec<Vec<String>> = Vec::new();
+    let mut run = Vec::new();
+    for word in recorded.split(|b| *b == 0).map(|w| String::from_utf8_lossy(w).into_owned()) {
+        if word.is_empty() {
+            if !run.is_empty() {
+                fleet.push(std::mem::take(&mut run));
+            }
+        } else {
+            run.push(word);
+        }
+    }
+    // Each worker lists ffmpeg's demuxers once when it starts (its allow-list), not per job.
+    fleet.retain(|r| !r.iter().any(|w| w == "-demuxers"));
+
+    settings.media.ffmpeg = "ffmpeg".into();
+    settings.media.ffprobe = "ffprobe".into();
+    let outdir = tempfile::tempdir().unwrap();
+    let plan = reelfleet_cli::media::plan(&settings, &clip, outdir.path()).await.expect("plan");
+    let planned: Vec<Vec<String>> = plan
+        .iter()
+        .map(|r| {
+            comparable(&std::iter::once(r.program.clone()).chain(r.args.clone()).collect::<Vec<_>>(), "planned.mp4")
+        })
+        .collect();
+    let ran: Vec<Vec<String>> = fleet.iter().map(|r| comparable(r, "planned.mp4")).collect();
+    assert_eq!(ran.len(), planned.len(), "the fleet made {} runs, the plan lists {}", ran.len(), planned.len());
+    for (i, (r, p)) in ran.iter().zip(&planned).enumerate() {
+        assert_eq!(r, p, "run {i} differs");
+    }
 }

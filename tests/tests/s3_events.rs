@@ -1,5 +1,7 @@
 //! The S3 event parser on real-shaped AWS and MinIO payloads kept in `tests/fixtures/s3-events`.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use reelfleet_core::s3event::{parse_event, S3EventError};
 use std::path::PathBuf;
 

@@ -3,6 +3,8 @@
 //! KEDA's formula for the chart's values, and without the management API the
 //! command falls back to passive declares and says what it cannot see.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use reelfleet_cli::scale::{self, ChartScaling, ScaleRow};
 use reelfleet_core::{broker::Outgoing, envelope::Tier, topology::WorkQueue};

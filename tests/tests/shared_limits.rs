@@ -3,6 +3,8 @@
 //! dev` uses it), and the provider's own view (its 429 counter and usage log)
 //! shows the fleet kept the limit and the cap.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use reelfleet_cli::fleet::StageName;
 use reelfleet_core::{
     envelope::Tier,

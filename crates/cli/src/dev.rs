@@ -5,7 +5,7 @@ use crate::fleet::{self, FleetHandle, StageName};
 use anyhow::Context;
 use reelfleet_core::{
     broker::Broker,
-    settings::{Secret, Settings},
+    settings::{Secret, Settings, Uses},
     storage::Storage,
     topology::{Topology, WorkQueue},
 };
@@ -19,7 +19,7 @@ use tracing::info;
 pub struct DevOptions {
     /// Folder for objects and the written configuration.
     pub data_dir: PathBuf,
-    /// Namespace override.
+    /// Replaces the settings' namespace; `None` keeps it.
     pub namespace: Option<String>,
     /// S3 port (0 picks one).
     pub s3_port: u16,
@@ -30,6 +30,60 @@ pub struct DevOptions {
     pub stages: Vec<StageName>,
 }
 
+/// The credentials `reelfleet dev` makes for itself (the embedded S3's keys,
+/// the simulator's API key, the signing key), random on first start and kept
+/// in the data folder (owner-only) so a restart reads the messages it left
+/// queued. Settings that are given win.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct DevSecrets {
+    signing_key: String,
+    s3_access_key: String,
+    s3_secret_key: String,
+    provider_key: String,
+}
+
+impl DevSecrets {
+    const FILE: &'static str = "dev-secrets.toml";
+
+    fn load_or_make(data_dir: &std::path::Path) -> anyhow::Result<Self> {
+        let path = data_dir.join(Self::FILE);
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            return toml::from_str(&text).with_context(|| format!("cannot read {}", path.display()));
+        }
+        let token = || reelfleet_core::signing::generate_key();
+        let made = Self {
+            signing_key: token(),
+            s3_access_key: format!("RFDEV{}", &token()[..16].to_ascii_uppercase()),
+            s3_secret_key: token(),
+            provider_key: format!("sk-dev-{}", token()),
+        };
+        write_private(&path, &toml::to_string(&made)?)?;
+        Ok(made)
+    }
+
+    fn fill(self, s: &mut Settings) {
+        let fill = |slot: &mut Secret, value: String| {
+            if slot.expose().is_empty() {
+                *slot = Secret::new(value);
+            }
+        };
+        fill(&mut s.signing.secret, self.signing_key);
+        fill(&mut s.s3.access_key, self.s3_access_key);
+        fill(&mut s.s3.secret_key, self.s3_secret_key);
+        fill(&mut s.inference.api_key, self.provider_key);
+    }
+}
+
+/// Writes a file only its owner can read (it holds credentials).
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    std::io::Write::write_all(&mut file, text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
+}
+
 /// The running dev stack.
 #[derive(Debug)]
 pub struct DevStack {
@@ -37,11 +91,11 @@ pub struct DevStack {
     pub settings: Arc<Settings>,
     /// The S3 endpoint.
     pub s3: S3Server,
-    /// The simulator.
+    /// The provider simulator the inference stage calls.
     pub simulator: SimulatorHandle,
-    /// The workers.
+    /// The workers of [`DevOptions::stages`] and their health server.
     pub fleet: FleetHandle,
-    /// Cancels everything.
+    /// Cancelling it drains the workers and stops the S3 endpoint and the simulator.
     pub shutdown: CancellationToken,
     /// Where the configuration was written.
     pub config_path: PathBuf,
@@ -57,6 +111,8 @@ impl DevStack {
         std::fs::create_dir_all(&opts.data_dir)
             .with_context(|| format!("cannot create {}", opts.data_dir.display()))?;
         let data_dir = opts.data_dir.canonicalize()?;
+        DevSecrets::load_or_make(&data_dir)?.fill(&mut base);
+        base.check_credentials(Uses { provider: true, ..Default::default() })?;
         let broker = Broker::new(&base.broker, "reelfleet-dev")?;
         let topology = Topology::from_settings(&base);
         broker
@@ -99,8 +155,7 @@ impl DevStack {
             base.state.url = Secret::new(format!("sqlite://{}", data_dir.join("state.db").display()));
         }
         let config_path = data_dir.join("reelfleet.toml");
-        std::fs::write(&config_path, base.to_toml())
-            .with_context(|| format!("cannot write {}", config_path.display()))?;
+        write_private(&config_path, &base.to_toml())?;
 
         let settings = Arc::new(base);
         let shutdown = CancellationToken::new();

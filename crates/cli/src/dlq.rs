@@ -17,11 +17,12 @@ use lapin::{
 };
 use reelfleet_core::{
     broker::{Broker, HeaderValue, Outgoing, Publisher},
-    envelope::{Envelope, ATTEMPT_HEADER},
+    envelope::{Envelope, ATTEMPT_HEADER, SIGNATURE_HEADER},
     manifest::{JobStatus, ManifestStore, Update},
     runtime::dlq_headers,
     s3event::parse_event,
     settings::Settings,
+    signing::Signer,
     storage::Storage,
     topology::{Topology, WorkQueue},
 };
@@ -39,7 +40,7 @@ pub struct DlqFilter {
     /// `W.dlq`; delivery-limit dead letters are now `transient` with code
     /// `delivery_limit`).
     pub error_class: Option<String>,
-    /// Job id.
+    /// Only the dead letters of this job.
     pub job: Option<String>,
     /// Only dead letters from this time on.
     pub since: Option<DateTime<Utc>>,
@@ -62,42 +63,49 @@ pub struct DeadLetter {
     pub stage: String,
     /// `transient`, `permanent`, or `broker` (no runtime headers: an old broker dead letter).
     pub error_class: String,
-    /// Short code.
+    /// The runtime's short code (`bad_input`, `delivery_limit`, ...).
     pub error_code: String,
-    /// Readable reason.
+    /// The reason, for a person.
     pub error_message: String,
-    /// Attempts made.
+    /// Attempts made, the last one included.
     pub attempts: u32,
-    /// First failed attempt.
+    /// RFC 3339 time of the first failed attempt; `None` without the runtime's headers.
     pub first_failure: Option<String>,
-    /// Last failed attempt.
+    /// RFC 3339 time it was dead-lettered; `None` without the runtime's headers.
     pub last_failure: Option<String>,
-    /// Headers, as text.
+    /// Every header of the message, as text or integers.
     #[serde(skip)]
     pub headers: BTreeMap<String, HeaderText>,
-    /// Body.
+    /// The message body as it was dead-lettered (usually a signed envelope).
     #[serde(skip)]
     pub body: Vec<u8>,
 }
 
-/// A header value kept for export.
+/// A header value kept for export: a JSON number or string.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(untagged)]
 pub enum HeaderText {
-    /// Integer.
+    /// An AMQP integer header, as a JSON number.
     Int(i64),
-    /// Text.
+    /// Any other header, as a JSON string.
     Text(String),
+}
+
+fn header_string(h: &HeaderText) -> String {
+    match h {
+        HeaderText::Int(i) => i.to_string(),
+        HeaderText::Text(t) => t.clone(),
+    }
 }
 
 /// One line of `dlq export`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ExportLine {
-    /// Dead-letter id.
+    /// The dead letter's id, as `dlq ls` shows it.
     pub id: String,
-    /// Dead-letter queue.
+    /// The dead-letter queue `dlq import` puts it back into.
     pub dlq: String,
-    /// Headers.
+    /// Every header, restored on import.
     pub headers: BTreeMap<String, HeaderText>,
     /// Body, base64.
     pub body_base64: String,
@@ -250,8 +258,12 @@ pub struct ReplayReport {
     pub replayed: usize,
     /// Messages that matched (with `--dry-run`, nothing else happened).
     pub matched: usize,
-    /// Ids replayed.
+    /// The ids of the dead letters replayed.
     pub ids: Vec<String>,
+    /// Dead letters left where they are because their signature is not one
+    /// of the fleet's (forged, or a key no longer accepted), with the reason:
+    /// replay signs anew, so it must never launder a message.
+    pub refused: Vec<(String, String)>,
 }
 
 fn stage_status(stage: &str) -> Option<JobStatus> {
@@ -273,6 +285,7 @@ pub async fn replay(
 ) -> anyhow::Result<ReplayReport> {
     let broker = Broker::new(&settings.broker, "reelfleet-dlq")?;
     let topology = Topology::from_settings(settings);
+    let signer = Signer::from_settings(&settings.signing, &settings.namespace)?;
     let manifests = ManifestStore::new(Storage::new(&settings.s3), settings.s3.work_bucket.clone());
     let held = fetch(settings, &broker, filter).await?;
     let mut report = ReplayReport { matched: held.items.len(), ..Default::default() };
@@ -285,6 +298,17 @@ pub async fn replay(
     let pause = rate.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(1.0 / r));
     let Held { channels, items } = held;
     for (letter, delivery) in &items {
+        // Signed anew (a fresh expiry); unsigned ones (raw S3 events) stay unsigned.
+        let signature = match letter.headers.get(SIGNATURE_HEADER) {
+            None => None,
+            Some(old) => match signer.authentic(&letter.queue, &letter.body, Some(&header_string(old))) {
+                Ok(()) => Some(signer.sign(&letter.queue, &letter.body)),
+                Err(e) => {
+                    report.refused.push((letter.id.clone(), e.to_string()));
+                    continue;
+                }
+            },
+        };
         reopen_job(&manifests, letter).await?;
         let mut msg = Outgoing::to_queue(&letter.queue, letter.body.clone());
         for (k, v) in &letter.headers {
@@ -303,6 +327,7 @@ pub async fn replay(
                     | dlq_headers::FIRST_FAILED_AT
                     | dlq_headers::QUEUE
                     | ATTEMPT_HEADER
+                    | SIGNATURE_HEADER
                     | "x-delivery-count"
             ) {
                 continue;
@@ -310,6 +335,9 @@ pub async fn replay(
             msg = msg.header(k, to_header(v));
         }
         msg = msg.header(ATTEMPT_HEADER, HeaderValue::Int(0));
+        if let Some(sig) = signature {
+            msg = msg.header(SIGNATURE_HEADER, HeaderValue::Text(sig));
+        }
         publisher.publish(&msg).await.with_context(|| format!("cannot republish {} to {}", letter.id, letter.queue))?;
         delivery
             .acker

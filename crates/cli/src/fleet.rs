@@ -18,7 +18,7 @@ use reelfleet_inference::Inference;
 use reelfleet_ingest::Ingest;
 use reelfleet_postprocess::Postprocess;
 use reelfleet_preprocess::Preprocess;
-use std::{net::SocketAddr, str::FromStr, sync::Arc};
+use std::{net::SocketAddr, str::FromStr, sync::Arc, time::Duration};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -80,14 +80,14 @@ pub async fn build_stages(
     Ok(out)
 }
 
-/// Running workers.
+/// Running workers: what [`start`] returns.
 #[derive(Debug)]
 pub struct FleetHandle {
     /// Where `/healthz`, `/readyz` and `/metrics` answer.
     pub health_addr: SocketAddr,
-    /// The metrics.
+    /// The registry the workers count into, served on `/metrics`.
     pub metrics: Metrics,
-    /// Readiness.
+    /// What `/readyz` answers from: ready once every consumer is attached.
     pub readiness: Readiness,
     tasks: JoinSet<()>,
     /// Stops the health server when the handle goes, after the drain.
@@ -113,7 +113,13 @@ pub async fn start(
     let broker = Broker::new(&settings.broker, &format!("reelfleet-{}", std::process::id()))?;
     let readiness = Readiness::default();
     let manifests = ManifestStore::new(storage, settings.s3.work_bucket.clone());
-    let runtime = Runtime::new(&settings, broker, manifests, metrics.clone(), readiness.clone());
+    let runtime = Runtime::new(&settings, broker, manifests, metrics.clone(), readiness.clone())?;
+    // What a killed process left in scratch: anything older than a job can live.
+    let job_lifetime = Duration::from_secs(settings.runtime.job_timeout_secs + settings.runtime.grace_period_secs + 60);
+    let swept = reelfleet_core::media::sweep_scratch(settings.runtime.scratch_dir.as_deref(), job_lifetime);
+    if swept > 0 {
+        tracing::info!(swept, "Removed scratch folders left by an earlier process");
+    }
     let health = CancellationToken::new();
     let health_addr = health::serve(&settings.runtime.health_addr, readiness.clone(), metrics.clone(), health.clone())
         .await

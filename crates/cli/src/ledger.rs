@@ -59,7 +59,7 @@ pub struct Tally {
 /// One model's line of the report.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct ModelLine {
-    /// Model name.
+    /// The model, as the provider's usage log and the ledger name it.
     pub model: String,
     /// What the provider billed, priced with the configured prices.
     pub billed: Tally,

@@ -1,29 +1,23 @@
 //! reelfleet-cli: the `reelfleet` binary's library.
 //!
-//! Layout:
-//! - [`commands`]: the command line. [`commands::Cli`] is what `reelfleet`
-//!   parses; one module per command (or small family of commands) owns its
-//!   arguments and its output (tables, `--json`) and exposes a `run` that
-//!   returns the exit code. `main.rs` only parses, loads settings and
-//!   dispatches.
-//!   - `dev`: `dev` and `simulator`; `worker`; `submit`;
-//!   - `jobs`: `jobs`, `status`, `route`; `queues`; `scale`;
-//!   - `dlq`; `ledger`; `config`; `topology`.
-//!
-//! The library modules the commands (and the tests) use:
-//! - [`fleet`]: builds stages from settings and runs them with one runtime,
-//!   health server included.
-//! - [`dev`]: the embedded default: S3 endpoint, provider simulator and all
-//!   four workers in one process.
-//! - [`ops`]: operator commands: submit, status, jobs, queues.
+//! - [`commands`]: the command line: [`commands::Cli`], one module per command owning its arguments and output.
+//! - [`fleet`]: stages built from settings and run with one runtime and its health server.
+//! - [`dev`]: the embedded default: S3 endpoint, provider simulator and all four workers in one process.
+//! - [`ops`]: what `submit`, `status`, `jobs` and `queues` do.
 //! - [`scale`]: queue depth and the replicas KEDA would run, per chart worker.
 //! - [`dlq`]: dead-letter operations: ls, show, replay, purge, export, import.
 //! - [`ledger`]: the write-ahead ledger held against the provider's usage log.
+//! - [`media`]: the ffprobe/ffmpeg runs of one analyze job, from the stages' own builders.
+//!
+//! `main.rs` only parses, loads the settings, starts logging and dispatches.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod commands;
 pub mod dev;
 pub mod dlq;
 pub mod fleet;
 pub mod ledger;
+pub mod media;
 pub mod ops;
 pub mod scale;

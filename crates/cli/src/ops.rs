@@ -19,7 +19,7 @@ use std::{
 /// What `submit` uploads.
 #[derive(Clone, Debug, Default)]
 pub struct SubmitRequest {
-    /// Video files.
+    /// Local files to upload, each a job: videos, or `*.json` prompt documents.
     pub files: Vec<PathBuf>,
     /// A prompt to generate a video from.
     pub prompt: Option<String>,
@@ -36,9 +36,9 @@ pub struct SubmitRequest {
 pub struct Submitted {
     /// The job it becomes.
     pub job_id: String,
-    /// Bucket.
+    /// The upload bucket it went to.
     pub bucket: String,
-    /// Key.
+    /// Its key there: `<batch>/<file name>`, or `<batch>/prompt.json` for a prompt.
     pub key: String,
     /// `analyze` or `generate`.
     pub kind: &'static str,
@@ -222,19 +222,20 @@ pub async fn jobs(settings: &Settings) -> anyhow::Result<Vec<JobManifest>> {
 /// Depth and consumers of one queue.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct QueueStats {
-    /// Queue name.
+    /// The queue's full name, namespace included.
     pub name: String,
-    /// Messages ready.
+    /// Messages waiting for a consumer.
     pub ready: u64,
     /// Messages delivered, not yet acknowledged (`None` without the management API).
     pub unacked: Option<u64>,
-    /// Consumers.
+    /// Consumers attached now (one per worker replica consuming it).
     pub consumers: u64,
     /// Messages published into the queue per second, recently (management API only).
     pub publish_rate: Option<f64>,
     /// Messages acknowledged per second, recently (management API only).
     pub ack_rate: Option<f64>,
-    /// `management` or `passive-declare`.
+    /// Where the figures come from: `management` (the management API) or
+    /// `passive-declare` (no unacked count, no rates).
     pub source: &'static str,
 }
 

@@ -30,9 +30,9 @@ pub struct WorkerScaling {
     /// Inference tier, for inference workers.
     #[serde(default)]
     pub tier: Option<Tier>,
-    /// Smallest replica count.
+    /// Fewest replicas KEDA runs (`minReplicaCount`; 0 scales the worker away when idle).
     pub min_replicas: u32,
-    /// Largest replica count.
+    /// Most replicas KEDA runs (`maxReplicaCount`).
     pub max_replicas: u32,
     /// Messages per replica (KEDA's `value`).
     pub queue_length: f64,
@@ -119,9 +119,9 @@ pub fn desired_replicas(depth: u64, w: &WorkerScaling) -> (bool, u32) {
 pub struct ScaleRow {
     /// Worker (Deployment suffix) in the chart.
     pub worker: String,
-    /// Queue it consumes.
+    /// The queue it consumes, namespace included.
     pub queue: String,
-    /// Messages ready.
+    /// Messages waiting for a consumer.
     pub ready: u64,
     /// Messages delivered and not acknowledged (`None` without the management API).
     pub unacked: Option<u64>,
@@ -140,9 +140,9 @@ pub struct ScaleRow {
     pub held_per_replica: u64,
     /// KEDA's `activationValue`.
     pub activation: f64,
-    /// Chart bounds.
+    /// The chart's `minReplicaCount` for the worker.
     pub min_replicas: u32,
-    /// Chart bounds.
+    /// The chart's `maxReplicaCount` for the worker.
     pub max_replicas: u32,
     /// Whether the queue counts as active.
     pub active: bool,

@@ -2,11 +2,14 @@
 //! `/readyz` says so, with `/metrics`, while the worker drains), the message
 //! in flight is finished and forwarded, the process exits 0.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use reelfleet_core::{
     broker::{Broker, HeaderValue, Outgoing},
-    envelope::{Envelope, JobKind, Signer, SourceObject, SIGNATURE_HEADER},
+    envelope::{Envelope, JobKind, SourceObject, SIGNATURE_HEADER},
     manifest::{JobManifest, JobStatus, ManifestStore},
-    settings::Settings,
+    settings::{Secret, Settings},
+    signing::{generate_key, Signer},
     storage::Storage,
     topology::{Topology, WorkQueue},
 };
@@ -32,6 +35,10 @@ async fn sigterm_finishes_the_message_in_flight_and_exits_zero() {
         namespace: format!("t-sig-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
         ..Default::default()
     };
+    // A worker refuses to run without credentials of its own.
+    settings.signing.secret = Secret::new(generate_key());
+    settings.s3.access_key = Secret::new(format!("sig{}", &generate_key()[..12]));
+    settings.s3.secret_key = Secret::new(generate_key());
     let health_port = free_port();
     settings.runtime.health_addr = format!("127.0.0.1:{health_port}");
     settings.runtime.grace_period_secs = 60;
@@ -75,9 +82,9 @@ async fn sigterm_finishes_the_message_in_flight_and_exits_zero() {
     let manifests = ManifestStore::new(storage.clone(), settings.s3.work_bucket.clone());
     manifests.create(&mut JobManifest::new(&envelope)).await.unwrap();
     let body = envelope.to_bytes();
-    let signature = Signer::new(settings.signing.secret.expose().as_bytes()).sign(&body);
-    let msg = Outgoing::to_queue(topology.queue(WorkQueue::Preprocess), body)
-        .header(SIGNATURE_HEADER, HeaderValue::Text(signature));
+    let queue = topology.queue(WorkQueue::Preprocess);
+    let signature = Signer::from_settings(&settings.signing, &settings.namespace).unwrap().sign(&queue, &body);
+    let msg = Outgoing::to_queue(queue, body).header(SIGNATURE_HEADER, HeaderValue::Text(signature));
     broker.publisher().await.unwrap().publish(&msg).await.unwrap();
 
     let config = dir.path().join("reelfleet.toml");

@@ -98,7 +98,7 @@ pub struct Outgoing {
     pub exchange: String,
     /// Routing key (the queue name on the default exchange).
     pub routing_key: String,
-    /// Body.
+    /// The payload, sent as is (an envelope's JSON, an event's JSON).
     pub body: Vec<u8>,
     /// Headers, as strings or integers.
     pub headers: Vec<(String, HeaderValue)>,
@@ -110,12 +110,13 @@ pub struct Outgoing {
     pub mandatory: bool,
 }
 
-/// A header value.
+/// A header value: AMQP carries both kinds, and the runtime's own headers
+/// use nothing else.
 #[derive(Clone, Debug)]
 pub enum HeaderValue {
-    /// Text.
+    /// Sent as an AMQP long string.
     Text(String),
-    /// Integer.
+    /// Sent as an AMQP signed 64-bit integer.
     Int(i64),
 }
 
@@ -125,7 +126,7 @@ impl Outgoing {
         Self { routing_key: queue.into(), body, mandatory: true, ..Default::default() }
     }
 
-    /// Adds a header.
+    /// The message with one more header; of two with one name, the later is sent.
     pub fn header(mut self, name: &str, value: HeaderValue) -> Self {
         self.headers.push((name.to_string(), value));
         self
@@ -186,7 +187,7 @@ impl Publisher {
         }
     }
 
-    /// The underlying channel.
+    /// The channel, for what has no wrapper here (declares, deletes, `basic.get`).
     pub fn channel(&self) -> &Channel {
         &self.channel
     }

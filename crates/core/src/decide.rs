@@ -127,11 +127,11 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Every outcome.
+    /// Every outcome, in declaration order.
     pub const ALL: [Outcome; 6] =
         [Outcome::Ok, Outcome::Retry, Outcome::Requeue, Outcome::DeadLetter, Outcome::Deferred, Outcome::AckFailed];
 
-    /// The metric label.
+    /// The `outcome` label of `reelfleet_messages_total`.
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",

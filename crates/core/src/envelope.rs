@@ -1,17 +1,15 @@
 //! The message contract: the versioned JSON [`Envelope`] every stage message
-//! carries, its HMAC-SHA256 signature, and how a job id is derived.
+//! carries and how a job id is derived (its signature: [`crate::signing`]).
 
 use chrono::{DateTime, Utc};
-use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 use std::fmt;
 
 /// Schema version written into every envelope.
 pub const ENVELOPE_SCHEMA: u32 = 1;
 /// Largest envelope body accepted, in bytes.
 pub const MAX_ENVELOPE_BYTES: usize = 256 * 1024;
-/// Message header carrying the hex HMAC-SHA256 of the body.
+/// Message header carrying the signature (`<key id>.<expiry>.<hex MAC>`, see [`crate::signing`]).
 pub const SIGNATURE_HEADER: &str = "x-reelfleet-signature";
 /// Message header carrying the number of failed attempts so far.
 pub const ATTEMPT_HEADER: &str = "x-reelfleet-attempt";
@@ -207,9 +205,23 @@ pub enum EnvelopeError {
     /// No signature header.
     #[error("message has no {SIGNATURE_HEADER} header")]
     MissingSignature,
-    /// The signature does not match the body.
-    #[error("message signature does not match its body")]
+    /// The signature does not match the body, the queue or the namespace.
+    #[error("message signature does not match its body, queue and namespace")]
     BadSignature,
+    /// Signed with a key id this worker does not hold.
+    #[error("message is signed with unknown key id {0:?}")]
+    UnknownKey(String),
+    /// Signed with a previous key whose acceptance has ended.
+    #[error("message is signed with key {key_id:?}, accepted only until {until}")]
+    KeyRetired {
+        /// The retired key.
+        key_id: String,
+        /// When it stopped being accepted (RFC 3339).
+        until: String,
+    },
+    /// Its signature's validity has passed (`signing.max_age_secs`).
+    #[error("message signature expired at {0}")]
+    Expired(String),
     /// Body too large.
     #[error("envelope of {0} bytes exceeds the {MAX_ENVELOPE_BYTES}-byte limit")]
     TooLarge(usize),
@@ -270,45 +282,6 @@ impl Envelope {
     }
 }
 
-/// Signs and verifies message bodies with the shared key.
-#[derive(Clone)]
-pub struct Signer {
-    key: Vec<u8>,
-}
-
-impl fmt::Debug for Signer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Signer([redacted])")
-    }
-}
-
-impl Signer {
-    /// A signer keyed by `key`.
-    pub fn new(key: &[u8]) -> Self {
-        Self { key: key.to_vec() }
-    }
-
-    fn mac(&self) -> Hmac<Sha256> {
-        Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC accepts any key length")
-    }
-
-    /// Hex HMAC-SHA256 of `body`.
-    pub fn sign(&self, body: &[u8]) -> String {
-        let mut mac = self.mac();
-        mac.update(body);
-        hex::encode(mac.finalize().into_bytes())
-    }
-
-    /// Checks `signature` (hex) against `body` in constant time.
-    pub fn verify(&self, body: &[u8], signature: Option<&str>) -> Result<(), EnvelopeError> {
-        let signature = signature.ok_or(EnvelopeError::MissingSignature)?;
-        let raw = hex::decode(signature.trim()).map_err(|_| EnvelopeError::BadSignature)?;
-        let mut mac = self.mac();
-        mac.update(body);
-        mac.verify_slice(&raw).map_err(|_| EnvelopeError::BadSignature)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,19 +310,9 @@ mod tests {
     }
 
     #[test]
-    fn signature_round_trip_and_tamper() {
-        let signer = Signer::new(b"0123456789abcdef0123");
+    fn envelope_round_trip() {
         let env = Envelope::new(JobKind::Analyze, source());
-        let body = env.to_bytes();
-        let sig = signer.sign(&body);
-        signer.verify(&body, Some(&sig)).unwrap();
-        let mut tampered = body.clone();
-        tampered[10] ^= 1;
-        assert_eq!(signer.verify(&tampered, Some(&sig)), Err(EnvelopeError::BadSignature));
-        assert_eq!(signer.verify(&body, None), Err(EnvelopeError::MissingSignature));
-        let other = Signer::new(b"another-key-another-key");
-        assert_eq!(other.verify(&body, Some(&sig)), Err(EnvelopeError::BadSignature));
-        assert_eq!(Envelope::parse(&body).unwrap(), env);
+        assert_eq!(Envelope::parse(&env.to_bytes()).unwrap(), env);
     }
 
     #[test]

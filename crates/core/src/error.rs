@@ -26,11 +26,11 @@ impl fmt::Display for ErrorClass {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct StageError {
-    /// Retry or dead-letter.
+    /// Whether the runtime retries the message or dead-letters it at once.
     pub class: ErrorClass,
     /// Short code (`bad_input`, `bad_signature`, `storage`, `media`, `limit`, `provider`, `broker`, `timeout`, `quality`).
     pub code: &'static str,
-    /// Readable reason.
+    /// The reason, for a person (context prepended by [`StageError::context`]).
     pub message: String,
     /// Set for a message to park for this long without counting an attempt
     /// (a tier paused by its budget).
@@ -38,7 +38,7 @@ pub struct StageError {
 }
 
 impl StageError {
-    /// A transient error.
+    /// An error worth retrying (after the next retry step's delay).
     pub fn transient(code: &'static str, message: impl fmt::Display) -> Self {
         Self { class: ErrorClass::Transient, code, message: message.to_string(), defer: None }
     }
@@ -46,7 +46,7 @@ impl StageError {
     pub fn deferred(code: &'static str, message: impl fmt::Display, delay: std::time::Duration) -> Self {
         Self { class: ErrorClass::Transient, code, message: message.to_string(), defer: Some(delay) }
     }
-    /// A permanent error.
+    /// An error no retry can mend: the message is dead-lettered at once.
     pub fn permanent(code: &'static str, message: impl fmt::Display) -> Self {
         Self { class: ErrorClass::Permanent, code, message: message.to_string(), defer: None }
     }
@@ -93,7 +93,9 @@ impl From<crate::envelope::EnvelopeError> for StageError {
     fn from(e: crate::envelope::EnvelopeError) -> Self {
         use crate::envelope::EnvelopeError as E;
         let code = match e {
-            E::MissingSignature | E::BadSignature => "bad_signature",
+            E::MissingSignature | E::BadSignature | E::UnknownKey(_) => "bad_signature",
+            E::Expired(_) => "signature_expired",
+            E::KeyRetired { .. } => "signature_key_retired",
             _ => "bad_input",
         };
         StageError::permanent(code, e)

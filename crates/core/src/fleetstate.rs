@@ -17,7 +17,7 @@ use std::time::Duration;
 /// Shared-state failures.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    /// No database configured.
+    /// `state.url` is empty: a fleet's replicas would each count alone.
     #[error("state.url is not set: inference needs a database shared by its replicas (postgres://... for a fleet, sqlite:///path/state.db on one machine)")]
     NotConfigured,
     /// The database refused or could not be reached.

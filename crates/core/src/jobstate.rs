@@ -41,7 +41,7 @@ pub enum PipelineStage {
     Ingest,
     /// Normalizes video and assigns the tier.
     Preprocess,
-    /// Calls the model.
+    /// Calls the provider and records the cost.
     Inference,
     /// Encodes the deliverables and completes the job.
     Postprocess,
@@ -129,7 +129,7 @@ pub enum Decision {
     },
     /// The stage ran but its hand-over was never confirmed: send the stored result on.
     Reforward,
-    /// Nothing to do.
+    /// Nothing to do: ack the message and leave the job alone.
     Drop(DropReason),
     /// Another worker holds the job; look again when its lease has run out.
     Wait(Duration),
@@ -183,7 +183,7 @@ impl JobClaims {
         Self { manifests, lease: lease.max(Duration::from_secs(3)), holder: format!("{host}:{}", std::process::id()) }
     }
 
-    /// The manifest store.
+    /// The manifests the claims are written into.
     pub fn manifests(&self) -> &ManifestStore {
         &self.manifests
     }

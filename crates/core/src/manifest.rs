@@ -10,12 +10,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Manifest schema version.
+/// The `schema` of the manifests this build writes.
 pub const MANIFEST_SCHEMA: u32 = 1;
 /// Largest manifest read back, in bytes.
 pub const MAX_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
 
-/// The manifest's key.
+/// The manifest's key in the work bucket: `jobs/<job_id>/manifest.json`.
 pub fn manifest_key(job_id: &str) -> String {
     format!("jobs/{job_id}/manifest.json")
 }
@@ -29,7 +29,7 @@ pub fn stage_key(job_id: &str, stage: &str, name: &str) -> String {
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
-    /// Being validated.
+    /// Not admitted yet: a new manifest's status until ingest moves it on.
     Ingest,
     /// Queued for or in preprocess.
     Preprocess,
@@ -89,25 +89,26 @@ pub struct Claim {
 /// What ingest learned of an uploaded video.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
 pub struct InputInfo {
-    /// Container.
+    /// ffprobe's demuxer names for the container (`mov,mp4,m4a,3gp,3g2,mj2`).
     pub container: String,
-    /// Video codec.
+    /// The video stream's codec (`h264`, `hevc`, `vp9`, ...).
     pub codec: String,
-    /// Display width.
+    /// Width in pixels as displayed (rotation applied).
     pub width: u32,
-    /// Display height.
+    /// Height in pixels as displayed (rotation applied).
     pub height: u32,
-    /// Seconds.
+    /// Length in seconds: as declared, or the counted frames over the frame
+    /// rate when the container declares none.
     pub duration_s: f64,
-    /// Frames per second.
+    /// Declared frames per second (average, else base rate); 0 when neither is declared.
     pub fps: f64,
-    /// Pixel format.
+    /// ffmpeg's pixel format name (`yuv420p`); `None` when ffprobe reports none.
     pub pix_fmt: Option<String>,
-    /// Rotation in degrees.
+    /// Display rotation in degrees: 0, 90, 180 or 270.
     pub rotation: i32,
-    /// Has audio.
+    /// Whether the upload has an audio stream.
     pub has_audio: bool,
-    /// Bytes.
+    /// The object's size in bytes, from its HEAD.
     pub size_bytes: u64,
 }
 
@@ -115,9 +116,9 @@ pub struct InputInfo {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PromptDocument {
-    /// What to generate.
+    /// The text sent to the video model; ingest takes at most 4000 characters.
     pub prompt: String,
-    /// Seconds of video.
+    /// Length of the video asked for, in seconds; ingest takes more than 0 and at most 60.
     pub duration_seconds: f64,
     /// `720p`, `1080p` or `4k`.
     pub resolution: Quality,
@@ -146,7 +147,7 @@ pub struct Complexity {
 /// What preprocess produced.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
 pub struct PreprocessInfo {
-    /// The normalized video.
+    /// Key of the normalized video in the work bucket; `None` for generate jobs.
     pub normalized_key: Option<String>,
     /// Width of the normalized video.
     pub width: u32,
@@ -154,24 +155,24 @@ pub struct PreprocessInfo {
     pub height: u32,
     /// Frame rate of the normalized video.
     pub fps: u32,
-    /// Seconds.
+    /// Length of the normalized video in seconds (0 for generate jobs).
     pub duration_s: f64,
-    /// Keyframe JPEGs.
+    /// Keys of the keyframe JPEGs in the work bucket, in time order.
     pub keyframes: Vec<String>,
     /// Measured complexity (analyze jobs).
     pub complexity: Option<Complexity>,
-    /// Tier assigned.
+    /// The tier assigned: the inference queue the job goes to.
     pub tier: Tier,
-    /// Why that tier.
+    /// The sentence [`crate::tiering::assign_tier`] gave for that tier.
     pub tier_reason: String,
 }
 
 /// What inference did and what it cost.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
 pub struct InferenceInfo {
-    /// Tier served.
+    /// The tier whose queue the job came from.
     pub tier: Option<Tier>,
-    /// Model that answered.
+    /// The model that answered: the tier's own, or its fallback (see `fallback_from`).
     pub model: String,
     /// The tier's own model, when its fallback answered instead.
     #[serde(default)]
@@ -179,13 +180,13 @@ pub struct InferenceInfo {
     /// Jobs that shared the provider request.
     #[serde(default)]
     pub jobs_in_request: u32,
-    /// Provider's request id.
+    /// The provider's id of the request that answered; `None` when it gave none.
     pub request_id: Option<String>,
-    /// Input tokens billed.
+    /// Input tokens billed to the job: the sum over its charges.
     pub input_tokens: u64,
-    /// Output tokens billed.
+    /// Output tokens billed to the job: the sum over its charges.
     pub output_tokens: u64,
-    /// USD.
+    /// The job's cost in US dollars: the sum over its charges.
     pub cost_usd: f64,
     /// Structured result (analyze) or generated video (generate).
     pub result_key: String,
@@ -199,9 +200,9 @@ pub struct InferenceInfo {
 /// One billed provider request's share that falls to a job: the ledger line.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
 pub struct Charge {
-    /// Model billed.
+    /// The model the provider billed for the request.
     pub model: String,
-    /// Provider request id.
+    /// The provider's id of the request (what its usage log is keyed by); `None` when it gave none.
     pub request_id: Option<String>,
     /// Jobs that shared the request.
     pub jobs_in_request: u32,
@@ -222,19 +223,19 @@ pub struct OutputFile {
     pub name: String,
     /// Key in the work bucket.
     pub key: String,
-    /// MIME type.
+    /// `video/mp4` for renditions, `image/jpeg` for the poster and the sprite.
     pub content_type: String,
     /// Codec (`h264`, `hevc`, `mjpeg`).
     pub codec: String,
-    /// Width.
+    /// Width in pixels, as ffprobe reads the file.
     pub width: u32,
-    /// Height.
+    /// Height in pixels, as ffprobe reads the file.
     pub height: u32,
-    /// Seconds (videos).
+    /// Length in seconds; `None` for images.
     pub duration_s: Option<f64>,
-    /// Bits per second (videos).
+    /// The container's bits per second; `None` for images.
     pub bitrate: Option<u64>,
-    /// Bytes.
+    /// Size of the file in bytes.
     pub size_bytes: u64,
     /// PSNR against the normalized video, dB.
     pub psnr_db: Option<f64>,
@@ -244,14 +245,14 @@ pub struct OutputFile {
     pub vmaf: Option<f64>,
 }
 
-/// Quality gate outcome.
+/// Postprocess's quality gate: every rendition's PSNR and SSIM against the floors.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
 pub struct QualityCheck {
-    /// All renditions above the floor.
+    /// Whether every rendition reached both floors.
     pub passed: bool,
-    /// PSNR floor, dB.
+    /// The PSNR floor in dB (`postprocess.min_psnr_db`).
     pub min_psnr_db: f64,
-    /// SSIM floor.
+    /// The SSIM floor, 0 to 1 (`postprocess.min_ssim`).
     pub min_ssim: f64,
     /// Whether VMAF was measured.
     pub vmaf_measured: bool,
@@ -264,42 +265,47 @@ pub struct JobFailure {
     pub stage: String,
     /// Transient (retries exhausted) or permanent.
     pub class: ErrorClass,
-    /// Short code.
+    /// A short machine code (`bad_input`, `media`, `quality`, `provider`, ...).
     pub code: String,
-    /// Readable reason.
+    /// The reason, for a person.
     pub message: String,
-    /// Attempts made.
+    /// Attempts the stage made, the failing one included.
     pub attempts: u32,
-    /// When.
+    /// When the job was failed.
     pub at: DateTime<Utc>,
 }
 
 /// `jobs/<job_id>/manifest.json`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct JobManifest {
-    /// Schema version.
+    /// [`MANIFEST_SCHEMA`] of the build that created it.
     pub schema: u32,
-    /// Job id.
+    /// Derived from the source object's identity ([`SourceObject::job_id`]).
     pub job_id: String,
-    /// Analyze or generate.
+    /// Analyze (a video) or generate (a prompt document).
     pub kind: JobKind,
     /// Where the job is.
     pub status: JobStatus,
-    /// The upload.
+    /// The uploaded object the job was made from.
     pub source: SourceObject,
-    /// 1 to 5.
+    /// 1 (lowest) to 5 (highest): the object's metadata or the prompt document's
+    /// (at most `limits.max_uploader_priority`), else 3.
     pub priority: u8,
-    /// Requested quality.
+    /// What the uploader asked for when it was above
+    /// `limits.max_uploader_priority` (and `priority` was lowered to that).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_priority: Option<u8>,
+    /// The quality asked for (object metadata or the prompt's resolution); `None` when not asked.
     pub quality: Option<Quality>,
     /// Tier, once assigned.
     pub tier: Option<Tier>,
-    /// Trace id.
+    /// The id every stage's log lines for the job carry, from its envelope.
     pub trace_id: String,
-    /// Created.
+    /// When the job's first envelope was made (its `created_at`).
     pub created_at: DateTime<Utc>,
-    /// Last written.
+    /// When the manifest was last written.
     pub updated_at: DateTime<Utc>,
-    /// Per-stage timings.
+    /// Timings of each stage that finished, by stage name.
     #[serde(default)]
     pub stages: BTreeMap<String, StageTiming>,
     /// Input video facts (analyze).
@@ -313,14 +319,15 @@ pub struct JobManifest {
     /// Every provider charge for this job, answered or not; sums to the job's cost.
     #[serde(default)]
     pub charges: Vec<Charge>,
-    /// Deliverables.
+    /// Postprocess's renditions, then the poster and the sprite.
     #[serde(default)]
     pub outputs: Vec<OutputFile>,
-    /// Quality gate.
+    /// Postprocess's quality gate, once measured.
     pub quality_check: Option<QualityCheck>,
-    /// CDN purge outcome.
+    /// What the CDN purge hook answered (`purged (HTTP 200)`, `failed: ...`);
+    /// `None` when `postprocess.cdn_purge_url` is not set.
     pub cdn_purge: Option<String>,
-    /// Why it failed.
+    /// Why the job failed; `None` unless its status is `failed`.
     pub error: Option<JobFailure>,
     /// The stage that holds the job now, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -337,6 +344,7 @@ impl JobManifest {
             status: JobStatus::Ingest,
             source: envelope.source.clone(),
             priority: envelope.priority,
+            requested_priority: None,
             quality: envelope.quality,
             tier: envelope.tier,
             trace_id: envelope.trace_id.clone(),
@@ -396,7 +404,7 @@ const MAX_UPDATE_ROUNDS: u32 = 12;
 /// A manifest as read, with the ETag its next write must match.
 #[derive(Clone, Debug)]
 pub struct Versioned {
-    /// The manifest.
+    /// The manifest as read.
     pub manifest: JobManifest,
     /// The stored object's ETag.
     pub etag: String,
@@ -425,7 +433,7 @@ impl ManifestStore {
         Self { storage, bucket: bucket.into() }
     }
 
-    /// The work bucket.
+    /// The work bucket: manifests and every stage's outputs.
     pub fn bucket(&self) -> &str {
         &self.bucket
     }

@@ -16,44 +16,46 @@ use crate::{
 use serde::Deserialize;
 use std::{path::Path, process::Stdio, sync::Arc, time::Duration};
 
-/// Subprocess failures.
+/// Why a run of ffprobe or ffmpeg failed. As a [`crate::error::StageError`]
+/// a spawn, signal, timeout or local I/O failure is retried; a failed run,
+/// unreadable output or a missing allow-list is permanent.
 #[derive(Debug, thiserror::Error)]
 pub enum MediaError {
     /// The binary could not be started.
     #[error("cannot run {program}: {source} (is ffmpeg installed?)")]
     Spawn {
-        /// Binary.
+        /// The configured ffmpeg or ffprobe (`media.ffmpeg`, `media.ffprobe`).
         program: String,
-        /// Why.
+        /// Why the spawn failed (not found, not executable).
         source: std::io::Error,
     },
     /// Killed after the timeout.
     #[error("{program} did not finish within {secs} s")]
     Timeout {
-        /// Binary.
+        /// The configured ffmpeg or ffprobe (`media.ffmpeg`, `media.ffprobe`).
         program: String,
-        /// Timeout.
+        /// The limit it ran into, in seconds (`media.probe_timeout_secs` or `media.ffmpeg_timeout_secs`).
         secs: u64,
     },
     /// Killed by a signal it did not send itself (the OOM killer's SIGKILL,
     /// a node draining): says nothing about the input, so worth retrying.
     #[error("{program} was killed by signal {signal}: {stderr}")]
     Killed {
-        /// Binary.
+        /// The configured ffmpeg or ffprobe (`media.ffmpeg`, `media.ffprobe`).
         program: String,
-        /// Signal number.
+        /// The signal's number (9 for SIGKILL).
         signal: i32,
-        /// Last lines of stderr.
+        /// The end of its stderr, at most 1500 bytes.
         stderr: String,
     },
     /// Exited with an error.
     #[error("{program} failed ({status}): {stderr}")]
     Failed {
-        /// Binary.
+        /// The configured ffmpeg or ffprobe (`media.ffmpeg`, `media.ffprobe`).
         program: String,
-        /// Exit status.
+        /// The exit status as the OS reports it (`exit status: 1`).
         status: String,
-        /// Last lines of stderr.
+        /// The end of its stderr, at most 1500 bytes.
         stderr: String,
     },
     /// Output could not be understood.
@@ -63,9 +65,9 @@ pub enum MediaError {
     /// without it a playlist could make the decoder read other files.
     #[error("cannot build the demuxer allow-list from {program}: {reason}")]
     AllowList {
-        /// Binary.
+        /// The configured ffmpeg or ffprobe (`media.ffmpeg`, `media.ffprobe`).
         program: String,
-        /// Why.
+        /// What went wrong: the tool did not run, failed, or listed no demuxer.
         reason: String,
     },
     /// The decoder allow-list could not be built from the configured ffmpeg.
@@ -104,18 +106,19 @@ pub enum MediaError {
 /// ffprobe's view of a file.
 #[derive(Clone, Debug, Deserialize, Default)]
 pub struct Probe {
-    /// Streams.
+    /// Every stream, in the container's order (cover art and data included).
     #[serde(default)]
     pub streams: Vec<ProbeStream>,
-    /// Container.
+    /// The container's own facts (`-show_format`).
     #[serde(default)]
     pub format: ProbeFormat,
 }
 
-/// One stream.
+/// One stream, as ffprobe's `-show_streams` reports it; the numbers it
+/// prints as text stay text, absent when the container does not say.
 #[derive(Clone, Debug, Deserialize, Default)]
 pub struct ProbeStream {
-    /// Stream index.
+    /// Position in the container, from 0 (what `-map 0:N` names).
     #[serde(default)]
     pub index: u32,
     /// `video`, `audio`, `subtitle`, `data`.
@@ -124,11 +127,11 @@ pub struct ProbeStream {
     /// Codec (`h264`, `hevc`, `vp9`, ...).
     #[serde(default)]
     pub codec_name: String,
-    /// Coded width.
+    /// Coded width in pixels, before rotation; `None` for streams without pictures.
     pub width: Option<u32>,
-    /// Coded height.
+    /// Coded height in pixels, before rotation; `None` for streams without pictures.
     pub height: Option<u32>,
-    /// Pixel format.
+    /// ffmpeg's pixel format name (`yuv420p`, `yuv420p10le`); `None` for streams without pictures.
     pub pix_fmt: Option<String>,
     /// Average frame rate as a fraction (`30000/1001`).
     pub avg_frame_rate: Option<String>,
@@ -148,10 +151,10 @@ pub struct ProbeStream {
     pub side_data_list: Vec<serde_json::Value>,
 }
 
-/// The container.
+/// The container, as ffprobe's `-show_format` reports it.
 #[derive(Clone, Debug, Deserialize, Default)]
 pub struct ProbeFormat {
-    /// Demuxer names.
+    /// The demuxer's names for it, comma-separated (`mov,mp4,m4a,3gp,3g2,mj2`).
     #[serde(default)]
     pub format_name: String,
     /// Duration in seconds, as text.
@@ -160,7 +163,7 @@ pub struct ProbeFormat {
     pub size: Option<String>,
     /// Bit rate, as text.
     pub bit_rate: Option<String>,
-    /// Streams in the container.
+    /// How many streams the container holds.
     #[serde(default)]
     pub nb_streams: u32,
 }
@@ -233,6 +236,16 @@ fn is_cover_art(s: &ProbeStream) -> bool {
     matches!(s.codec_name.as_str(), "mjpeg" | "png")
         && s.nb_frames.as_deref().unwrap_or("1") == "1"
         && s.avg_frame_rate.as_deref() == Some("0/0")
+}
+
+/// One run of ffprobe or ffmpeg as [`Media`] starts it (environment cleared
+/// but `PATH`, no shell): what `reelfleet media plan` prints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolCommand {
+    /// The configured binary (`media.ffmpeg` or `media.ffprobe`).
+    pub program: String,
+    /// Every argument, in order.
+    pub args: Vec<String>,
 }
 
 /// Runs ffprobe and ffmpeg.
@@ -591,19 +604,24 @@ impl Media {
         }
     }
 
-    /// Probes a local file.
-    pub async fn probe(&self, path: &Path) -> Result<Probe, MediaError> {
+    /// The ffprobe run of [`Media::probe`].
+    pub fn probe_command(&self, path: &Path) -> ToolCommand {
         let mut args: Vec<String> = vec!["-v".into(), "error".into()];
         args.extend(self.whitelist_args());
         args.extend(["-print_format", "json", "-show_format", "-show_streams"].map(String::from));
         args.push(format!("file:{}", path.display()));
-        let out = self.run(&self.settings.ffprobe, &args, self.settings.probe_timeout_secs, false).await?;
+        ToolCommand { program: self.settings.ffprobe.clone(), args }
+    }
+
+    /// Probes a local file.
+    pub async fn probe(&self, path: &Path) -> Result<Probe, MediaError> {
+        let cmd = self.probe_command(path);
+        let out = self.run(&cmd.program, &cmd.args, self.settings.probe_timeout_secs, false).await?;
         serde_json::from_slice(&out.stdout).map_err(|e| MediaError::Parse(format!("ffprobe JSON: {e}")))
     }
 
-    /// Counts the packets (frames) of the first video stream without decoding
-    /// them: the frame count of a stream that declares no duration.
-    pub async fn count_video_packets(&self, path: &Path) -> Result<u64, MediaError> {
+    /// The ffprobe run of [`Media::count_video_packets`].
+    pub fn count_packets_command(&self, path: &Path) -> ToolCommand {
         let mut args: Vec<String> = vec!["-v".into(), "error".into()];
         args.extend(self.whitelist_args());
         args.extend(
@@ -611,7 +629,14 @@ impl Media {
                 .map(String::from),
         );
         args.push(format!("file:{}", path.display()));
-        let out = self.run(&self.settings.ffprobe, &args, self.settings.probe_timeout_secs, false).await?;
+        ToolCommand { program: self.settings.ffprobe.clone(), args }
+    }
+
+    /// Counts the packets (frames) of the first video stream without decoding
+    /// them: the frame count of a stream that declares no duration.
+    pub async fn count_video_packets(&self, path: &Path) -> Result<u64, MediaError> {
+        let cmd = self.count_packets_command(path);
+        let out = self.run(&cmd.program, &cmd.args, self.settings.probe_timeout_secs, false).await?;
         let v: serde_json::Value =
             serde_json::from_slice(&out.stdout).map_err(|e| MediaError::Parse(format!("ffprobe JSON: {e}")))?;
         v["streams"][0]["nb_read_packets"]
@@ -620,37 +645,49 @@ impl Media {
             .ok_or_else(|| MediaError::Parse("ffprobe counted no video packets".into()))
     }
 
-    /// Runs ffmpeg with `args` (after `-hide_banner -nostdin -y`), returning
-    /// its stderr. With bounds, a call whose last argument is a `file:`
-    /// output gets `-frames:v` and `-fs` before it (unless it sets them
-    /// itself), and an output that reached the `-fs` cap fails the call.
-    pub async fn ffmpeg(&self, args: &[String]) -> Result<String, MediaError> {
+    /// The ffmpeg run of [`Media::ffmpeg`] for `args`: `-hide_banner -nostdin
+    /// -y` first; with bounds, a call whose last argument is a `file:` output
+    /// gets `-frames:v` and `-fs` before it (unless it sets them itself).
+    pub fn ffmpeg_command(&self, args: &[String]) -> ToolCommand {
+        self.bounded_ffmpeg(args).0
+    }
+
+    /// [`Media::ffmpeg_command`], and the `-fs` cap it put in, if any.
+    fn bounded_ffmpeg(&self, args: &[String]) -> (ToolCommand, Option<u64>) {
         let mut full: Vec<String> = vec!["-hide_banner".into(), "-nostdin".into(), "-y".into()];
         full.extend_from_slice(args);
-        let output = full.last().and_then(|a| a.strip_prefix("file:")).map(std::path::PathBuf::from);
         let mut cap = None;
-        let timeout = match (&self.bounds, &output) {
-            (Some(b), Some(_)) => {
-                let at = full.len() - 1;
-                let mut extra = Vec::new();
-                if let Some(frames) = b
-                    .max_frames()
-                    .filter(|_| !full.iter().any(|a| a == "-frames:v" || a == "-vframes" || a == "-frames"))
-                {
-                    extra.extend(["-frames:v".to_string(), frames.to_string()]);
-                }
-                if !full.iter().any(|a| a == "-fs") {
-                    let bytes = b.max_output_bytes(self.settings.limit_file_size_mb.saturating_mul(1024 * 1024));
-                    extra.extend(["-fs".to_string(), bytes.to_string()]);
-                    cap = Some(bytes);
-                }
-                full.splice(at..at, extra);
-                b.timeout_secs(&self.settings)
+        let writes_file = full.last().is_some_and(|a| a.starts_with("file:"));
+        if let (Some(b), true) = (&self.bounds, writes_file) {
+            let at = full.len() - 1;
+            let mut extra = Vec::new();
+            if let Some(frames) =
+                b.max_frames().filter(|_| !full.iter().any(|a| a == "-frames:v" || a == "-vframes" || a == "-frames"))
+            {
+                extra.extend(["-frames:v".to_string(), frames.to_string()]);
             }
-            (Some(b), None) => b.timeout_secs(&self.settings),
-            (None, _) => self.settings.ffmpeg_timeout_secs,
-        };
-        let out = self.run(&self.settings.ffmpeg, &full, timeout, true).await?;
+            if !full.iter().any(|a| a == "-fs") {
+                let bytes = b.max_output_bytes(self.settings.limit_file_size_mb.saturating_mul(1024 * 1024));
+                extra.extend(["-fs".to_string(), bytes.to_string()]);
+                cap = Some(bytes);
+            }
+            full.splice(at..at, extra);
+        }
+        (ToolCommand { program: self.settings.ffmpeg.clone(), args: full }, cap)
+    }
+
+    /// Seconds an ffmpeg call may take: from the bounds (duration and
+    /// resolution), else `media.ffmpeg_timeout_secs`.
+    pub fn ffmpeg_timeout_secs(&self) -> u64 {
+        self.bounds.map(|b| b.timeout_secs(&self.settings)).unwrap_or(self.settings.ffmpeg_timeout_secs)
+    }
+
+    /// Runs ffmpeg with `args` (after `-hide_banner -nostdin -y`), returning
+    /// its stderr; an output that reached its `-fs` cap fails the call.
+    pub async fn ffmpeg(&self, args: &[String]) -> Result<String, MediaError> {
+        let (cmd, cap) = self.bounded_ffmpeg(args);
+        let output = cmd.args.last().and_then(|a| a.strip_prefix("file:")).map(std::path::PathBuf::from);
+        let out = self.run(&cmd.program, &cmd.args, self.ffmpeg_timeout_secs(), true).await?;
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         if let (Some(cap), Some(path)) = (cap, &output) {
             // ffmpeg stops at -fs and exits 0: a cut output must not pass for a whole one.
@@ -668,10 +705,15 @@ impl Media {
         Ok(stderr)
     }
 
+    /// The ffmpeg run of [`Media::has_filter`] (it lists every filter).
+    pub fn filters_command(&self) -> ToolCommand {
+        ToolCommand { program: self.settings.ffmpeg.clone(), args: vec!["-hide_banner".into(), "-filters".into()] }
+    }
+
     /// Whether this ffmpeg build has a filter (for example `libvmaf`).
     pub async fn has_filter(&self, name: &str) -> bool {
-        let args = vec!["-hide_banner".to_string(), "-filters".to_string()];
-        match self.run(&self.settings.ffmpeg, &args, 10, false).await {
+        let cmd = self.filters_command();
+        match self.run(&cmd.program, &cmd.args, 10, false).await {
             Ok(out) => String::from_utf8_lossy(&out.stdout).lines().any(|l| l.split_whitespace().nth(1) == Some(name)),
             Err(_) => false,
         }
@@ -778,9 +820,42 @@ pub fn scratch_dir(parent: Option<&str>) -> std::io::Result<tempfile::TempDir> {
     }
 }
 
+/// Removes scratch folders (`reelfleet-*` in `parent`, or the system's temp
+/// folder) untouched for longer than `older_than`: what a killed process left.
+/// A live message's folder is never that old (the job timeout ends it first),
+/// so workers sharing one scratch folder do not sweep each other's work.
+/// Returns how many were removed.
+pub fn sweep_scratch(parent: Option<&str>, older_than: std::time::Duration) -> usize {
+    let dir = parent.map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let Ok(entries) = std::fs::read_dir(&dir) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let stale = entry.file_name().to_string_lossy().starts_with("reelfleet-")
+            && entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|age| age > older_than));
+        if stale && entry.file_type().is_ok_and(|t| t.is_dir()) && std::fs::remove_dir_all(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sweep_removes_only_old_reelfleet_folders() {
+        let parent = tempfile::tempdir().unwrap();
+        let p = parent.path().to_str().unwrap();
+        let fresh = scratch_dir(Some(p)).unwrap();
+        let other = parent.path().join("not-ours");
+        std::fs::create_dir(&other).unwrap();
+        assert_eq!(sweep_scratch(Some(p), std::time::Duration::from_secs(3600)), 0);
+        assert!(fresh.path().exists() && other.exists());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(sweep_scratch(Some(p), std::time::Duration::from_millis(10)), 1);
+        assert!(!fresh.path().exists() && other.exists());
+    }
 
     #[test]
     fn rates_and_rotation() {

@@ -91,6 +91,12 @@ impl Metrics {
         Self { registry, messages, failures, duration, in_flight, batch_size, tokens, cost_usd, consumer_up }
     }
 
+    /// Registers a collector of a worker kind's own (the SQS bridge's), served
+    /// with the rest.
+    pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) -> prometheus::Result<()> {
+        self.registry.register(collector)
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

@@ -1,7 +1,7 @@
 //! The stage runtime: consumes a stage's queues with bounded prefetch, hands
 //! each message to the [`Stage`], and settles it: ack after the outputs are
 //! stored and the next message is confirmed; otherwise what
-//! [`decide`](crate::decide::decide) says (delayed retry, deferral,
+//! [`decide`] says (delayed retry, deferral,
 //! dead-letter). A publish the broker does not confirm puts the message back
 //! on its queue after a backoff. It also moves the broker's own dead letters
 //! (delivery limit) of its queues into their dead-letter queues with the same
@@ -10,12 +10,13 @@
 use crate::{
     broker::{header_str, header_u32, Broker, BrokerError, HeaderValue, Outgoing, Publisher},
     decide::{decide, repeated_timeout, timeouts_after, Next, Outcome, TIMEOUTS_HEADER},
-    envelope::{Envelope, Signer, ATTEMPT_HEADER, SIGNATURE_HEADER},
+    envelope::{Envelope, ATTEMPT_HEADER, SIGNATURE_HEADER},
     error::StageError,
     health::Readiness,
     manifest::{JobFailure, ManifestStore},
     metrics::Metrics,
     settings::Settings,
+    signing::Signer,
     topology::{Topology, WorkQueue},
 };
 use async_trait::async_trait;
@@ -37,7 +38,8 @@ use tokio::{task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
 
-/// Dead-letter headers.
+/// Headers the runtime puts on every dead letter it writes (and on the
+/// broker's own, once moved), read by `reelfleet dlq`.
 pub mod dlq_headers {
     /// Stage that gave up.
     pub const STAGE: &str = "x-reelfleet-stage";
@@ -45,9 +47,9 @@ pub mod dlq_headers {
     pub const ERROR_CLASS: &str = "x-reelfleet-error-class";
     /// Short error code (`delivery_limit` for a message the broker dead-lettered).
     pub const ERROR_CODE: &str = "x-reelfleet-error-code";
-    /// Readable reason.
+    /// The reason, for a person.
     pub const ERROR_MESSAGE: &str = "x-reelfleet-error-message";
-    /// Attempts made.
+    /// Attempts made, the last one included.
     pub const ATTEMPTS: &str = "x-reelfleet-attempts";
     /// RFC 3339 time of dead-lettering.
     pub const FAILED_AT: &str = "x-reelfleet-failed-at";
@@ -60,7 +62,7 @@ pub mod dlq_headers {
 /// What a stage receives.
 #[derive(Debug, Clone)]
 pub enum Input {
-    /// A verified envelope.
+    /// An envelope whose signature checked out.
     Envelope(Envelope),
     /// An unsigned body (S3 events, to stages that accept them).
     Raw(Vec<u8>),
@@ -71,7 +73,7 @@ pub enum Input {
 pub struct Message {
     /// Queue it came from.
     pub queue: WorkQueue,
-    /// Body.
+    /// The body, as a verified envelope or raw bytes.
     pub input: Input,
     /// Failed attempts before this one.
     pub attempt: u32,
@@ -84,7 +86,7 @@ pub struct Message {
 pub enum Dispatch {
     /// The next stage's message.
     Next {
-        /// Queue.
+        /// The next stage's queue (its name under the namespace comes from the topology).
         queue: WorkQueue,
         /// Envelope (the runtime signs it).
         envelope: Envelope,
@@ -93,7 +95,15 @@ pub enum Dispatch {
     Event {
         /// Routing key (`job.completed`).
         routing_key: String,
-        /// JSON body.
+        /// The event as JSON, published unsigned.
+        body: Vec<u8>,
+    },
+    /// A body passed on as it came, without a signature (ingest splitting an
+    /// unsigned S3 event with several records into one event each).
+    Unsigned {
+        /// Queue.
+        queue: WorkQueue,
+        /// The body.
         body: Vec<u8>,
     },
     /// Records in the job's manifest that the stage handed it on; placed
@@ -192,6 +202,37 @@ fn requeue_delay(consecutive: u32) -> Duration {
     delays.nth(n).unwrap_or(max).clamp(min, max)
 }
 
+/// The waits between reconnection attempts: exponential from 200 ms with
+/// jitter, up to `max` (`broker.reconnect_max_delay_secs`), without end.
+/// backon's jitter adds up to a whole delay on top of its cap, hence the clamp.
+fn reconnect_delays(max: Duration) -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(max)
+        .with_jitter()
+        .without_max_times()
+        .build()
+        .map(move |d| d.min(max))
+}
+
+/// What a stage gets of a body: the raw bytes only when the stage takes
+/// unsigned bodies and none came with a signature; anything else must be an
+/// envelope whose signature checks out for `queue` (a signed body is
+/// verified even by a stage that takes unsigned ones).
+fn decode_body(
+    signer: &Signer,
+    queue: &str,
+    body: &[u8],
+    signature: Option<&str>,
+    accepts_unsigned: bool,
+) -> Result<Input, StageError> {
+    if signature.is_none() && accepts_unsigned {
+        return Ok(Input::Raw(body.to_vec()));
+    }
+    signer.verify(queue, body, signature)?;
+    Ok(Input::Envelope(Envelope::parse(body)?))
+}
+
 /// Shared machinery of every worker in a process.
 #[derive(Clone)]
 pub struct Runtime {
@@ -215,18 +256,19 @@ impl std::fmt::Debug for Runtime {
 }
 
 impl Runtime {
-    /// A runtime for `settings`, sharing `metrics` and `readiness` with the health server.
+    /// A runtime for `settings`, sharing `metrics` and `readiness` with the
+    /// health server; fails when the signing keys are unusable.
     pub fn new(
         settings: &Settings,
         broker: Broker,
         manifests: ManifestStore,
         metrics: Metrics,
         readiness: Readiness,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, crate::signing::KeyError> {
+        Ok(Self {
             broker,
             topology: Topology::from_settings(settings),
-            signer: Signer::new(settings.signing.secret.expose().as_bytes()),
+            signer: Signer::from_settings(&settings.signing, &settings.namespace)?,
             manifests,
             metrics,
             readiness,
@@ -235,10 +277,10 @@ impl Runtime {
             job_timeout: Duration::from_secs(settings.runtime.job_timeout_secs),
             retry: settings.retry.clone(),
             reconnect_max: Duration::from_secs(settings.broker.reconnect_max_delay_secs.max(1)),
-        }
+        })
     }
 
-    /// The topology.
+    /// The queue and exchange names it consumes from and publishes to.
     pub fn topology(&self) -> &Topology {
         &self.topology
     }
@@ -264,12 +306,7 @@ impl Runtime {
     }
 
     fn reconnect_delays(&self) -> impl Iterator<Item = Duration> {
-        backon::ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(self.reconnect_max)
-            .with_jitter()
-            .without_max_times()
-            .build()
+        reconnect_delays(self.reconnect_max)
     }
 
     async fn consume(&self, stage: Arc<dyn Stage>, queue: WorkQueue, shutdown: CancellationToken) {
@@ -473,7 +510,7 @@ impl Runtime {
     ) {
         let stage_name = stage.name();
         let attempt = header_u32(&delivery.properties, ATTEMPT_HEADER).unwrap_or(0);
-        let decoded = self.decode(stage, delivery);
+        let decoded = self.decode(stage, queue, delivery);
         let envelope = match &decoded {
             Ok(Input::Envelope(e)) => Some(e),
             _ => None,
@@ -501,7 +538,7 @@ impl Runtime {
         let attempt = header_u32(&delivery.properties, ATTEMPT_HEADER).unwrap_or(0);
         let started = Instant::now();
         self.metrics.in_flight.with_label_values(&[stage_name]).inc();
-        let decoded = self.decode(&stage, &delivery);
+        let decoded = self.decode(&stage, queue, &delivery);
         let span = self.span(stage_name, queue, &decoded, attempt);
         async {
             let result = match decoded.clone() {
@@ -533,7 +570,7 @@ impl Runtime {
         let mut valid = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
             let attempt = header_u32(&delivery.properties, ATTEMPT_HEADER).unwrap_or(0);
-            let decoded = self.decode(&stage, &delivery);
+            let decoded = self.decode(&stage, queue, &delivery);
             if let Err(e) = &decoded {
                 let span = self.span(stage_name, queue, &decoded, attempt);
                 self.settle(stage_name, queue, &outbox, &delivery, &decoded, attempt, Err(e.clone()))
@@ -640,20 +677,20 @@ impl Runtime {
         self.metrics.messages.with_label_values(&[stage_name, &self.topology.queue(queue), outcome.as_str()]).inc();
     }
 
-    fn decode(&self, stage: &Arc<dyn Stage>, delivery: &Delivery) -> Result<Input, StageError> {
+    /// Verifies a delivery as addressed to `queue` (wherever it waited on
+    /// the way: retry and deferral queues lead back there).
+    fn decode(&self, stage: &Arc<dyn Stage>, queue: WorkQueue, delivery: &Delivery) -> Result<Input, StageError> {
         let signature = header_str(&delivery.properties, SIGNATURE_HEADER);
-        if signature.is_none() && stage.accepts_unsigned() {
-            return Ok(Input::Raw(delivery.data.clone()));
-        }
-        self.signer.verify(&delivery.data, signature.as_deref())?;
-        Ok(Input::Envelope(Envelope::parse(&delivery.data)?))
+        let queue = self.topology.queue(queue);
+        decode_body(&self.signer, &queue, &delivery.data, signature.as_deref(), stage.accepts_unsigned())
     }
 
-    /// Signs `envelope` into a message for `queue`.
-    pub fn signed(&self, queue: &str, envelope: &Envelope) -> Outgoing {
+    /// Signs `envelope` for the stage queue `audience` and publishes it to
+    /// `to` (the same queue, or a retry queue that leads back to it).
+    pub fn signed(&self, audience: &str, to: &str, envelope: &Envelope) -> Outgoing {
         let body = envelope.to_bytes();
-        let sig = self.signer.sign(&body);
-        Outgoing::to_queue(queue, body).header(SIGNATURE_HEADER, HeaderValue::Text(sig))
+        let sig = self.signer.sign(audience, &body);
+        Outgoing::to_queue(to, body).header(SIGNATURE_HEADER, HeaderValue::Text(sig))
     }
 
     async fn dispatch(&self, stage: &str, outbox: &Outbox, dispatches: Vec<Dispatch>) -> Result<(), BrokerError> {
@@ -666,7 +703,12 @@ impl Runtime {
                     }
                     continue;
                 }
-                Dispatch::Next { queue, envelope } => self.signed(&self.topology.queue(queue), &envelope),
+                Dispatch::Next { queue, envelope } => {
+                    let queue = self.topology.queue(queue);
+                    self.signed(&queue, &queue, &envelope)
+                }
+                // Unsigned in, unsigned out: ingest checks it again like any other event.
+                Dispatch::Unsigned { queue, body } => Outgoing::to_queue(self.topology.queue(queue), body),
                 Dispatch::Event { routing_key, body } => Outgoing {
                     exchange: self.topology.events_exchange(),
                     routing_key,
@@ -699,14 +741,17 @@ impl Runtime {
             Some(env) => {
                 let mut env = env.clone();
                 env.attempt = attempt + 1;
-                self.signed(&retry_queue, &env)
+                self.signed(&self.topology.queue(queue), &retry_queue, &env)
             }
             None => Outgoing::to_queue(&retry_queue, delivery.data.clone()),
         };
         msg = msg
             .header(ATTEMPT_HEADER, HeaderValue::Int(i64::from(attempt + 1)))
             .header(TIMEOUTS_HEADER, HeaderValue::Int(i64::from(timeouts)))
-            .header(dlq_headers::FIRST_FAILED_AT, HeaderValue::Text(first_failed_at(delivery, chrono::Utc::now())));
+            .header(
+                dlq_headers::FIRST_FAILED_AT,
+                HeaderValue::Text(first_failed_at(&delivery.properties, chrono::Utc::now())),
+            );
         if !self.hand_over(outbox, &msg, delivery, "schedule a retry").await {
             return Outcome::Requeue;
         }
@@ -761,7 +806,7 @@ impl Runtime {
             .header(dlq_headers::ERROR_MESSAGE, HeaderValue::Text(message.clone()))
             .header(dlq_headers::ATTEMPTS, HeaderValue::Int(i64::from(attempt + 1)))
             .header(dlq_headers::FAILED_AT, HeaderValue::Text(now.to_rfc3339()))
-            .header(dlq_headers::FIRST_FAILED_AT, HeaderValue::Text(first_failed_at(delivery, now)))
+            .header(dlq_headers::FIRST_FAILED_AT, HeaderValue::Text(first_failed_at(&delivery.properties, now)))
             .header(dlq_headers::QUEUE, HeaderValue::Text(self.topology.queue(queue)));
         msg.message_id = Some(uuid::Uuid::new_v4().simple().to_string());
         if let Some(sig) = header_str(&delivery.properties, SIGNATURE_HEADER) {
@@ -821,8 +866,10 @@ impl Runtime {
     }
 }
 
-fn first_failed_at(delivery: &Delivery, now: chrono::DateTime<chrono::Utc>) -> String {
-    header_str(&delivery.properties, dlq_headers::FIRST_FAILED_AT).unwrap_or_else(|| now.to_rfc3339())
+/// When a message first failed: the time its earlier failures carried
+/// along, else `now` (this is its first).
+fn first_failed_at(properties: &lapin::BasicProperties, now: chrono::DateTime<chrono::Utc>) -> String {
+    header_str(properties, dlq_headers::FIRST_FAILED_AT).unwrap_or_else(|| now.to_rfc3339())
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -861,5 +908,109 @@ mod tests {
             }
             assert!(requeue_delay(40) >= max / 2, "the cap is reached, not a reset");
         }
+    }
+
+    fn envelope() -> Envelope {
+        let source = crate::envelope::SourceObject {
+            bucket: "uploads".into(),
+            key: "a.mp4".into(),
+            size: 1,
+            etag: Some("e1".into()),
+            version_id: None,
+        };
+        Envelope::new(crate::envelope::JobKind::Analyze, source)
+    }
+
+    #[test]
+    fn only_an_unsigned_body_to_a_stage_that_takes_one_arrives_raw() {
+        let signer = Signer::with_key("ns", "k1", &[3u8; 32]);
+        let q = "ns.preprocess";
+        let body = envelope().to_bytes();
+        let sig = signer.sign(q, &body);
+        let event = br#"{"Records":[]}"#;
+        assert!(matches!(decode_body(&signer, q, event, None, true), Ok(Input::Raw(b)) if b == event));
+        // A signed body is checked even where unsigned ones are taken.
+        for accepts_unsigned in [true, false] {
+            let decoded = decode_body(&signer, q, &body, Some(&sig), accepts_unsigned);
+            assert!(matches!(&decoded, Ok(Input::Envelope(e)) if e.job_id == envelope().job_id), "{decoded:?}");
+            let forged = decode_body(&signer, q, &body, Some("k1.1.00ff"), accepts_unsigned);
+            assert!(forged.is_err_and(|e| e.class == crate::error::ErrorClass::Permanent));
+            let elsewhere = decode_body(&signer, "ns.postprocess", &body, Some(&sig), accepts_unsigned);
+            assert!(elsewhere.is_err(), "a message signed for another queue");
+        }
+        assert!(decode_body(&signer, q, &body, None, false).is_err(), "unsigned to a stage that wants signatures");
+        let other = Signer::with_key("ns", "k1", &[4u8; 32]).sign(q, &body);
+        assert!(decode_body(&signer, q, &body, Some(&other), false).is_err(), "signed with another key");
+        let not_json = b"not an envelope";
+        assert!(
+            decode_body(&signer, q, not_json, Some(&signer.sign(q, not_json)), false).is_err(),
+            "signed but no envelope"
+        );
+    }
+
+    #[test]
+    fn the_first_failure_time_travels_with_the_message() {
+        let now = chrono::Utc::now();
+        let fresh = lapin::BasicProperties::default();
+        assert_eq!(first_failed_at(&fresh, now), now.to_rfc3339());
+        let mut headers = FieldTable::default();
+        headers.insert(
+            dlq_headers::FIRST_FAILED_AT.into(),
+            lapin::types::AMQPValue::LongString("2024-05-01T10:00:00+00:00".into()),
+        );
+        let retried = lapin::BasicProperties::default().with_headers(headers);
+        assert_eq!(first_failed_at(&retried, now), "2024-05-01T10:00:00+00:00");
+    }
+
+    #[test]
+    fn reconnect_waits_grow_from_200_ms_and_stop_at_the_configured_cap() {
+        let max = Duration::from_secs(3);
+        let waits: Vec<Duration> = reconnect_delays(max).take(40).collect();
+        assert_eq!(waits.len(), 40, "reconnecting never gives up");
+        assert!(waits[0] >= Duration::from_millis(200) && waits[0] < Duration::from_millis(400), "{:?}", waits[0]);
+        assert!(waits.iter().all(|w| *w <= max), "{waits:?}");
+        assert!(waits[20..].iter().all(|w| *w >= max / 2), "the cap is reached and kept: {waits:?}");
+    }
+
+    struct Echo;
+
+    #[async_trait]
+    impl Stage for Echo {
+        fn name(&self) -> &'static str {
+            "echo"
+        }
+        fn queues(&self) -> Vec<WorkQueue> {
+            vec![WorkQueue::Ingest]
+        }
+        async fn handle(&self, msg: Message) -> Result<Vec<Dispatch>, StageError> {
+            match msg.input {
+                Input::Raw(b) if b == b"fail" => Err(StageError::permanent("bad_input", "asked to fail")),
+                Input::Raw(b) => Ok(vec![Dispatch::Handoff { job_id: String::from_utf8_lossy(&b).into_owned() }]),
+                Input::Envelope(e) => Ok(vec![Dispatch::Handoff { job_id: e.job_id }]),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stage_without_its_own_batching_answers_each_message_in_order() {
+        let msg = |body: &[u8]| Message {
+            queue: WorkQueue::Ingest,
+            input: Input::Raw(body.to_vec()),
+            attempt: 0,
+            redelivered: false,
+        };
+        let results = Echo.handle_batch(vec![msg(b"a"), msg(b"fail"), msg(b"c")]).await;
+        let seen: Vec<String> = results
+            .iter()
+            .map(|r| match r {
+                Ok(d) => match d.as_slice() {
+                    [Dispatch::Handoff { job_id }] => job_id.clone(),
+                    other => format!("{other:?}"),
+                },
+                Err(e) => e.code.to_string(),
+            })
+            .collect();
+        assert_eq!(seen, ["a", "bad_input", "c"]);
+        assert_eq!(Echo.batching(WorkQueue::Ingest), None);
     }
 }

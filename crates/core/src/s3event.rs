@@ -15,7 +15,7 @@ pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
 pub struct CreatedObject {
     /// Event name without the `s3:` prefix (`ObjectCreated:Put`).
     pub event_name: String,
-    /// Bucket.
+    /// The bucket the event names (ingest takes only its upload buckets).
     pub bucket: String,
     /// Key, decoded.
     pub key: String,
@@ -23,7 +23,7 @@ pub struct CreatedObject {
     pub size: u64,
     /// ETag without quotes.
     pub etag: Option<String>,
-    /// Version id.
+    /// The object's version on a versioned bucket; `None` otherwise.
     pub version_id: Option<String>,
     /// When the store says it happened.
     pub event_time: Option<String>,
@@ -32,7 +32,7 @@ pub struct CreatedObject {
 /// Why an event body was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum S3EventError {
-    /// Body too large.
+    /// The body is larger than [`MAX_EVENT_BYTES`].
     #[error("S3 event of {0} bytes exceeds the {MAX_EVENT_BYTES}-byte limit")]
     TooLarge(usize),
     /// Not an S3 event.

@@ -16,31 +16,32 @@ use aws_sdk_s3::{
 use std::{collections::HashMap, path::Path, time::Duration};
 use tokio::io::AsyncWriteExt;
 
-/// Object store failures.
+/// Object store failures. As a [`crate::error::StageError`] a missing,
+/// changed, refused or too large object is permanent; the rest is retried.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     /// The object does not exist.
     #[error("s3://{bucket}/{key} does not exist")]
     NotFound {
-        /// Bucket.
+        /// The bucket named in the request.
         bucket: String,
-        /// Key.
+        /// The object's key, as given (not URL-encoded).
         key: String,
     },
     /// A conditional write found the object already there.
     #[error("s3://{bucket}/{key} already exists")]
     Exists {
-        /// Bucket.
+        /// The bucket named in the request.
         bucket: String,
-        /// Key.
+        /// The object's key, as given (not URL-encoded).
         key: String,
     },
     /// A read pinned to an ETag found another object there.
     #[error("s3://{bucket}/{key} changed since it was validated")]
     Changed {
-        /// Bucket.
+        /// The bucket named in the request.
         bucket: String,
-        /// Key.
+        /// The object's key, as given (not URL-encoded).
         key: String,
     },
     /// The store refused the request (4xx other than throttling).
@@ -49,19 +50,19 @@ pub enum StorageError {
     /// An object is larger than the caller accepts.
     #[error("s3://{bucket}/{key} is {size} bytes, above the {limit}-byte limit")]
     TooLarge {
-        /// Bucket.
+        /// The bucket named in the request.
         bucket: String,
-        /// Key.
+        /// The object's key, as given (not URL-encoded).
         key: String,
-        /// Its size.
+        /// The object's size in bytes, as the store reports it.
         size: u64,
-        /// The limit.
+        /// The most the caller accepts, in bytes.
         limit: u64,
     },
     /// Network, timeout, 5xx or throttling: worth retrying.
     #[error("object store unavailable: {0}")]
     Unavailable(String),
-    /// Local file error.
+    /// Reading or writing the local side of a transfer.
     #[error("local file error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -91,7 +92,7 @@ pub struct ObjectInfo {
     pub size: u64,
     /// ETag without quotes.
     pub etag: Option<String>,
-    /// Content type.
+    /// `Content-Type` as stored, when the store reports one.
     pub content_type: Option<String>,
     /// User metadata (`x-amz-meta-*`), names lowercased.
     pub metadata: HashMap<String, String>,

@@ -101,7 +101,7 @@ impl Topology {
         Self::new(settings.namespace.clone(), settings.broker.delivery_limit, &settings.retry)
     }
 
-    /// The namespace prefix.
+    /// The namespace every name starts with (`<ns>.ingest`, `<ns>.events`).
     pub fn namespace(&self) -> &str {
         &self.namespace
     }

@@ -62,7 +62,6 @@ struct KeyLocks {
     held: std::sync::Mutex<HashMap<ObjectId, Arc<RwLock<()>>>>,
 }
 
-/// Bucket and key.
 type ObjectId = (String, String);
 
 enum Hold {
@@ -223,9 +222,9 @@ fn etag_text(e: &ETag) -> String {
 /// A running embedded S3 endpoint.
 #[derive(Debug)]
 pub struct S3Server {
-    /// Bound address.
+    /// The address it listens on (the port picked when 0 was asked for).
     pub addr: SocketAddr,
-    /// Stops it.
+    /// Cancelling it stops the server after the requests in progress.
     pub shutdown: CancellationToken,
     /// Ends when the server has stopped.
     pub task: tokio::task::JoinHandle<()>,

@@ -84,9 +84,9 @@ impl Default for SimulatorConfig {
 /// One billed request.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct UsageRecord {
-    /// Response id.
+    /// The id the simulator gave its answer: the provider's request id.
     pub id: String,
-    /// Model billed.
+    /// The model the request named, which it is billed as.
     pub model: String,
     /// `chat` or `video`.
     pub kind: String,
@@ -144,9 +144,9 @@ struct SimState {
 /// A running simulator.
 #[derive(Debug)]
 pub struct SimulatorHandle {
-    /// Bound address.
+    /// The address it listens on (the port picked when 0 was asked for).
     pub addr: SocketAddr,
-    /// Stops it.
+    /// Cancelling it stops the server.
     pub shutdown: CancellationToken,
     config: Arc<Mutex<SimulatorConfig>>,
     usage: Arc<Mutex<Vec<UsageRecord>>>,
@@ -167,7 +167,7 @@ impl SimulatorHandle {
     pub fn stats(&self) -> SimulatorStats {
         self.traffic.lock().expect("traffic lock").stats.clone()
     }
-    /// Changes the behaviour.
+    /// Changes its behaviour from the next request on (what `/admin/config` does over HTTP).
     pub fn configure(&self, f: impl FnOnce(&mut SimulatorConfig)) {
         f(&mut self.config.lock().expect("config lock"));
     }

@@ -15,7 +15,7 @@ use tracing::warn;
 /// A tier's spend for the day, as the fleet sees it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Spend {
-    /// Billed.
+    /// What the provider billed today, in USD.
     pub spent_usd: f64,
     /// Reserved by batches in flight.
     pub reserved_usd: f64,

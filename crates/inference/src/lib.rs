@@ -7,19 +7,25 @@
 //! billed tokens are split over its jobs so that the jobs add up to the bill,
 //! and every share is stored the moment the answer arrives ([`ledger`]).
 //!
+//! - this file: the stage: claims, budget check, storing results.
+//! - `analyze`: batched chat requests for analyze jobs.
+//! - `generate`: video requests for generate jobs.
+//! - `call`: every provider call through budget, rate limits and retries.
+//! - [`router`]: which model serves a tier, and cooldowns.
+//! - [`pack`]: request packing and the split of a bill over its jobs.
+//! - [`ledger`]: the write-ahead cost ledger.
+//! - [`budget`]: daily budgets per tier, with reservations.
+//! - `limits`: per-model rate limits shared by every replica.
+//! - `provider`: the provider's HTTP clients.
+//!
 //! Every job is claimed before anything is sent for it (the job state machine
 //! in core), so a duplicated message never pays twice, and a job id that
 //! appears twice in one batch is sent once.
 //!
 //! Budgets, rate limits and cooldowns are the fleet's, not a replica's: they
 //! live in the shared state database (core's `fleetstate`).
-//!
-//! Layout: this file (the stage: claims, budget check, storing results),
-//! `analyze` (batched chat requests), `generate` (video requests), `call`
-//! (every provider call through budget, rate limits and retries), [`router`]
-//! (model choice and cooldowns), [`pack`] (request packing and token split),
-//! [`ledger`] (the write-ahead ledger), [`budget`] (daily budgets with
-//! reservations), `limits` (rate limits), `provider` (HTTP clients).
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod analyze;
 pub mod budget;

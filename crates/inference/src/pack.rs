@@ -13,9 +13,9 @@ one entry per job, using the job ids given.";
 /// What packing needs to know of a job.
 #[derive(Debug, Clone)]
 pub struct PackItem {
-    /// Job id.
+    /// The job the item stands for.
     pub job_id: String,
-    /// Keyframes.
+    /// Keyframe images it sends (counted against the model's image limit).
     pub images: usize,
     /// Characters of the job's own text.
     pub text_chars: usize,

@@ -19,7 +19,7 @@ pub enum ProviderError {
     /// 4xx other than 429, or an answer that cannot be used.
     #[error("provider refused the request: {0}")]
     Refused(String),
-    /// Client construction failed.
+    /// reqwest could not build the HTTP client (its TLS back end failed to load).
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
 }
@@ -36,9 +36,9 @@ impl From<ProviderError> for StageError {
 /// A raw chat completion.
 #[derive(Debug, Clone)]
 pub struct ChatResponse {
-    /// Provider request id.
+    /// The provider's id of the request (what its usage log is keyed by); `None` when it gave none.
     pub id: Option<String>,
-    /// The message content.
+    /// The first choice's message text, not yet parsed.
     pub content: String,
     /// Prompt tokens billed.
     pub prompt_tokens: u64,
@@ -49,13 +49,13 @@ pub struct ChatResponse {
 /// The provider's answer to a video request: what it billed and where the video is.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct VideoResult {
-    /// Provider id.
+    /// The provider's id of the request (what its usage log is keyed by).
     pub id: String,
-    /// Where to download the video.
+    /// Where to download the video: https, or http on loopback only (checked before the download).
     pub url: String,
-    /// Tokens billed.
+    /// Tokens billed for the video, all priced as output tokens.
     pub total_tokens: u64,
-    /// Provider-side processing time.
+    /// How long the provider says it worked on the video, in milliseconds.
     pub processing_time_ms: u64,
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 /// The model chosen for a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
-    /// Model to call.
+    /// The model to call: the tier's own, or its fallback while the own one cools down.
     pub model: String,
     /// The tier's own model, when a fallback serves instead.
     pub fallback_from: Option<String>,

@@ -3,6 +3,13 @@
 //! generate prompt document), validates it against the limits, drops a
 //! source it already knows, writes `jobs/<job_id>/manifest.json` and
 //! forwards the job to preprocess.
+//!
+//! - this file: the stage (events split into jobs, validation, the manifest).
+//! - [`ffmpeg`]: the ffprobe and ffmpeg runs that validate a video.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod ffmpeg;
 
 use async_trait::async_trait;
 use reelfleet_core::{
@@ -13,7 +20,7 @@ use reelfleet_core::{
     manifest::{InputInfo, JobFailure, JobManifest, JobStatus, ManifestStore, PromptDocument},
     media::{scratch_dir, Bounds, Media, MediaError},
     runtime::{Dispatch, Input, Message, Stage},
-    s3event::parse_event,
+    s3event::{parse_event, CreatedObject},
     settings::Settings,
     storage::Storage,
     topology::WorkQueue,
@@ -74,44 +81,51 @@ impl Stage for Ingest {
                     }
                     warn!(refused = foreign.len(), "{why}; its records are left out");
                 }
-                let mut envelopes = Vec::with_capacity(objects.len());
-                for obj in objects {
-                    let mut source = SourceObject {
-                        bucket: obj.bucket,
-                        key: obj.key,
-                        size: obj.size,
-                        etag: obj.etag,
-                        version_id: obj.version_id,
-                    };
-                    if source.etag.is_none() && source.version_id.is_none() {
-                        // The job id needs the object's identity; ask the store.
-                        let info = self.storage.head(&source.bucket, &source.key).await?.ok_or_else(|| {
-                            StageError::permanent(
-                                "bad_input",
-                                format!("s3://{}/{} no longer exists", source.bucket, source.key),
-                            )
-                        })?;
-                        source.etag = info.etag;
-                    }
-                    envelopes.push(Envelope::new(JobKind::Analyze, source));
-                }
-                if envelopes.len() > 1 {
+                if objects.len() > 1 {
                     // One object's fate must not decide the others': each goes
-                    // back to ingest as its own signed submission.
-                    info!(records = envelopes.len(), "S3 event with several records split into one message each");
-                    return Ok(envelopes
+                    // back to ingest as an event of its own, unsigned as it came.
+                    let events = split_event(&body, |o| self.settings.s3.accepts(&o.bucket));
+                    info!(records = events.len(), "S3 event with several records split into one event each");
+                    return Ok(events
                         .into_iter()
-                        .map(|envelope| Dispatch::Next { queue: WorkQueue::Ingest, envelope })
+                        .map(|body| Dispatch::Unsigned { queue: WorkQueue::Ingest, body })
                         .collect());
                 }
-                match envelopes.pop() {
-                    Some(envelope) => self.admit_or_record(envelope).await,
-                    None => Ok(Vec::new()),
+                let Some(obj) = objects.into_iter().next() else { return Ok(Vec::new()) };
+                let mut source = SourceObject {
+                    bucket: obj.bucket,
+                    key: obj.key,
+                    size: obj.size,
+                    etag: obj.etag,
+                    version_id: obj.version_id,
+                };
+                if source.etag.is_none() && source.version_id.is_none() {
+                    // The job id needs the object's identity; ask the store.
+                    let info = self.storage.head(&source.bucket, &source.key).await?.ok_or_else(|| {
+                        StageError::permanent(
+                            "bad_input",
+                            format!("s3://{}/{} no longer exists", source.bucket, source.key),
+                        )
+                    })?;
+                    source.etag = info.etag;
                 }
+                self.admit_or_record(Envelope::new(JobKind::Analyze, source)).await
             }
             Input::Envelope(envelope) => self.admit_or_record(envelope).await,
         }
     }
+}
+
+/// One S3 event per record of `body` that announces an object `keep` takes,
+/// each `{"Records": [record]}` with the record as it came.
+fn split_event(body: &[u8], keep: impl Fn(&CreatedObject) -> bool) -> Vec<Vec<u8>> {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else { return Vec::new() };
+    let records = value.get("Records").and_then(|r| r.as_array()).cloned().unwrap_or_default();
+    records
+        .into_iter()
+        .map(|record| serde_json::to_vec(&serde_json::json!({ "Records": [record] })).unwrap_or_default())
+        .filter(|one| parse_event(one).map(|objs| objs.len() == 1 && objs.iter().all(&keep)).unwrap_or(false))
+        .collect()
 }
 
 /// Whether an object key names a prompt document.
@@ -186,6 +200,17 @@ impl Ingest {
                 self.validate_video(&mut envelope.source, &mut envelope.priority, &mut envelope.quality).await?;
             manifest = JobManifest::new(&envelope);
             manifest.input = Some(input);
+        }
+        // Uploaders do not choose the most expensive model for themselves.
+        let cap = self.settings.limits.max_uploader_priority;
+        if envelope.priority > cap {
+            warn!(job_id = %job_id, asked = envelope.priority, cap, "Priority above limits.max_uploader_priority; lowered");
+            manifest.requested_priority = Some(envelope.priority);
+            envelope.priority = cap;
+            manifest.priority = cap;
+            if let Some(doc) = manifest.prompt.as_mut() {
+                doc.priority = cap;
+            }
         }
         manifest.status = JobStatus::Preprocess;
         manifest.record_stage("ingest", started, envelope.attempt);
@@ -270,7 +295,7 @@ impl Ingest {
             ));
         }
         let fps = video.fps().unwrap_or(0.0);
-        let duration = match probe.duration().filter(|d| *d > 0.0) {
+        let duration = match ffmpeg::declared_duration(&probe) {
             Some(d) => d,
             // A stream that declares no duration (a raw elementary stream) would step
             // around the limits: count its frames, without decoding, before anything else.
@@ -306,9 +331,7 @@ impl Ingest {
         // The container can lie: decode the first second to prove there are frames.
         let first_second = Bounds { duration_s: duration.min(1.0), width, height, fps, input_bytes: info.size };
         let media = self.media.bounded(first_second);
-        let mut args = vec!["-v".to_string(), "error".into(), "-xerror".into()];
-        args.extend(media.input_args(&path));
-        args.extend(["-t", "1", "-map", "0:v:0", "-f", "null", "-"].map(String::from));
+        let args = ffmpeg::decode_check_args(&media, &path);
         media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("video does not decode"))?;
         Ok(InputInfo {
             container: probe.format.format_name.clone(),

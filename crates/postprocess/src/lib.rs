@@ -3,6 +3,14 @@
 //! thumbnail sprite, checks each rendition's PSNR/SSIM (VMAF where ffmpeg has
 //! libvmaf) against the normalized video, writes the final manifest, calls
 //! the CDN purge hook and publishes `job.completed`.
+//!
+//! - this file: the stage (renditions planned, outputs described and
+//!   uploaded, the quality floor, the final manifest, `job.completed`).
+//! - [`ffmpeg`]: the ffprobe and ffmpeg runs of an analyze job.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod ffmpeg;
 
 use async_trait::async_trait;
 use reelfleet_core::{
@@ -10,7 +18,7 @@ use reelfleet_core::{
     error::StageError,
     jobstate::{envelope_of, Claimed, JobClaims, PipelineStage},
     manifest::{stage_key, JobManifest, JobStatus, ManifestStore, OutputFile, QualityCheck},
-    media::{output_arg, scratch_dir, Bounds, Media, MediaError},
+    media::{scratch_dir, Bounds, Media, MediaError},
     runtime::{Dispatch, Message, Stage},
     settings::Settings,
     storage::Storage,
@@ -33,13 +41,14 @@ pub struct Postprocess {
 /// One rendition to encode.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RenditionPlan {
-    /// Output name.
+    /// `<codec>_<short side>p` (`h264_720p`): the output's name and, with
+    /// `.mp4`, its file name.
     pub name: String,
     /// `libx264` or `libx265`.
     pub encoder: &'static str,
-    /// Width.
+    /// Width in pixels, even, never more than the reference's.
     pub width: u32,
-    /// Height.
+    /// Height in pixels, even, never more than the reference's.
     pub height: u32,
 }
 
@@ -198,70 +207,37 @@ impl Postprocess {
         let job = &envelope.job_id;
         let mut outputs = Vec::new();
         for plan in plan_renditions(w, h) {
-            let path = dir.path().join(format!("{}.mp4", plan.name));
+            let file = ffmpeg::rendition_file(&plan);
+            let path = dir.path().join(&file);
             self.encode(media, &reference, &path, &plan).await?;
             let mut out = self.describe(&path, &plan.name, "video/mp4").await?;
             let (psnr, ssim, vmaf_score) =
                 self.quality(media, &path, &reference, plan.width, plan.height, vmaf).await?;
             (out.psnr_db, out.ssim, out.vmaf) = (psnr, ssim, vmaf_score);
-            out.key = stage_key(job, "postprocess", &format!("{}.mp4", plan.name));
+            out.key = stage_key(job, "postprocess", &file);
             self.storage.upload(self.manifests.bucket(), &out.key, &path, "video/mp4").await?;
             outputs.push(out);
         }
-        let poster = dir.path().join("poster.jpg");
-        let mut args = vec!["-ss".to_string(), format!("{:.3}", duration * 0.1)];
-        args.extend(media.input_args(&reference));
-        args.extend(["-frames:v", "1", "-q:v", "2"].map(String::from));
-        args.push(output_arg(&poster));
+        let poster = dir.path().join(ffmpeg::POSTER);
+        let args = ffmpeg::poster_args(media, &reference, &poster, duration);
         media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("poster"))?;
         let mut out = self.describe(&poster, "poster", "image/jpeg").await?;
-        out.key = stage_key(job, "postprocess", "poster.jpg");
+        out.key = stage_key(job, "postprocess", ffmpeg::POSTER);
         self.storage.upload(self.manifests.bucket(), &out.key, &poster, "image/jpeg").await?;
         outputs.push(out);
 
-        let n = self.settings.postprocess.sprite_frames.max(1);
-        let cols = n.min(5);
-        let rows = n.div_ceil(cols);
-        let sprite = dir.path().join("sprite.jpg");
-        let mut args = media.input_args(&reference);
-        args.extend([
-            "-an".to_string(),
-            "-vf".into(),
-            format!("fps={:.6},scale=160:-2,tile={cols}x{rows}", n as f64 / duration.max(0.1)),
-            "-frames:v".into(),
-            "1".into(),
-            "-q:v".into(),
-            "4".into(),
-        ]);
-        args.push(output_arg(&sprite));
+        let sprite = dir.path().join(ffmpeg::SPRITE);
+        let args = ffmpeg::sprite_args(media, &reference, &sprite, &self.settings.postprocess, duration);
         media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("sprite"))?;
         let mut out = self.describe(&sprite, "sprite", "image/jpeg").await?;
-        out.key = stage_key(job, "postprocess", "sprite.jpg");
+        out.key = stage_key(job, "postprocess", ffmpeg::SPRITE);
         self.storage.upload(self.manifests.bucket(), &out.key, &sprite, "image/jpeg").await?;
         outputs.push(out);
         Ok(outputs)
     }
 
     async fn encode(&self, media: &Media, input: &Path, output: &Path, plan: &RenditionPlan) -> Result<(), StageError> {
-        let s = &self.settings.postprocess;
-        let mut args = media.input_args(input);
-        args.extend(["-map", "0:v:0", "-map", "0:a:0?"].map(String::from));
-        args.extend([
-            "-vf".to_string(),
-            format!("scale={}:{}:flags=bicubic,setsar=1,format=yuv420p", plan.width, plan.height),
-            "-c:v".into(),
-            plan.encoder.into(),
-            "-preset".into(),
-            self.media.preset().into(),
-            "-crf".into(),
-            if plan.encoder == "libx265" { s.h265_crf } else { s.h264_crf }.to_string(),
-        ]);
-        if plan.encoder == "libx265" {
-            args.extend(["-tag:v", "hvc1", "-x265-params", "log-level=error"].map(String::from));
-        }
-        args.extend(["-c:a", "aac", "-b:a", "128k", "-movflags", "+faststart"].map(String::from));
-        args.extend(self.media.thread_args());
-        args.push(output_arg(output));
+        let args = ffmpeg::encode_args(media, input, output, plan, &self.settings.postprocess);
         media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context(format!("encode {}", plan.name)))?;
         Ok(())
     }
@@ -298,14 +274,7 @@ impl Postprocess {
         h: u32,
         vmaf: bool,
     ) -> Result<(Option<f64>, Option<f64>, Option<f64>), StageError> {
-        let mut args = media.input_args(rendition);
-        args.extend(media.input_args(reference));
-        let graph = if vmaf {
-            format!("[1:v]scale={w}:{h}:flags=bicubic,setsar=1,format=yuv420p,split=3[r1][r2][r3];[0:v]setsar=1,format=yuv420p,split=3[a1][a2][a3];[a1][r1]psnr;[a2][r2]ssim;[a3][r3]libvmaf")
-        } else {
-            format!("[1:v]scale={w}:{h}:flags=bicubic,setsar=1,format=yuv420p,split=2[r1][r2];[0:v]setsar=1,format=yuv420p,split=2[a1][a2];[a1][r1]psnr;[a2][r2]ssim")
-        };
-        args.extend(["-lavfi".to_string(), graph, "-f".into(), "null".into(), "-".into()]);
+        let args = ffmpeg::quality_args(media, rendition, reference, w, h, vmaf);
         let log = media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("quality check"))?;
         let (psnr, ssim, vmaf_score) = parse_quality(&log);
         if psnr.is_none() || ssim.is_none() {

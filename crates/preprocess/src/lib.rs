@@ -3,6 +3,13 @@
 //! rotation applied, a fixed frame rate), extracts keyframes, measures content
 //! complexity, assigns the cost tier and forwards to `inference.<tier>`.
 //! Prompt jobs only get their tier.
+//!
+//! - this file: the stage (download, measure, upload, tier, forward).
+//! - [`ffmpeg`]: the ffprobe and ffmpeg runs of an analyze job.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod ffmpeg;
 
 use async_trait::async_trait;
 use reelfleet_core::{
@@ -10,7 +17,7 @@ use reelfleet_core::{
     error::StageError,
     jobstate::{envelope_of, Claimed, JobClaims, PipelineStage},
     manifest::{stage_key, Complexity, InputInfo, JobStatus, ManifestStore, PreprocessInfo},
-    media::{output_arg, scratch_dir, Bounds, Media, MediaError},
+    media::{scratch_dir, Bounds, Media, MediaError},
     runtime::{Dispatch, Message, Stage},
     settings::{PreprocessSettings, Settings},
     storage::Storage,
@@ -120,9 +127,8 @@ impl Preprocess {
         let (bucket, key, etag) = (&envelope.source.bucket, &envelope.source.key, envelope.source.etag.as_deref());
         self.storage.download_pinned(bucket, key, &source, etag).await?;
         let probe = self.media.probe(&source).await?;
-        let (w, h) = probe
-            .display_dimensions()
-            .ok_or_else(|| StageError::permanent("bad_input", "no video stream to normalize"))?;
+        let frame = ffmpeg::normalized_frame(&probe, s)?;
+        let (tw, th, fps) = (frame.width, frame.height, frame.fps);
         // Every decode is held to what ingest validated (duration, size, frame
         // rate); a manifest without that record gets the pinned object's own.
         let bounds = match input {
@@ -133,44 +139,22 @@ impl Preprocess {
                 fps: i.fps,
                 input_bytes: i.size_bytes,
             },
-            None => Bounds {
-                duration_s: probe.duration().unwrap_or(0.0),
-                width: w,
-                height: h,
-                fps: probe.video().and_then(|v| v.fps()).unwrap_or(0.0),
-                input_bytes: std::fs::metadata(&source)?.len(),
-            },
+            None => {
+                let (width, height) = probe.display_dimensions().unwrap_or((tw, th));
+                Bounds {
+                    duration_s: probe.duration().unwrap_or(0.0),
+                    width,
+                    height,
+                    fps: probe.video().and_then(|v| v.fps()).unwrap_or(0.0),
+                    input_bytes: std::fs::metadata(&source)?.len(),
+                }
+            }
         };
         let duration_s = bounds.duration_s;
         let source_media = self.media.bounded(bounds);
-        let (tw, th) = target_dimensions(w, h, s);
-        let fps = if tw.min(th) >= 1080 { s.fps_hd } else { s.fps_sd };
 
-        let normalized = dir.path().join("normalized.mp4");
-        let mut args = source_media.input_args(&source);
-        args.extend(["-map", "0:v:0", "-map", "0:a:0?", "-sn", "-dn"].map(String::from));
-        args.extend([
-            "-vf".to_string(),
-            format!("scale={tw}:{th}:flags=bicubic,setsar=1,fps={fps},format=yuv420p"),
-            "-c:v".into(),
-            "libx264".into(),
-            "-preset".into(),
-            self.media.preset().into(),
-            "-crf".into(),
-            s.crf.to_string(),
-            "-pix_fmt".into(),
-            "yuv420p".into(),
-            "-c:a".into(),
-            "aac".into(),
-            "-b:a".into(),
-            "128k".into(),
-            "-ac".into(),
-            "2".into(),
-            "-movflags".into(),
-            "+faststart".into(),
-        ]);
-        args.extend(self.media.thread_args());
-        args.push(output_arg(&normalized));
+        let normalized = dir.path().join(ffmpeg::NORMALIZED);
+        let args = ffmpeg::normalize_args(&source_media, &source, &normalized, frame, s);
         source_media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("normalize"))?;
         let out = self.media.probe(&normalized).await?;
         let duration = out.duration().unwrap_or(0.0);
@@ -181,7 +165,7 @@ impl Preprocess {
         let keyframes = self.extract_keyframes(&own, &normalized, dir.path(), duration).await?;
 
         let job = &envelope.job_id;
-        let normalized_key = stage_key(job, "preprocess", "normalized.mp4");
+        let normalized_key = stage_key(job, "preprocess", ffmpeg::NORMALIZED);
         self.storage.upload(self.manifests.bucket(), &normalized_key, &normalized, "video/mp4").await?;
         let mut keyframe_keys = Vec::new();
         for (i, path) in keyframes.iter().enumerate() {
@@ -212,15 +196,7 @@ impl Preprocess {
         fps: u32,
         bitrate: Option<u64>,
     ) -> Result<Complexity, StageError> {
-        let mut args = media.input_args(video);
-        args.extend([
-            "-an".to_string(),
-            "-vf".into(),
-            "scale=320:-2,format=gray,select='gte(scene\\,0)',metadata=print:key=lavfi.scene_score,tblend=all_mode=difference,signalstats,metadata=print:key=lavfi.signalstats.YAVG".into(),
-            "-f".into(),
-            "null".into(),
-            "-".into(),
-        ]);
+        let args = ffmpeg::complexity_args(media, video);
         let log = media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("complexity"))?;
         let values = |key: &str| -> Vec<f64> {
             log.lines().filter_map(|l| l.split(key).nth(1)).filter_map(|v| v.trim().parse::<f64>().ok()).collect()
@@ -248,19 +224,8 @@ impl Preprocess {
         dir: &Path,
         duration: f64,
     ) -> Result<Vec<std::path::PathBuf>, StageError> {
-        let n = self.settings.preprocess.keyframes.max(1);
-        let rate = n as f64 / duration.max(0.1);
-        let mut args = media.input_args(video);
-        args.extend([
-            "-an".to_string(),
-            "-vf".into(),
-            format!("fps={rate:.6},scale='min(640,iw)':-2"),
-            "-frames:v".into(),
-            n.to_string(),
-            "-q:v".into(),
-            "3".into(),
-            output_arg(&dir.join("keyframe-%02d.jpg")),
-        ]);
+        let n = ffmpeg::keyframe_count(&self.settings.preprocess);
+        let args = ffmpeg::keyframes_args(media, video, dir, n, duration);
         media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("keyframes"))?;
         let mut frames: Vec<_> =
             (1..=n).map(|i| dir.join(format!("keyframe-{i:02}.jpg"))).filter(|p| p.exists()).collect();

@@ -111,3 +111,37 @@ true
 {{- end -}}
 {{- int64 $value -}}
 {{- end -}}
+
+{{/* The scratch emptyDir's size: what one worker may hold at once (see values.yaml `scratch`). */}}
+{{- define "reelfleet.scratchSize" -}}
+{{- if .root.Values.scratch.sizeLimit -}}
+{{- .root.Values.scratch.sizeLimit -}}
+{{- else -}}
+{{- $c := .root.Values.config -}}
+{{- $mib := 1048576 -}}
+{{- if eq .worker.stage "inference" -}}
+{{- $inference := $c.inference | default dict -}}
+{{- $tier := index $inference .worker.tier | default dict -}}
+{{- $bytes := mul (int64 (default 4 $tier.concurrency)) (int64 (default 4294967296 $inference.max_video_bytes)) -}}
+{{- printf "%dMi" (div $bytes $mib) -}}
+{{- else -}}
+{{- $broker := $c.broker | default dict -}}
+{{- $limits := $c.limits | default dict -}}
+{{- $bytes := mul (int64 (default 4 $broker.prefetch)) (int64 (default 10737418240 $limits.max_bytes)) 3 -}}
+{{- printf "%dMi" (div $bytes $mib) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* ffmpeg threads from the worker's CPU limit, rounded up ("" without a limit). */}}
+{{- define "reelfleet.mediaThreads" -}}
+{{- $cpu := ((.resources | default dict).limits | default dict).cpu -}}
+{{- if $cpu -}}
+{{- $text := toString $cpu -}}
+{{- if hasSuffix "m" $text -}}
+{{- div (add (int64 (trimSuffix "m" $text)) 999) 1000 -}}
+{{- else -}}
+{{- ceil (float64 $text) | int64 -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}

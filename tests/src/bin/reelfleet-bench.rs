@@ -2,7 +2,8 @@
 //! machine, printed and written to `bench/results/*.json`.
 //!
 //! - `transcode [--clips N] [--seconds S]`: N real 720p clips through the
-//!   whole fleet vs the same ffmpeg commands run by `xargs -P <cores>`.
+//!   whole fleet vs the same ffmpeg commands (`reelfleet media plan`, replayed
+//!   by `scripts/lib/baseline-transcode.sh`) run by `xargs -P <cores>`.
 //! - `overhead [--jobs N]`: the stage runtime alone (four chained no-op stages
 //!   that each read their input object, write 1 KB and forward, over real
 //!   RabbitMQ and the embedded S3), and the raw ceilings of this machine:
@@ -20,10 +21,7 @@ use anyhow::{bail, Context};
 use async_trait::async_trait;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions, QueueDeleteOptions};
-use reelfleet_cli::{
-    dev::{DevOptions, DevStack},
-    ops, scale,
-};
+use reelfleet_cli::{dev::DevStack, ops, scale};
 use reelfleet_core::{
     broker::{Broker, Outgoing},
     envelope::{Envelope, JobKind, SourceObject, Tier},
@@ -32,9 +30,13 @@ use reelfleet_core::{
     manifest::{JobManifest, JobStatus, ManifestStore},
     metrics::Metrics,
     runtime::{Dispatch, Input, Message, Runtime, Stage},
-    settings::Settings,
+    settings::{Secret, Settings},
     storage::Storage,
     topology::{Topology, WorkQueue},
+};
+use reelfleet_tests::{
+    clip::Clip,
+    fleet::{delete_namespace, reelfleet_binary, start_dev},
 };
 use std::{
     collections::BTreeMap,
@@ -88,11 +90,18 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
+/// Settings with a namespace of their own and fresh credentials.
 fn bench_settings(tag: &str) -> Settings {
-    Settings {
+    let mut s = Settings {
         namespace: format!("bench-{tag}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
         ..Default::default()
-    }
+    };
+    let key = reelfleet_core::signing::generate_key;
+    s.signing.secret = Secret::new(key());
+    s.s3.access_key = Secret::new(format!("bench{}", &key()[..12]));
+    s.s3.secret_key = Secret::new(key());
+    s.inference.api_key = Secret::new(format!("sk-bench-{}", key()));
+    s
 }
 
 /// The embedded S3 endpoint for a benchmark, its address put into `settings`.
@@ -116,30 +125,9 @@ async fn start_s3(
     Ok(s3)
 }
 
-async fn delete_namespace(broker: &Broker, topology: &Topology) {
-    if let Ok(ch) = broker.channel().await {
-        for q in topology.all_queue_names() {
-            let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
-        }
-        for x in topology.exchange_names() {
-            let _ = ch.exchange_delete(x.as_str().into(), Default::default()).await;
-        }
-    }
-}
-
 /// `reelfleet dev` with all four workers (one replica each), under `dir`.
-async fn start_fleet(tag: &str, dir: &Path) -> anyhow::Result<DevStack> {
-    let mut settings = bench_settings(tag);
-    settings.runtime.health_addr = "127.0.0.1:0".into();
-    settings.runtime.scratch_dir = Some(dir.join("scratch").display().to_string());
-    let options = DevOptions {
-        data_dir: dir.join("dev"),
-        namespace: None,
-        s3_port: 0,
-        sim_port: 0,
-        stages: reelfleet_cli::fleet::StageName::ALL.to_vec(),
-    };
-    DevStack::start(settings, options).await
+async fn start_fleet(settings: Settings, dir: &Path) -> anyhow::Result<DevStack> {
+    start_dev(settings, dir, &reelfleet_cli::fleet::StageName::ALL).await
 }
 
 /// Stops a fleet from [`start_fleet`], deletes its queues, and fails unless
@@ -164,45 +152,46 @@ fn make_clips(clip_dir: &Path, clips: usize, seconds: usize) -> anyhow::Result<V
         ["testsrc2", "mandelbrot", "life=mold=10:ratio=0.1:life_color=#33cc33", "smptehdbars", "cellauto=rule=110"];
     let mut paths = Vec::new();
     for i in 0..clips {
-        let path = clip_dir.join(format!("clip-{i:02}.mp4"));
         let src = sources[i % sources.len()];
         let sep = if src.contains('=') { ":" } else { "=" };
-        let video = format!("{src}{sep}size=1280x720:rate=30");
-        let status = Command::new("ffmpeg")
-            .args([
-                "-hide_banner",
-                "-v",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                &video,
-                "-f",
-                "lavfi",
-                "-i",
-                &format!("sine=frequency={}", 200 + i * 20),
-            ])
-            .args([
-                "-t",
-                &seconds.to_string(),
-                "-pix_fmt",
-                "yuv420p",
-                "-c:v",
-                "libx264",
-                "-preset",
-                "veryfast",
-                "-c:a",
-                "aac",
-            ])
-            .arg(&path)
-            .status()?;
-        if !status.success() {
-            bail!("ffmpeg could not make {}", path.display());
-        }
-        paths.push(path);
+        let clip = Clip {
+            video: &format!("{src}{sep}size=1280x720:rate=30"),
+            audio: &format!("sine=frequency={}", 200 + i * 20),
+            seconds: seconds as f64,
+            extra: &["-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac"],
+        };
+        paths.push(clip.make(clip_dir, &format!("clip-{i:02}.mp4"))?);
     }
     Ok(paths)
+}
+
+/// Each clip's ffprobe/ffmpeg runs as `reelfleet media plan --print0` lists
+/// them for `settings` (the stages' own argument builders), written to
+/// `out/clip-NN.plan`, their outputs going to `out/clip-NN/`.
+fn plan_baseline(settings: &Settings, clips: &[PathBuf], out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let reelfleet = reelfleet_binary()?;
+    let config = out.join("settings.toml");
+    std::fs::write(&config, settings.to_toml())?;
+    let mut plans = Vec::new();
+    for clip in clips {
+        let name = clip.file_stem().context("clip name")?.to_string_lossy().into_owned();
+        let outdir = out.join(&name);
+        std::fs::create_dir_all(&outdir)?;
+        let plan = Command::new(&reelfleet)
+            .arg("--config")
+            .arg(&config)
+            .args(["media", "plan", "--print0"])
+            .arg(clip)
+            .arg(&outdir)
+            .output()?;
+        if !plan.status.success() {
+            bail!("reelfleet media plan {}: {}", clip.display(), String::from_utf8_lossy(&plan.stderr));
+        }
+        let path = out.join(format!("{name}.plan"));
+        std::fs::write(&path, plan.stdout)?;
+        plans.push(path);
+    }
+    Ok(plans)
 }
 
 async fn transcode(args: &[String]) -> anyhow::Result<()> {
@@ -211,11 +200,13 @@ async fn transcode(args: &[String]) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let work = tempfile::Builder::new().prefix("reelfleet-bench-").tempdir()?;
     let paths = make_clips(&work.path().join("clips"), clips, seconds)?;
+    let settings = bench_settings("transcode");
 
     eprintln!("baseline: the same ffmpeg commands by xargs -P {cores}");
     let out = work.path().join("baseline");
     std::fs::create_dir_all(&out)?;
-    let list: String = paths.iter().map(|p| format!("{}\n", p.display())).collect();
+    let plans = plan_baseline(&settings, &paths, &out)?;
+    let list: String = plans.iter().map(|p| format!("{}\n", p.display())).collect();
     let script =
         Path::new("scripts/lib/baseline-transcode.sh").canonicalize().context("run from the repository root")?;
     let t0 = Instant::now();
@@ -223,7 +214,6 @@ async fn transcode(args: &[String]) -> anyhow::Result<()> {
         .args(["-P", &cores.to_string(), "-I", "{}", "bash"])
         .arg(&script)
         .arg("{}")
-        .arg(&out)
         .stdin(std::process::Stdio::piped())
         .spawn()?;
     {
@@ -237,7 +227,7 @@ async fn transcode(args: &[String]) -> anyhow::Result<()> {
     eprintln!("baseline: {baseline_s:.1} s");
 
     eprintln!("fleet: reelfleet dev, {clips} uploads");
-    let dev = start_fleet("transcode", work.path()).await?;
+    let dev = start_fleet(settings, work.path()).await?;
     let t0 = Instant::now();
     let submitted =
         ops::submit(&dev.settings, &ops::SubmitRequest { files: paths.clone(), ..Default::default() }).await?;
@@ -275,7 +265,7 @@ async fn scaling(args: &[String]) -> anyhow::Result<()> {
     let seconds = arg(args, "--seconds", 6)?;
     let work = tempfile::Builder::new().prefix("reelfleet-bench-").tempdir()?;
     let paths = make_clips(&work.path().join("clips"), clips, seconds)?;
-    let dev = start_fleet("scaling", work.path()).await?;
+    let dev = start_fleet(bench_settings("scaling"), work.path()).await?;
     let chart = scale::ChartScaling::load(None)?;
     let done = CancellationToken::new();
     let sampler = {
@@ -499,7 +489,7 @@ async fn overhead(args: &[String]) -> anyhow::Result<()> {
         ManifestStore::new(storage.clone(), bucket.clone()),
         metrics,
         Readiness::default(),
-    );
+    )?;
     let shutdown = CancellationToken::new();
     let mut workers = tokio::task::JoinSet::new();
     for (name, queue, next) in chain {
@@ -525,7 +515,7 @@ async fn overhead(args: &[String]) -> anyhow::Result<()> {
             etag: Some(format!("{i}")),
             version_id: None,
         };
-        runtime.signed(&ingest, &Envelope::new(JobKind::Analyze, source))
+        runtime.signed(&ingest, &ingest, &Envelope::new(JobKind::Analyze, source))
     };
     // Throughput: every job queued at once.
     let t0 = Instant::now();
@@ -719,7 +709,7 @@ async fn inference_pass(jobs: usize, batched: bool, rate: f64) -> anyhow::Result
     }
 
     let metrics = Metrics::new();
-    let runtime = Runtime::new(&settings, broker.clone(), manifests.clone(), metrics.clone(), Readiness::default());
+    let runtime = Runtime::new(&settings, broker.clone(), manifests.clone(), metrics.clone(), Readiness::default())?;
     let state_url = format!("sqlite://{}", work.path().join("state.db").display());
     let state = reelfleet_core::fleetstate::FleetState::connect(&state_url, &settings.namespace).await?;
     let stage =
@@ -736,7 +726,8 @@ async fn inference_pass(jobs: usize, batched: bool, rate: f64) -> anyhow::Result
     for (i, env) in envelopes.iter_mut().enumerate() {
         env.sent_at = chrono::Utc::now();
         let tier = env.tier.expect("tier");
-        publisher.publish(&runtime.signed(&topology.queue(WorkQueue::Inference(tier)), env)).await?;
+        let queue = topology.queue(WorkQueue::Inference(tier));
+        publisher.publish(&runtime.signed(&queue, &queue, env)).await?;
         let due = t0 + gap.mul_f64((i + 1) as f64);
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             tokio::time::sleep(wait).await;

@@ -1,7 +1,7 @@
 //! `reelfleet config check`: loads and validates the settings and prints
 //! them (credentials redacted) or the REELFLEET_* variables that were applied.
 
-use reelfleet_core::settings::Settings;
+use reelfleet_core::settings::{Settings, Uses};
 use std::path::Path;
 
 /// Arguments of `reelfleet config`.
@@ -14,7 +14,8 @@ pub struct ConfigArgs {
 /// The `reelfleet config` subcommands.
 #[derive(clap::Subcommand, Debug)]
 pub enum ConfigAction {
-    /// Load and validate the settings; print the REELFLEET_* variables that were applied.
+    /// Load and validate the settings and the credentials a worker would refuse
+    /// (missing or well-known); print the REELFLEET_* variables that were applied.
     Check {
         /// Print the effective settings as JSON (credentials redacted).
         #[arg(long)]
@@ -25,6 +26,7 @@ pub enum ConfigAction {
 /// Prints the settings already loaded from `file` (and the environment).
 pub fn run(settings: Settings, args: ConfigArgs, file: Option<&Path>) -> anyhow::Result<i32> {
     let ConfigAction::Check { json } = args.action;
+    settings.check_credentials(Uses { provider: true, ..Default::default() })?;
     let mut applied: Vec<String> =
         std::env::vars().map(|(k, _)| k).filter(|k| k.starts_with("REELFLEET_") && k != "REELFLEET_CONFIG").collect();
     applied.sort();

@@ -61,6 +61,10 @@ pub struct SimulatorArgs {
 
 /// Serves the provider simulator until a signal.
 pub async fn run_simulator(settings: Settings, args: SimulatorArgs) -> anyhow::Result<i32> {
+    anyhow::ensure!(
+        !settings.inference.api_key.expose().is_empty(),
+        "inference.api_key is not set: the simulator answers only callers that present it"
+    );
     let config = SimulatorConfig {
         api_key: settings.inference.api_key.expose().to_string(),
         ffmpeg: settings.media.ffmpeg.clone(),

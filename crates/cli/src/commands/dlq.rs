@@ -49,6 +49,7 @@ impl DlqFilterArgs {
 pub enum DlqAction {
     /// List dead letters (they stay in their queues).
     Ls {
+        /// Which dead letters: stage, error class, job, age.
         #[command(flatten)]
         filter: DlqFilterArgs,
         /// Print a JSON array.
@@ -62,6 +63,7 @@ pub enum DlqAction {
     },
     /// Put dead letters back on their work queue with attempts reset.
     Replay {
+        /// Which dead letters: stage, error class, job, age.
         #[command(flatten)]
         filter: DlqFilterArgs,
         /// At most this many.
@@ -76,14 +78,16 @@ pub enum DlqAction {
     },
     /// Drop dead letters for good.
     Purge {
+        /// Which dead letters: stage, error class, job, age.
         #[command(flatten)]
         filter: DlqFilterArgs,
-        /// Confirm.
+        /// Required: without it the matching dead letters are only counted.
         #[arg(long)]
         yes: bool,
     },
     /// Write dead letters as JSON lines to stdout (they stay in their queues).
     Export {
+        /// Which dead letters: stage, error class, job, age.
         #[command(flatten)]
         filter: DlqFilterArgs,
     },
@@ -130,6 +134,9 @@ pub async fn run(settings: Settings, args: DlqArgs) -> anyhow::Result<i32> {
                 println!("would replay {} dead letter(s): {}", report.matched, report.ids.join(" "));
             } else {
                 println!("replayed {} of {} dead letter(s)", report.replayed, report.matched);
+            }
+            for (id, why) in &report.refused {
+                println!("not replayed: {id}: {why} (its signature is not the fleet's; `dlq purge` removes it)");
             }
         }
         DlqAction::Purge { filter, yes } => {

@@ -27,7 +27,7 @@ pub async fn run(settings: Settings, args: JobsArgs) -> anyhow::Result<i32> {
 /// Arguments of `reelfleet status`.
 #[derive(clap::Args, Debug)]
 pub struct StatusArgs {
-    /// Job id.
+    /// The job's id, as `submit` and `jobs` print it.
     job_id: String,
     /// Print the manifest as JSON.
     #[arg(long)]
@@ -51,7 +51,7 @@ pub struct RouteArgs {
     /// Required: print the explanation.
     #[arg(long)]
     explain: bool,
-    /// Job id.
+    /// The job's id, as `submit` and `jobs` print it.
     job_id: String,
 }
 

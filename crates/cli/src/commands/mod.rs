@@ -4,12 +4,26 @@
 //!
 //! Every command's `run` returns the process's exit code; an error exits with
 //! [`Command::error_code`].
+//!
+//! - [`dev`]: `dev` and `simulator`.
+//! - [`worker`]: the `worker` command.
+//! - [`submit`]: the `submit` command.
+//! - [`jobs`]: `jobs`, `status` and `route`.
+//! - [`queues`]: the `queues` command.
+//! - [`scale`]: the `scale` command.
+//! - [`config`]: `config check`.
+//! - [`topology`]: `topology declare` and `topology show`.
+//! - [`dlq`]: `dlq ls|show|replay|purge|export|import`.
+//! - [`ledger`]: `ledger reconcile`.
+//! - [`media`]: `media plan`.
 
 pub mod config;
 pub mod dev;
 pub mod dlq;
 pub mod jobs;
+pub mod keys;
 pub mod ledger;
+pub mod media;
 pub mod queues;
 pub mod scale;
 pub mod submit;
@@ -70,6 +84,10 @@ pub enum Command {
     Topology(topology::TopologyArgs),
     /// The write-ahead cost ledger.
     Ledger(ledger::LedgerArgs),
+    /// Message signing keys: `keys generate` makes one.
+    Keys(keys::KeysArgs),
+    /// The ffprobe and ffmpeg runs of the media stages, without a broker or S3.
+    Media(media::MediaArgs),
 }
 
 impl Command {
@@ -90,6 +108,8 @@ impl Command {
             Command::Dlq(args) => dlq::run(settings, args).await,
             Command::Topology(args) => topology::run(settings, args).await,
             Command::Ledger(args) => ledger::run(settings, args).await,
+            Command::Keys(args) => keys::run(args),
+            Command::Media(args) => media::run(settings, args).await,
         }
     }
 

@@ -28,7 +28,9 @@ pub struct TierSettings {
     pub max_wait_ms: u64,
     /// Batches of this tier in flight at once.
     pub concurrency: usize,
-    /// USD the tier may spend per UTC day (unset: no cap).
+    /// USD the tier may spend per UTC day. Every tier has a default cap (a
+    /// bill nobody capped is the one that surprises); raise it to what you
+    /// mean to spend.
     pub daily_budget_usd: Option<f64>,
     /// What happens when the budget is spent.
     pub on_budget: BudgetAction,
@@ -152,15 +154,16 @@ impl Default for InferenceSettings {
             requests_per_minute: 0,
             tokens_per_minute: 0,
         };
-        let tier = |m: &str, fallback: &str, batch_size| TierSettings {
+        let tier = |m: &str, fallback: &str, batch_size, budget| TierSettings {
             model: m.into(),
             fallback_model: Some(fallback.into()),
             batch_size,
+            daily_budget_usd: Some(budget),
             ..TierSettings::default()
         };
         Self {
             base_url: "https://api.holysheep.ai/v1".into(),
-            api_key: Secret::new("sk-reelfleet-dev"),
+            api_key: Secret::default(),
             usage_url: None,
             connect_timeout_secs: 5,
             request_timeout_secs: 120,
@@ -171,10 +174,10 @@ impl Default for InferenceSettings {
             video_model: "holysheep-video-1".into(),
             video_usd_per_second: 0.05,
             max_video_bytes: 4 * 1024 * 1024 * 1024,
-            low: tier("deepseek-v3.2", "gemini-2.5-flash", 100),
-            medium: tier("gemini-2.5-flash", "deepseek-v3.2", 50),
-            high: tier("gpt-4.1", "gemini-2.5-flash", 20),
-            critical: tier("claude-sonnet-4.5", "gpt-4.1", 5),
+            low: tier("deepseek-v3.2", "gemini-2.5-flash", 100, 25.0),
+            medium: tier("gemini-2.5-flash", "deepseek-v3.2", 50, 50.0),
+            high: tier("gpt-4.1", "gemini-2.5-flash", 20, 100.0),
+            critical: tier("claude-sonnet-4.5", "gpt-4.1", 5, 100.0),
             models: vec![
                 model("deepseek-v3.2", 0.28, 0.42),
                 model("gemini-2.5-flash", 0.30, 2.50),

@@ -20,6 +20,10 @@ pub struct LimitSettings {
     pub max_frames: u64,
     /// Largest accepted prompt document, in bytes.
     pub max_prompt_bytes: u64,
+    /// Highest priority an uploader may ask for (object metadata or a prompt
+    /// document); a higher request is lowered to it and the manifest says so.
+    /// Priority 5 routes to the critical tier, the most expensive model.
+    pub max_uploader_priority: u8,
 }
 
 impl Default for LimitSettings {
@@ -32,6 +36,7 @@ impl Default for LimitSettings {
             max_streams: 16,
             max_frames: 4 * 3600 * 60,
             max_prompt_bytes: 64 * 1024,
+            max_uploader_priority: 4,
         }
     }
 }

@@ -2,13 +2,14 @@
 //! optional TOML file, then `REELFLEET_SECTION__FIELD` environment overrides.
 //!
 //! Layout: [`Settings`] and its error here; loading and writing
-//! (`load.rs`), the checks serde cannot make (`validate.rs`), [`Secret`]
-//! (`secret.rs`), then one file per section, named as in the TOML file
+//! (`load.rs`), the checks serde cannot make (`validate.rs`), the credentials a
+//! worker refuses (`credentials.rs`), [`Secret`] (`secret.rs`), then one file per section, named as in the TOML file
 //! (`broker.rs`, `s3.rs`, `state.rs`, `signing.rs`, `retry.rs`, `runtime.rs`,
-//! `media.rs`, `limits.rs`, `preprocess.rs`, `inference.rs`, `postprocess.rs`).
+//! `media.rs`, `limits.rs`, `preprocess.rs`, `inference.rs`, `postprocess.rs`, `sqs.rs`).
 //! The README's configuration reference is held to these fields by a test.
 
 mod broker;
+mod credentials;
 mod inference;
 mod limits;
 mod load;
@@ -20,10 +21,12 @@ mod runtime;
 mod s3;
 mod secret;
 mod signing;
+mod sqs;
 mod state;
 mod validate;
 
 pub use broker::BrokerSettings;
+pub use credentials::Uses;
 pub use inference::{BudgetAction, InferenceSettings, ModelSettings, TierSettings};
 pub use limits::LimitSettings;
 pub use media::{LimitsKind, MediaSettings, SandboxKind};
@@ -33,7 +36,8 @@ pub use retry::RetrySettings;
 pub use runtime::RuntimeSettings;
 pub use s3::S3Settings;
 pub use secret::Secret;
-pub use signing::SigningSettings;
+pub use signing::{PreviousKey, SigningSettings, MIN_KEY_BYTES};
+pub use sqs::SqsSettings;
 pub use state::StateSettings;
 
 use serde::{Deserialize, Serialize};
@@ -66,6 +70,8 @@ pub struct Settings {
     pub postprocess: PostprocessSettings,
     /// The database every replica shares budgets, rate limits and cooldowns through.
     pub state: StateSettings,
+    /// The SQS bridge (`reelfleet worker bridge-sqs`).
+    pub sqs: SqsSettings,
 }
 
 impl Default for Settings {
@@ -83,6 +89,7 @@ impl Default for Settings {
             inference: InferenceSettings::default(),
             postprocess: PostprocessSettings::default(),
             state: StateSettings::default(),
+            sqs: SqsSettings::default(),
         }
     }
 }
@@ -108,8 +115,13 @@ impl Settings {
         out.s3.access_key = hide(&self.s3.access_key);
         out.s3.secret_key = hide(&self.s3.secret_key);
         out.signing.secret = hide(&self.signing.secret);
+        for key in &mut out.signing.previous {
+            key.secret = hide(&key.secret);
+        }
         out.inference.api_key = hide(&self.inference.api_key);
         out.state.url = hide(&self.state.url);
+        out.sqs.access_key = hide(&self.sqs.access_key);
+        out.sqs.secret_key = hide(&self.sqs.secret_key);
         out.postprocess.cdn_purge_token = self.postprocess.cdn_purge_token.as_ref().map(hide);
         out
     }

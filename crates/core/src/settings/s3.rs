@@ -11,9 +11,9 @@ pub struct S3Settings {
     pub endpoint: String,
     /// Region used for SigV4.
     pub region: String,
-    /// Access key id.
+    /// Access key id (no default; `reelfleet dev` makes its own).
     pub access_key: Secret,
-    /// Secret access key.
+    /// Secret access key (no default; `reelfleet dev` makes its own).
     pub secret_key: Secret,
     /// Bucket where users upload videos and prompt documents.
     pub upload_bucket: String,
@@ -43,8 +43,8 @@ impl Default for S3Settings {
         Self {
             endpoint: "http://127.0.0.1:9000".into(),
             region: "us-east-1".into(),
-            access_key: Secret::new("reelfleet"),
-            secret_key: Secret::new("reelfleet-secret"),
+            access_key: Secret::default(),
+            secret_key: Secret::default(),
             upload_bucket: "uploads".into(),
             accepted_buckets: Vec::new(),
             work_bucket: "reelfleet-work".into(),

@@ -4,7 +4,8 @@ use super::*;
 
 #[test]
 fn secrets_never_print() {
-    let s = Settings::default();
+    let mut s = Settings::default();
+    s.s3.secret_key = Secret::new("reelfleet-secret");
     let text = format!("{s:?}");
     assert!(!text.contains("reelfleet-secret"), "{text}");
     assert!(!text.contains("guest:guest"));
@@ -14,13 +15,14 @@ fn secrets_never_print() {
 fn toml_round_trips() {
     let mut s = Settings { namespace: "rt-test".into(), ..Default::default() };
     s.postprocess.cdn_purge_url = Some("http://cdn/purge".into());
+    s.s3.secret_key = Secret::new("kept-across-the-round-trip");
     let text = s.to_toml();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
     std::fs::write(&path, &text).unwrap();
     let back = Settings::load(Some(&path)).unwrap();
     assert_eq!(back.namespace, "rt-test");
-    assert_eq!(back.s3.secret_key.expose(), "reelfleet-secret");
+    assert_eq!(back.s3.secret_key.expose(), "kept-across-the-round-trip");
     assert_eq!(back.inference.models, s.inference.models);
     assert_eq!(back.postprocess.cdn_purge_url.as_deref(), Some("http://cdn/purge"));
 }
@@ -66,11 +68,22 @@ fn a_tier_model_without_a_price_is_refused() {
 
 #[test]
 fn redacted_settings_hold_no_credential() {
-    let s = Settings::default();
+    let mut s = Settings::default();
+    s.s3.access_key = Secret::new("AKIAEXAMPLEKEY");
+    s.s3.secret_key = Secret::new("s3-secret-value");
+    s.signing.secret = Secret::new(crate::signing::generate_key());
+    s.inference.api_key = Secret::new("sk-provider-value");
+    let old = crate::signing::generate_key();
+    s.signing.previous.push(PreviousKey {
+        key_id: "k0".into(),
+        secret: Secret::new(old.clone()),
+        accept_until: chrono::Utc::now(),
+    });
     let json = serde_json::to_string(&s.redacted()).unwrap();
     for secret in [&s.broker.url, &s.broker.management_url, &s.s3.secret_key, &s.signing.secret, &s.inference.api_key] {
         assert!(!json.contains(secret.expose()), "{json}");
     }
+    assert!(!json.contains(&old), "{json}");
     assert!(json.contains("[redacted]"));
 }
 

@@ -24,8 +24,14 @@ impl Settings {
         if self.runtime.job_timeout_secs + 60 > self.broker.consumer_timeout_secs {
             return bad("runtime.job_timeout_secs must be at least 60 s below broker.consumer_timeout_secs, or the broker closes the channel of a long job and it is redelivered forever");
         }
+        if !(1..=5).contains(&self.limits.max_uploader_priority) {
+            return bad("limits.max_uploader_priority must be 1 to 5");
+        }
         for tier in crate::envelope::Tier::ALL {
             let t = self.inference.tier(tier);
+            if t.daily_budget_usd.is_some_and(|b| !b.is_finite() || b < 0.0) {
+                return Err(SettingsError::Value(format!("inference.{tier}.daily_budget_usd must be 0 or more")));
+            }
             for model in std::iter::once(&t.model).chain(t.fallback_model.as_ref()) {
                 if self.inference.price(model).is_none() {
                     return Err(SettingsError::Value(format!(
@@ -37,8 +43,11 @@ impl Settings {
         if self.s3.upload_bucket == self.s3.work_bucket || self.s3.accepted_buckets.contains(&self.s3.work_bucket) {
             return bad("the work bucket cannot be an upload bucket (s3.upload_bucket, s3.accepted_buckets): uploads could then name the fleet's own outputs");
         }
-        if self.signing.secret.expose().len() < 16 {
-            return bad("signing.secret must be at least 16 characters");
+        if !(1..=20).contains(&self.sqs.wait_secs) || !(1..=10).contains(&self.sqs.batch_size) {
+            return bad("sqs.wait_secs must be 1 to 20 and sqs.batch_size 1 to 10 (SQS's own limits)");
+        }
+        if self.sqs.visibility_timeout_secs < 10 {
+            return bad("sqs.visibility_timeout_secs must be at least 10");
         }
         Ok(())
     }

@@ -13,6 +13,7 @@ use reelfleet_core::{
     storage::Storage,
     topology::Topology,
 };
+use reelfleet_tests::fleet::{delete_namespace, free_port};
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -21,10 +22,6 @@ use std::{
 };
 
 pub(crate) const STAGES: [&str; 4] = ["ingest", "preprocess", "inference", "postprocess"];
-
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
 
 pub(crate) fn signal(child: &Child, sig: &str) -> anyhow::Result<()> {
     let ok = Command::new("kill").args([sig, &child.id().to_string()]).status()?.success();
@@ -357,15 +354,7 @@ impl Fleet {
             let _ = dev.wait();
         }
         if let Ok(broker) = Broker::new(&self.settings.broker, "chaos") {
-            let topology = Topology::from_settings(&self.settings);
-            if let Ok(ch) = broker.channel().await {
-                for q in topology.all_queue_names() {
-                    let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
-                }
-                for x in topology.exchange_names() {
-                    let _ = ch.exchange_delete(x.as_str().into(), Default::default()).await;
-                }
-            }
+            delete_namespace(&broker, &Topology::from_settings(&self.settings)).await;
         }
     }
 }

@@ -19,27 +19,20 @@ use fleet::{signal, Fleet, Layout, STAGES};
 use reelfleet_cli::dlq;
 use reelfleet_core::{
     broker::{Broker, HeaderValue, Outgoing},
-    envelope::{Envelope, JobKind, Quality, Signer, SourceObject, SIGNATURE_HEADER},
+    envelope::{Envelope, JobKind, Quality, SourceObject, SIGNATURE_HEADER},
     manifest::{JobManifest, JobStatus},
     settings::{BudgetAction, Settings},
+    signing::Signer,
     storage::Storage,
     topology::{Topology, WorkQueue},
 };
+use reelfleet_tests::{clip::Clip, fleet::reelfleet_binary};
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
-
-fn binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let bin = exe.parent().context("exe dir")?.join("reelfleet");
-    if !bin.exists() {
-        bail!("{} not built: run `cargo build -p reelfleet-cli` first (scripts/chaos does)", bin.display());
-    }
-    Ok(bin)
-}
 
 #[derive(Debug)]
 struct CaseResult {
@@ -76,20 +69,6 @@ impl CaseResult {
         self.details = details;
         self
     }
-}
-
-fn make_clip(dir: &Path, name: &str, video: &str, seconds: f64) -> anyhow::Result<PathBuf> {
-    let path = dir.join(name);
-    let ok = Command::new("ffmpeg")
-        .args(["-hide_banner", "-v", "error", "-y", "-f", "lavfi", "-i", video, "-f", "lavfi", "-i", "sine"])
-        .args(["-t", &seconds.to_string(), "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset", "ultrafast"])
-        .arg(&path)
-        .status()?
-        .success();
-    if !ok {
-        bail!("ffmpeg could not make {name}");
-    }
-    Ok(path)
 }
 
 fn summarize(ms: &[JobManifest], jobs: usize) -> (usize, usize) {
@@ -843,7 +822,9 @@ async fn case_hostile(bin: &Path, root: &Path, clip: &Path) -> anyhow::Result<Ca
         },
     );
     let body = forged.to_bytes();
-    let sig = Signer::new(b"someone-elses-signing-key").sign(&body);
+    let preprocess = topology.queue(WorkQueue::Preprocess);
+    let sig = Signer::with_key(&fleet.settings.namespace, &fleet.settings.signing.key_id, &[7u8; 32])
+        .sign(&preprocess, &body);
     let forged_body = body.clone();
     publisher
         .publish(
@@ -883,7 +864,8 @@ async fn case_hostile(bin: &Path, root: &Path, clip: &Path) -> anyhow::Result<Ca
             ..Envelope::new(JobKind::Analyze, done.source.clone())
         };
         let body = old.to_bytes();
-        let sig = Signer::new(fleet.settings.signing.secret.expose().as_bytes()).sign(&body);
+        let sig = Signer::from_settings(&fleet.settings.signing, &fleet.settings.namespace)?
+            .sign(&topology.queue(WorkQueue::Preprocess), &body);
         publisher
             .publish(
                 &Outgoing::to_queue(topology.queue(WorkQueue::Preprocess), body)
@@ -1035,10 +1017,16 @@ fn list_tree(root: &Path, skip: &Path) -> std::collections::BTreeSet<PathBuf> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let only: Vec<String> = std::env::args().skip(1).collect();
-    let bin = binary()?;
+    let bin = reelfleet_binary()?;
     let work = tempfile::Builder::new().prefix("reelfleet-chaos-").tempdir()?;
     let root = work.path().to_path_buf();
-    let clip = make_clip(&root, "clip.mp4", "testsrc2=size=320x240:rate=12", 1.0)?;
+    let clip = Clip {
+        video: "testsrc2=size=320x240:rate=12",
+        audio: "sine",
+        seconds: 1.0,
+        extra: &["-c:v", "libx264", "-preset", "ultrafast"],
+    }
+    .make(&root, "clip.mp4")?;
     type Case = for<'a> fn(&'a Path, &'a Path, &'a Path) -> futures::future::BoxFuture<'a, anyhow::Result<CaseResult>>;
     let cases: Vec<(&str, Case)> = vec![
         ("kill9", |b, r, c| Box::pin(case_kill9(b, r, c))),

@@ -1,0 +1,87 @@
+//! `reelfleet media plan` prints the filter graphs the stages build (from
+//! the stages' own builders, not copies) and shell lines that read back as
+//! the exact argument lists.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+use reelfleet_core::{media::Media, settings::Settings};
+use std::{path::Path, process::Command};
+
+fn reelfleet(args: &[&str], clip: &Path, out: &Path) -> Vec<u8> {
+    let output = Command::new(env!("CARGO_BIN_EXE_reelfleet"))
+        .args(["media", "plan"])
+        .args(args)
+        .arg(clip)
+        .arg(out)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .output()
+        .expect("reelfleet runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    output.stdout
+}
+
+/// `--print0` output: runs of words.
+fn runs(bytes: &[u8]) -> Vec<Vec<String>> {
+    let mut runs = vec![Vec::new()];
+    for word in bytes.split(|b| *b == 0) {
+        match (word.is_empty(), runs.last_mut()) {
+            (true, Some(run)) if !run.is_empty() => runs.push(Vec::new()),
+            (false, Some(run)) => run.push(String::from_utf8_lossy(word).into_owned()),
+            _ => {}
+        }
+    }
+    runs.retain(|r| !r.is_empty());
+    runs
+}
+
+#[tokio::test]
+async fn the_plan_holds_the_stages_own_graphs_and_reads_back_from_shell() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("clip one.mp4");
+    let made = Command::new("ffmpeg")
+        .args(["-hide_banner", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine", "-t", "2", "-pix_fmt", "yuv420p"])
+        .arg(&clip)
+        .status()
+        .expect("ffmpeg runs");
+    assert!(made.success());
+    let out = dir.path().join("out");
+    let printed = runs(&reelfleet(&["--print0"], &clip, &out));
+    let words: Vec<&str> = printed.iter().flatten().map(String::as_str).collect();
+
+    // What the stages build for this clip with the default settings.
+    let settings = Settings::default();
+    let media = Media::new(settings.media.clone()).unwrap();
+    let probe = media.probe(&clip).await.unwrap();
+    let duration = probe.duration().unwrap();
+    let frame = reelfleet_preprocess::ffmpeg::normalized_frame(&probe, &settings.preprocess).unwrap();
+    let vmaf = media.has_filter("libvmaf").await;
+    let mut graphs = vec![
+        reelfleet_preprocess::ffmpeg::normalize_graph(frame),
+        reelfleet_preprocess::ffmpeg::COMPLEXITY_GRAPH.to_string(),
+        reelfleet_preprocess::ffmpeg::keyframes_graph(
+            reelfleet_preprocess::ffmpeg::keyframe_count(&settings.preprocess),
+            duration,
+        ),
+        reelfleet_postprocess::ffmpeg::sprite_graph(settings.postprocess.sprite_frames.max(1), duration),
+    ];
+    for r in reelfleet_postprocess::plan_renditions(frame.width, frame.height) {
+        graphs.push(reelfleet_postprocess::ffmpeg::rendition_graph(&r));
+        graphs.push(reelfleet_postprocess::ffmpeg::quality_graph(r.width, r.height, vmaf));
+    }
+    for graph in &graphs {
+        assert!(words.contains(&graph.as_str()), "the plan lacks the stage's graph {graph}");
+    }
+    let decode_check = reelfleet_ingest::ffmpeg::decode_check_args(&media, &clip);
+    assert!(printed.iter().any(|r| r.ends_with(&decode_check)), "the plan lacks ingest's decode check");
+
+    // The default output: one shell line per run, reading back as the same words.
+    let text = String::from_utf8(reelfleet(&[], &clip, &out)).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), printed.len());
+    for (line, run) in lines.iter().zip(&printed) {
+        let back = Command::new("sh").arg("-c").arg(format!("printf '%s\\0' {line}")).output().unwrap();
+        assert_eq!(runs(&[back.stdout, vec![0]].concat()), std::slice::from_ref(run), "{line}");
+    }
+}

@@ -1,0 +1,134 @@
+//! What preprocess runs of ffprobe and ffmpeg for an analyze job, as
+//! argument lists built here for the stage and for `reelfleet media plan`
+//! alike: a graph changed here changes both.
+
+use crate::target_dimensions;
+use reelfleet_core::{
+    error::StageError,
+    media::{output_arg, Media, Probe, ToolCommand},
+    settings::PreprocessSettings,
+};
+use std::path::Path;
+
+/// The normalized video's file name, in scratch and in the work bucket.
+pub const NORMALIZED: &str = "normalized.mp4";
+/// ffmpeg's output pattern for the keyframes: `keyframe-01.jpg` onwards.
+pub const KEYFRAMES: &str = "keyframe-%02d.jpg";
+
+/// Size and frame rate of a normalized video.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// Pixels, even, never more than the source's.
+    pub width: u32,
+    /// Pixels, even, never more than the source's.
+    pub height: u32,
+    /// Frames per second: `fps_hd` when the short side is 1080 or more, else `fps_sd`.
+    pub fps: u32,
+}
+
+/// The frame a video probed as `probe` is normalized to (its displayed size,
+/// so rotation applied, capped by [`target_dimensions`]).
+pub fn normalized_frame(probe: &Probe, s: &PreprocessSettings) -> Result<Frame, StageError> {
+    let (w, h) =
+        probe.display_dimensions().ok_or_else(|| StageError::permanent("bad_input", "no video stream to normalize"))?;
+    let (width, height) = target_dimensions(w, h, s);
+    let fps = if width.min(height) >= 1080 { s.fps_hd } else { s.fps_sd };
+    Ok(Frame { width, height, fps })
+}
+
+/// The normalize filter graph: scale, square pixels, fixed rate, yuv420p.
+pub fn normalize_graph(f: Frame) -> String {
+    format!("scale={}:{}:flags=bicubic,setsar=1,fps={},format=yuv420p", f.width, f.height, f.fps)
+}
+
+/// Normalize: first video and audio stream only, H.264 at the configured
+/// CRF, AAC stereo, faststart MP4.
+pub fn normalize_args(media: &Media, source: &Path, output: &Path, f: Frame, s: &PreprocessSettings) -> Vec<String> {
+    let mut args = media.input_args(source);
+    args.extend(["-map", "0:v:0", "-map", "0:a:0?", "-sn", "-dn"].map(String::from));
+    args.extend([
+        "-vf".to_string(),
+        normalize_graph(f),
+        "-c:v".into(),
+        "libx264".into(),
+        "-preset".into(),
+        media.preset().into(),
+        "-crf".into(),
+        s.crf.to_string(),
+        "-pix_fmt".into(),
+        "yuv420p".into(),
+        "-c:a".into(),
+        "aac".into(),
+        "-b:a".into(),
+        "128k".into(),
+        "-ac".into(),
+        "2".into(),
+        "-movflags".into(),
+        "+faststart".into(),
+    ]);
+    args.extend(media.thread_args());
+    args.push(output_arg(output));
+    args
+}
+
+/// The complexity graph: per frame, the scene score and the mean luma
+/// difference to the previous frame, printed to the log.
+pub const COMPLEXITY_GRAPH: &str = "scale=320:-2,format=gray,select='gte(scene\\,0)',metadata=print:key=lavfi.scene_score,tblend=all_mode=difference,signalstats,metadata=print:key=lavfi.signalstats.YAVG";
+
+/// The complexity measurement over `video`, decoded to nothing.
+pub fn complexity_args(media: &Media, video: &Path) -> Vec<String> {
+    let mut args = media.input_args(video);
+    args.extend(["-an".to_string(), "-vf".into(), COMPLEXITY_GRAPH.into(), "-f".into(), "null".into(), "-".into()]);
+    args
+}
+
+/// Keyframes taken of a video: `preprocess.keyframes`, at least one.
+pub fn keyframe_count(s: &PreprocessSettings) -> u32 {
+    s.keyframes.max(1)
+}
+
+/// The keyframe graph: `n` frames evenly over `duration` seconds, at most 640 wide.
+pub fn keyframes_graph(n: u32, duration: f64) -> String {
+    let rate = n as f64 / duration.max(0.1);
+    format!("fps={rate:.6},scale='min(640,iw)':-2")
+}
+
+/// `n` keyframes of `video` as JPEG files [`KEYFRAMES`] in `dir`.
+pub fn keyframes_args(media: &Media, video: &Path, dir: &Path, n: u32, duration: f64) -> Vec<String> {
+    let mut args = media.input_args(video);
+    args.extend([
+        "-an".to_string(),
+        "-vf".into(),
+        keyframes_graph(n, duration),
+        "-frames:v".into(),
+        n.to_string(),
+        "-q:v".into(),
+        "3".into(),
+        output_arg(&dir.join(KEYFRAMES)),
+    ]);
+    args
+}
+
+/// Every run preprocess makes, in order, for an analyze job whose source is
+/// at `source` (probed as `probe`), its files written to `dir`; and the frame
+/// it normalizes to. The normalized video's duration, which sets the
+/// keyframe rate, is known only once it is made: the source's stands in for it.
+pub fn plan(
+    media: &Media,
+    s: &PreprocessSettings,
+    source: &Path,
+    probe: &Probe,
+    dir: &Path,
+) -> Result<(Vec<ToolCommand>, Frame), StageError> {
+    let frame = normalized_frame(probe, s)?;
+    let normalized = dir.join(NORMALIZED);
+    let duration = probe.duration().unwrap_or(0.0);
+    let runs = vec![
+        media.probe_command(source),
+        media.ffmpeg_command(&normalize_args(media, source, &normalized, frame, s)),
+        media.probe_command(&normalized),
+        media.ffmpeg_command(&complexity_args(media, &normalized)),
+        media.ffmpeg_command(&keyframes_args(media, &normalized, dir, keyframe_count(s), duration)),
+    ];
+    Ok((runs, frame))
+}

@@ -448,6 +448,9 @@ async fn media_plan_lists_the_runs_the_fleet_makes() {
     let stack = TestStack::start_with(|s| {
         s.media.ffmpeg = tools.path().join("ffmpeg").display().to_string();
         s.media.ffprobe = tools.path().join("ffprobe").display().to_string();
+        // The recording wrappers write their log next to them, which the
+        // decoder sandbox keeps read-only: this test is about arguments.
+        s.media.sandbox = reelfleet_core::settings::SandboxKind::None;
     })
     .await;
     let clip = make_clip(tools.path(), "planned.mp4", "testsrc2=size=320x240:rate=24", 2.0, &[]);
@@ -469,8 +472,39 @@ async fn media_plan_lists_the_runs_the_fleet_makes() {
             run.push(word);
         }
     }
-    // Each worker lists ffmpeg's demuxers once when it starts (its allow-list), not per job.
-    fleet.retain(|r| !r.iter().any(|w| w == "-demuxers"));
+    // Each worker lists ffmpeg's demuxers and decoders once when it starts (its allow-lists), not per job.
+    fleet.retain(|r| !r.iter().any(|w| w == "-demuxers" || w == "-decoders"));
+    // The stages hold every decode to the validated input (media::Bounds):
+    // `-t` before each input, `-frames:v` (unless set) and `-fs` before a file
+    // output. The plan lists the builders' arguments without them.
+    for run in &mut fleet {
+        if run[0] != "ffmpeg" {
+            continue;
+        }
+        let inputs = run.iter().filter(|w| *w == "-i").count();
+        let bounded = run.windows(4).filter(|w| w[0] == "-t" && w[2] == "-i").count();
+        assert_eq!(bounded, inputs, "an input read without -t: {run:?}");
+        let mut stripped = Vec::with_capacity(run.len());
+        let mut i = 0;
+        while i < run.len() {
+            if run[i] == "-t" && run.get(i + 2).is_some_and(|w| w == "-i") {
+                i += 2;
+                continue;
+            }
+            stripped.push(run[i].clone());
+            i += 1;
+        }
+        *run = stripped;
+        if run.last().is_some_and(|w| w.starts_with("file:")) {
+            let n = run.len();
+            assert!(n >= 3 && run[n - 3] == "-fs", "a file output without -fs: {run:?}");
+            run.drain(n - 3..n - 1);
+            let n = run.len();
+            if n >= 3 && run[n - 3] == "-frames:v" && !run[..n - 3].iter().any(|w| w == "-frames:v") {
+                run.drain(n - 3..n - 1);
+            }
+        }
+    }
 
     settings.media.ffmpeg = "ffmpeg".into();
     settings.media.ffprobe = "ffprobe".into();

@@ -19,7 +19,9 @@ use std::path::Path;
 /// for libvmaf, as the stages do; the normalized video's duration is the
 /// clip's (the fleet reads it from the normalized file, which can differ by
 /// a frame), so rates and seek times derived from it can differ in the last
-/// decimals.
+/// decimals. The runs are listed without the bounds the stages add from the
+/// validated input (`-t`, `-frames:v`, `-fs`; see `media::Bounds`) and
+/// without the sandbox and limit wrappers (`sandbox::Runner`).
 pub async fn plan(settings: &Settings, clip: &Path, outdir: &Path) -> anyhow::Result<Vec<ToolCommand>> {
     let media = Media::new(settings.media.clone())?;
     let probe = media.probe(clip).await.with_context(|| format!("probing {}", clip.display()))?;

@@ -143,7 +143,11 @@ CREDENTIALS = {
     "REELFLEET_SIGNING__SECRET": "3f9a0c7e1b5d2e8f4a6c9b0d3e7f1a2c5b8d0e4f6a9c1b3d5e7f0a2c4b6d8e9f",
     "REELFLEET_INFERENCE__API_KEY": "sk-chart-check-5e1d9c",
     "REELFLEET_STATE__URL": "postgres://fleet:Hk2p9w@postgresql:5432/reelfleet",
+    "REELFLEET_SQS__ACCESS_KEY": "AKIABRIDGECHECK01",
+    "REELFLEET_SQS__SECRET_KEY": "9d8c7b6a5f4e3d2c1b0a",
 }
+SQS_QUEUE = "https://sqs.eu-west-1.amazonaws.com/123456789012/uploads-events"
+BRIDGE = {"bridgeSqs": {"enabled": True}, "config": {"sqs": {"queue_url": SQS_QUEUE, "region": "eu-west-1"}}}
 GIVEN = {"secrets": {"values": CREDENTIALS}}
 
 
@@ -184,6 +188,11 @@ def check_hardening(case, docs, values):
         name = d["metadata"]["name"]
         pod = d["spec"]["template"]["spec"]
         container = pod["containers"][0]
+        if d["metadata"]["labels"].get("reelfleet.io/stage") == "bridge-sqs":
+            # No ffmpeg, no scratch: it relays small messages.
+            if "volumes" in pod or "REELFLEET_MEDIA__THREADS" in str(container.get("env")):
+                fail(case, f"{name}: the bridge needs no scratch volume or media threads")
+            continue
         env = {e["name"]: e.get("value") for e in container.get("env", [])}
         cpu = container.get("resources", {}).get("limits", {}).get("cpu")
         if cpu and not config.get("media", {}).get("threads"):
@@ -383,6 +392,8 @@ def check_keda(case, docs, namespace, reelfleet, values, effective):
         if auth is None:
             fail(case, f"{so['metadata']['name']}: its TriggerAuthentication is not rendered")
             continue
+        if trigger["type"] != "rabbitmq":
+            continue
         for ref in auth["spec"]["secretTargetRef"]:
             if ref["parameter"] != "host":
                 fail(case, f"TriggerAuthentication: unexpected parameter {ref['parameter']}")
@@ -397,8 +408,41 @@ def check_keda(case, docs, namespace, reelfleet, values, effective):
     work = {q["queue"] for q in topology(namespace, reelfleet)}
     for so in scaled:
         for t in so["spec"]["triggers"]:
-            if t["metadata"].get("queueName") not in work:
+            if t["type"] == "rabbitmq" and t["metadata"].get("queueName") not in work:
                 fail(case, f"{so['metadata']['name']}: scales on {t['metadata'].get('queueName')}, not a work queue")
+    check_bridge(case, values, deployments, scaled, auths, secrets, existing)
+
+
+def check_bridge(case, values, deployments, scaled, auths, secrets, existing):
+    """The SQS bridge, when enabled: its Deployment runs `worker bridge-sqs`,
+    KEDA scales it on the configured queue with the Secret's SQS keys."""
+    enabled = values.get("bridgeSqs", {}).get("enabled", False)
+    bridges = [n for n, d in deployments.items() if d["spec"]["template"]["spec"]["containers"][0]["args"] == ["worker", "bridge-sqs"]]
+    sqs = [s for s in scaled for t in s["spec"]["triggers"] if t["type"] == "aws-sqs-queue"]
+    if not enabled:
+        if bridges or sqs:
+            fail(case, "bridgeSqs is disabled but a bridge is rendered")
+        return
+    if len(bridges) != 1 or len(sqs) != 1:
+        fail(case, f"expected one bridge Deployment and one aws-sqs-queue ScaledObject, got {bridges} and {len(sqs)}")
+        return
+    so = sqs[0]
+    if so["spec"]["scaleTargetRef"]["name"] != bridges[0]:
+        fail(case, f"the aws-sqs-queue ScaledObject scales {so['spec']['scaleTargetRef']['name']}, not {bridges[0]}")
+    (trigger,) = so["spec"]["triggers"]
+    want_queue = values.get("config", {}).get("sqs", {}).get("queue_url")
+    if trigger["metadata"].get("queueURL") != want_queue:
+        fail(case, f"KEDA watches {trigger['metadata'].get('queueURL')}, the bridge reads {want_queue}")
+    auth = auths.get(trigger.get("authenticationRef", {}).get("name"), {})
+    params = {r["parameter"]: r for r in auth.get("spec", {}).get("secretTargetRef", [])}
+    if set(params) != {"awsAccessKeyID", "awsSecretAccessKey"}:
+        fail(case, f"the SQS TriggerAuthentication gives {sorted(params)}")
+    for ref in params.values():
+        if existing:
+            if ref["name"] != existing:
+                fail(case, f"the SQS TriggerAuthentication reads {ref['name']}, not the existing {existing}")
+        elif ref["key"] not in secrets.get(ref["name"], {}).get("data", {}):
+            fail(case, f"the SQS TriggerAuthentication reads {ref['name']}/{ref['key']}, which the chart does not create")
 
 
 def check_case(case, values, reelfleet):
@@ -450,6 +494,7 @@ def check_case(case, values, reelfleet):
 REFUSED = [
     ("no existing Secret and no credentials", {}),
     ("an empty signing key", {"secrets": {"values": dict(CREDENTIALS, REELFLEET_SIGNING__SECRET="")}}),
+    ("the SQS bridge without its queue", {"bridgeSqs": {"enabled": True}}),
     ("an unknown autoscaling mode", {"autoscaling": {"mode": "sometimes"}}),
     ("an inference worker without a tier", {"workers": {"inference-x": {"stage": "inference"}}}),
     ("a worker of no stage", {"workers": {"transcode": {"stage": "transcode"}}}),
@@ -499,6 +544,7 @@ def main():
     cases = [("default values with credentials given", {})]
     for path in sorted((CHART / "ci").glob("*.yaml")):
         cases.append((path.name, yaml.safe_load(path.read_text()) or {}))
+    cases.append(("SQS bridge", BRIDGE))
     cases.append(("HPA fallback", {"autoscaling": {"mode": "hpa"}}))
     cases.append(("fixed replicas", {"autoscaling": {"mode": "none"}, "podDisruptionBudget": {"enabled": False}}))
     for case, values in cases:

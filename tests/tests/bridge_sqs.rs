@@ -76,6 +76,17 @@ fn sns(url: &str) -> aws_sdk_sns::Client {
     aws_sdk_sns::Client::from_conf(config)
 }
 
+/// The stack's settings with SQS on moto: short polls, a 10 s visibility timeout.
+fn bridge_settings(stack: &TestStack, moto: &Moto) -> Settings {
+    let mut settings = stack.settings().clone();
+    settings.sqs.endpoint = Some(moto.url.clone());
+    settings.sqs.access_key = Secret::new("testing");
+    settings.sqs.secret_key = Secret::new("testing");
+    settings.sqs.wait_secs = 1;
+    settings.sqs.visibility_timeout_secs = 10;
+    settings
+}
+
 /// Messages in the queue, visible or not.
 async fn left_in(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> u64 {
     let attrs = sqs
@@ -110,12 +121,7 @@ async fn s3_notifications_from_sqs_sns_and_eventbridge_reach_ingest_once_and_poi
     let moto = moto().await;
     // A namespace whose ingest queue nobody consumes: what arrives there is what ingest would get.
     let stack = TestStack::start_stages(&[], |_| {}).await;
-    let mut settings: Settings = stack.settings().clone();
-    settings.sqs.endpoint = Some(moto.url.clone());
-    settings.sqs.access_key = Secret::new("testing");
-    settings.sqs.secret_key = Secret::new("testing");
-    settings.sqs.wait_secs = 1;
-    settings.sqs.visibility_timeout_secs = 10;
+    let mut settings = bridge_settings(&stack, &moto);
     let sqs = sqs_client(&settings.sqs);
 
     // The queue S3 notifies, with a redrive policy to a dead-letter queue after 2 receives.
@@ -263,12 +269,7 @@ async fn s3_notifications_from_sqs_sns_and_eventbridge_reach_ingest_once_and_poi
 async fn a_message_is_deleted_only_after_the_broker_confirmed_its_records() {
     let moto = moto().await;
     let stack = TestStack::start_stages(&[], |_| {}).await;
-    let mut settings: Settings = stack.settings().clone();
-    settings.sqs.endpoint = Some(moto.url.clone());
-    settings.sqs.access_key = Secret::new("testing");
-    settings.sqs.secret_key = Secret::new("testing");
-    settings.sqs.wait_secs = 1;
-    settings.sqs.visibility_timeout_secs = 10;
+    let mut settings = bridge_settings(&stack, &moto);
     // A namespace whose uploads exchange does not exist yet: every publish fails.
     settings.namespace = format!("{}-late", settings.namespace);
     let sqs = sqs_client(&settings.sqs);

@@ -1011,28 +1011,14 @@ async fn sandbox(args: &[String]) -> anyhow::Result<()> {
     let runs = arg(args, "--runs", 3)?.max(1);
     let seconds = arg(args, "--seconds", 10)?;
     let work = tempfile::Builder::new().prefix("reelfleet-bench-sandbox-").tempdir()?;
-    let clip = work.path().join("clip.mp4");
     eprintln!("making a {seconds} s 1280x720 clip");
-    let status = Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=1280x720:rate=30",
-            "-f",
-            "lavfi",
-        ])
-        .args(["-i", "sine=frequency=300", "-t", &seconds.to_string(), "-pix_fmt", "yuv420p", "-c:v", "libx264"])
-        .args(["-preset", "veryfast", "-c:a", "aac"])
-        .arg(&clip)
-        .status()?;
-    if !status.success() {
-        bail!("ffmpeg could not make the clip");
+    let clip = Clip {
+        video: "testsrc2=size=1280x720:rate=30",
+        audio: "sine=frequency=300",
+        seconds: seconds as f64,
+        extra: &["-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac"],
     }
+    .make(work.path(), "clip.mp4")?;
     let bare = Runner::bare();
     let wrapped = Runner::new(&MediaSettings::default()).context("bwrap and prlimit must work here")?;
     eprintln!("{}", wrapped.describe());

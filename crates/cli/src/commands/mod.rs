@@ -61,7 +61,7 @@ pub enum Command {
     Dev(dev::DevArgs),
     /// Run the AI provider simulator alone (what the compose stack uses), until SIGTERM/SIGINT.
     Simulator(dev::SimulatorArgs),
-    /// Run one stage's worker until SIGTERM/SIGINT.
+    /// Run one stage's worker (or the SQS bridge) until SIGTERM/SIGINT.
     Worker(worker::WorkerArgs),
     /// Upload videos or a generation prompt into the upload bucket.
     Submit(submit::SubmitArgs),

@@ -193,6 +193,31 @@ pub struct Envelope {
     pub sent_at: DateTime<Utc>,
     /// Correlates logs across stages.
     pub trace_id: String,
+    /// What the submitter asked for beyond the object itself (intake API,
+    /// URL pull, backfill); `None` for a plain bucket upload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<JobRequest>,
+}
+
+/// A submission's own details, kept with the job from the first message to
+/// the manifest: where a pulled video came from, whom to tell when the job
+/// ends, and the submitter's free metadata.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct JobRequest {
+    /// How the job came in: `intake`, `pull`, `backfill`, `gcs`.
+    pub via: String,
+    /// The http(s) URL the source was pulled from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_url: Option<String>,
+    /// Where `job.completed`, `job.failed` and `job.dead_lettered` are POSTed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
+    /// The submitter's `Idempotency-Key`, when it gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Free metadata, returned as given in the manifest and the webhooks.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 fn default_priority() -> u8 {
@@ -250,6 +275,7 @@ impl Envelope {
             created_at: now,
             sent_at: now,
             trace_id: uuid::Uuid::new_v4().simple().to_string(),
+            request: None,
         }
     }
 

@@ -18,6 +18,7 @@
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`telemetry`]: logging as flat JSON lines or text.
 //! - [`json`]: bounded JSON parsing for untrusted input.
+//! - [`webhooks`]: Standard Webhooks signatures, signed and verified.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -41,5 +42,6 @@ pub mod storage;
 pub mod telemetry;
 pub mod tiering;
 pub mod topology;
+pub mod webhooks;
 
 pub use decide::{decide, Next, Outcome};

@@ -332,6 +332,9 @@ pub struct JobManifest {
     /// The stage that holds the job now, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<Claim>,
+    /// The submission's details (origin URL, callback, metadata), from the envelope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<crate::envelope::JobRequest>,
 }
 
 impl JobManifest {
@@ -361,6 +364,7 @@ impl JobManifest {
             cdn_purge: None,
             error: None,
             claim: None,
+            request: envelope.request.clone(),
         }
     }
 
@@ -379,6 +383,7 @@ impl JobManifest {
             created_at: self.created_at,
             sent_at: Utc::now(),
             trace_id: self.trace_id.clone(),
+            request: self.request.clone(),
         }
     }
 

@@ -45,14 +45,18 @@ pub enum WorkQueue {
     Inference(Tier),
     /// Jobs to encode and finish.
     Postprocess,
+    /// Sources given by URL, to fetch into the upload bucket before ingest.
+    Pull,
+    /// Outgoing webhook deliveries (`job.completed`, `job.failed`, ...).
+    Webhooks,
 }
 
 impl WorkQueue {
     /// Every work queue, in pipeline order.
     pub fn all() -> Vec<WorkQueue> {
-        let mut all = vec![WorkQueue::Ingest, WorkQueue::Preprocess];
+        let mut all = vec![WorkQueue::Pull, WorkQueue::Ingest, WorkQueue::Preprocess];
         all.extend(Tier::ALL.into_iter().map(WorkQueue::Inference));
-        all.push(WorkQueue::Postprocess);
+        all.extend([WorkQueue::Postprocess, WorkQueue::Webhooks]);
         all
     }
 
@@ -63,6 +67,8 @@ impl WorkQueue {
             WorkQueue::Preprocess => "preprocess",
             WorkQueue::Inference(_) => "inference",
             WorkQueue::Postprocess => "postprocess",
+            WorkQueue::Pull => "pull",
+            WorkQueue::Webhooks => "webhooks",
         }
     }
 

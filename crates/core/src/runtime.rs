@@ -61,6 +61,7 @@ pub mod dlq_headers {
 
 /// What a stage receives.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // one per message in flight: boxing would save nothing that matters
 pub enum Input {
     /// An envelope whose signature checked out.
     Envelope(Envelope),
@@ -83,6 +84,7 @@ pub struct Message {
 
 /// What a stage wants sent once its outputs are stored.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // a handful per message: boxing would save nothing that matters
 pub enum Dispatch {
     /// The next stage's message.
     Next {

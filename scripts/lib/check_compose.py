@@ -3,7 +3,7 @@
 already checked): one worker service per work queue the topology declares,
 each running the right stage and tier; every reelfleet service's environment
 accepted by `reelfleet config check` (which refuses well-known credentials);
-every published port bound to 127.0.0.1; MinIO notifying the topology's uploads
+every published port bound to 127.0.0.1; the SQS bridge under the aws profile; MinIO notifying the topology's uploads
 exchange with the arguments the workers declare it with.
 
 Usage: check_compose.py RESOLVED_COMPOSE_YAML PATH/TO/reelfleet
@@ -50,6 +50,16 @@ for name, s in ours.items():
         grace = s.get("stop_grace_period", "10s")
         if not grace.endswith("m") or int(grace[:-1]) * 60 <= int(env.get("REELFLEET_RUNTIME__GRACE_PERIOD_SECS", "30")):
             failures.append(f"{name}: stop_grace_period {grace} must be above the runtime grace period")
+
+# The SQS bridge (profile aws) feeds the uploads exchange; it consumes no work queue.
+bridges = workers.pop(("bridge-sqs",), [])
+if len(bridges) != 1:
+    failures.append(f"{len(bridges)} services run `worker bridge-sqs` (expected one, under the aws profile)")
+for name in bridges:
+    if services[name].get("profiles") != ["aws"]:
+        failures.append(f"{name}: the SQS bridge must only start with --profile aws")
+    if not services[name]["environment"].get("REELFLEET_SQS__QUEUE_URL"):
+        failures.append(f"{name}: REELFLEET_SQS__QUEUE_URL is not passed through")
 
 for q in topology["work_queues"]:
     want = (q["stage"],) + (("--tier", q["tier"]) if q["tier"] else ())

@@ -7,6 +7,7 @@
 //!   the `reelfleet` binary, free ports, a namespace's queues deleted.
 //! - [`clip`]: video clips made with ffmpeg's lavfi sources.
 //! - [`database`]: [`TestDatabase`], a PostgreSQL database per test.
+//! - [`moto`]: moto's server (S3, SQS, SNS) on a free port.
 //! - [`recorder`]: [`RequestRecorder`], an HTTP endpoint that records what it is sent.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -14,6 +15,7 @@
 pub mod clip;
 pub mod database;
 pub mod fleet;
+pub mod moto;
 pub mod recorder;
 pub mod stack;
 

@@ -16,43 +16,15 @@ use reelfleet_core::{
     settings::{Secret, Settings},
     topology::WorkQueue,
 };
-use reelfleet_tests::TestStack;
+use reelfleet_tests::{moto::Moto, TestStack};
 use std::{
     collections::BTreeSet,
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 use tokio_util::sync::CancellationToken;
 
-/// moto's server on a free port, killed when dropped.
-struct Moto {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn moto() -> Moto {
-    let bin = std::env::var("MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new(&bin)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("moto's server ({bin}) does not start: {e}; run scripts/test, or set MOTO_SERVER"));
-    let url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while reqwest::get(format!("{url}/moto-api/")).await.is_err() {
-        assert!(Instant::now() < deadline, "moto's server did not answer on {url}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Moto { child, url }
+    Moto::start().await.unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn s3(url: &str) -> aws_sdk_s3::Client {

@@ -3,6 +3,7 @@
 //! - [`commands`]: the command line: [`commands::Cli`], one module per command owning its arguments and output.
 //! - [`fleet`]: stages built from settings and run with one runtime and its health server.
 //! - [`dev`]: the embedded default: S3 endpoint, provider simulator and all four workers in one process.
+//! - [`backfill`]: a bucket's existing objects announced to ingest, once, or polled.
 //! - [`ops`]: what `submit`, `status`, `jobs` and `queues` do.
 //! - [`scale`]: queue depth and the replicas KEDA would run, per chart worker.
 //! - [`dlq`]: dead-letter operations: ls, show, replay, purge, export, import.
@@ -13,6 +14,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod backfill;
 pub mod commands;
 pub mod dev;
 pub mod dlq;

@@ -98,6 +98,28 @@ pub struct ObjectInfo {
     pub metadata: HashMap<String, String>,
 }
 
+/// One object of a listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedObject {
+    /// Its key.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// ETag without quotes.
+    pub etag: Option<String>,
+    /// When it was last written, as the store reports it.
+    pub last_modified: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// One page of a listing, and where the next one starts.
+#[derive(Clone, Debug, Default)]
+pub struct ListPage {
+    /// The page's objects, in key order.
+    pub objects: Vec<ListedObject>,
+    /// The continuation token of the next page; `None` on the last.
+    pub next: Option<String>,
+}
+
 fn quoted(etag: &str) -> String {
     format!("\"{}\"", etag.trim_matches('"'))
 }
@@ -477,6 +499,39 @@ impl Storage {
             }
         }
         Ok(keys)
+    }
+
+    /// One page (up to 1000 objects) of the keys under `prefix`, with sizes,
+    /// ETags and times; pass the previous page's `next` to continue.
+    pub async fn list_page(&self, bucket: &str, prefix: &str, token: Option<String>) -> Result<ListPage, StorageError> {
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .set_continuation_token(token)
+            .send()
+            .await
+            .map_err(|e| classify(e, bucket, prefix))?;
+        let objects = out
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                Some(ListedObject {
+                    key: o.key()?.to_string(),
+                    size: o.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+                    etag: o.e_tag().map(|e| e.trim_matches('"').to_string()),
+                    last_modified: o
+                        .last_modified()
+                        .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
+                })
+            })
+            .collect();
+        let next = match out.next_continuation_token() {
+            Some(t) if out.is_truncated() == Some(true) => Some(t.to_string()),
+            _ => None,
+        };
+        Ok(ListPage { objects, next })
     }
 
     /// Deletes an object (absent is fine).

@@ -1089,6 +1089,194 @@ async fn sandbox(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Fills an SQS queue with `n` single-record S3 events, ten per batch, eight batches at once.
+async fn fill_sqs(sqs: &aws_sdk_sqs::Client, queue_url: &str, n: usize) -> anyhow::Result<()> {
+    use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+    let batches: Vec<Vec<usize>> = (0..n).collect::<Vec<_>>().chunks(10).map(<[usize]>::to_vec).collect();
+    futures::stream::iter(batches)
+        .map(|batch| async move {
+            let entries = batch
+                .iter()
+                .map(|i| {
+                    let body = reelfleet_core::s3event::minio_event(
+                        "ObjectCreated:Put",
+                        "uploads",
+                        &format!("bench/{i} clip+é.mp4"),
+                        1024,
+                        &format!("{i:032x}"),
+                        "bench",
+                    );
+                    SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(String::from_utf8(body).expect("utf-8"))
+                        .build()
+                        .expect("entry")
+                })
+                .collect::<Vec<_>>();
+            sqs.send_message_batch().queue_url(queue_url).set_entries(Some(entries)).send().await
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(())
+}
+
+/// `ingest`: S3 events relayed from SQS (moto's server) to `<ns>.uploads` by
+/// the bridge, with publisher confirms and deletes after them, against the
+/// ceiling of the same SQS server drained by a bare receive-and-delete loop
+/// (no broker) with the same batch size and as many pollers.
+async fn ingest(args: &[String]) -> anyhow::Result<()> {
+    use reelfleet_bridge::SqsBridge;
+    let events = arg(args, "--events", 3000)?;
+    let pollers = arg(args, "--pollers", 4)?;
+    let moto = reelfleet_tests::moto::Moto::start().await?;
+    let sqs = moto.sqs();
+    println!("ingest: {events} S3 events in SQS (moto's server), {pollers} pollers of batches of 10");
+
+    // Ceiling: receive 10, delete 10, nothing else.
+    let ceiling_url = sqs.create_queue().queue_name("bench-ceiling").send().await?.queue_url.context("queue url")?;
+    fill_sqs(&sqs, &ceiling_url, events).await?;
+    let drained = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..pollers {
+        let (sqs, url, drained) = (sqs.clone(), ceiling_url.clone(), drained.clone());
+        tasks.push(tokio::spawn(async move {
+            use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
+            while drained.load(Ordering::SeqCst) < events {
+                let got = sqs
+                    .receive_message()
+                    .queue_url(&url)
+                    .max_number_of_messages(10)
+                    .wait_time_seconds(1)
+                    .send()
+                    .await?;
+                let entries: Vec<_> = got
+                    .messages()
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, m)| {
+                        DeleteMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .receipt_handle(m.receipt_handle()?)
+                            .build()
+                            .ok()
+                    })
+                    .collect();
+                if entries.is_empty() {
+                    continue;
+                }
+                let n = entries.len();
+                sqs.delete_message_batch().queue_url(&url).set_entries(Some(entries)).send().await?;
+                drained.fetch_add(n, Ordering::SeqCst);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let ceiling_secs = t0.elapsed().as_secs_f64();
+
+    // The bridge: same queue contents, `pollers` bridges, counted on the broker.
+    let mut settings = bench_settings("ingest");
+    let queue_url = sqs.create_queue().queue_name("bench-bridge").send().await?.queue_url.context("queue url")?;
+    fill_sqs(&sqs, &queue_url, events).await?;
+    settings.sqs.queue_url = queue_url;
+    settings.sqs.endpoint = Some(moto.url.clone());
+    settings.sqs.access_key = Secret::new("testing");
+    settings.sqs.secret_key = Secret::new("testing");
+    settings.sqs.wait_secs = 1;
+    let broker = Broker::new(&settings.broker, "reelfleet-bench")?;
+    let topology = Topology::from_settings(&settings);
+    broker.declare(&topology).await?;
+    let ingest_queue = topology.queue(WorkQueue::Ingest);
+    let channel = broker.channel().await?;
+    let depth = |channel: lapin::Channel, q: String| async move {
+        channel
+            .queue_declare(
+                q.as_str().into(),
+                QueueDeclareOptions { passive: true, ..Default::default() },
+                Default::default(),
+            )
+            .await
+            .map(|q| q.message_count() as usize)
+    };
+    let stop = CancellationToken::new();
+    let metrics = Metrics::new();
+    let t0 = Instant::now();
+    let mut bridges = Vec::new();
+    for _ in 0..pollers {
+        let bridge = SqsBridge::new(&settings, broker.clone(), &metrics, Readiness::default())?;
+        let stop = stop.clone();
+        bridges.push(tokio::spawn(async move { bridge.run(stop).await }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while depth(channel.clone(), ingest_queue.clone()).await? < events {
+        if Instant::now() > deadline {
+            bail!(
+                "the bridge relayed {} of {events} events in 600 s",
+                depth(channel.clone(), ingest_queue.clone()).await?
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let bridge_secs = t0.elapsed().as_secs_f64();
+    // Deleted from SQS after the confirms: wait until the queue is empty too.
+    let sqs_url = settings.sqs.queue_url.clone();
+    loop {
+        let a = sqs
+            .get_queue_attributes()
+            .queue_url(&sqs_url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await?;
+        let left: u64 = a.attributes().map(|m| m.values().filter_map(|v| v.parse::<u64>().ok()).sum()).unwrap_or(0);
+        if left == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{left} messages still in SQS after the relay");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let drained_secs = t0.elapsed().as_secs_f64();
+    stop.cancel();
+    for b in bridges {
+        let _ = b.await;
+    }
+    let relayed = depth(channel.clone(), ingest_queue.clone()).await?;
+    delete_namespace(&broker, &topology).await;
+    if relayed != events {
+        bail!("{relayed} events reached {ingest_queue}, expected {events}: a duplicate or a loss");
+    }
+
+    let bridge_rate = events as f64 / bridge_secs;
+    let ceiling_rate = events as f64 / ceiling_secs;
+    println!("  receive + delete only (ceiling): {ceiling_rate:>8.0} events/s ({ceiling_secs:.2} s)");
+    println!("  bridge, confirmed publishes:     {bridge_rate:>8.0} events/s ({bridge_secs:.2} s to the broker, {drained_secs:.2} s until SQS is empty)");
+    println!(
+        "  ratio bridge / ceiling: {:.3}; {relayed} events on the broker, none twice, none lost",
+        bridge_rate / ceiling_rate
+    );
+    let result = serde_json::json!({
+        "machine": machine(),
+        "events": events,
+        "pollers": pollers,
+        "ceiling_events_per_sec": ceiling_rate,
+        "bridge_events_per_sec": bridge_rate,
+        "bridge_secs_until_sqs_empty": drained_secs,
+        "ratio": bridge_rate / ceiling_rate,
+        "relayed": relayed,
+    });
+    let path = write_result("ingest-bridge", &result)?;
+    println!("  wrote {}", path.display());
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -1098,6 +1286,7 @@ async fn main() -> anyhow::Result<()> {
         Some("inference") => inference(&args[1..]).await,
         Some("scaling") => scaling(&args[1..]).await,
         Some("sandbox") => sandbox(&args[1..]).await,
-        _ => bail!("usage: reelfleet-bench transcode [--clips N] [--seconds S] | overhead [--jobs N] | inference [--jobs N] [--rate R] | scaling [--clips N] [--seconds S] | sandbox [--runs N] [--seconds S]"),
+        Some("ingest") => ingest(&args[1..]).await,
+        _ => bail!("usage: reelfleet-bench transcode [--clips N] [--seconds S] | overhead [--jobs N] | inference [--jobs N] [--rate R] | scaling [--clips N] [--seconds S] | sandbox [--runs N] [--seconds S] | ingest [--events N] [--pollers P]"),
     }
 }

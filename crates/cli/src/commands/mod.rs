@@ -8,6 +8,7 @@
 //! - [`dev`]: `dev` and `simulator`.
 //! - [`worker`]: the `worker` command.
 //! - [`submit`]: the `submit` command.
+//! - [`backfill`]: the `backfill` command.
 //! - [`jobs`]: `jobs`, `status` and `route`.
 //! - [`queues`]: the `queues` command.
 //! - [`scale`]: the `scale` command.
@@ -17,6 +18,7 @@
 //! - [`ledger`]: `ledger reconcile`.
 //! - [`media`]: `media plan`.
 
+pub mod backfill;
 pub mod config;
 pub mod dev;
 pub mod dlq;
@@ -65,6 +67,9 @@ pub enum Command {
     Worker(worker::WorkerArgs),
     /// Upload videos or a generation prompt into the upload bucket.
     Submit(submit::SubmitArgs),
+    /// Announce what is already in a bucket to ingest (`s3://bucket/prefix`); job
+    /// ids are derived from each object, so running it twice never duplicates work.
+    Backfill(backfill::BackfillArgs),
     /// Show one job's manifest.
     Status(jobs::StatusArgs),
     /// List jobs.
@@ -99,6 +104,7 @@ impl Command {
             Command::Simulator(args) => dev::run_simulator(settings, args).await,
             Command::Worker(args) => worker::run(settings, args).await,
             Command::Submit(args) => submit::run(settings, args).await,
+            Command::Backfill(args) => backfill::run(settings, args).await,
             Command::Status(args) => jobs::run_status(settings, args).await,
             Command::Jobs(args) => jobs::run(settings, args).await,
             Command::Queues(args) => queues::run(settings, args).await,

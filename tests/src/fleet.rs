@@ -30,11 +30,16 @@ pub fn free_port() -> u16 {
 /// The `reelfleet` binary built beside the running one (same profile).
 pub fn reelfleet_binary() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let bin = exe.parent().context("exe dir")?.join("reelfleet");
+    let mut dir = exe.parent().context("exe dir")?;
+    // A test binary runs from `<profile>/deps`.
+    if dir.ends_with("deps") {
+        dir = dir.parent().context("profile dir")?;
+    }
+    let bin = dir.join("reelfleet");
     if !bin.exists() {
         bail!(
             "{} not built: run `cargo build -p reelfleet-cli --bin reelfleet` with this build's profile first \
-             (scripts/chaos and scripts/bench do)",
+             (scripts/test, scripts/chaos and scripts/bench do)",
             bin.display()
         );
     }

@@ -29,6 +29,8 @@ pub struct Uses {
     pub provider: bool,
     /// Reads the SQS queue (`sqs.access_key`, `sqs.secret_key`).
     pub sqs: bool,
+    /// Serves the intake API (at least one `[[intake.clients]]`, each well formed).
+    pub intake: bool,
 }
 
 impl Settings {
@@ -55,6 +57,9 @@ impl Settings {
                     "{name} is a well-known value that shipped in samples; set the credential your store or provider issued"
                 )));
             }
+        }
+        if uses.intake {
+            self.intake.check_clients().map_err(SettingsError::Value)?;
         }
         check_broker_url(self.broker.url.expose())
     }
@@ -114,6 +119,24 @@ mod tests {
         s.inference.api_key = Secret::default();
         assert!(refusal(&s).contains("inference.api_key is not set"));
         s.check_credentials(Uses::default()).unwrap();
+    }
+
+    #[test]
+    fn intake_needs_a_well_formed_client() {
+        let intake = Uses { intake: true, ..Default::default() };
+        let mut s = good();
+        assert!(s.check_credentials(intake).unwrap_err().to_string().contains("reelfleet intake client"));
+        s.intake.clients.push(super::super::IntakeClient {
+            id: "acme".into(),
+            api_key_sha256: "ab".repeat(32),
+            secret: Secret::new(crate::webhooks::WebhookSecret::generate().encode()),
+        });
+        s.check_credentials(intake).unwrap();
+        s.intake.clients[0].api_key_sha256 = "rk_live_plaintext".into();
+        assert!(s.check_credentials(intake).unwrap_err().to_string().contains("api_key_sha256"));
+        s.intake.clients[0].api_key_sha256 = "ab".repeat(32);
+        s.intake.clients[0].secret = Secret::new("whsec_c2hvcnQ=");
+        assert!(s.check_credentials(intake).unwrap_err().to_string().contains("secret"));
     }
 
     #[test]

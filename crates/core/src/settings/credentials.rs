@@ -58,7 +58,11 @@ impl Settings {
                 )));
             }
         }
-        if uses.intake {
+        // Clients given anywhere are checked (so `config check` refuses a bad
+        // one); none at all is refused only where the intake runs.
+        let configured =
+            !self.intake.clients.is_empty() || self.intake.clients_file.as_deref().is_some_and(|f| !f.is_empty());
+        if uses.intake || configured {
             self.intake.check_clients().map_err(SettingsError::Value)?;
         }
         check_broker_url(self.broker.url.expose())
@@ -137,6 +141,12 @@ mod tests {
         s.intake.clients[0].api_key_sha256 = "ab".repeat(32);
         s.intake.clients[0].secret = Secret::new("whsec_c2hvcnQ=");
         assert!(s.check_credentials(intake).unwrap_err().to_string().contains("secret"));
+        // A process that does not serve the intake still refuses a malformed client...
+        assert!(s.check_credentials(Uses::default()).is_err());
+        // ...and a clients file that is not there.
+        let mut s = good();
+        s.intake.clients_file = Some("/nonexistent/clients.toml".into());
+        assert!(s.check_credentials(Uses::default()).unwrap_err().to_string().contains("clients_file"));
     }
 
     #[test]

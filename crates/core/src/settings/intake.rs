@@ -118,3 +118,54 @@ impl IntakeSettings {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::Settings;
+
+    fn client(id: &str) -> IntakeClient {
+        IntakeClient {
+            id: id.into(),
+            api_key_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(id.as_bytes())),
+            secret: Secret::new(crate::webhooks::WebhookSecret::generate().encode()),
+        }
+    }
+
+    #[test]
+    fn secrets_are_redacted_and_clients_checked() {
+        let mut s = Settings::default();
+        s.intake.clients = vec![client("acme")];
+        s.intake.gcs_verification_token = Some(Secret::new("push-token-hunter2"));
+        let shown = serde_json::to_string(&s.redacted()).unwrap();
+        assert!(!shown.contains("whsec_") && !shown.contains("hunter2"), "{shown}");
+        s.intake.check_clients().unwrap();
+        s.intake.clients.push(client("acme"));
+        assert!(s.intake.check_clients().unwrap_err().contains("listed twice"));
+        s.intake.clients[1].id = "other one".into();
+        assert!(s.intake.check_clients().unwrap_err().contains("letters, digits"));
+    }
+
+    #[test]
+    fn a_clients_file_adds_clients() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clients.toml");
+        let c = client("beta");
+        let text = format!(
+            "[[clients]]\nid = \"beta\"\napi_key_sha256 = \"{}\"\nsecret = \"{}\"\n",
+            c.api_key_sha256,
+            c.secret.expose()
+        );
+        std::fs::write(&path, text).unwrap();
+        let settings = IntakeSettings {
+            clients: vec![client("acme")],
+            clients_file: Some(path.display().to_string()),
+            ..Default::default()
+        };
+        let ids: Vec<String> = settings.all_clients().unwrap().into_iter().map(|c| c.id).collect();
+        assert_eq!(ids, ["acme", "beta"]);
+        settings.check_clients().unwrap();
+        std::fs::write(&path, "[[clients]]\nid = \"x\"\n").unwrap();
+        assert!(settings.all_clients().unwrap_err().contains("clients_file"));
+    }
+}

@@ -188,6 +188,8 @@ async fn unsigned_forged_stale_and_replayed_requests_are_refused() {
     assert_eq!(first.status, 202, "{}", first.body);
     let replay = api.send("/v1/jobs", &body, API_KEY, &api.secret, &id, ts, None).await;
     assert_eq!((replay.status, replay.body["error"]["code"].as_str()), (401, Some("replayed")));
+    let keyed = api.send("/v1/jobs", &body, API_KEY, &api.secret, &id, ts, Some("added-later")).await;
+    assert_eq!((keyed.status, keyed.body["error"]["code"].as_str()), (401, Some("replayed")));
 
     let big = serde_json::to_vec(&json!({"source": format!("s3://{SRC}/a.mp4"), "x": "y".repeat(70_000)})).unwrap();
     let a = api.send("/v1/jobs", &big, API_KEY, &api.secret, &fresh_id(), now(), None).await;
@@ -230,6 +232,9 @@ async fn an_idempotent_retry_answers_the_same_and_publishes_once() {
     assert_eq!(sent.status, 202, "{}", sent.body);
     let resent = api.send("/v1/jobs", &bytes, API_KEY, &api.secret, &id, ts, Some("order-43")).await;
     assert_eq!((resent.status, &resent.body, resent.replayed), (202, &sent.body, true));
+    // The key header is not signed: a seen id with another key is a replay.
+    let forged = api.send("/v1/jobs", &bytes, API_KEY, &api.secret, &id, ts, Some("order-44")).await;
+    assert_eq!((forged.status, forged.body["error"]["code"].as_str()), (401, Some("replayed")));
 
     let other = json!({"source": format!("s3://{SRC}/b.mp4"), "metadata": {"n": "2"}});
     let conflict = api.post("/v1/jobs", &other, Some("order-42")).await;

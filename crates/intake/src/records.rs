@@ -51,6 +51,23 @@ pub struct Records {
 #[derive(Serialize, Deserialize)]
 struct Seen {
     seen_at: DateTime<Utc>,
+    /// SHA-256 of the `Idempotency-Key` the id first came with, if any.
+    #[serde(default)]
+    idempotency_key_sha256: Option<String>,
+}
+
+/// What the record of a `webhook-id` says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sight {
+    /// First seen now.
+    First,
+    /// Seen within the window before: a replay, unless it is the sender's
+    /// retry of an idempotent request (`same_key`: it came with the very
+    /// `Idempotency-Key` of its first sight, the header being unsigned).
+    Again {
+        /// The id first came with this request's `Idempotency-Key`.
+        same_key: bool,
+    },
 }
 
 /// Whether an idempotent request is still running or has answered.
@@ -135,32 +152,42 @@ impl Records {
         }
     }
 
-    /// Records `webhook_id` of `client` as seen; `false` when it already was
-    /// within the window (a replay).
-    pub async fn first_sight(&self, client: &str, webhook_id: &str) -> Result<bool, StorageError> {
+    /// Records `webhook_id` of `client` as seen (with the request's
+    /// `Idempotency-Key`, if any), or says it was within the window.
+    pub async fn sight(
+        &self,
+        client: &str,
+        webhook_id: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<Sight, StorageError> {
         let key = format!("intake/seen/{client}/{}", sha256_hex(webhook_id.as_bytes()));
-        let body = || serde_json::to_vec(&Seen { seen_at: Utc::now() }).unwrap_or_default();
+        let key_sha256 = idempotency_key.map(|k| sha256_hex(k.as_bytes()));
+        let body = || {
+            let seen = Seen { seen_at: Utc::now(), idempotency_key_sha256: key_sha256.clone() };
+            serde_json::to_vec(&seen).unwrap_or_default()
+        };
+        let again = Sight::Again { same_key: false };
         let mut condition = WriteCondition::Absent;
         for _ in 0..ROUNDS {
             match self.storage.put_bytes_if(&self.bucket, &key, body(), "application/json", &condition).await? {
-                ConditionalPut::Stored(_) => return Ok(true),
+                ConditionalPut::Stored(_) => return Ok(Sight::First),
                 ConditionalPut::PreconditionFailed => {}
             }
             match self.storage.get_bytes_versioned(&self.bucket, &key, MAX_RECORD_BYTES).await {
                 Ok((bytes, etag)) => {
-                    let seen_at =
-                        serde_json::from_slice::<Seen>(&bytes).map(|s| s.seen_at).unwrap_or_else(|_| Utc::now());
-                    if Utc::now() - seen_at <= self.tolerance * 2 {
-                        return Ok(false);
+                    let Ok(seen) = serde_json::from_slice::<Seen>(&bytes) else { return Ok(again) };
+                    if Utc::now() - seen.seen_at <= self.tolerance * 2 {
+                        let same_key = key_sha256.is_some() && seen.idempotency_key_sha256 == key_sha256;
+                        return Ok(Sight::Again { same_key });
                     }
-                    let Some(etag) = etag else { return Ok(false) };
+                    let Some(etag) = etag else { return Ok(again) };
                     condition = WriteCondition::Matches(etag);
                 }
                 Err(StorageError::NotFound { .. }) => condition = WriteCondition::Absent,
                 Err(e) => return Err(e),
             }
         }
-        Ok(false)
+        Ok(again)
     }
 
     fn idempotency_key(client: &str, key: &str) -> String {

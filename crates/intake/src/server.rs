@@ -3,8 +3,8 @@
 //! publish confirmed by the broker).
 //!
 //! Every `/v1/jobs` and `/v1/batches` request goes through the same steps:
-//! body size (413), API key and signature (401), replay (401, unless the
-//! request carries an `Idempotency-Key`, whose record decides), content type
+//! body size (413), API key and signature (401), replay (401, unless the id
+//! first came with this same `Idempotency-Key`, whose record decides), content type
 //! (415), JSON (400), fields (422, nothing published), `Idempotency-Key`
 //! (replay or 409), then the sources are resolved (an `s3://` object must
 //! exist: 422 otherwise), every acceptance record is written, and only then
@@ -15,7 +15,7 @@ use crate::{
     error::{ApiError, FieldError},
     gcs::{parse_push, Notification},
     jobs::{self, check_idempotency_key, parse_job, JobSpec, Source},
-    records::{Acceptance, Idempotency, Records},
+    records::{Acceptance, Idempotency, Records, Sight},
 };
 use axum::{
     body::{Body, Bytes},
@@ -195,10 +195,13 @@ impl Intake {
         let body = self.read_body(body).await?;
         let now = Utc::now().timestamp();
         let (client, webhook_id) = authenticate(&self.0.clients, headers, &body, now, self.tolerance())?;
-        let first_sight = self.0.records.first_sight(&client.id, webhook_id).await.map_err(storage_error)?;
-        // A sender retries with the same webhook-id; with an Idempotency-Key
-        // that retry gets the stored answer below, and nothing is published twice.
-        if !first_sight && !headers.contains_key(IDEMPOTENCY_HEADER) {
+        let key_header = headers.get(IDEMPOTENCY_HEADER).and_then(|v| v.to_str().ok());
+        let sight = self.0.records.sight(&client.id, webhook_id, key_header).await.map_err(storage_error)?;
+        // A sender retries with the same webhook-id: when the id first came
+        // with this very Idempotency-Key, the retry gets the stored answer
+        // below and nothing is published twice. The header is not signed, so
+        // any other key (or none) on a seen id is a replay.
+        if sight == (Sight::Again { same_key: false }) {
             return Err(ApiError::unauthorized("replayed", format!("webhook-id {webhook_id:?} was already used")));
         }
         let json_type = headers

@@ -353,3 +353,56 @@ async fn a_cloud_storage_push_becomes_a_job_and_a_wrong_token_is_refused() {
     assert_eq!(env.request.map(|r| r.via).as_deref(), Some("gcs"));
     stack.cleanup().await;
 }
+
+#[tokio::test]
+async fn two_replicas_share_replays_and_idempotency_keys() {
+    let (stack, api) = start(&[]).await;
+    let ingest = stack.queue(WorkQueue::Ingest);
+    put_object(&stack, "e.mp4", vec![5; 64]).await;
+    // A second intake in this process: its own broker pool and object store
+    // client, the same settings, bucket and namespace.
+    let settings = std::sync::Arc::new(stack.settings().clone());
+    let broker = reelfleet_core::broker::Broker::new(&settings.broker, "intake-replica").unwrap();
+    let replica = reelfleet_intake::Intake::new(
+        settings.clone(),
+        reelfleet_core::storage::Storage::new(&settings.s3),
+        broker,
+        &reelfleet_core::metrics::Metrics::new(),
+    )
+    .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (addr, _task) = replica.serve("127.0.0.1:0", stop.clone()).await.unwrap();
+    let other = Api { base: format!("http://{addr}"), secret: api.secret.clone(), http: reqwest::Client::new() };
+    let body = serde_json::to_vec(&json!({"source": format!("s3://{SRC}/e.mp4")})).unwrap();
+
+    // The same message sent to both replicas at once, eight times over: one is accepted.
+    let (id, ts) = (fresh_id(), now());
+    let sends = (0..8).map(|i| {
+        let target = if i % 2 == 0 { &api } else { &other };
+        target.send("/v1/jobs", &body, API_KEY, &api.secret, &id, ts, None)
+    });
+    let mut statuses: Vec<u16> = futures::future::join_all(sends).await.into_iter().map(|a| a.status).collect();
+    statuses.sort();
+    assert_eq!(statuses, [202, 401, 401, 401, 401, 401, 401, 401]);
+
+    // One Idempotency-Key used by eight different messages at once: every
+    // answer is the first one (or "in progress"), and one job is published.
+    let ids: Vec<String> = (0..8).map(|_| fresh_id()).collect();
+    let sends = ids.iter().enumerate().map(|(i, id)| {
+        let target = if i % 2 == 0 { &api } else { &other };
+        target.send("/v1/jobs", &body, API_KEY, &api.secret, id, now(), Some("shared-key"))
+    });
+    let answers = futures::future::join_all(sends).await;
+    let accepted: Vec<&Answer> = answers.iter().filter(|a| a.status == 202).collect();
+    assert!(!accepted.is_empty(), "{:?}", answers.iter().map(|a| &a.body).collect::<Vec<_>>());
+    assert!(accepted.iter().all(|a| a.body == accepted[0].body));
+    assert!(answers
+        .iter()
+        .all(|a| a.status == 202 || a.body["error"]["code"].as_str() == Some("idempotency_in_progress")));
+    assert_eq!(accepted.iter().filter(|a| !a.replayed).count(), 1, "one request did the work");
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stack.depth(&ingest).await, 2, "one publish for the message, one for the key");
+    stop.cancel();
+    stack.cleanup().await;
+}

@@ -12,7 +12,10 @@ For the default values and each values file in helm/reelfleet/ci/:
   - the ConfigMap + Secret environment is accepted by `reelfleet config check`
     (the same names the binary reads, no unknown setting);
   - probes, grace period, resources and PodDisruptionBudgets are where they
-    must be.
+    must be;
+  - with `intake.enabled`, the intake runs `reelfleet intake` on the port its
+    Service targets, its clients file comes from a Secret the binary accepts,
+    and its own NetworkPolicy opens the API port only.
 Then values that must be refused are refused, the HPA fallback renders one HPA
 per Deployment, and every value in values.yaml carries a comment.
 

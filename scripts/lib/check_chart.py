@@ -12,7 +12,10 @@ For the default values and each values file in helm/reelfleet/ci/:
   - the ConfigMap + Secret environment is accepted by `reelfleet config check`
     (the same names the binary reads, no unknown setting);
   - probes, grace period, resources and PodDisruptionBudgets are where they
-    must be.
+    must be;
+  - with `intake.enabled`, the intake runs `reelfleet intake` on the port its
+    Service targets, its clients file comes from a Secret the binary accepts,
+    and its own NetworkPolicy opens the API port only.
 Then values that must be refused are refused, the HPA fallback renders one HPA
 per Deployment, and every value in values.yaml carries a comment.
 
@@ -20,6 +23,7 @@ Usage: check_chart.py PATH/TO/reelfleet
 """
 
 import base64
+import hashlib
 import json
 import os
 import subprocess
@@ -149,6 +153,13 @@ CREDENTIALS = {
 SQS_QUEUE = "https://sqs.eu-west-1.amazonaws.com/123456789012/uploads-events"
 BRIDGE = {"bridgeSqs": {"enabled": True}, "config": {"sqs": {"queue_url": SQS_QUEUE, "region": "eu-west-1"}}}
 GIVEN = {"secrets": {"values": CREDENTIALS}}
+# One intake client as `reelfleet intake client` prints it (the key's hash, never the key).
+INTAKE_CLIENTS = (
+    '[[clients]]\nid = "chart-check"\n'
+    f'api_key_sha256 = "{hashlib.sha256(b"rfk_chart_check").hexdigest()}"\n'
+    f'secret = "whsec_{base64.b64encode(bytes(range(32))).decode()}"\n'
+)
+INTAKE = {"intake": {"enabled": True, "clientsToml": INTAKE_CLIENTS}}
 
 
 def with_credentials(values):
@@ -167,7 +178,9 @@ def check_hardening(case, docs, values):
     listed peers; ffmpeg threads follow a CPU limit; scratch sized from what a
     worker holds at once."""
     net = values.get("networkPolicy", {})
-    policies = by_kind(docs, "NetworkPolicy")
+    every = by_kind(docs, "NetworkPolicy")
+    policies = [p for p in every if p["metadata"]["labels"].get("app.kubernetes.io/component") != "intake"]
+    check_intake_policy(case, [p for p in every if p not in policies], values)
     if net.get("enabled", True):
         if len(policies) != 1:
             fail(case, f"expected one NetworkPolicy, found {len(policies)}")
@@ -188,10 +201,10 @@ def check_hardening(case, docs, values):
         name = d["metadata"]["name"]
         pod = d["spec"]["template"]["spec"]
         container = pod["containers"][0]
-        if d["metadata"]["labels"].get("reelfleet.io/stage") == "bridge-sqs":
-            # No ffmpeg, no scratch: it relays small messages.
-            if "volumes" in pod or "REELFLEET_MEDIA__THREADS" in str(container.get("env")):
-                fail(case, f"{name}: the bridge needs no scratch volume or media threads")
+        if d["metadata"]["labels"].get("reelfleet.io/stage") in ("bridge-sqs", "intake"):
+            # No ffmpeg, no scratch: they relay small messages.
+            if any(v["name"] == "scratch" for v in pod.get("volumes", [])) or "REELFLEET_MEDIA__THREADS" in str(container.get("env")):
+                fail(case, f"{name}: the bridge and the intake need no scratch volume or media threads")
             continue
         env = {e["name"]: e.get("value") for e in container.get("env", [])}
         cpu = container.get("resources", {}).get("limits", {}).get("cpu")
@@ -213,6 +226,76 @@ def check_hardening(case, docs, values):
                 held = config.get("broker", {}).get("prefetch", 4) * config.get("limits", {}).get("max_bytes", 10 << 30) * 3
             if size != f"{held // (1 << 20)}Mi":
                 fail(case, f"{name}: scratch {size}, expected {held // (1 << 20)}Mi for what it holds at once")
+
+
+def check_intake_policy(case, policies, values):
+    """With the intake and network policies on, one more policy opens the API
+    port to the intake pods, and nothing else."""
+    wanted = values.get("intake", {}).get("enabled") and values.get("networkPolicy", {}).get("enabled", True)
+    if not wanted:
+        if policies:
+            fail(case, "an intake NetworkPolicy without the intake (or with network policies off)")
+        return
+    if len(policies) != 1:
+        fail(case, f"expected one intake NetworkPolicy, found {len(policies)}")
+        return
+    spec = policies[0]["spec"]
+    if spec["podSelector"]["matchLabels"].get("app.kubernetes.io/component") != "intake":
+        fail(case, "the intake NetworkPolicy selects more than the intake pods")
+    ports = [p.get("port") for rule in spec.get("ingress", []) for p in rule.get("ports", [])]
+    if ports != ["http-api"] or spec.get("policyTypes") != ["Ingress"] or spec.get("egress"):
+        fail(case, f"the intake NetworkPolicy must open the API port only, got {ports}")
+
+
+def check_intake(case, docs, values, reelfleet):
+    """The intake, when enabled: `reelfleet intake` listening on the port its
+    Service targets, its clients file mounted from a Secret holding
+    clients.toml, and the binary accepting those clients."""
+    enabled = values.get("intake", {}).get("enabled", False)
+    deployments = [d for d in by_kind(docs, "Deployment") if d["spec"]["template"]["spec"]["containers"][0]["args"] == ["intake"]]
+    services = [s for s in by_kind(docs, "Service") if s["metadata"]["labels"].get("app.kubernetes.io/component") == "intake"]
+    if not enabled:
+        if deployments or services:
+            fail(case, "intake is disabled but an intake is rendered")
+        return
+    if len(deployments) != 1 or len(services) != 1:
+        fail(case, f"expected one intake Deployment and Service, got {len(deployments)} and {len(services)}")
+        return
+    pod = deployments[0]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    bind_port = int(env.get("REELFLEET_INTAKE__BIND_ADDR", ":0").rsplit(":", 1)[1])
+    if ports.get("http-api") != bind_port or services[0]["spec"]["ports"][0]["targetPort"] != "http-api":
+        fail(case, f"the intake listens on {bind_port}, its container port is {ports.get('http-api')}, the Service targets {services[0]['spec']['ports'][0]['targetPort']}")
+    selector = services[0]["spec"]["selector"]
+    if not all(pod_labels.get(k) == v for pod_labels in [deployments[0]["spec"]["template"]["metadata"]["labels"]] for k, v in selector.items()):
+        fail(case, "the intake Service does not select the intake pods")
+    clients_file = env.get("REELFLEET_INTAKE__CLIENTS_FILE", "")
+    mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+    volume = next((v for v in pod.get("volumes", []) if v["name"] == mounts.get(os.path.dirname(clients_file))), None)
+    if not volume or "secret" not in volume:
+        fail(case, f"the intake's clients file {clients_file} is not mounted from a Secret")
+        return
+    secret_name = volume["secret"]["secretName"]
+    made = {s["metadata"]["name"]: s for s in by_kind(docs, "Secret")}
+    clients = values["intake"].get("clientsToml") or INTAKE_CLIENTS
+    if secret_name in made:
+        data = made[secret_name].get("data", {})
+        if "clients.toml" not in data:
+            fail(case, f"Secret {secret_name} has no clients.toml")
+            return
+        clients = base64.b64decode(data["clients.toml"]).decode()
+    # The binary reads the clients as the pod would: `config check` refuses a malformed one.
+    env_check = {k: v for k, v in os.environ.items() if not k.startswith("REELFLEET_")}
+    env_check.update(CREDENTIALS)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "clients.toml"
+        path.write_text(clients)
+        env_check["REELFLEET_INTAKE__CLIENTS_FILE"] = str(path)
+        out = subprocess.run([reelfleet, "config", "check"], env=env_check, capture_output=True, text=True)
+    if out.returncode != 0:
+        fail(case, f"`reelfleet config check` refuses the intake's clients: {out.stderr.strip()}")
 
 
 def check_secret_rolls_pods():
@@ -266,7 +349,8 @@ def check_settings(case, docs, values, reelfleet):
         fail(case, f"expected one settings ConfigMap, found {len(settings)}")
         return
     env.update(settings[0]["data"])
-    secrets = by_kind(docs, "Secret")
+    # The release's Secret of REELFLEET_ variables (not the intake's clients file).
+    secrets = [s for s in by_kind(docs, "Secret") if all(k.startswith("REELFLEET_") for k in s.get("data", {}))]
     if secrets:
         for key, value in secrets[0].get("data", {}).items():
             env[key] = base64.b64decode(value).decode()
@@ -336,12 +420,13 @@ def check_workloads(case, docs, values):
         ]
         if values.get("podDisruptionBudget", {}).get("enabled", True) and len(covering) != 1:
             fail(case, f"{name}: {len(covering)} PodDisruptionBudgets select it, expected 1")
-        if container["args"][0] != "worker":
+        if container["args"][0] != "worker" and container["args"] != ["intake"]:
             fail(case, f"{name}: does not run `reelfleet worker`: {container['args']}")
 
 
 def check_keda(case, docs, namespace, reelfleet, values, effective):
-    deployments = {d["metadata"]["name"]: d for d in by_kind(docs, "Deployment")}
+    # The intake answers HTTP; it has no queue to scale on.
+    deployments = {d["metadata"]["name"]: d for d in by_kind(docs, "Deployment") if d["metadata"]["labels"].get("reelfleet.io/stage") != "intake"}
     scaled = by_kind(docs, "ScaledObject")
     auths = {a["metadata"]["name"]: a for a in by_kind(docs, "TriggerAuthentication")}
     secrets = {s["metadata"]["name"]: s for s in by_kind(docs, "Secret")}
@@ -469,13 +554,15 @@ def check_case(case, values, reelfleet):
     mode = (values.get("autoscaling") or {}).get("mode", "keda")
     check_workloads(case, docs, values)
     check_hardening(case, docs, values)
+    check_intake(case, docs, values, reelfleet)
     effective = check_settings(case, docs, values, reelfleet)
     if mode == "keda":
         check_keda(case, docs, namespace, reelfleet, values, effective)
     elif mode == "hpa":
         hpas = by_kind(docs, "HorizontalPodAutoscaler")
         targets = sorted(h["spec"]["scaleTargetRef"]["name"] for h in hpas)
-        if targets != sorted(d["metadata"]["name"] for d in by_kind(docs, "Deployment")) or by_kind(docs, "ScaledObject"):
+        queued = [d for d in by_kind(docs, "Deployment") if d["metadata"]["labels"].get("reelfleet.io/stage") != "intake"]
+        if targets != sorted(d["metadata"]["name"] for d in queued) or by_kind(docs, "ScaledObject"):
             fail(case, f"HPA mode must give one HPA per Deployment and no ScaledObject, got HPAs for {targets}")
     if values.get("metrics", {}).get("serviceMonitor", {}).get("enabled"):
         (sm,) = by_kind(docs, "ServiceMonitor")
@@ -495,6 +582,7 @@ REFUSED = [
     ("no existing Secret and no credentials", {}),
     ("an empty signing key", {"secrets": {"values": dict(CREDENTIALS, REELFLEET_SIGNING__SECRET="")}}),
     ("the SQS bridge without its queue", {"bridgeSqs": {"enabled": True}}),
+    ("the intake without clients", {"intake": {"enabled": True}}),
     ("an unknown autoscaling mode", {"autoscaling": {"mode": "sometimes"}}),
     ("an inference worker without a tier", {"workers": {"inference-x": {"stage": "inference"}}}),
     ("a worker of no stage", {"workers": {"transcode": {"stage": "transcode"}}}),
@@ -545,6 +633,8 @@ def main():
     for path in sorted((CHART / "ci").glob("*.yaml")):
         cases.append((path.name, yaml.safe_load(path.read_text()) or {}))
     cases.append(("SQS bridge", BRIDGE))
+    cases.append(("intake API", INTAKE))
+    cases.append(("intake API, clients in an existing Secret", {"intake": {"enabled": True, "clientsSecret": "intake-clients"}}))
     cases.append(("HPA fallback", {"autoscaling": {"mode": "hpa"}}))
     cases.append(("fixed replicas", {"autoscaling": {"mode": "none"}, "podDisruptionBudget": {"enabled": False}}))
     for case, values in cases:

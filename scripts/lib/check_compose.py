@@ -3,7 +3,9 @@
 already checked): one worker service per work queue the topology declares,
 each running the right stage and tier; every reelfleet service's environment
 accepted by `reelfleet config check` (which refuses well-known credentials);
-every published port bound to 127.0.0.1; the SQS bridge under the aws profile; MinIO notifying the topology's uploads
+every published port bound to 127.0.0.1; the SQS bridge under the aws profile;
+one intake API service with its clients file mounted from the host (and
+accepted by `config check`); MinIO notifying the topology's uploads
 exchange with the arguments the workers declare it with.
 
 Usage: check_compose.py RESOLVED_COMPOSE_YAML PATH/TO/reelfleet
@@ -38,13 +40,45 @@ show = subprocess.run(
 )
 topology = json.loads(show.stdout)
 
+def mounts(service):
+    """Container path -> host path of a service's bind mounts (compose v2
+    resolves them to mappings, v1 keeps "source:target[:mode]")."""
+    out = {}
+    for v in service.get("volumes", []):
+        if isinstance(v, dict):
+            if v.get("type", "bind") == "bind":
+                out[v["target"]] = v["source"]
+        else:
+            parts = str(v).split(":")
+            if len(parts) >= 2:
+                out[parts[1]] = parts[0]
+    return out
+
+
 workers = {}
+intakes = []
 for name, s in ours.items():
     env = dict(clean, **{k: str(v) for k, v in s["environment"].items()})
+    # The intake's clients file is mounted: `config check` reads it where the host has it.
+    clients = env.get("REELFLEET_INTAKE__CLIENTS_FILE")
+    if clients:
+        host = mounts(s).get(clients)
+        if not host or not os.path.isfile(host):
+            failures.append(f"{name}: its clients file {clients} is not mounted from a file on the host ({host})")
+        else:
+            env["REELFLEET_INTAKE__CLIENTS_FILE"] = host
     out = subprocess.run([reelfleet, "config", "check"], env=env, capture_output=True, text=True)
     if out.returncode != 0:
         failures.append(f"{name}: `reelfleet config check` refuses its environment: {out.stderr.strip()}")
     command = s.get("command", [])
+    if command == ["intake"]:
+        intakes.append(name)
+        if not clients:
+            failures.append(f"{name}: runs the intake without REELFLEET_INTAKE__CLIENTS_FILE")
+        bind = env.get("REELFLEET_INTAKE__BIND_ADDR", "127.0.0.1:8088").rsplit(":", 1)[1]
+        targets = [str(p.get("target")) if isinstance(p, dict) else str(p).split(":")[-1].split("/")[0] for p in s.get("ports", [])]
+        if bind not in targets:
+            failures.append(f"{name}: listens on {bind}, publishes {targets}")
     if command[:1] == ["worker"]:
         workers.setdefault(tuple(command[1:]), []).append(name)
         grace = s.get("stop_grace_period", "10s")
@@ -60,6 +94,8 @@ for name in bridges:
         failures.append(f"{name}: the SQS bridge must only start with --profile aws")
     if not services[name]["environment"].get("REELFLEET_SQS__QUEUE_URL"):
         failures.append(f"{name}: REELFLEET_SQS__QUEUE_URL is not passed through")
+if len(intakes) != 1:
+    failures.append(f"expected one intake service, found {intakes}")
 
 for q in topology["work_queues"]:
     want = (q["stage"],) + (("--tier", q["tier"]) if q["tier"] else ())
@@ -93,5 +129,5 @@ for b in upload_buckets:
 report.finish(
     "compose",
     failures,
-    f"{len(services)} services, {len(workers)} workers, one per work queue, MinIO -> {topology['uploads_exchange']}",
+    f"{len(services)} services, {len(workers)} workers, one per work queue, the intake API, MinIO -> {topology['uploads_exchange']}",
 )

@@ -99,6 +99,8 @@ pub struct DevStack {
     pub shutdown: CancellationToken,
     /// Where the configuration was written.
     pub config_path: PathBuf,
+    /// The intake API's address; `None` without `[[intake.clients]]`.
+    pub intake: Option<std::net::SocketAddr>,
 }
 
 impl DevStack {
@@ -161,6 +163,7 @@ impl DevStack {
         let shutdown = CancellationToken::new();
 
         let metrics = reelfleet_core::metrics::Metrics::new();
+        let intake = start_intake(&settings, &storage, &broker, &metrics, &shutdown).await?;
         let stages = fleet::build_stages(&settings, &storage, &metrics, &opts.stages, &[]).await?;
         let fleet = fleet::start(settings.clone(), stages, metrics, shutdown.clone()).await?;
         info!(
@@ -171,7 +174,7 @@ impl DevStack {
             config = %config_path.display(),
             "reelfleet dev is running"
         );
-        Ok(Self { settings, s3, simulator, fleet, shutdown, config_path })
+        Ok(Self { settings, s3, simulator, fleet, shutdown, config_path, intake })
     }
 
     /// Drains the workers, then stops the servers.
@@ -182,4 +185,24 @@ impl DevStack {
         self.simulator.shutdown.cancel();
         let _ = self.s3.task.await;
     }
+}
+
+/// The intake API on `intake.bind_addr` when clients are configured (its
+/// metrics served with the workers'); it stops with `shutdown`.
+async fn start_intake(
+    settings: &Arc<Settings>,
+    storage: &Storage,
+    broker: &Broker,
+    metrics: &reelfleet_core::metrics::Metrics,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    if settings.intake.clients.is_empty() && settings.intake.clients_file.is_none() {
+        return Ok(None);
+    }
+    let intake = reelfleet_intake::Intake::new(settings.clone(), storage.clone(), broker.clone(), metrics)?;
+    let (addr, _task) = intake
+        .serve(&settings.intake.bind_addr, shutdown.clone())
+        .await
+        .with_context(|| format!("cannot listen on intake.bind_addr {}", settings.intake.bind_addr))?;
+    Ok(Some(addr))
 }

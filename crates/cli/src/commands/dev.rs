@@ -45,6 +45,10 @@ pub async fn run(settings: Settings, args: DevArgs) -> anyhow::Result<i32> {
         stack.settings.namespace,
         stack.config_path.display()
     );
+    match stack.intake {
+        Some(addr) => eprintln!("  intake API http://{addr}/v1/jobs"),
+        None => eprintln!("  intake API off: no [[intake.clients]] (make one: reelfleet intake client --id NAME)"),
+    }
     shutdown_signal().await;
     eprintln!("reelfleet dev: draining");
     stack.stop().await;

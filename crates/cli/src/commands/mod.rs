@@ -7,6 +7,7 @@
 //!
 //! - [`dev`]: `dev` and `simulator`.
 //! - [`worker`]: the `worker` command.
+//! - [`intake`]: `intake` (the API) and `intake client`.
 //! - [`submit`]: the `submit` command.
 //! - [`backfill`]: the `backfill` command.
 //! - [`jobs`]: `jobs`, `status` and `route`.
@@ -22,6 +23,7 @@ pub mod backfill;
 pub mod config;
 pub mod dev;
 pub mod dlq;
+pub mod intake;
 pub mod jobs;
 pub mod keys;
 pub mod ledger;
@@ -65,6 +67,8 @@ pub enum Command {
     Simulator(dev::SimulatorArgs),
     /// Run one stage's worker (or the SQS bridge) until SIGTERM/SIGINT.
     Worker(worker::WorkerArgs),
+    /// Serve the intake API (jobs, batches, Cloud Storage push) until SIGTERM/SIGINT; `intake client` makes a client.
+    Intake(intake::IntakeArgs),
     /// Upload videos or a generation prompt into the upload bucket.
     Submit(submit::SubmitArgs),
     /// Announce what is already in a bucket to ingest (`s3://bucket/prefix`); job
@@ -103,6 +107,7 @@ impl Command {
             Command::Dev(args) => dev::run(settings, args).await,
             Command::Simulator(args) => dev::run_simulator(settings, args).await,
             Command::Worker(args) => worker::run(settings, args).await,
+            Command::Intake(args) => intake::run(settings, args).await,
             Command::Submit(args) => submit::run(settings, args).await,
             Command::Backfill(args) => backfill::run(settings, args).await,
             Command::Status(args) => jobs::run_status(settings, args).await,

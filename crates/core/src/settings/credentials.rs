@@ -29,6 +29,8 @@ pub struct Uses {
     pub provider: bool,
     /// Reads the SQS queue (`sqs.access_key`, `sqs.secret_key`).
     pub sqs: bool,
+    /// Serves the intake API (at least one `[[intake.clients]]`, each well formed).
+    pub intake: bool,
 }
 
 impl Settings {
@@ -55,6 +57,13 @@ impl Settings {
                     "{name} is a well-known value that shipped in samples; set the credential your store or provider issued"
                 )));
             }
+        }
+        // Clients given anywhere are checked (so `config check` refuses a bad
+        // one); none at all is refused only where the intake runs.
+        let configured =
+            !self.intake.clients.is_empty() || self.intake.clients_file.as_deref().is_some_and(|f| !f.is_empty());
+        if uses.intake || configured {
+            self.intake.check_clients().map_err(SettingsError::Value)?;
         }
         check_broker_url(self.broker.url.expose())
     }
@@ -114,6 +123,30 @@ mod tests {
         s.inference.api_key = Secret::default();
         assert!(refusal(&s).contains("inference.api_key is not set"));
         s.check_credentials(Uses::default()).unwrap();
+    }
+
+    #[test]
+    fn intake_needs_a_well_formed_client() {
+        let intake = Uses { intake: true, ..Default::default() };
+        let mut s = good();
+        assert!(s.check_credentials(intake).unwrap_err().to_string().contains("reelfleet intake client"));
+        s.intake.clients.push(super::super::IntakeClient {
+            id: "acme".into(),
+            api_key_sha256: "ab".repeat(32),
+            secret: Secret::new(crate::webhooks::WebhookSecret::generate().encode()),
+        });
+        s.check_credentials(intake).unwrap();
+        s.intake.clients[0].api_key_sha256 = "rk_live_plaintext".into();
+        assert!(s.check_credentials(intake).unwrap_err().to_string().contains("api_key_sha256"));
+        s.intake.clients[0].api_key_sha256 = "ab".repeat(32);
+        s.intake.clients[0].secret = Secret::new("whsec_c2hvcnQ=");
+        assert!(s.check_credentials(intake).unwrap_err().to_string().contains("secret"));
+        // A process that does not serve the intake still refuses a malformed client...
+        assert!(s.check_credentials(Uses::default()).is_err());
+        // ...and a clients file that is not there.
+        let mut s = good();
+        s.intake.clients_file = Some("/nonexistent/clients.toml".into());
+        assert!(s.check_credentials(Uses::default()).unwrap_err().to_string().contains("clients_file"));
     }
 
     #[test]

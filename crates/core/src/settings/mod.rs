@@ -5,12 +5,13 @@
 //! (`load.rs`), the checks serde cannot make (`validate.rs`), the credentials a
 //! worker refuses (`credentials.rs`), [`Secret`] (`secret.rs`), then one file per section, named as in the TOML file
 //! (`broker.rs`, `s3.rs`, `state.rs`, `signing.rs`, `retry.rs`, `runtime.rs`,
-//! `media.rs`, `limits.rs`, `preprocess.rs`, `inference.rs`, `postprocess.rs`, `sqs.rs`).
+//! `media.rs`, `limits.rs`, `preprocess.rs`, `inference.rs`, `postprocess.rs`, `sqs.rs`, `intake.rs`).
 //! The README's configuration reference is held to these fields by a test.
 
 mod broker;
 mod credentials;
 mod inference;
+mod intake;
 mod limits;
 mod load;
 mod media;
@@ -28,6 +29,7 @@ mod validate;
 pub use broker::BrokerSettings;
 pub use credentials::Uses;
 pub use inference::{BudgetAction, InferenceSettings, ModelSettings, TierSettings};
+pub use intake::{IntakeClient, IntakeSettings};
 pub use limits::LimitSettings;
 pub use media::{LimitsKind, MediaSettings, SandboxKind};
 pub use postprocess::PostprocessSettings;
@@ -72,6 +74,8 @@ pub struct Settings {
     pub state: StateSettings,
     /// The SQS bridge (`reelfleet worker bridge-sqs`).
     pub sqs: SqsSettings,
+    /// The intake API (`reelfleet intake`).
+    pub intake: IntakeSettings,
 }
 
 impl Default for Settings {
@@ -90,6 +94,7 @@ impl Default for Settings {
             postprocess: PostprocessSettings::default(),
             state: StateSettings::default(),
             sqs: SqsSettings::default(),
+            intake: IntakeSettings::default(),
         }
     }
 }
@@ -123,6 +128,10 @@ impl Settings {
         out.sqs.access_key = hide(&self.sqs.access_key);
         out.sqs.secret_key = hide(&self.sqs.secret_key);
         out.postprocess.cdn_purge_token = self.postprocess.cdn_purge_token.as_ref().map(hide);
+        for client in &mut out.intake.clients {
+            client.secret = hide(&client.secret);
+        }
+        out.intake.gcs_verification_token = self.intake.gcs_verification_token.as_ref().map(hide);
         out
     }
 }

@@ -1,0 +1,590 @@
+//! The HTTP API: the router, its handlers, and how an accepted job is
+//! recorded and published (signed for the queue it is addressed to, each
+//! publish confirmed by the broker).
+//!
+//! Every `/v1/jobs` and `/v1/batches` request goes through the same steps:
+//! body size (413), API key and signature (401), replay (401, unless the id
+//! first came with this same `Idempotency-Key`, whose record decides), content type
+//! (415), JSON (400), fields (422, nothing published), `Idempotency-Key`
+//! (replay or 409), then the sources are resolved (an `s3://` object must
+//! exist: 422 otherwise), every acceptance record is written, and only then
+//! is anything published.
+
+use crate::{
+    auth::{authenticate, token_matches, Client, Clients},
+    error::{ApiError, FieldError},
+    gcs::{parse_push, Notification},
+    jobs::{self, check_idempotency_key, parse_job, JobSpec, Source},
+    records::{Acceptance, Idempotency, Records, Sight},
+};
+use axum::{
+    body::{Body, Bytes},
+    extract::{Path, RawQuery, State},
+    http::{header::CONTENT_TYPE, HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use chrono::Utc;
+use futures::{StreamExt, TryStreamExt};
+use prometheus::{IntCounterVec, Opts};
+use reelfleet_core::{
+    broker::{Broker, HeaderValue, Outgoing, Publisher},
+    envelope::{Envelope, JobKind, JobRequest, SourceObject, SIGNATURE_HEADER},
+    manifest::{JobManifest, ManifestStore},
+    metrics::Metrics,
+    settings::Settings,
+    signing::Signer,
+    storage::{Storage, StorageError},
+    topology::{Topology, WorkQueue},
+};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::{net::SocketAddr, sync::Arc};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Header naming the submitter's idempotency key.
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+/// Header set on an answer replayed for a known `Idempotency-Key`.
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+/// HEAD requests in flight at once while a batch is resolved.
+const RESOLVE_CONCURRENCY: usize = 16;
+
+/// The intake's own metrics, served with the process's.
+#[derive(Clone, Debug)]
+pub struct IntakeMetrics {
+    /// Requests by route and status.
+    pub requests: IntCounterVec,
+    /// Jobs accepted (published), by source kind: `s3`, `url`, `gcs`.
+    pub jobs: IntCounterVec,
+}
+
+impl IntakeMetrics {
+    /// The intake's metrics, registered in `metrics`.
+    pub fn new(metrics: &Metrics) -> Self {
+        let requests = IntCounterVec::new(
+            Opts::new("reelfleet_intake_requests_total", "Intake API requests, by route and status"),
+            &["route", "status"],
+        )
+        .expect("valid metric");
+        let jobs = IntCounterVec::new(
+            Opts::new("reelfleet_intake_jobs_accepted_total", "Jobs the intake accepted and published, by source kind"),
+            &["source"],
+        )
+        .expect("valid metric");
+        for c in [Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>, Box::new(jobs.clone())] {
+            // Registered once per registry; a second intake in one process shares the first's.
+            let _ = metrics.register(c);
+        }
+        for s in ["s3", "url", "gcs"] {
+            jobs.with_label_values(&[s]);
+        }
+        Self { requests, jobs }
+    }
+}
+
+/// The intake API of one process.
+#[derive(Clone, Debug)]
+pub struct Intake(Arc<Inner>);
+
+struct Inner {
+    settings: Arc<Settings>,
+    clients: Clients,
+    storage: Storage,
+    manifests: ManifestStore,
+    records: Records,
+    topology: Topology,
+    signer: Signer,
+    broker: Broker,
+    publisher: tokio::sync::Mutex<Option<Publisher>>,
+    metrics: IntakeMetrics,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Intake").field("clients", &self.clients).finish_non_exhaustive()
+    }
+}
+
+/// One job ready to publish.
+struct Planned {
+    envelope: Envelope,
+    queue: WorkQueue,
+    kind: &'static str,
+}
+
+fn storage_error(e: StorageError) -> ApiError {
+    warn!(error = %e, "Object store error");
+    ApiError::unavailable(format!("the object store did not answer: {e}"))
+}
+
+fn status_url(job_id: &str) -> String {
+    format!("/v1/jobs/{job_id}")
+}
+
+impl Intake {
+    /// The intake for `settings`; refuses settings without a usable client
+    /// or signing key.
+    pub fn new(settings: Arc<Settings>, storage: Storage, broker: Broker, metrics: &Metrics) -> anyhow::Result<Self> {
+        let clients = Clients::from_settings(&settings.intake).map_err(anyhow::Error::msg)?;
+        let signer = Signer::from_settings(&settings.signing, &settings.namespace).map_err(|e| anyhow::anyhow!(e.0))?;
+        let work = settings.s3.work_bucket.clone();
+        let records =
+            Records::new(storage.clone(), &work, settings.intake.tolerance_secs, settings.intake.idempotency_ttl_hours);
+        Ok(Self(Arc::new(Inner {
+            clients,
+            manifests: ManifestStore::new(storage.clone(), work),
+            storage,
+            records,
+            topology: Topology::from_settings(&settings),
+            signer,
+            broker,
+            publisher: tokio::sync::Mutex::new(None),
+            metrics: IntakeMetrics::new(metrics),
+            settings,
+        })))
+    }
+
+    /// The API's routes.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/v1/jobs", post(post_job))
+            .route("/v1/jobs/{id}", get(get_job))
+            .route("/v1/batches", post(post_batch))
+            .route("/v1/gcs/push", post(gcs_push))
+            .fallback(|| async { ApiError::not_found("no such endpoint") })
+            .with_state(self.clone())
+    }
+
+    /// Serves the API on `addr` until `stop`, letting requests in progress
+    /// finish; returns the bound address and the server's task.
+    pub async fn serve(
+        &self,
+        addr: &str,
+        stop: CancellationToken,
+    ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let app = self.router();
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await {
+                warn!(error = %e, "Intake server stopped with an error");
+            }
+        });
+        Ok((local, task))
+    }
+
+    fn count(&self, route: &str, response: &Response) {
+        self.0.metrics.requests.with_label_values(&[route, response.status().as_str()]).inc();
+    }
+
+    async fn read_body(&self, body: Body) -> Result<Bytes, ApiError> {
+        let limit = self.0.settings.intake.max_body_bytes;
+        axum::body::to_bytes(body, limit).await.map_err(|_| {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the body exceeds {limit} bytes"))
+        })
+    }
+
+    fn tolerance(&self) -> i64 {
+        self.0.settings.intake.tolerance_secs as i64
+    }
+
+    /// `POST /v1/jobs` and `POST /v1/batches`.
+    async fn submit(&self, route: &str, headers: &HeaderMap, body: Body, batch: bool) -> Result<Response, ApiError> {
+        let body = self.read_body(body).await?;
+        let now = Utc::now().timestamp();
+        let (client, webhook_id) = authenticate(&self.0.clients, headers, &body, now, self.tolerance())?;
+        let key_header = headers.get(IDEMPOTENCY_HEADER).and_then(|v| v.to_str().ok());
+        let sight = self.0.records.sight(&client.id, webhook_id, key_header).await.map_err(storage_error)?;
+        // A sender retries with the same webhook-id: when the id first came
+        // with this very Idempotency-Key, the retry gets the stored answer
+        // below and nothing is published twice. The header is not signed, so
+        // any other key (or none) on a seen id is a replay.
+        if sight == (Sight::Again { same_key: false }) {
+            return Err(ApiError::unauthorized("replayed", format!("webhook-id {webhook_id:?} was already used")));
+        }
+        let json_type = headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("application/json"));
+        if !json_type {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Content-Type must be application/json",
+            ));
+        }
+        let value: Value = reelfleet_core::json::parse_bounded(&body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("the body is not JSON: {e}")))?;
+        let specs = if batch { self.parse_batch(&value)? } else { vec![parse_job(&value).map_err(single_invalid)?] };
+        let key = match headers.get(IDEMPOTENCY_HEADER) {
+            None => None,
+            Some(v) => {
+                let k = v.to_str().unwrap_or_default().to_string();
+                check_idempotency_key(&k)
+                    .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "bad_idempotency_key", m))?;
+                Some(k)
+            }
+        };
+        let Some(key) = key else {
+            let answer = self.accept_all(client, None, &specs, batch).await?;
+            return Ok((StatusCode::ACCEPTED, Json(answer)).into_response());
+        };
+        let mut hash = Sha256::new();
+        hash.update(route.as_bytes());
+        hash.update(b"\n");
+        hash.update(&body);
+        let request_sha256 = hex::encode(hash.finalize());
+        let etag = match self.0.records.claim(&client.id, &key, &request_sha256).await.map_err(storage_error)? {
+            Idempotency::Proceed { etag } => etag,
+            Idempotency::Replay { status, response } => {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
+                return Ok((status, [(REPLAYED_HEADER, "true")], Json(response)).into_response());
+            }
+            Idempotency::Mismatch => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was used with a different request",
+                ))
+            }
+            Idempotency::InProgress => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "idempotency_in_progress",
+                    "a request with this Idempotency-Key is still being handled; retry shortly",
+                ))
+            }
+        };
+        match self.accept_all(client, Some(&key), &specs, batch).await {
+            Ok(answer) => {
+                let status = StatusCode::ACCEPTED;
+                if let Err(e) =
+                    self.0.records.finish(&client.id, &key, &request_sha256, etag, status.as_u16(), &answer).await
+                {
+                    // The jobs are published; a retry re-runs and gets the same job ids.
+                    warn!(client = %client.id, error = %e, "Could not store the idempotent answer");
+                }
+                Ok((status, Json(answer)).into_response())
+            }
+            Err(e) => {
+                if let Err(store) = self.0.records.release(&client.id, &key).await {
+                    warn!(client = %client.id, error = %store, "Could not release the Idempotency-Key");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn parse_batch(&self, value: &Value) -> Result<Vec<JobSpec>, ApiError> {
+        let max = self.0.settings.intake.max_batch;
+        let Some(items) = value.get("jobs").and_then(Value::as_array) else {
+            return Err(ApiError::invalid(FieldError::new("jobs", "must be an array of jobs")));
+        };
+        if items.is_empty() || items.len() > max {
+            return Err(ApiError::invalid(FieldError::new("jobs", format!("must hold 1 to {max} jobs"))));
+        }
+        if let Some(other) = value.as_object().and_then(|o| o.keys().find(|k| *k != "jobs")) {
+            return Err(ApiError::invalid(FieldError::new(other.clone(), "unknown field")));
+        }
+        let mut specs = Vec::with_capacity(items.len());
+        let mut errors = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match parse_job(item) {
+                Ok(spec) => specs.push(spec),
+                Err(errs) => errors.extend(errs.into_iter().map(|e| FieldError { index: Some(i), ..e })),
+            }
+        }
+        if errors.is_empty() {
+            Ok(specs)
+        } else {
+            Err(batch_invalid(errors))
+        }
+    }
+
+    /// Resolves every job, then writes every acceptance record, then
+    /// publishes every envelope; returns the 202 answer.
+    async fn accept_all(
+        &self,
+        client: &Client,
+        key: Option<&str>,
+        specs: &[JobSpec],
+        batch: bool,
+    ) -> Result<Value, ApiError> {
+        // Built before streaming: a closure over borrowed specs inside the
+        // stream would make the handler's future not `Send` for every lifetime.
+        let resolving: Vec<_> =
+            specs.iter().enumerate().map(|(i, spec)| self.plan_item(client, key, i, spec, batch)).collect();
+        let plans: Vec<Result<Planned, FieldError>> =
+            futures::stream::iter(resolving).buffered(RESOLVE_CONCURRENCY).try_collect().await?;
+        let (planned, errors): (Vec<_>, Vec<_>) = plans.into_iter().partition(Result::is_ok);
+        let errors: Vec<FieldError> = errors.into_iter().filter_map(Result::err).collect();
+        if !errors.is_empty() {
+            return Err(if batch { batch_invalid(errors) } else { single_invalid(errors) });
+        }
+        let planned: Vec<Planned> = planned.into_iter().filter_map(Result::ok).collect();
+        for p in &planned {
+            let env = &p.envelope;
+            let record = Acceptance {
+                job_id: env.job_id.clone(),
+                accepted_at: Utc::now(),
+                client: client.id.clone(),
+                source: env.source.clone(),
+                queue: self.0.topology.queue(p.queue),
+                priority: env.priority,
+                quality: env.quality,
+                request: env.request.clone().unwrap_or_default(),
+            };
+            self.0.records.accept(&record).await.map_err(storage_error)?;
+        }
+        for p in &planned {
+            self.publish(&p.envelope, p.queue).await?;
+            self.0.metrics.jobs.with_label_values(&[p.kind]).inc();
+            info!(client = %client.id, job_id = %p.envelope.job_id, queue = %p.queue, "Job accepted");
+        }
+        let jobs: Vec<Value> = planned
+            .iter()
+            .map(|p| json!({"job_id": p.envelope.job_id, "status_url": status_url(&p.envelope.job_id)}))
+            .collect();
+        if batch {
+            Ok(json!({"batch_id": uuid::Uuid::new_v4().simple().to_string(), "jobs": jobs}))
+        } else {
+            Ok(jobs.into_iter().next().unwrap_or_default())
+        }
+    }
+
+    /// [`Intake::plan`] for item `i`: a batch item's URL job id uses
+    /// `<key>#<i>`, and its refusal carries its index.
+    async fn plan_item(
+        &self,
+        client: &Client,
+        key: Option<&str>,
+        i: usize,
+        spec: &JobSpec,
+        batch: bool,
+    ) -> Result<Result<Planned, FieldError>, ApiError> {
+        let item_key = key.map(|k| if batch { format!("{k}#{i}") } else { k.to_string() });
+        let planned = self.plan(client, key, item_key, spec).await?;
+        Ok(if batch { planned.map_err(|e| FieldError { index: Some(i), ..e }) } else { planned })
+    }
+
+    /// A job's envelope and queue, or the field that makes it unacceptable.
+    async fn plan(
+        &self,
+        client: &Client,
+        key: Option<&str>,
+        item_key: Option<String>,
+        spec: &JobSpec,
+    ) -> Result<Result<Planned, FieldError>, ApiError> {
+        let s = &self.0.settings;
+        let mut request = JobRequest {
+            via: "intake".into(),
+            origin_url: None,
+            callback_url: spec.callback_url.clone(),
+            idempotency_key: key.map(str::to_string),
+            metadata: spec.metadata.clone(),
+        };
+        let (job_id, source, queue) = match &spec.source {
+            Source::S3 { bucket, key } => {
+                if !s.s3.accepts(bucket) {
+                    return Ok(Err(FieldError::new(
+                        "source",
+                        format!("bucket {bucket:?} is not an upload bucket (s3.upload_bucket, s3.accepted_buckets)"),
+                    )));
+                }
+                let Some(info) = self.0.storage.head(bucket, key).await.map_err(storage_error)? else {
+                    return Ok(Err(FieldError::new("source", format!("s3://{bucket}/{key} does not exist"))));
+                };
+                let source = SourceObject {
+                    bucket: bucket.clone(),
+                    key: key.clone(),
+                    size: info.size,
+                    etag: info.etag,
+                    version_id: None,
+                };
+                (source.job_id(), source, WorkQueue::Ingest)
+            }
+            Source::Url(url) => {
+                let name = item_key.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+                let job_id = jobs::url_job_id(&client.id, &name, url);
+                let source = SourceObject {
+                    bucket: s.s3.upload_bucket.clone(),
+                    key: jobs::pulled_key(&job_id, url),
+                    size: 0,
+                    etag: None,
+                    version_id: None,
+                };
+                request.origin_url = Some(url.to_string());
+                (job_id, source, WorkQueue::Pull)
+            }
+        };
+        let envelope = jobs::envelope(spec, &job_id, source, request, s.limits.max_uploader_priority);
+        Ok(Ok(Planned { envelope, queue, kind: spec.source.kind() }))
+    }
+
+    async fn publisher(&self) -> Result<Publisher, ApiError> {
+        let mut slot = self.0.publisher.lock().await;
+        if let Some(p) = slot.as_ref() {
+            return Ok(p.clone());
+        }
+        let p = self.0.broker.publisher().await.map_err(|e| {
+            warn!(error = %e, "No broker channel");
+            ApiError::unavailable(format!("the broker did not answer: {e}"))
+        })?;
+        *slot = Some(p.clone());
+        Ok(p)
+    }
+
+    /// Publishes `envelope`, signed for `queue`, and waits for the broker's confirm.
+    async fn publish(&self, envelope: &Envelope, queue: WorkQueue) -> Result<(), ApiError> {
+        let name = self.0.topology.queue(queue);
+        let body = envelope.to_bytes();
+        let sig = self.0.signer.sign(&name, &body);
+        let msg = Outgoing::to_queue(name, body).header(SIGNATURE_HEADER, HeaderValue::Text(sig));
+        let publisher = self.publisher().await?;
+        publisher.publish(&msg).await.map_err(|e| {
+            warn!(job_id = %envelope.job_id, error = %e, "Publish not confirmed");
+            if let Ok(mut slot) = self.0.publisher.try_lock() {
+                *slot = None;
+            }
+            ApiError::unavailable(format!("the broker did not confirm the job: {e}"))
+        })
+    }
+
+    /// `GET /v1/jobs/{id}`.
+    async fn job(&self, id: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
+        authenticate(&self.0.clients, headers, b"", Utc::now().timestamp(), self.tolerance())?;
+        if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(ApiError::not_found(format!("no job {id:?}")));
+        }
+        if let Some(m) = self.0.manifests.load(id).await.map_err(storage_error)? {
+            return Ok(Json(manifest_view(&m)).into_response());
+        }
+        match self.0.records.acceptance(id).await.map_err(storage_error)? {
+            Some(a) => Ok(Json(json!({
+                "job_id": a.job_id,
+                "status": "accepted",
+                "accepted_at": a.accepted_at,
+                "source": a.source,
+                "priority": a.priority,
+                "quality": a.quality,
+                "request": a.request,
+            }))
+            .into_response()),
+            None => Err(ApiError::not_found(format!("no job {id:?}"))),
+        }
+    }
+
+    /// `POST /v1/gcs/push?token=...`.
+    async fn gcs(&self, query: Option<String>, body: Body) -> Result<Response, ApiError> {
+        let Some(expected) = self.0.settings.intake.gcs_verification_token.as_ref().filter(|t| !t.expose().is_empty())
+        else {
+            return Err(ApiError::not_found("no such endpoint"));
+        };
+        let given = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+        if !token_matches(&given, expected.expose()) {
+            return Err(ApiError::unauthorized("bad_token", "the push token is missing or wrong"));
+        }
+        let body = self.read_body(body).await?;
+        let source = match parse_push(&body) {
+            Ok(Notification::Finalized(source)) => source,
+            Ok(Notification::Ignored(event)) => {
+                info!(event = %event, "Cloud Storage notification ignored");
+                return Ok(StatusCode::NO_CONTENT.into_response());
+            }
+            Err(why) => return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_push", why)),
+        };
+        if !self.0.settings.s3.accepts(&source.bucket) {
+            return Err(ApiError::invalid(FieldError::new(
+                "message.attributes.bucketId",
+                format!("bucket {:?} is not an upload bucket (s3.upload_bucket, s3.accepted_buckets)", source.bucket),
+            )));
+        }
+        let mut envelope = Envelope::new(JobKind::Analyze, source);
+        envelope.request = Some(JobRequest { via: "gcs".into(), ..Default::default() });
+        let record = Acceptance {
+            job_id: envelope.job_id.clone(),
+            accepted_at: Utc::now(),
+            client: "gcs".into(),
+            source: envelope.source.clone(),
+            queue: self.0.topology.queue(WorkQueue::Ingest),
+            priority: envelope.priority,
+            quality: None,
+            request: envelope.request.clone().unwrap_or_default(),
+        };
+        self.0.records.accept(&record).await.map_err(storage_error)?;
+        self.publish(&envelope, WorkQueue::Ingest).await?;
+        self.0.metrics.jobs.with_label_values(&["gcs"]).inc();
+        info!(job_id = %envelope.job_id, bucket = %envelope.source.bucket, key = %envelope.source.key, "Cloud Storage object accepted");
+        let id = envelope.job_id;
+        Ok((StatusCode::ACCEPTED, Json(json!({"job_id": id, "status_url": status_url(&id)}))).into_response())
+    }
+}
+
+fn single_invalid(errors: Vec<FieldError>) -> ApiError {
+    let mut e = ApiError::invalid(errors.first().cloned().unwrap_or_else(|| FieldError::new("", "invalid job")));
+    e.items = errors;
+    e
+}
+
+fn batch_invalid(errors: Vec<FieldError>) -> ApiError {
+    let listed: Vec<String> =
+        errors.iter().map(|e| format!("jobs[{}].{}: {}", e.index.unwrap_or(0), e.field, e.message)).collect();
+    ApiError {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        code: "invalid_batch",
+        message: format!("nothing was published: {}", listed.join("; ")),
+        field: None,
+        items: errors,
+    }
+}
+
+/// What `GET /v1/jobs/{id}` shows of a manifest.
+fn manifest_view(m: &JobManifest) -> Value {
+    json!({
+        "job_id": m.job_id,
+        "status": m.status,
+        "kind": m.kind,
+        "tier": m.tier,
+        "priority": m.priority,
+        "quality": m.quality,
+        "source": m.source,
+        "stages": m.stages,
+        "outputs": m.outputs,
+        "error": m.error,
+        "cost_usd": m.cost_usd(),
+        "request": m.request,
+        "created_at": m.created_at,
+        "updated_at": m.updated_at,
+    })
+}
+
+async fn post_job(State(app): State<Intake>, headers: HeaderMap, body: Body) -> Response {
+    let route = "POST /v1/jobs";
+    let response = app.submit(route, &headers, body, false).await.unwrap_or_else(IntoResponse::into_response);
+    app.count(route, &response);
+    response
+}
+
+async fn post_batch(State(app): State<Intake>, headers: HeaderMap, body: Body) -> Response {
+    let route = "POST /v1/batches";
+    let response = app.submit(route, &headers, body, true).await.unwrap_or_else(IntoResponse::into_response);
+    app.count(route, &response);
+    response
+}
+
+async fn get_job(State(app): State<Intake>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let response = app.job(&id, &headers).await.unwrap_or_else(IntoResponse::into_response);
+    app.count("GET /v1/jobs/{id}", &response);
+    response
+}
+
+async fn gcs_push(State(app): State<Intake>, RawQuery(query): RawQuery, body: Body) -> Response {
+    let response = app.gcs(query, body).await.unwrap_or_else(IntoResponse::into_response);
+    app.count("POST /v1/gcs/push", &response);
+    response
+}

@@ -2,8 +2,9 @@
 //! from an HTTP server in this process, by the real `reelfleet worker pull`
 //! process into the embedded S3, timed from the signed envelope on
 //! `<ns>.pull` to the pulled job's envelope on `<ns>.ingest`; the worker's
-//! peak RSS (`VmHWM`) before and after; and the ceiling: the same body read
-//! by a plain streaming GET that keeps nothing.
+//! peak RSS (`VmHWM`) before and after; and two ceilings: the same body
+//! read by a plain streaming GET that keeps nothing, and the same bytes
+//! uploaded from a local file by `core::storage`'s multipart upload.
 
 use super::{arg, bench_settings, machine, start_s3, write_result};
 use anyhow::{bail, Context};
@@ -85,6 +86,22 @@ pub(crate) async fn ingest_pull(args: &[String]) -> anyhow::Result<()> {
         bail!("the origin served {read} bytes, not {}", mib * MIB);
     }
 
+    // The store's own pace: the same bytes from a local file, by core::storage's multipart upload.
+    let file = dir.path().join("source.bin");
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&file)?);
+        for i in 0..mib {
+            f.write_all(&vec![(i % 251) as u8; MIB as usize])?;
+        }
+        f.flush()?;
+    }
+    let started = Instant::now();
+    storage.upload(&settings.s3.upload_bucket, "bench/store-ceiling.bin", &file, "application/octet-stream").await?;
+    let store_secs = started.elapsed().as_secs_f64();
+    std::fs::remove_file(&file)?;
+    storage.delete(&settings.s3.upload_bucket, "bench/store-ceiling.bin").await?;
+
     let config = dir.path().join("reelfleet.toml");
     std::fs::write(&config, settings.to_toml())?;
     let mut worker = tokio::process::Command::new(reelfleet_binary()?)
@@ -161,15 +178,17 @@ pub(crate) async fn ingest_pull(args: &[String]) -> anyhow::Result<()> {
         "seconds": secs,
         "mib_per_s": mib as f64 / secs,
         "ceiling_http_mib_per_s": mib as f64 / ceiling_secs,
+        "ceiling_store_upload_mib_per_s": mib as f64 / store_secs,
         "worker_peak_rss_mib": peak_kib as f64 / 1024.0,
         "worker_idle_peak_rss_mib": idle_kib as f64 / 1024.0,
     });
     let path = write_result("ingest-pull", &result)?;
     println!(
         "ingest-pull: {mib} MiB pulled by `reelfleet worker pull` into the embedded S3 in {secs:.1} s = {:.1} MiB/s \
-         (a plain GET of the same body: {:.1} MiB/s); worker peak RSS {:.1} MiB ({:.1} MiB before the pull; parts of {part_mib} MiB) -> {}",
+         (a plain GET of the same body: {:.1} MiB/s; the same bytes from a file by multipart upload: {:.1} MiB/s); worker peak RSS {:.1} MiB ({:.1} MiB before the pull; parts of {part_mib} MiB) -> {}",
         mib as f64 / secs,
         mib as f64 / ceiling_secs,
+        mib as f64 / store_secs,
         peak_kib as f64 / 1024.0,
         idle_kib as f64 / 1024.0,
         path.display()

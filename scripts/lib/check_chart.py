@@ -179,8 +179,11 @@ def check_hardening(case, docs, values):
     worker holds at once."""
     net = values.get("networkPolicy", {})
     every = by_kind(docs, "NetworkPolicy")
-    policies = [p for p in every if p["metadata"]["labels"].get("app.kubernetes.io/component") != "intake"]
-    check_intake_policy(case, [p for p in every if p not in policies], values)
+    intake = [p for p in every if p["metadata"]["labels"].get("app.kubernetes.io/component") == "intake"]
+    fetch = [p for p in every if p["metadata"]["name"].endswith("-fetch")]
+    policies = [p for p in every if p not in intake and p not in fetch]
+    check_intake_policy(case, intake, values)
+    check_fetch_policy(case, fetch, net)
     if net.get("enabled", True):
         if len(policies) != 1:
             fail(case, f"expected one NetworkPolicy, found {len(policies)}")
@@ -219,7 +222,10 @@ def check_hardening(case, docs, values):
         size = scratch["emptyDir"]["sizeLimit"]
         if not values.get("scratch", {}).get("sizeLimit"):
             stage = d["metadata"]["labels"]["reelfleet.io/stage"]
-            if stage == "inference":
+            if stage in ("pull", "webhooks"):
+                # They stream through memory; scratch only holds what the runtime sweeps.
+                held = 64 << 20
+            elif stage == "inference":
                 tier = d["metadata"]["labels"]["reelfleet.io/tier"]
                 held = config.get("inference", {}).get(tier, {}).get("concurrency", 4) * config.get("inference", {}).get("max_video_bytes", 4 << 30)
             else:
@@ -296,6 +302,45 @@ def check_intake(case, docs, values, reelfleet):
         out = subprocess.run([reelfleet, "config", "check"], env=env_check, capture_output=True, text=True)
     if out.returncode != 0:
         fail(case, f"`reelfleet config check` refuses the intake's clients: {out.stderr.strip()}")
+
+
+# What the URL pull and webhook workers must never reach, even past the SSRF guard.
+INWARD_V4 = {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "127.0.0.0/8"}
+INWARD_V6 = {"fc00::/7", "fe80::/10", "::1/128"}
+
+
+def check_fetch_policy(case, fetch, net):
+    """The pull and webhooks workers' own egress: when networkPolicy is on and
+    fetchEgress is not emptied, one policy selecting exactly those two stages,
+    egress only, ports 80 and 443 only, and every address block keeps out the
+    private, CGNAT, loopback and link-local ranges."""
+    wanted = net.get("enabled", True) and net.get("fetchEgress", True) != []
+    if not wanted:
+        if fetch:
+            fail(case, "a fetch NetworkPolicy is rendered although networkPolicy or fetchEgress is off")
+        return
+    if len(fetch) != 1:
+        fail(case, f"expected one NetworkPolicy for the pull and webhooks workers, found {len(fetch)}")
+        return
+    spec = fetch[0]["spec"]
+    exprs = spec["podSelector"].get("matchExpressions", [])
+    if exprs != [{"key": "reelfleet.io/stage", "operator": "In", "values": ["pull", "webhooks"]}]:
+        fail(case, f"the fetch NetworkPolicy must select the pull and webhooks stages only, selects {exprs}")
+    if spec.get("policyTypes") != ["Egress"] or "ingress" in spec:
+        fail(case, "the fetch NetworkPolicy must add egress only")
+    for rule in spec.get("egress", []):
+        ports = sorted(p.get("port") for p in rule.get("ports", []))
+        if not ports or any(p not in (80, 443) for p in ports):
+            fail(case, f"the fetch NetworkPolicy opens ports {ports or 'all'}; only 80 and 443")
+        for peer in rule.get("to", []) or [{}]:
+            block = peer.get("ipBlock")
+            if block is None:
+                fail(case, f"the fetch NetworkPolicy allows {peer or 'everything'}: only ipBlocks with exceptions")
+                continue
+            inward = INWARD_V6 if ":" in block["cidr"] else INWARD_V4
+            missing = inward - set(block.get("except", []))
+            if block["cidr"] in ("0.0.0.0/0", "::/0") and missing:
+                fail(case, f"the fetch NetworkPolicy lets {block['cidr']} reach {sorted(missing)}")
 
 
 def check_secret_rolls_pods():
@@ -611,7 +656,7 @@ def check_refusals():
 def check_documented():
     """Every value in values.yaml carries a comment: each leaf key has one on the
     line above, except inside free-form maps documented as a whole."""
-    free_form = {"config", "workers", "podSecurityContext", "securityContext", "resources", "values", "requests", "egress"}
+    free_form = {"config", "workers", "podSecurityContext", "securityContext", "resources", "values", "requests", "egress", "fetchEgress"}
     lines = (CHART / "values.yaml").read_text().splitlines()
     parents = []
     for i, line in enumerate(lines):

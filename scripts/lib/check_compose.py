@@ -5,7 +5,8 @@ each running the right stage and tier; every reelfleet service's environment
 accepted by `reelfleet config check` (which refuses well-known credentials);
 every published port bound to 127.0.0.1; the SQS bridge under the aws profile;
 one intake API service with its clients file mounted from the host (and
-accepted by `config check`); MinIO notifying the topology's uploads
+accepted by `config check`); the URL pull and webhook workers with no SSRF
+allow-list; MinIO notifying the topology's uploads
 exchange with the arguments the workers declare it with.
 
 Usage: check_compose.py RESOLVED_COMPOSE_YAML PATH/TO/reelfleet
@@ -103,6 +104,15 @@ for q in topology["work_queues"]:
         failures.append(f"queue {q['queue']}: {len(workers.get(want, []))} services run `worker {' '.join(want)}`")
 if len(workers) != len(topology["work_queues"]):
     failures.append(f"worker services {sorted(workers)} do not match the work queues")
+
+# The workers that fetch URLs and POST webhooks must not be told to reach the
+# compose network's private addresses (MinIO, RabbitMQ): no allow-list for them.
+for stage in ("pull", "webhooks"):
+    for name in workers.get((stage,), []):
+        env = ours[name]["environment"]
+        opened = {k: v for k, v in env.items() if k.endswith("__ALLOW_CIDRS") and str(v).strip() not in ("", "[]")}
+        if opened:
+            failures.append(f"{name}: the SSRF guard's allow-list is opened in compose: {opened}")
 
 for name, s in services.items():
     for p in s.get("ports", []):

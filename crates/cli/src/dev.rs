@@ -1,5 +1,6 @@
 //! The embedded default: one process with the S3 endpoint, the provider
-//! simulator and all four workers, on one RabbitMQ.
+//! simulator and the workers (the four stages, the URL pull and the
+//! webhooks, or those named), on one RabbitMQ.
 
 use crate::fleet::{self, FleetHandle, StageName};
 use anyhow::Context;

@@ -33,12 +33,25 @@ pub enum StageName {
     Inference,
     /// Renditions, thumbnails, quality, final manifest.
     Postprocess,
+    /// Sources given by URL fetched into the upload bucket, then to ingest.
+    Pull,
+    /// Outgoing webhooks (job callbacks and configured endpoints).
+    Webhooks,
 }
 
 impl StageName {
     /// All four, in pipeline order.
     pub const ALL: [StageName; 4] =
         [StageName::Ingest, StageName::Preprocess, StageName::Inference, StageName::Postprocess];
+    /// The four pipeline stages, the URL pull and the webhooks: what `reelfleet dev` runs.
+    pub const EVERY: [StageName; 6] = [
+        StageName::Pull,
+        StageName::Ingest,
+        StageName::Preprocess,
+        StageName::Inference,
+        StageName::Postprocess,
+        StageName::Webhooks,
+    ];
 }
 
 impl FromStr for StageName {
@@ -75,6 +88,13 @@ pub async fn build_stages(
             StageName::Postprocess => {
                 Arc::new(Postprocess::new(settings.clone(), storage.clone()).context("postprocess's ffmpeg")?)
             }
+            StageName::Pull => Arc::new(
+                reelfleet_pull::Pull::new(settings.clone(), storage.clone(), metrics).map_err(anyhow::Error::msg)?,
+            ),
+            StageName::Webhooks => Arc::new(
+                reelfleet_webhooks::Webhooks::new(settings.clone(), storage.clone(), metrics)
+                    .map_err(anyhow::Error::msg)?,
+            ),
         });
     }
     Ok(out)

@@ -160,6 +160,8 @@ fn work_queue(name: &str, w: &WorkerScaling) -> anyhow::Result<WorkQueue> {
         ("inference", Some(t)) => WorkQueue::Inference(t),
         ("inference", None) => anyhow::bail!("values: workers.{name} is an inference worker without a tier"),
         ("postprocess", _) => WorkQueue::Postprocess,
+        ("pull", _) => WorkQueue::Pull,
+        ("webhooks", _) => WorkQueue::Webhooks,
         (other, _) => anyhow::bail!("values: workers.{name}.stage {other:?} is not a stage"),
     })
 }

@@ -17,6 +17,7 @@
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics`, and readiness.
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`telemetry`]: logging as flat JSON lines or text.
+//! - [`netguard`]: the SSRF guard of outgoing HTTP (URL pulls, webhooks).
 //! - [`json`]: bounded JSON parsing for untrusted input.
 //! - [`webhooks`]: Standard Webhooks signatures, signed and verified.
 
@@ -33,6 +34,7 @@ pub mod json;
 pub mod manifest;
 pub mod media;
 pub mod metrics;
+pub mod netguard;
 pub mod runtime;
 pub mod s3event;
 pub mod sandbox;

@@ -60,6 +60,8 @@ pub mod dlq_headers {
 }
 
 /// What a stage receives.
+// The envelope is the common case (and lives as long as the message): boxing it buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 #[allow(clippy::large_enum_variant)] // one per message in flight: boxing would save nothing that matters
 pub enum Input {
@@ -83,6 +85,8 @@ pub struct Message {
 }
 
 /// What a stage wants sent once its outputs are stored.
+// As for `Input`: most dispatches carry an envelope.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 #[allow(clippy::large_enum_variant)] // a handful per message: boxing would save nothing that matters
 pub enum Dispatch {
@@ -97,7 +101,15 @@ pub enum Dispatch {
     Event {
         /// Routing key (`job.completed`).
         routing_key: String,
-        /// The event as JSON, published unsigned.
+        /// The event as JSON, signed for the webhooks queue (see [`Runtime::event`]).
+        body: Vec<u8>,
+    },
+    /// A body that is not an envelope, signed for `queue` (the webhooks
+    /// stage splitting an event into one delivery per target).
+    Signed {
+        /// Queue.
+        queue: WorkQueue,
+        /// The body.
         body: Vec<u8>,
     },
     /// A body passed on as it came, without a signature (ingest splitting an
@@ -125,6 +137,22 @@ pub trait Stage: Send + Sync + 'static {
     fn queues(&self) -> Vec<WorkQueue>;
     /// Whether unsigned bodies (S3 events) are accepted.
     fn accepts_unsigned(&self) -> bool {
+        false
+    }
+    /// Whether its bodies are signed but not envelopes (lifecycle events):
+    /// the signature is checked and the body handed over raw.
+    fn signed_raw(&self) -> bool {
+        false
+    }
+    /// Whether its dead letters fail the job they name (and announce
+    /// `job.failed` / `job.dead_lettered`); not for a stage that only
+    /// reports on jobs, such as webhooks.
+    fn fails_jobs(&self) -> bool {
+        true
+    }
+    /// Whether a job it dead-letters before any manifest exists gets a
+    /// failed one (the pull stage runs before ingest writes the manifest).
+    fn creates_manifest_on_failure(&self) -> bool {
         false
     }
     /// Processes one message: store outputs, return what to send next.
@@ -220,18 +248,23 @@ fn reconnect_delays(max: Duration) -> impl Iterator<Item = Duration> {
 /// What a stage gets of a body: the raw bytes only when the stage takes
 /// unsigned bodies and none came with a signature; anything else must be an
 /// envelope whose signature checks out for `queue` (a signed body is
-/// verified even by a stage that takes unsigned ones).
+/// verified even by a stage that takes unsigned ones); a stage whose signed
+/// bodies are not envelopes (`signed_raw`) gets them raw once verified.
 fn decode_body(
     signer: &Signer,
     queue: &str,
     body: &[u8],
     signature: Option<&str>,
     accepts_unsigned: bool,
+    signed_raw: bool,
 ) -> Result<Input, StageError> {
     if signature.is_none() && accepts_unsigned {
         return Ok(Input::Raw(body.to_vec()));
     }
     signer.verify(queue, body, signature)?;
+    if signed_raw {
+        return Ok(Input::Raw(body.to_vec()));
+    }
     Ok(Input::Envelope(Envelope::parse(body)?))
 }
 
@@ -514,7 +547,7 @@ impl Runtime {
         let attempt = header_u32(&delivery.properties, ATTEMPT_HEADER).unwrap_or(0);
         let decoded = self.decode(stage, queue, delivery);
         let envelope = match &decoded {
-            Ok(Input::Envelope(e)) => Some(e),
+            Ok(Input::Envelope(e)) if stage.fails_jobs() => Some(e),
             _ => None,
         };
         let err = StageError::transient(
@@ -528,7 +561,7 @@ impl Runtime {
         let span = self.span(stage_name, queue, &decoded, attempt);
         async {
             self.metrics.failures.with_label_values(&[stage_name, &err.class.to_string(), err.code]).inc();
-            let outcome = self.dead_letter(outbox, stage_name, queue, delivery, envelope, attempt, &err).await;
+            let outcome = self.dead_letter(outbox, stage, queue, delivery, envelope, attempt, &err).await;
             self.metrics.messages.with_label_values(&[stage_name, &self.topology.queue(queue), outcome.as_str()]).inc();
         }
         .instrument(span)
@@ -555,7 +588,7 @@ impl Runtime {
             };
             self.metrics.duration.with_label_values(&[stage_name]).observe(started.elapsed().as_secs_f64());
             self.metrics.batch_size.with_label_values(&[stage_name]).observe(1.0);
-            self.settle(stage_name, queue, &outbox, &delivery, &decoded, attempt, result).await;
+            self.settle(&stage, queue, &outbox, &delivery, &decoded, attempt, result).await;
         }
         .instrument(span)
         .await;
@@ -575,7 +608,7 @@ impl Runtime {
             let decoded = self.decode(&stage, queue, &delivery);
             if let Err(e) = &decoded {
                 let span = self.span(stage_name, queue, &decoded, attempt);
-                self.settle(stage_name, queue, &outbox, &delivery, &decoded, attempt, Err(e.clone()))
+                self.settle(&stage, queue, &outbox, &delivery, &decoded, attempt, Err(e.clone()))
                     .instrument(span)
                     .await;
                 continue;
@@ -609,7 +642,7 @@ impl Runtime {
             // adding up over the batch.
             let settled = valid.iter().zip(results).map(|((delivery, decoded, attempt), result)| {
                 let span = self.span(stage_name, queue, decoded, *attempt);
-                self.settle(stage_name, queue, &outbox, delivery, decoded, *attempt, result).instrument(span)
+                self.settle(&stage, queue, &outbox, delivery, decoded, *attempt, result).instrument(span)
             });
             futures::future::join_all(settled).await;
         }
@@ -633,7 +666,7 @@ impl Runtime {
     #[allow(clippy::too_many_arguments)]
     async fn settle(
         &self,
-        stage_name: &'static str,
+        stage: &Arc<dyn Stage>,
         queue: WorkQueue,
         outbox: &Outbox,
         delivery: &Delivery,
@@ -641,6 +674,7 @@ impl Runtime {
         attempt: u32,
         result: Result<Vec<Dispatch>, StageError>,
     ) {
+        let stage_name = stage.name();
         let outcome = match result {
             Ok(dispatches) => match self.dispatch(stage_name, outbox, dispatches).await {
                 Ok(()) => {
@@ -670,8 +704,8 @@ impl Runtime {
                         self.park(outbox, deferred, delivery, Some(delay), &err).await
                     }
                     Next::DeadLetter { mark_failed } => {
-                        let envelope = envelope.filter(|_| mark_failed);
-                        self.dead_letter(outbox, stage_name, queue, delivery, envelope, attempt, &err).await
+                        let envelope = envelope.filter(|_| mark_failed && stage.fails_jobs());
+                        self.dead_letter(outbox, stage, queue, delivery, envelope, attempt, &err).await
                     }
                 }
             }
@@ -684,7 +718,14 @@ impl Runtime {
     fn decode(&self, stage: &Arc<dyn Stage>, queue: WorkQueue, delivery: &Delivery) -> Result<Input, StageError> {
         let signature = header_str(&delivery.properties, SIGNATURE_HEADER);
         let queue = self.topology.queue(queue);
-        decode_body(&self.signer, &queue, &delivery.data, signature.as_deref(), stage.accepts_unsigned())
+        decode_body(
+            &self.signer,
+            &queue,
+            &delivery.data,
+            signature.as_deref(),
+            stage.accepts_unsigned(),
+            stage.signed_raw(),
+        )
     }
 
     /// Signs `envelope` for the stage queue `audience` and publishes it to
@@ -693,6 +734,47 @@ impl Runtime {
         let body = envelope.to_bytes();
         let sig = self.signer.sign(audience, &body);
         Outgoing::to_queue(to, body).header(SIGNATURE_HEADER, HeaderValue::Text(sig))
+    }
+
+    /// A lifecycle event for the events exchange, signed for the webhooks
+    /// queue: anyone may publish to the exchange, but only the fleet's
+    /// events lead to signed outgoing POSTs.
+    pub fn event(&self, routing_key: String, body: Vec<u8>) -> Outgoing {
+        let sig = self.signer.sign(&self.topology.queue(WorkQueue::Webhooks), &body);
+        Outgoing {
+            exchange: self.topology.events_exchange(),
+            routing_key,
+            body,
+            // Nobody listening to lifecycle events is normal, not a loss.
+            mandatory: false,
+            ..Default::default()
+        }
+        .header(SIGNATURE_HEADER, HeaderValue::Text(sig))
+    }
+
+    /// Announces a job's dead letter (`job.dead_lettered`) and, when its
+    /// manifest now says failed, `job.failed`. Best effort and bounded in
+    /// time: a lost event never holds up the pipeline.
+    async fn announce_failure(&self, outbox: &Outbox, stage: &str, job_id: &str, failure: &JobFailure) {
+        let failed =
+            matches!(self.manifests.load(job_id).await, Ok(Some(m)) if m.status == crate::manifest::JobStatus::Failed);
+        let keys: &[&str] = if failed { &["job.dead_lettered", "job.failed"] } else { &["job.dead_lettered"] };
+        for key in keys {
+            let body = serde_json::json!({
+                "event": key,
+                "job_id": job_id,
+                "stage": stage,
+                "error": failure,
+                "manifest": crate::manifest::manifest_key(job_id),
+                "at": chrono::Utc::now(),
+            });
+            let msg = self.event((*key).to_string(), serde_json::to_vec(&body).unwrap_or_default());
+            match tokio::time::timeout(Duration::from_secs(5), outbox.publisher.publish(&msg)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(event = key, error = %e, "Could not publish the event"),
+                Err(_) => warn!(event = key, "Publishing the event took over 5 s; given up"),
+            }
+        }
     }
 
     async fn dispatch(&self, stage: &str, outbox: &Outbox, dispatches: Vec<Dispatch>) -> Result<(), BrokerError> {
@@ -711,14 +793,12 @@ impl Runtime {
                 }
                 // Unsigned in, unsigned out: ingest checks it again like any other event.
                 Dispatch::Unsigned { queue, body } => Outgoing::to_queue(self.topology.queue(queue), body),
-                Dispatch::Event { routing_key, body } => Outgoing {
-                    exchange: self.topology.events_exchange(),
-                    routing_key,
-                    body,
-                    // Nobody listening to lifecycle events is normal, not a loss.
-                    mandatory: false,
-                    ..Default::default()
-                },
+                Dispatch::Event { routing_key, body } => self.event(routing_key, body),
+                Dispatch::Signed { queue, body } => {
+                    let queue = self.topology.queue(queue);
+                    let sig = self.signer.sign(&queue, &body);
+                    Outgoing::to_queue(queue, body).header(SIGNATURE_HEADER, HeaderValue::Text(sig))
+                }
             };
             outbox.publish(&msg).await?;
         }
@@ -745,7 +825,14 @@ impl Runtime {
                 env.attempt = attempt + 1;
                 self.signed(&self.topology.queue(queue), &retry_queue, &env)
             }
-            None => Outgoing::to_queue(&retry_queue, delivery.data.clone()),
+            None => {
+                let mut msg = Outgoing::to_queue(&retry_queue, delivery.data.clone());
+                // A signed body that is not an envelope keeps its signature (same body, same queue).
+                if let Some(sig) = header_str(&delivery.properties, SIGNATURE_HEADER) {
+                    msg = msg.header(SIGNATURE_HEADER, HeaderValue::Text(sig));
+                }
+                msg
+            }
         };
         msg = msg
             .header(ATTEMPT_HEADER, HeaderValue::Int(i64::from(attempt + 1)))
@@ -792,17 +879,18 @@ impl Runtime {
     async fn dead_letter(
         &self,
         outbox: &Outbox,
-        stage: &str,
+        stage: &Arc<dyn Stage>,
         queue: WorkQueue,
         delivery: &Delivery,
         envelope: Option<&Envelope>,
         attempt: u32,
         err: &StageError,
     ) -> Outcome {
+        let (stage_name, stage) = (stage.name(), stage.as_ref());
         let now = chrono::Utc::now();
         let message: String = err.message.chars().take(1000).collect();
         let mut msg = Outgoing::to_queue(self.topology.dead_letter_queue(queue), delivery.data.clone())
-            .header(dlq_headers::STAGE, HeaderValue::Text(stage.into()))
+            .header(dlq_headers::STAGE, HeaderValue::Text(stage_name.into()))
             .header(dlq_headers::ERROR_CLASS, HeaderValue::Text(err.class.to_string()))
             .header(dlq_headers::ERROR_CODE, HeaderValue::Text(err.code.into()))
             .header(dlq_headers::ERROR_MESSAGE, HeaderValue::Text(message.clone()))
@@ -820,16 +908,25 @@ impl Runtime {
         error!(class = %err.class, code = err.code, error = %message, "Dead-lettered");
         if let Some(env) = envelope {
             let failure = JobFailure {
-                stage: stage.into(),
+                stage: stage_name.into(),
                 class: err.class,
                 code: err.code.into(),
                 message,
                 attempts: attempt + 1,
                 at: now,
             };
-            if let Err(e) = self.manifests.mark_failed(&env.job_id, failure).await {
+            if let Err(e) = self.manifests.mark_failed(&env.job_id, failure.clone()).await {
                 warn!(error = %e, "Could not mark the manifest failed");
             }
+            if stage.creates_manifest_on_failure() && matches!(self.manifests.load(&env.job_id).await, Ok(None)) {
+                let mut manifest = crate::manifest::JobManifest::new(env);
+                manifest.status = crate::manifest::JobStatus::Failed;
+                manifest.error = Some(failure.clone());
+                if let Err(e) = self.manifests.create(&mut manifest).await {
+                    warn!(error = %e, "Could not record the failed job's manifest");
+                }
+            }
+            self.announce_failure(outbox, stage_name, &env.job_id, &failure).await;
         }
         self.settle_ack(delivery, Outcome::DeadLetter).await
     }
@@ -930,24 +1027,37 @@ mod tests {
         let body = envelope().to_bytes();
         let sig = signer.sign(q, &body);
         let event = br#"{"Records":[]}"#;
-        assert!(matches!(decode_body(&signer, q, event, None, true), Ok(Input::Raw(b)) if b == event));
+        assert!(matches!(decode_body(&signer, q, event, None, true, false), Ok(Input::Raw(b)) if b == event));
         // A signed body is checked even where unsigned ones are taken.
         for accepts_unsigned in [true, false] {
-            let decoded = decode_body(&signer, q, &body, Some(&sig), accepts_unsigned);
+            let decoded = decode_body(&signer, q, &body, Some(&sig), accepts_unsigned, false);
             assert!(matches!(&decoded, Ok(Input::Envelope(e)) if e.job_id == envelope().job_id), "{decoded:?}");
-            let forged = decode_body(&signer, q, &body, Some("k1.1.00ff"), accepts_unsigned);
+            let forged = decode_body(&signer, q, &body, Some("k1.1.00ff"), accepts_unsigned, false);
             assert!(forged.is_err_and(|e| e.class == crate::error::ErrorClass::Permanent));
-            let elsewhere = decode_body(&signer, "ns.postprocess", &body, Some(&sig), accepts_unsigned);
+            let elsewhere = decode_body(&signer, "ns.postprocess", &body, Some(&sig), accepts_unsigned, false);
             assert!(elsewhere.is_err(), "a message signed for another queue");
         }
-        assert!(decode_body(&signer, q, &body, None, false).is_err(), "unsigned to a stage that wants signatures");
+        assert!(
+            decode_body(&signer, q, &body, None, false, false).is_err(),
+            "unsigned to a stage that wants signatures"
+        );
         let other = Signer::with_key("ns", "k1", &[4u8; 32]).sign(q, &body);
-        assert!(decode_body(&signer, q, &body, Some(&other), false).is_err(), "signed with another key");
+        assert!(decode_body(&signer, q, &body, Some(&other), false, false).is_err(), "signed with another key");
         let not_json = b"not an envelope";
         assert!(
-            decode_body(&signer, q, not_json, Some(&signer.sign(q, not_json)), false).is_err(),
+            decode_body(&signer, q, not_json, Some(&signer.sign(q, not_json)), false, false).is_err(),
             "signed but no envelope"
         );
+        // Lifecycle events: signed, not envelopes, handed over raw once verified.
+        let event = br#"{"event":"job.completed","job_id":"j1"}"#;
+        let hooks = "ns.webhooks";
+        let signed = signer.sign(hooks, event);
+        assert!(
+            matches!(decode_body(&signer, hooks, event, Some(&signed), false, true), Ok(Input::Raw(b)) if b == event)
+        );
+        assert!(decode_body(&signer, hooks, event, None, false, true).is_err(), "an unsigned event");
+        assert!(decode_body(&signer, hooks, event, Some(&other), false, true).is_err(), "a forged event");
+        assert!(decode_body(&signer, hooks, b"{}", Some(&signed), false, true).is_err(), "another body");
     }
 
     #[test]

@@ -25,8 +25,15 @@
 //!   runtime of the stage that owns `W` moves each to `W.dlq` with the same
 //!   headers as its own dead letters and marks the job failed, so nothing
 //!   reaches `W.dlq` unexplained.
+//!
+//! The events exchange (topic) feeds the webhooks queue with the events a
+//! webhook carries (`job.completed`, `job.failed`, `job.dead_lettered`).
 
-use crate::{decide::retry_steps, envelope::Tier, settings::RetrySettings};
+use crate::{
+    decide::retry_steps,
+    envelope::Tier,
+    settings::{RetrySettings, WEBHOOK_EVENTS},
+};
 use lapin::{
     options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable, ShortString},
@@ -235,6 +242,18 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
+        let webhooks = self.queue(WorkQueue::Webhooks);
+        for key in WEBHOOK_EVENTS {
+            channel
+                .queue_bind(
+                    webhooks.as_str().into(),
+                    self.events_exchange().as_str().into(),
+                    key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
         Ok(())
     }
 }
@@ -290,9 +309,9 @@ mod tests {
         assert_eq!(t.deferred_queue(WorkQueue::Ingest), "ns1.ingest.deferred");
         assert_eq!(t.broker_dead_letter_queue(WorkQueue::Preprocess), "ns1.preprocess.dlx");
         assert_eq!(t.dead_letter_queue(WorkQueue::Postprocess), "ns1.postprocess.dlq");
-        assert_eq!(t.all_queue_names().len(), 7 * (1 + 7 + 3));
+        assert_eq!(t.all_queue_names().len(), 9 * (1 + 7 + 3));
         let unique: std::collections::BTreeSet<_> = t.all_queue_names().into_iter().collect();
-        assert_eq!(unique.len(), 7 * (1 + 7 + 3));
+        assert_eq!(unique.len(), 9 * (1 + 7 + 3));
         assert_eq!(t.events_exchange(), "ns1.events");
         assert_eq!(t.exchange_names(), vec!["ns1.events".to_string(), "ns1.uploads".to_string()]);
     }

@@ -4,6 +4,9 @@
 //! source it already knows, writes `jobs/<job_id>/manifest.json` and
 //! forwards the job to preprocess.
 //!
+//! Bucket events of keys under `pulled/` are ignored: the pull worker
+//! hands those jobs over with their own envelope.
+//!
 //! - this file: the stage (events split into jobs, validation, the manifest).
 //! - [`ffmpeg`]: the ffprobe and ffmpeg runs that validate a video.
 
@@ -21,7 +24,7 @@ use reelfleet_core::{
     media::{scratch_dir, Bounds, Media, MediaError},
     runtime::{Dispatch, Input, Message, Stage},
     s3event::{parse_event, CreatedObject},
-    settings::Settings,
+    settings::{Settings, PULLED_PREFIX},
     storage::Storage,
     topology::WorkQueue,
 };
@@ -92,6 +95,11 @@ impl Stage for Ingest {
                         .collect());
                 }
                 let Some(obj) = objects.into_iter().next() else { return Ok(Vec::new()) };
+                if obj.key.starts_with(PULLED_PREFIX) {
+                    // The pull worker sends the job's own signed envelope once the object is whole.
+                    info!(key = %obj.key, "S3 event ignored: handed over by the pull worker");
+                    return Ok(Vec::new());
+                }
                 let mut source = SourceObject {
                     bucket: obj.bucket,
                     key: obj.key,

@@ -16,6 +16,9 @@
 //!   720p analyze job, N times bare and N times under prlimit + bubblewrap,
 //!   interleaved (wall time, and the CPU time ffmpeg reports for its own
 //!   work), and the fixed cost of one wrapped process.
+//! - `ingest-pull [--mib N]`: a URL pull of an N MiB source by the real
+//!   pull worker into the embedded S3 (MiB/s, the worker's peak RSS), against
+//!   a plain GET of the same body (`reelfleet-bench/ingest_pull.rs`).
 
 use anyhow::{bail, Context};
 use async_trait::async_trait;
@@ -49,6 +52,9 @@ use std::{
     time::{Duration, Instant},
 };
 use tokio_util::sync::CancellationToken;
+
+#[path = "reelfleet-bench/ingest_pull.rs"]
+mod ingest_pull;
 
 fn arg(args: &[String], name: &str, default: usize) -> anyhow::Result<usize> {
     match args.iter().position(|a| a == name) {
@@ -1308,6 +1314,7 @@ async fn main() -> anyhow::Result<()> {
         Some("scaling") => scaling(&args[1..]).await,
         Some("sandbox") => sandbox(&args[1..]).await,
         Some("ingest") => ingest(&args[1..]).await,
-        _ => bail!("usage: reelfleet-bench transcode [--clips N] [--seconds S] | overhead [--jobs N] | inference [--jobs N] [--rate R] | scaling [--clips N] [--seconds S] | sandbox [--runs N] [--seconds S] | ingest [--events N] [--pollers P]"),
+        Some("ingest-pull") => ingest_pull::ingest_pull(&args[1..]).await,
+        _ => bail!("usage: reelfleet-bench transcode [--clips N] [--seconds S] | overhead [--jobs N] | inference [--jobs N] [--rate R] | scaling [--clips N] [--seconds S] | sandbox [--runs N] [--seconds S] | ingest [--events N] [--pollers P] | ingest-pull [--mib N]"),
     }
 }

@@ -33,7 +33,7 @@ pub struct DevArgs {
 /// Starts the embedded stack, prints where it listens, drains it on a signal.
 pub async fn run(settings: Settings, args: DevArgs) -> anyhow::Result<i32> {
     let DevArgs { data_dir, namespace, s3_port, sim_port, no_workers } = args;
-    let stages = if no_workers { Vec::new() } else { StageName::ALL.to_vec() };
+    let stages = if no_workers { Vec::new() } else { StageName::EVERY.to_vec() };
     let opts = DevOptions { data_dir, namespace, s3_port, sim_port, stages };
     let stack = DevStack::start(settings, opts).await?;
     eprintln!(

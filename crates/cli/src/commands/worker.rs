@@ -1,4 +1,5 @@
-//! `reelfleet worker KIND`: one stage's worker (or the SQS bridge), with its
+//! `reelfleet worker KIND`: one stage's worker (the four pipeline stages,
+//! the URL pull, the webhooks) or the SQS bridge, with its
 //! health server, until SIGTERM/SIGINT; the message in flight (the batch in
 //! hand, for the bridge) is finished before it exits.
 
@@ -28,6 +29,10 @@ enum WorkerKind {
     Inference,
     /// Renditions, thumbnails, quality, final manifest.
     Postprocess,
+    /// Sources given by URL (`<ns>.pull`) fetched into the upload bucket, then to ingest.
+    Pull,
+    /// Outgoing webhooks (`<ns>.webhooks`): job callbacks and configured endpoints.
+    Webhooks,
     /// AWS S3 notifications from SQS (direct, SNS, EventBridge) to the uploads exchange.
     BridgeSqs,
 }
@@ -50,6 +55,8 @@ pub async fn run(settings: Settings, args: WorkerArgs) -> anyhow::Result<i32> {
         WorkerKind::Preprocess => StageName::Preprocess,
         WorkerKind::Inference => StageName::Inference,
         WorkerKind::Postprocess => StageName::Postprocess,
+        WorkerKind::Pull => StageName::Pull,
+        WorkerKind::Webhooks => StageName::Webhooks,
         WorkerKind::BridgeSqs => return run_bridge(settings).await,
     };
     // Outside `reelfleet dev`, nothing runs on a missing or well-known credential.

@@ -5,7 +5,8 @@
 //! (`load.rs`), the checks serde cannot make (`validate.rs`), the credentials a
 //! worker refuses (`credentials.rs`), [`Secret`] (`secret.rs`), then one file per section, named as in the TOML file
 //! (`broker.rs`, `s3.rs`, `state.rs`, `signing.rs`, `retry.rs`, `runtime.rs`,
-//! `media.rs`, `limits.rs`, `preprocess.rs`, `inference.rs`, `postprocess.rs`, `sqs.rs`, `intake.rs`).
+//! `media.rs`, `limits.rs`, `preprocess.rs`, `inference.rs`, `postprocess.rs`, `sqs.rs`,
+//! `intake.rs`, `pull.rs`, `webhooks.rs`).
 //! The README's configuration reference is held to these fields by a test.
 
 mod broker;
@@ -17,6 +18,7 @@ mod load;
 mod media;
 mod postprocess;
 mod preprocess;
+mod pull;
 mod retry;
 mod runtime;
 mod s3;
@@ -25,6 +27,7 @@ mod signing;
 mod sqs;
 mod state;
 mod validate;
+mod webhooks;
 
 pub use broker::BrokerSettings;
 pub use credentials::Uses;
@@ -34,6 +37,7 @@ pub use limits::LimitSettings;
 pub use media::{LimitsKind, MediaSettings, SandboxKind};
 pub use postprocess::PostprocessSettings;
 pub use preprocess::PreprocessSettings;
+pub use pull::{PullSettings, PULLED_PREFIX};
 pub use retry::RetrySettings;
 pub use runtime::RuntimeSettings;
 pub use s3::S3Settings;
@@ -41,6 +45,7 @@ pub use secret::Secret;
 pub use signing::{PreviousKey, SigningSettings, MIN_KEY_BYTES};
 pub use sqs::SqsSettings;
 pub use state::StateSettings;
+pub use webhooks::{WebhookEndpoint, WebhookSettings, WEBHOOK_EVENTS};
 
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +81,10 @@ pub struct Settings {
     pub sqs: SqsSettings,
     /// The intake API (`reelfleet intake`).
     pub intake: IntakeSettings,
+    /// URL pulls (`reelfleet worker pull`).
+    pub pull: PullSettings,
+    /// Outgoing webhooks (`reelfleet worker webhooks`).
+    pub webhooks: WebhookSettings,
 }
 
 impl Default for Settings {
@@ -95,6 +104,8 @@ impl Default for Settings {
             state: StateSettings::default(),
             sqs: SqsSettings::default(),
             intake: IntakeSettings::default(),
+            pull: PullSettings::default(),
+            webhooks: WebhookSettings::default(),
         }
     }
 }
@@ -127,6 +138,10 @@ impl Settings {
         out.state.url = hide(&self.state.url);
         out.sqs.access_key = hide(&self.sqs.access_key);
         out.sqs.secret_key = hide(&self.sqs.secret_key);
+        out.webhooks.secret = hide(&self.webhooks.secret);
+        for e in &mut out.webhooks.endpoints {
+            e.secret = hide(&e.secret);
+        }
         out.postprocess.cdn_purge_token = self.postprocess.cdn_purge_token.as_ref().map(hide);
         for client in &mut out.intake.clients {
             client.secret = hide(&client.secret);

@@ -49,6 +49,8 @@ impl Settings {
         if self.sqs.visibility_timeout_secs < 10 {
             return bad("sqs.visibility_timeout_secs must be at least 10");
         }
+        self.pull.validate(self.runtime.job_timeout_secs).map_err(SettingsError::Value)?;
+        self.webhooks.validate().map_err(SettingsError::Value)?;
         Ok(())
     }
 }

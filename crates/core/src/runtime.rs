@@ -63,7 +63,6 @@ pub mod dlq_headers {
 // The envelope is the common case (and lives as long as the message): boxing it buys nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
-#[allow(clippy::large_enum_variant)] // one per message in flight: boxing would save nothing that matters
 pub enum Input {
     /// An envelope whose signature checked out.
     Envelope(Envelope),
@@ -88,7 +87,6 @@ pub struct Message {
 // As for `Input`: most dispatches carry an envelope.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
-#[allow(clippy::large_enum_variant)] // a handful per message: boxing would save nothing that matters
 pub enum Dispatch {
     /// The next stage's message.
     Next {

@@ -41,6 +41,9 @@ struct DevSecrets {
     s3_access_key: String,
     s3_secret_key: String,
     provider_key: String,
+    /// Signs webhooks to job callback URLs (absent from files made before it existed).
+    #[serde(default)]
+    webhooks_secret: Option<String>,
 }
 
 impl DevSecrets {
@@ -49,7 +52,12 @@ impl DevSecrets {
     fn load_or_make(data_dir: &std::path::Path) -> anyhow::Result<Self> {
         let path = data_dir.join(Self::FILE);
         if let Ok(text) = std::fs::read_to_string(&path) {
-            return toml::from_str(&text).with_context(|| format!("cannot read {}", path.display()));
+            let mut known: Self = toml::from_str(&text).with_context(|| format!("cannot read {}", path.display()))?;
+            if known.webhooks_secret.is_none() {
+                known.webhooks_secret = Some(reelfleet_core::webhooks::WebhookSecret::generate().encode());
+                write_private(&path, &toml::to_string(&known)?)?;
+            }
+            return Ok(known);
         }
         let token = || reelfleet_core::signing::generate_key();
         let made = Self {
@@ -57,6 +65,7 @@ impl DevSecrets {
             s3_access_key: format!("RFDEV{}", &token()[..16].to_ascii_uppercase()),
             s3_secret_key: token(),
             provider_key: format!("sk-dev-{}", token()),
+            webhooks_secret: Some(reelfleet_core::webhooks::WebhookSecret::generate().encode()),
         };
         write_private(&path, &toml::to_string(&made)?)?;
         Ok(made)
@@ -72,6 +81,9 @@ impl DevSecrets {
         fill(&mut s.s3.access_key, self.s3_access_key);
         fill(&mut s.s3.secret_key, self.s3_secret_key);
         fill(&mut s.inference.api_key, self.provider_key);
+        if let Some(secret) = self.webhooks_secret {
+            fill(&mut s.webhooks.secret, secret);
+        }
     }
 }
 

@@ -29,7 +29,7 @@ pub use broker::BrokerSettings;
 pub use credentials::Uses;
 pub use inference::{BudgetAction, InferenceSettings, ModelSettings, TierSettings};
 pub use limits::LimitSettings;
-pub use media::{LimitsKind, MediaSettings, SandboxKind};
+pub use media::{LimitsKind, MediaSettings, SandboxKind, TierPresets};
 pub use postprocess::PostprocessSettings;
 pub use preprocess::PreprocessSettings;
 pub use retry::RetrySettings;

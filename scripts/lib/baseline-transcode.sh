@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Runs one analyze job's ffprobe/ffmpeg commands as plain processes: the
-# baseline of `scripts/bench transcode`. Usage: PLAN, a file written by
-#   reelfleet [--config FILE] media plan --print0 CLIP OUTDIR
-# which lists the commands the fleet runs for CLIP, built by the stages' own
-# argument builders (so the baseline cannot drift from the fleet): every word
+# Runs one analyze job's ffprobe/ffmpeg commands as plain processes, for
+# `scripts/bench transcode`. Usage: PLAN, a file written by
+#   reelfleet [--config FILE] media plan --print0 [--legacy] CLIP OUTDIR
+# which lists the commands the fleet runs for CLIP (or, with --legacy, the
+# per-output commands it ran before one decode per stage: the baseline),
+# built by the stages' own argument builders (so the replay cannot drift
+# from the fleet; HLS variant folders under OUTDIR must exist): every word
 # NUL-terminated, every command ended by an empty word. Nothing is parsed by
 # a shell; output goes nowhere, a failing command's stderr is shown.
 set -euo pipefail

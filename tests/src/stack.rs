@@ -105,6 +105,7 @@ impl TestStack {
         s.broker.prefetch = 2;
         s.media.threads = 2;
         s.media.preset = "ultrafast".into();
+        s.media.tier_presets = reelfleet_core::settings::TierPresets::all("ultrafast");
         tweak(&mut s);
         let dir = tempfile::Builder::new().prefix("reelfleet-test-").tempdir().expect("temp dir");
         let dev = start_dev(s, dir.path(), stages).await.expect("dev stack starts (is RabbitMQ running?)");

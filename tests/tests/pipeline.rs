@@ -26,6 +26,7 @@ async fn a_plain_s3_upload_runs_through_all_four_stages() {
     let stack = TestStack::start_with(|s| {
         s.postprocess.cdn_purge_url = Some(cdn.url());
         s.postprocess.cdn_purge_token = Some(reelfleet_core::settings::Secret::new("cdn-token"));
+        s.media.hls_segment_secs = 1.0;
     })
     .await;
     let events = stack.bind_events("job.*").await;
@@ -63,18 +64,139 @@ async fn a_plain_s3_upload_runs_through_all_four_stages() {
         }
     }
     assert!(m.quality_check.as_ref().is_some_and(|q| q.passed));
+    assert!(m.outputs.iter().all(|o| o.reencoded.is_none()), "nothing fell below the floor");
+
+    // HLS: read back from the bucket by ffprobe, segments aligned across renditions.
+    let hls = m.hls.as_ref().expect("HLS output");
+    assert_eq!(hls.master_key, format!("jobs/{job}/hls/master.m3u8"));
+    let local = download_hls(&stack, hls).await;
+    let master = std::fs::read_to_string(local.path().join("master.m3u8")).unwrap();
+    let variants = hls_variants(&master);
+    assert_eq!(variants.len(), 2, "{master}");
+    let names: Vec<&str> = variants.iter().map(|v| v.0.split('/').next().unwrap()).collect();
+    assert_eq!(names, ["h264_720p", "h265_720p"]);
+    for (uri, attrs) in &variants {
+        assert!(attrs.contains("RESOLUTION=1280x720"), "{uri}: {attrs}");
+        let bandwidth: u64 = attr(attrs, "BANDWIDTH").parse().unwrap();
+        assert!(bandwidth > 10_000, "{uri}: {attrs}");
+        // CODECS as RFC 6381 spells what ffprobe reads in the variant's own segments.
+        let variant = ffprobe_json(&local.path().join(uri), &["-show_streams", "-select_streams", "v:0"]);
+        let v = &variant["streams"][0];
+        let level = v["level"].as_i64().unwrap();
+        let video = match (v["codec_name"].as_str().unwrap(), v["profile"].as_str().unwrap()) {
+            ("h264", "Constrained Baseline") => format!("avc1.42C0{level:02X}"),
+            ("h264", "Main") => format!("avc1.4D40{level:02X}"),
+            ("h264", "High") => format!("avc1.6400{level:02X}"),
+            ("hevc", "Main") => format!("hvc1.1.6.L{level}.B0"),
+            other => panic!("{uri}: unexpected {other:?}"),
+        };
+        assert_eq!(attr(attrs, "CODECS"), format!("\"{video},mp4a.40.2\""), "{uri}");
+    }
+    // ffprobe opens the master (its hls demuxer: not the fleet's allow-list) and finds both variants.
+    let probed = ffprobe_json(&local.path().join("master.m3u8"), &["-show_streams"]);
+    let mut streams: Vec<(String, u64)> = probed["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["codec_type"] == "video")
+        .map(|s| (s["codec_name"].as_str().unwrap().to_string(), s["width"].as_u64().unwrap()))
+        .collect();
+    streams.sort();
+    assert_eq!(streams, [("h264".to_string(), 1280), ("hevc".to_string(), 1280)], "{probed}");
+    // Segment starts by the playlists, and keyframes by ffprobe, are the same in every rendition.
+    let mut timelines = Vec::new();
+    for (uri, _) in &variants {
+        let path = local.path().join(uri);
+        let playlist = std::fs::read_to_string(&path).unwrap();
+        let starts = segment_starts(&playlist);
+        assert_eq!(starts.len(), 3, "3 s in 1 s segments: {playlist}");
+        let packets = ffprobe_json(&path, &["-select_streams", "v:0", "-show_entries", "packet=pts_time,flags"]);
+        let keyframes: Vec<f64> = packets["packets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["flags"].as_str().unwrap_or_default().contains('K'))
+            .map(|p| p["pts_time"].as_str().unwrap().parse::<f64>().unwrap())
+            .collect();
+        let first = keyframes[0];
+        let keyframes: Vec<f64> = keyframes.iter().map(|k| ((k - first) * 1000.0).round() / 1000.0).collect();
+        assert_eq!(keyframes, starts, "{uri}: keyframes where segments start");
+        timelines.push(starts);
+    }
+    assert_eq!(timelines[0], timelines[1], "segment boundaries differ across renditions");
 
     let purges = cdn.requests();
     assert_eq!(purges.len(), 1, "one CDN purge call");
     assert_eq!(purges[0].authorization.as_deref(), Some("Bearer cdn-token"));
     let body: serde_json::Value = serde_json::from_slice(&purges[0].body).unwrap();
     assert_eq!(body["job_id"], job.as_str());
-    assert_eq!(body["paths"].as_array().unwrap().len(), m.outputs.len());
+    let paths: Vec<&str> = body["paths"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    assert_eq!(paths.len(), m.outputs.len() + 1 + hls.variants.len(), "{paths:?}");
+    assert!(paths.contains(&hls.master_key.as_str()), "the purge names the master playlist: {paths:?}");
     assert!(m.cdn_purge.as_deref().unwrap().starts_with("purged"));
 
     let completed = stack.take_messages(&events, 1, Duration::from_secs(10)).await;
     let event: serde_json::Value = serde_json::from_slice(&completed[0].1).unwrap();
     assert_eq!((event["event"].as_str(), event["job_id"].as_str()), (Some("job.completed"), Some(job.as_str())));
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rendition_below_the_quality_floor_is_encoded_again_alone_and_the_manifest_says_so() {
+    // CRF 51 lands every rendition of this clip under 30 dB; 33 points better passes.
+    let stack = TestStack::start_with(|s| {
+        s.postprocess.h264_crf = 51;
+        s.postprocess.h265_crf = 51;
+        s.media.reencode_crf_step = 33;
+        s.media.hls_segment_secs = 1.0;
+    })
+    .await;
+    let clip = make_clip(stack.dir.path(), "floor.mp4", "testsrc2=size=320x240:rate=24", 2.0, &[]);
+    let job = stack.upload("floor/clip.mp4", &clip).await;
+    let m = stack.wait_for(&job, JOB_TIMEOUT, finished).await;
+    assert_eq!(m.status, JobStatus::Completed, "{:?}", m.error);
+    let renditions: Vec<_> = m.outputs.iter().filter(|o| o.content_type == "video/mp4").collect();
+    assert_eq!(renditions.len(), 2);
+    for out in renditions {
+        let note = out.reencoded.as_deref().unwrap_or_else(|| panic!("{} not re-encoded: {out:?}", out.name));
+        assert!(note.contains("at CRF 51") && note.contains("again at CRF 18"), "{note}");
+        let first: f64 = note.split("PSNR ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+        assert!(first < 30.0, "{note}");
+        assert!(out.psnr_db.unwrap() >= 30.0, "{out:?}");
+        // What the bucket holds is the second encode, measured as the manifest says.
+        let bytes = stack.read_object(&out.key).await;
+        assert_eq!(bytes.len() as u64, out.size_bytes, "{}", out.name);
+        let dir = tempfile::tempdir().unwrap();
+        let (file, reference) = (dir.path().join("r.mp4"), dir.path().join("n.mp4"));
+        std::fs::write(&file, &bytes).unwrap();
+        let normalized = m.preprocess.as_ref().unwrap().normalized_key.clone().unwrap();
+        std::fs::write(&reference, stack.read_object(&normalized).await).unwrap();
+        let log = std::process::Command::new("ffmpeg")
+            .args(["-hide_banner", "-i"])
+            .arg(&file)
+            .arg("-i")
+            .arg(&reference)
+            .args(["-lavfi", "[0:v][1:v]psnr", "-f", "null", "-"])
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&log.stderr);
+        let psnr: f64 = log.split("average:").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+        assert!(
+            (psnr - out.psnr_db.unwrap()).abs() < 0.01,
+            "{} measures {psnr} dB, the manifest says {:?}",
+            out.name,
+            out.psnr_db
+        );
+    }
+    // The HLS variants were made again with their renditions, still aligned.
+    let hls = m.hls.as_ref().expect("HLS output");
+    let mut timelines = Vec::new();
+    for v in &hls.variants {
+        let playlist = String::from_utf8(stack.read_object(&v.playlist_key).await).unwrap();
+        timelines.push(segment_starts(&playlist));
+    }
+    assert_eq!(timelines[0], [0.0, 1.0]);
+    assert_eq!(timelines[0], timelines[1]);
     stack.cleanup().await;
 }
 
@@ -384,6 +506,97 @@ async fn a_bucket_notification_on_the_uploads_exchange_starts_a_job() {
     stack.cleanup().await;
 }
 
+/// The master playlist of `hls` and every variant's files, downloaded from
+/// the work bucket into a folder laid out as the bucket is.
+async fn download_hls(stack: &TestStack, hls: &reelfleet_core::manifest::HlsOutput) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = hls.master_key.trim_end_matches("master.m3u8").to_string();
+    let mut keys = vec![hls.master_key.clone()];
+    for v in &hls.variants {
+        let playlist = String::from_utf8(stack.read_object(&v.playlist_key).await).unwrap();
+        let folder = v.playlist_key.rsplit_once('/').unwrap().0;
+        keys.push(v.playlist_key.clone());
+        let init = playlist.lines().find_map(|l| l.strip_prefix("#EXT-X-MAP:URI=\"")).map(|u| u.trim_end_matches('"'));
+        let segments = playlist.lines().filter(|l| !l.is_empty() && !l.starts_with('#'));
+        keys.extend(init.into_iter().chain(segments).map(|f| format!("{folder}/{f}")));
+    }
+    for key in keys {
+        let path = dir.path().join(key.strip_prefix(&prefix).unwrap());
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, stack.read_object(&key).await).unwrap();
+    }
+    dir
+}
+
+/// When each segment of a media playlist starts, from its `#EXTINF` durations, to the millisecond.
+fn segment_starts(playlist: &str) -> Vec<f64> {
+    let mut t = 0.0;
+    let mut starts = Vec::new();
+    for d in playlist.lines().filter_map(|l| l.strip_prefix("#EXTINF:")) {
+        starts.push((t * 1000.0_f64).round() / 1000.0);
+        t += d.trim_end_matches(',').parse::<f64>().unwrap();
+    }
+    starts
+}
+
+/// `(uri, attributes)` of every `#EXT-X-STREAM-INF` of a master playlist.
+fn hls_variants(master: &str) -> Vec<(String, String)> {
+    let lines: Vec<&str> = master.lines().collect();
+    lines
+        .windows(2)
+        .filter_map(|w| w[0].strip_prefix("#EXT-X-STREAM-INF:").map(|a| (w[1].to_string(), a.to_string())))
+        .collect()
+}
+
+/// One attribute of an attribute list (quoted values keep their quotes).
+fn attr(list: &str, name: &str) -> String {
+    let start = list.find(&format!("{name}=")).unwrap_or_else(|| panic!("no {name} in {list}")) + name.len() + 1;
+    let rest = &list[start..];
+    let end = match rest.strip_prefix('"') {
+        Some(quoted) => quoted.find('"').map(|i| i + 2),
+        None => rest.find(','),
+    };
+    rest[..end.unwrap_or(rest.len())].to_string()
+}
+
+/// ffprobe's JSON of `path` (plain ffprobe, as a player's tooling would run it).
+fn ffprobe_json(path: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-of", "json"])
+        .args(args)
+        .arg(path)
+        .output()
+        .expect("ffprobe runs");
+    assert!(out.status.success(), "ffprobe {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// An ffmpeg run without the bounds the stages put before every file output
+/// (a `file:` word that is not an input, or a tee muxer's `[f=...]` spec):
+/// `-fs` always (asserted), `-frames:v` unless the output sets its own.
+fn strip_output_bounds(run: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(run.len());
+    let mut group = 0;
+    for (i, word) in run.iter().enumerate() {
+        let input = i > 0 && run[i - 1] == "-i";
+        let output = !input && (word.starts_with("file:") || word.starts_with("[f="));
+        if output {
+            let n = out.len();
+            assert!(n >= 2 && out[n - 2] == "-fs", "a file output without -fs: {run:?}");
+            out.truncate(n - 2);
+            let n = out.len();
+            if n >= 2 + group && out[n - 2] == "-frames:v" && !out[group..n - 2].iter().any(|w| w == "-frames:v") {
+                out.truncate(n - 2);
+            }
+        }
+        out.push(word.clone());
+        if input || output {
+            group = out.len();
+        }
+    }
+    out
+}
+
 /// A run as the drift test compares it: the program's file name, every
 /// `file:` argument reduced to its file name (the source, and the normalized
 /// video postprocess downloads as its reference, named alike on both sides),
@@ -412,10 +625,28 @@ fn comparable(words: &[String], clip_name: &str) -> Vec<String> {
         out + rest
     };
     let file_name = |p: &str| std::path::Path::new(p).file_name().map(|n| n.to_string_lossy().into_owned());
+    // A tee muxer's outputs: each path reduced to its file name, or from `hls/` on (`hls/h264_720p/index.m3u8`).
+    let tee = |spec: &str| {
+        spec.split('|')
+            .map(|slave| match slave.split_once("file\\:") {
+                Some((opts, path)) => {
+                    let path = path.replace('\\', "");
+                    let short = match path.rsplit_once("/hls/") {
+                        Some((_, rest)) => format!("hls/{rest}"),
+                        None => file_name(&path).unwrap_or_default(),
+                    };
+                    format!("{opts}{short}")
+                }
+                None => slave.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("|")
+    };
     words
         .iter()
         .enumerate()
         .map(|(i, w)| match (i, w.strip_prefix("file:")) {
+            (_, None) if w.starts_with("[f=") => mask_decimals(&tee(w)),
             (0, _) => file_name(w).unwrap_or_default(),
             (_, Some(path)) => match file_name(path).unwrap_or_default() {
                 n if n == "source" || n == clip_name => "SOURCE".into(),
@@ -495,21 +726,14 @@ async fn media_plan_lists_the_runs_the_fleet_makes() {
             i += 1;
         }
         *run = stripped;
-        if run.last().is_some_and(|w| w.starts_with("file:")) {
-            let n = run.len();
-            assert!(n >= 3 && run[n - 3] == "-fs", "a file output without -fs: {run:?}");
-            run.drain(n - 3..n - 1);
-            let n = run.len();
-            if n >= 3 && run[n - 3] == "-frames:v" && !run[..n - 3].iter().any(|w| w == "-frames:v") {
-                run.drain(n - 3..n - 1);
-            }
-        }
+        *run = strip_output_bounds(run);
     }
 
     settings.media.ffmpeg = "ffmpeg".into();
     settings.media.ffprobe = "ffprobe".into();
     let outdir = tempfile::tempdir().unwrap();
-    let plan = reelfleet_cli::media::plan(&settings, &clip, outdir.path()).await.expect("plan");
+    let options = reelfleet_cli::media::PlanOptions { tier: m.tier.expect("a tier"), legacy: false };
+    let plan = reelfleet_cli::media::plan(&settings, &clip, outdir.path(), options).await.expect("plan");
     let planned: Vec<Vec<String>> = plan
         .iter()
         .map(|r| {

@@ -6,38 +6,93 @@
 
 use anyhow::Context;
 use reelfleet_core::{
+    envelope::Tier,
     media::{Media, ToolCommand},
     settings::Settings,
 };
 use std::path::Path;
 
+/// Which commands to list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// The tier the job is taken to land in: its preset
+    /// (`media.tier_presets`) is the renditions'. The fleet's tier comes from
+    /// the complexity preprocess measures.
+    pub tier: Tier,
+    /// The commands the fleet ran before one decode per stage: normalize,
+    /// complexity and keyframes apart, one ffmpeg per rendition, per quality
+    /// check, for the poster and for the sprite, at `media.preset` (the
+    /// transcode benchmark's baseline).
+    pub legacy: bool,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        Self { tier: Tier::Medium, legacy: false }
+    }
+}
+
 /// Every run, in order, of one analyze job of `clip` (ingest's probe and
-/// decode check, preprocess's normalize, complexity and keyframes,
-/// postprocess's renditions with their quality checks, poster and sprite),
-/// the files it makes written to `outdir`, the normalized video standing in
-/// for the reference postprocess downloads. Probes `clip` and asks ffmpeg
-/// for libvmaf, as the stages do; the normalized video's duration is the
-/// clip's (the fleet reads it from the normalized file, which can differ by
-/// a frame), so rates and seek times derived from it can differ in the last
-/// decimals. The runs are listed without the bounds the stages add from the
-/// validated input (`-t`, `-frames:v`, `-fs`; see `media::Bounds`) and
-/// without the sandbox and limit wrappers (`sandbox::Runner`).
-pub async fn plan(settings: &Settings, clip: &Path, outdir: &Path) -> anyhow::Result<Vec<ToolCommand>> {
+/// decode check, preprocess's single pass and its probe, postprocess's
+/// ladder, probes and quality check; with `legacy`, the per-output commands
+/// of before), the files it makes written to `outdir`, the normalized video
+/// standing in for the reference postprocess downloads. Probes `clip` and
+/// asks ffmpeg for libvmaf, as the stages do; the normalized video's
+/// duration is the clip's (the fleet reads it from the normalized file,
+/// which can differ by a frame), so rates and seek times derived from it
+/// can differ in the last decimals. The runs are listed without the bounds
+/// the stages add from the validated input (`-t`, `-frames:v`, `-fs`; see
+/// `media::Bounds`) and without the sandbox and limit wrappers
+/// (`sandbox::Runner`). A rendition that falls below the quality floor adds
+/// a re-encode, a probe and a quality check of its own, not listed.
+pub async fn plan(
+    settings: &Settings,
+    clip: &Path,
+    outdir: &Path,
+    options: PlanOptions,
+) -> anyhow::Result<Vec<ToolCommand>> {
     let media = Media::new(settings.media.clone())?;
     let probe = media.probe(clip).await.with_context(|| format!("probing {}", clip.display()))?;
     let mut runs = reelfleet_ingest::ffmpeg::plan(&media, clip, &probe);
-    let (preprocess, frame) = reelfleet_preprocess::ffmpeg::plan(&media, &settings.preprocess, clip, &probe, outdir)?;
-    runs.extend(preprocess);
+    let normalized = outdir.join(reelfleet_preprocess::ffmpeg::NORMALIZED);
+    let duration = probe.duration().unwrap_or(0.0);
+    let frame = if options.legacy {
+        let (preprocess, frame) =
+            reelfleet_preprocess::ffmpeg::legacy::plan(&media, &settings.preprocess, clip, &probe, outdir)?;
+        runs.extend(preprocess);
+        frame
+    } else {
+        let (preprocess, frame) =
+            reelfleet_preprocess::ffmpeg::plan(&media, &settings.preprocess, clip, &probe, outdir)?;
+        runs.extend(preprocess);
+        frame
+    };
     let vmaf = media.has_filter("libvmaf").await;
-    runs.extend(reelfleet_postprocess::ffmpeg::plan(
-        &media,
-        &settings.postprocess,
-        &outdir.join(reelfleet_preprocess::ffmpeg::NORMALIZED),
-        (frame.width, frame.height),
-        probe.duration().unwrap_or(0.0),
-        vmaf,
-        outdir,
-    ));
+    let size = (frame.width, frame.height);
+    if options.legacy {
+        runs.extend(reelfleet_postprocess::ffmpeg::legacy::plan(
+            &media,
+            &settings.postprocess,
+            &normalized,
+            size,
+            duration,
+            vmaf,
+            outdir,
+        ));
+    } else {
+        let preset = settings.media.tier_presets.of(options.tier);
+        runs.extend(reelfleet_postprocess::ffmpeg::plan(
+            &media,
+            &settings.postprocess,
+            &normalized,
+            size,
+            duration,
+            frame.fps.into(),
+            preset,
+            vmaf,
+            outdir,
+        ));
+    }
     Ok(runs)
 }
 

@@ -57,22 +57,44 @@ async fn the_plan_holds_the_stages_own_graphs_and_reads_back_from_shell() {
     let duration = probe.duration().unwrap();
     let frame = reelfleet_preprocess::ffmpeg::normalized_frame(&probe, &settings.preprocess).unwrap();
     let vmaf = media.has_filter("libvmaf").await;
-    let mut graphs = vec![
-        reelfleet_preprocess::ffmpeg::normalize_graph(frame),
-        reelfleet_preprocess::ffmpeg::COMPLEXITY_GRAPH.to_string(),
-        reelfleet_preprocess::ffmpeg::keyframes_graph(
-            reelfleet_preprocess::ffmpeg::keyframe_count(&settings.preprocess),
-            duration,
-        ),
-        reelfleet_postprocess::ffmpeg::sprite_graph(settings.postprocess.sprite_frames.max(1), duration),
+    let keyframes = reelfleet_preprocess::ffmpeg::keyframe_count(&settings.preprocess);
+    let renditions = reelfleet_postprocess::plan_renditions(frame.width, frame.height);
+    let sizes: Vec<(&str, u32, u32)> = renditions.iter().map(|r| (r.name.as_str(), r.width, r.height)).collect();
+    let graphs = vec![
+        reelfleet_preprocess::ffmpeg::single_pass_graph(frame, keyframes, duration),
+        reelfleet_postprocess::ffmpeg::ladder_graph(&renditions, settings.postprocess.sprite_frames, duration),
+        reelfleet_postprocess::ffmpeg::quality_graph(&sizes, vmaf),
     ];
-    for r in reelfleet_postprocess::plan_renditions(frame.width, frame.height) {
-        graphs.push(reelfleet_postprocess::ffmpeg::rendition_graph(&r));
-        graphs.push(reelfleet_postprocess::ffmpeg::quality_graph(r.width, r.height, vmaf));
-    }
     for graph in &graphs {
         assert!(words.contains(&graph.as_str()), "the plan lacks the stage's graph {graph}");
     }
+    // One decode of the source in preprocess; the ladder and the quality check decode the reference once each.
+    let reads = |runs: &[Vec<String>], file: &str| {
+        runs.iter()
+            .filter(|r| r[0] == "ffmpeg")
+            .filter(|r| r.windows(2).any(|w| w[0] == "-i" && w[1].ends_with(file)))
+            .count()
+    };
+    assert_eq!(reads(&printed, "clip one.mp4"), 2, "ingest's decode check and preprocess's single pass");
+    assert_eq!(reads(&printed, "normalized.mp4"), 2, "the ladder and the quality check");
+    let preset = settings.media.tier_presets.of(reelfleet_core::envelope::Tier::Medium);
+    assert!(printed.iter().any(|r| r.windows(2).any(|w| w[0] == "-preset" && w[1] == preset)));
+
+    // The legacy plan (the benchmark's baseline) lists the per-output commands of before.
+    let legacy = runs(&reelfleet(&["--print0", "--legacy"], &clip, &out));
+    assert_eq!(reads(&legacy, "clip one.mp4"), 2, "decode check and normalize");
+    assert_eq!(
+        reads(&legacy, "normalized.mp4"),
+        4 + 2 * renditions.len(),
+        "complexity, keyframes, an encode and a check per rendition, the poster, the sprite"
+    );
+    let legacy_words: Vec<&str> = legacy.iter().flatten().map(String::as_str).collect();
+    for r in &renditions {
+        let graph = reelfleet_postprocess::ffmpeg::legacy::quality_graph(r.width, r.height, vmaf);
+        assert!(legacy_words.contains(&graph.as_str()), "the legacy plan lacks {graph}");
+    }
+    assert!(legacy_words.contains(&reelfleet_preprocess::ffmpeg::COMPLEXITY_GRAPH));
+
     let decode_check = reelfleet_ingest::ffmpeg::decode_check_args(&media, &clip);
     assert!(printed.iter().any(|r| r.ends_with(&decode_check)), "the plan lacks ingest's decode check");
 

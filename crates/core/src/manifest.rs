@@ -243,6 +243,44 @@ pub struct OutputFile {
     pub ssim: Option<f64>,
     /// VMAF against the normalized video, where ffmpeg has libvmaf.
     pub vmaf: Option<f64>,
+    /// Set when the rendition fell below the quality floor and was encoded
+    /// again alone at a better quality: what it measured first, and the CRF
+    /// of the encode it has now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reencoded: Option<String>,
+}
+
+/// The HLS presentation of the renditions: CMAF (fMP4) segments whose
+/// boundaries fall at the same times in every variant, and a master playlist.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct HlsOutput {
+    /// The master playlist's key in the work bucket (`jobs/<id>/hls/master.m3u8`).
+    pub master_key: String,
+    /// Target seconds per segment (`media.hls_segment_secs`).
+    pub segment_secs: f64,
+    /// One per rendition, in the master's order.
+    pub variants: Vec<HlsVariant>,
+}
+
+/// One variant of [`HlsOutput`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct HlsVariant {
+    /// The rendition (`h264_720p`).
+    pub name: String,
+    /// Its media playlist's key (`jobs/<id>/hls/h264_720p/index.m3u8`).
+    pub playlist_key: String,
+    /// The master's `BANDWIDTH`: the peak segment's bits per second.
+    pub bandwidth: u64,
+    /// The master's `AVERAGE-BANDWIDTH`.
+    pub average_bandwidth: u64,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// The master's `CODECS` (`avc1.64001F,mp4a.40.2`).
+    pub codecs: String,
+    /// Media segments (the init segment not counted).
+    pub segments: u32,
 }
 
 /// Postprocess's quality gate: every rendition's PSNR and SSIM against the floors.
@@ -324,6 +362,9 @@ pub struct JobManifest {
     pub outputs: Vec<OutputFile>,
     /// Postprocess's quality gate, once measured.
     pub quality_check: Option<QualityCheck>,
+    /// The renditions as HLS, once postprocess made them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hls: Option<HlsOutput>,
     /// What the CDN purge hook answered (`purged (HTTP 200)`, `failed: ...`);
     /// `None` when `postprocess.cdn_purge_url` is not set.
     pub cdn_purge: Option<String>,
@@ -361,6 +402,7 @@ impl JobManifest {
             charges: Vec::new(),
             outputs: Vec::new(),
             quality_check: None,
+            hls: None,
             cdn_purge: None,
             error: None,
             claim: None,

@@ -133,6 +133,10 @@ pub struct ProbeStream {
     pub height: Option<u32>,
     /// ffmpeg's pixel format name (`yuv420p`, `yuv420p10le`); `None` for streams without pictures.
     pub pix_fmt: Option<String>,
+    /// The codec's profile as ffprobe names it (`High`, `Main`, `LC`).
+    pub profile: Option<String>,
+    /// The codec's level as a number (H.264: 31 for 3.1; H.265: 30 x the level, 93 for 3.1).
+    pub level: Option<i64>,
     /// Average frame rate as a fraction (`30000/1001`).
     pub avg_frame_rate: Option<String>,
     /// Base frame rate as a fraction.
@@ -529,6 +533,57 @@ pub fn output_arg(path: &Path) -> String {
     format!("file:{}", path.display())
 }
 
+/// Characters the tee muxer's spec gives a meaning to, escaped in its file names.
+const TEE_SPECIAL: &[char] = &['\\', '\'', '|', '[', ']', ':', '=', ';', ','];
+
+/// One output of the tee muxer (`-f tee`) that writes the same encoded
+/// streams to several files, each `(format options, path)`, for example
+/// `("f=mp4:movflags=+faststart", out.mp4)`: `[opts]file\:path|...`, the
+/// paths escaped. The options must hold no path.
+pub fn tee_output(slaves: &[(String, std::path::PathBuf)]) -> String {
+    let escape = |p: &Path| {
+        let mut out = String::new();
+        for c in format!("file:{}", p.display()).chars() {
+            if TEE_SPECIAL.contains(&c) {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out
+    };
+    slaves.iter().map(|(opts, path)| format!("[{opts}]{}", escape(path))).collect::<Vec<_>>().join("|")
+}
+
+/// The files an ffmpeg output word writes: the path of a `file:` word, the
+/// paths of a [`tee_output`]; none for anything else.
+pub fn output_paths(word: &str) -> Vec<std::path::PathBuf> {
+    if let Some(path) = word.strip_prefix("file:") {
+        return vec![path.into()];
+    }
+    if !word.starts_with("[f=") {
+        return Vec::new();
+    }
+    // Unescape, splitting on unescaped `|` and dropping each slave's `[options]`.
+    let mut slaves = vec![String::new()];
+    let (mut escaped, mut in_options) = (false, false);
+    for c in word.chars() {
+        let current = slaves.last_mut().expect("one slave at least");
+        match (escaped, c) {
+            (true, c) => {
+                current.push(c);
+                escaped = false;
+            }
+            (false, '\\') => escaped = true,
+            (false, '[') if current.is_empty() => in_options = true,
+            (false, ']') if in_options => in_options = false,
+            (false, '|') => slaves.push(String::new()),
+            (false, c) if !in_options => current.push(c),
+            _ => {}
+        }
+    }
+    slaves.iter().filter_map(|s| s.strip_prefix("file:")).map(std::path::PathBuf::from).collect()
+}
+
 impl Media {
     /// Wrappers for `settings`; makes the worker undumpable
     /// ([`crate::sandbox::shield_worker`]); fails when the sandbox or the
@@ -590,9 +645,14 @@ impl Media {
         args
     }
 
-    /// The x264/x265 preset from the settings.
+    /// The x264/x265 preset from the settings (`media.preset`).
     pub fn preset(&self) -> &str {
         &self.settings.preset
+    }
+
+    /// The settings the tools run with.
+    pub fn settings(&self) -> &MediaSettings {
+        &self.settings
     }
 
     /// `-threads N` when configured.
@@ -652,28 +712,48 @@ impl Media {
         self.bounded_ffmpeg(args).0
     }
 
-    /// [`Media::ffmpeg_command`], and the `-fs` cap it put in, if any.
-    fn bounded_ffmpeg(&self, args: &[String]) -> (ToolCommand, Option<u64>) {
+    /// [`Media::ffmpeg_command`], and the `-fs` cap it put in with the
+    /// files each capped output writes. Every file output (a `file:` word
+    /// that is not an input, or a [`tee_output`]) gets, before it, what its
+    /// own options lack of `-frames:v` and `-fs`.
+    fn bounded_ffmpeg(&self, args: &[String]) -> (ToolCommand, Vec<(u64, Vec<std::path::PathBuf>)>) {
         let mut full: Vec<String> = vec!["-hide_banner".into(), "-nostdin".into(), "-y".into()];
         full.extend_from_slice(args);
-        let mut cap = None;
-        let writes_file = full.last().is_some_and(|a| a.starts_with("file:"));
-        if let (Some(b), true) = (&self.bounds, writes_file) {
-            let at = full.len() - 1;
-            let mut extra = Vec::new();
-            if let Some(frames) =
-                b.max_frames().filter(|_| !full.iter().any(|a| a == "-frames:v" || a == "-vframes" || a == "-frames"))
-            {
-                extra.extend(["-frames:v".to_string(), frames.to_string()]);
+        let mut caps = Vec::new();
+        let Some(b) = self.bounds else {
+            return (ToolCommand { program: self.settings.ffmpeg.clone(), args: full }, caps);
+        };
+        let mut out: Vec<String> = Vec::with_capacity(full.len() + 8);
+        // Where the options of the next output begin in `out`.
+        let mut group = 0;
+        for (i, word) in full.iter().enumerate() {
+            let previous = i.checked_sub(1).map(|p| full[p].as_str());
+            if previous == Some("-i") {
+                out.push(word.clone());
+                group = out.len();
+                continue;
             }
-            if !full.iter().any(|a| a == "-fs") {
-                let bytes = b.max_output_bytes(self.settings.limit_file_size_mb.saturating_mul(1024 * 1024));
-                extra.extend(["-fs".to_string(), bytes.to_string()]);
-                cap = Some(bytes);
+            let paths = output_paths(word);
+            if !paths.is_empty() {
+                let own = &out[group..];
+                if let Some(frames) = b
+                    .max_frames()
+                    .filter(|_| !own.iter().any(|a| a == "-frames:v" || a == "-vframes" || a == "-frames"))
+                {
+                    out.extend(["-frames:v".to_string(), frames.to_string()]);
+                }
+                if !out[group..].iter().any(|a| a == "-fs") {
+                    let bytes = b.max_output_bytes(self.settings.limit_file_size_mb.saturating_mul(1024 * 1024));
+                    out.extend(["-fs".to_string(), bytes.to_string()]);
+                    caps.push((bytes, paths));
+                }
+                out.push(word.clone());
+                group = out.len();
+                continue;
             }
-            full.splice(at..at, extra);
+            out.push(word.clone());
         }
-        (ToolCommand { program: self.settings.ffmpeg.clone(), args: full }, cap)
+        (ToolCommand { program: self.settings.ffmpeg.clone(), args: out }, caps)
     }
 
     /// Seconds an ffmpeg call may take: from the bounds (duration and
@@ -685,13 +765,15 @@ impl Media {
     /// Runs ffmpeg with `args` (after `-hide_banner -nostdin -y`), returning
     /// its stderr; an output that reached its `-fs` cap fails the call.
     pub async fn ffmpeg(&self, args: &[String]) -> Result<String, MediaError> {
-        let (cmd, cap) = self.bounded_ffmpeg(args);
-        let output = cmd.args.last().and_then(|a| a.strip_prefix("file:")).map(std::path::PathBuf::from);
+        let (cmd, caps) = self.bounded_ffmpeg(args);
         let out = self.run(&cmd.program, &cmd.args, self.ffmpeg_timeout_secs(), true).await?;
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        if let (Some(cap), Some(path)) = (cap, &output) {
-            // ffmpeg stops at -fs and exits 0: a cut output must not pass for a whole one.
-            let size = tokio::fs::metadata(path).await.map(|m| m.len()).unwrap_or(0);
+        let capped: Vec<(u64, std::path::PathBuf)> =
+            caps.into_iter().flat_map(|(cap, paths)| paths.into_iter().map(move |p| (cap, p))).collect();
+        for (cap, path) in capped {
+            // ffmpeg stops at -fs and exits 0 (and the tee muxer ignores it,
+            // leaving RLIMIT_FSIZE): a cut output must not pass for a whole one.
+            let size = tokio::fs::metadata(&path).await.map(|m| m.len()).unwrap_or(0);
             if size >= cap {
                 return Err(MediaError::Limit {
                     program: self.settings.ffmpeg.clone(),
@@ -740,7 +822,7 @@ async fn run(
     timeout_secs: u64,
     writes: bool,
 ) -> Result<Output, MediaError> {
-    let files = Files::from_args(args, writes);
+    let files = files_of(args, writes);
     let child = runner
         .command(program, args, &files, timeout_secs)
         .stdin(Stdio::null())
@@ -774,6 +856,21 @@ async fn run(
         return Err(MediaError::Failed { program: program.into(), status: out.status.to_string(), stderr: stderr() });
     }
     Ok(Output { stdout: out.stdout, stderr: out.stderr })
+}
+
+/// The folders a call may see: those of [`Files::from_args`], and, for
+/// ffmpeg, the folders [`tee_output`]s write to.
+fn files_of(args: &[String], writes: bool) -> Files {
+    let mut files = Files::from_args(args, writes);
+    if writes {
+        let tee = args.iter().filter(|a| a.starts_with("[f=")).flat_map(|a| output_paths(a));
+        files.write.extend(tee.filter_map(|p| p.parent().map(Path::to_path_buf)));
+        files.write.sort();
+        files.write.dedup();
+        let write = files.write.clone();
+        files.read.retain(|d| !write.contains(d));
+    }
+    files
 }
 
 /// The signal a process gets past its `RLIMIT_CPU` soft limit.
@@ -966,6 +1063,87 @@ printf ' ------\n V....D jpeg2000  JPEG 2000\n'"#,
         for d in ["jpeg2000", "pgssub", "dvdsub", "sanm", "smackvid", "exr"] {
             assert!(!decoders.contains(&d), "{d} accepted: {decoders:?}");
         }
+    }
+
+    #[test]
+    fn tee_outputs_read_back_as_their_paths_and_every_output_gets_its_bounds() {
+        let (mp4, hls) = (Path::new("/s/a b:c/r.mp4").to_path_buf(), Path::new("/s/hls/r|x/index.m3u8").to_path_buf());
+        let spec =
+            tee_output(&[("f=mp4:movflags=+faststart".into(), mp4.clone()), ("f=hls:hls_time=2".into(), hls.clone())]);
+        assert_eq!(
+            spec,
+            r"[f=mp4:movflags=+faststart]file\:/s/a b\:c/r.mp4|[f=hls:hls_time=2]file\:/s/hls/r\|x/index.m3u8"
+        );
+        assert_eq!(output_paths(&spec), [mp4.clone(), hls.clone()]);
+        assert_eq!(output_paths("file:/s/p.jpg"), [Path::new("/s/p.jpg")]);
+        assert!(output_paths("-").is_empty() && output_paths("[norm]").is_empty());
+
+        let files =
+            files_of(&["-i".to_string(), "file:/in/x.mp4".into(), "-f".into(), "tee".into(), spec.clone()], true);
+        assert_eq!(files.write, [Path::new("/s/a b:c"), Path::new("/s/hls/r|x")]);
+        assert_eq!(files.read, [Path::new("/in")]);
+
+        let media = Media {
+            settings: MediaSettings::default(),
+            demuxers: "mov".into(),
+            decoders: "h264".into(),
+            runner: Arc::new(Runner::bare()),
+            bounds: Some(Bounds { duration_s: 10.0, width: 1280, height: 720, fps: 30.0, input_bytes: 1 }),
+        };
+        let words = |list: &[&str]| list.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+        let cmd = media.ffmpeg_command(&words(&[
+            "-i",
+            "file:/in/x.mp4",
+            "-map",
+            "[v0]",
+            "-c:v",
+            "libx264",
+            "-f",
+            "tee",
+            &spec,
+            "-map",
+            "[poster]",
+            "-frames:v",
+            "1",
+            "file:/s/poster.jpg",
+            "-map",
+            "[cx]",
+            "-f",
+            "null",
+            "-",
+        ]));
+        let cap = MIN_OUTPUT_CAP.to_string();
+        let expected = words(&[
+            "-hide_banner",
+            "-nostdin",
+            "-y",
+            "-i",
+            "file:/in/x.mp4",
+            "-map",
+            "[v0]",
+            "-c:v",
+            "libx264",
+            "-f",
+            "tee",
+            "-frames:v",
+            "1440",
+            "-fs",
+            &cap,
+            &spec,
+            "-map",
+            "[poster]",
+            "-frames:v",
+            "1",
+            "-fs",
+            &cap,
+            "file:/s/poster.jpg",
+            "-map",
+            "[cx]",
+            "-f",
+            "null",
+            "-",
+        ]);
+        assert_eq!(cmd.args, expected);
     }
 
     #[test]

@@ -1,24 +1,30 @@
-//! reelfleet-postprocess: encodes the deliverables (H.264 at 720p and at the
-//! normalized resolution, H.265 at 720p, never upscaling), a poster and a
-//! thumbnail sprite, checks each rendition's PSNR/SSIM (VMAF where ffmpeg has
-//! libvmaf) against the normalized video, writes the final manifest, calls
-//! the CDN purge hook and publishes `job.completed`.
+//! reelfleet-postprocess: encodes the deliverables in one ffmpeg process
+//! that decodes the normalized video once (H.264 at 720p and at the
+//! normalized resolution, H.265 at 720p, never upscaling, each as a faststart
+//! MP4 and as an HLS variant of CMAF segments aligned across renditions; a
+//! poster and a thumbnail sprite), checks every rendition's PSNR/SSIM (VMAF
+//! where ffmpeg has libvmaf) against the normalized video in a second one,
+//! encodes a rendition below the floor again alone at a better quality,
+//! writes the HLS master playlist and the final manifest, calls the CDN purge
+//! hook and publishes `job.completed`.
 //!
 //! - this file: the stage (renditions planned, outputs described and
 //!   uploaded, the quality floor, the final manifest, `job.completed`).
 //! - [`ffmpeg`]: the ffprobe and ffmpeg runs of an analyze job.
+//! - [`hls`]: variant playlists read back, bandwidth and codecs, the master playlist.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod ffmpeg;
+pub mod hls;
 
 use async_trait::async_trait;
 use reelfleet_core::{
     envelope::Envelope,
     error::StageError,
     jobstate::{envelope_of, Claimed, JobClaims, PipelineStage},
-    manifest::{stage_key, JobManifest, JobStatus, ManifestStore, OutputFile, QualityCheck},
-    media::{scratch_dir, Bounds, Media, MediaError},
+    manifest::{stage_key, HlsOutput, HlsVariant, JobManifest, JobStatus, ManifestStore, OutputFile, QualityCheck},
+    media::{scratch_dir, Bounds, Media, MediaError, Probe},
     runtime::{Dispatch, Message, Stage},
     settings::Settings,
     storage::Storage,
@@ -90,7 +96,7 @@ impl Stage for Postprocess {
             Claimed::Reforward(manifest) => return Ok(completed(&manifest)),
             Claimed::Drop => return Ok(Vec::new()),
         };
-        let outputs = self.produce(&envelope, &held.manifest).await?;
+        let (outputs, hls) = self.produce(&envelope, &held.manifest).await?;
         let s = &self.settings.postprocess;
         let vmaf_measured = outputs.iter().any(|o| o.vmaf.is_some());
         let below: Vec<String> = outputs
@@ -113,11 +119,13 @@ impl Stage for Postprocess {
         }
         let mut draft = held.manifest.clone();
         draft.outputs = outputs.clone();
+        draft.hls = Some(hls.clone());
         let cdn_purge = self.purge(&draft).await;
         let stored = held
             .commit(|m| {
                 m.quality_check = Some(quality_check.clone());
                 m.outputs = outputs.clone();
+                m.hls = Some(hls.clone());
                 m.record_stage("postprocess", started, msg.attempt);
                 m.status = JobStatus::Completed;
                 m.cdn_purge = cdn_purge.clone();
@@ -143,10 +151,22 @@ fn completed_event(m: &JobManifest) -> Dispatch {
         "tier": m.tier,
         "cost_usd": m.cost_usd(),
         "outputs": m.outputs.iter().map(|o| &o.key).collect::<Vec<_>>(),
+        "hls": m.hls.as_ref().map(|h| &h.master_key),
         "manifest": reelfleet_core::manifest::manifest_key(&m.job_id),
         "at": chrono::Utc::now(),
     });
     Dispatch::Event { routing_key: "job.completed".into(), body: serde_json::to_vec(&body).expect("json") }
+}
+
+/// PSNR, SSIM and VMAF of the rendition `name` from the log of a
+/// [`ffmpeg::quality_args`] run, whose filters are named `psnr@<name>` and so on.
+pub fn parse_quality_of(log: &str, name: &str) -> (Option<f64>, Option<f64>, Option<f64>) {
+    let mine: String = log
+        .lines()
+        .filter(|l| ["psnr", "ssim", "libvmaf"].iter().any(|f| l.starts_with(&format!("[{f}@{name} @"))))
+        .collect::<Vec<_>>()
+        .join("\n");
+    parse_quality(&mine)
 }
 
 /// PSNR and SSIM parsed from ffmpeg's log.
@@ -177,13 +197,18 @@ impl Postprocess {
         Ok(Self { settings, storage, manifests, claims, media, http })
     }
 
-    async fn produce(&self, envelope: &Envelope, manifest: &JobManifest) -> Result<Vec<OutputFile>, StageError> {
+    async fn produce(
+        &self,
+        envelope: &Envelope,
+        manifest: &JobManifest,
+    ) -> Result<(Vec<OutputFile>, HlsOutput), StageError> {
         let reference_key = envelope
             .inputs
             .first()
             .ok_or_else(|| StageError::permanent("bad_input", "postprocess message names no video"))?;
         let dir = scratch_dir(self.settings.runtime.scratch_dir.as_deref())?;
-        let reference = dir.path().join("reference.mp4");
+        let dir = dir.path();
+        let reference = dir.join("reference.mp4");
         self.storage.download(self.manifests.bucket(), reference_key, &reference).await?;
         let probe = self.media.probe(&reference).await?;
         let (w, h) = probe
@@ -204,50 +229,172 @@ impl Postprocess {
         };
         let media = &media;
         let vmaf = self.media.has_filter("libvmaf").await;
+        let s = &self.settings.postprocess;
+        let media_settings = &self.settings.media;
+        let preset = match envelope.tier.or(manifest.tier) {
+            Some(tier) => media_settings.tier_presets.of(tier),
+            None => media_settings.preset.as_str(),
+        };
+        let encoding = ffmpeg::Encoding { preset, segment_secs: media_settings.hls_segment_secs, fps };
+        let renditions = plan_renditions(w, h);
+        for r in &renditions {
+            tokio::fs::create_dir_all(dir.join(ffmpeg::HLS_DIR).join(&r.name)).await?;
+        }
+
+        let args = ffmpeg::ladder_args(media, &reference, dir, &renditions, &encoding, s, duration);
+        media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("ladder"))?;
+        let mut described = Vec::new();
+        for r in &renditions {
+            described.push(self.describe(&dir.join(ffmpeg::rendition_file(r)), &r.name, "video/mp4").await?);
+        }
+        let (poster, _) = self.describe(&dir.join(ffmpeg::POSTER), "poster", "image/jpeg").await?;
+        let (sprite, _) = self.describe(&dir.join(ffmpeg::SPRITE), "sprite", "image/jpeg").await?;
+        let scores = self.quality(media, &reference, dir, &renditions, vmaf).await?;
+        for ((out, _), score) in described.iter_mut().zip(scores) {
+            (out.psnr_db, out.ssim, out.vmaf) = score;
+        }
+
+        // A rendition under the floor gets one more encode, alone, at a better quality.
+        let step = media_settings.reencode_crf_step;
+        for (r, (out, probed)) in renditions.iter().zip(described.iter_mut()) {
+            if !self.below_floor(out) {
+                continue;
+            }
+            let first = format!(
+                "below the floor at CRF {} (PSNR {:.2} dB, SSIM {:.4}); encoded again at CRF {}",
+                ffmpeg::crf(r, s, 0),
+                out.psnr_db.unwrap_or(0.0),
+                out.ssim.unwrap_or(0.0),
+                ffmpeg::crf(r, s, step)
+            );
+            info!(rendition = %r.name, "{first}");
+            let args = ffmpeg::reencode_args(media, &reference, dir, r, &encoding, s, step);
+            media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context(format!("re-encode {}", r.name)))?;
+            let (mut again, probe) = self.describe(&dir.join(ffmpeg::rendition_file(r)), &r.name, "video/mp4").await?;
+            let score = self.quality(media, &reference, dir, std::slice::from_ref(r), vmaf).await?;
+            (again.psnr_db, again.ssim, again.vmaf) = score[0];
+            again.reencoded = Some(first);
+            (*out, *probed) = (again, probe);
+        }
+
+        let hls = self.write_hls(dir, &envelope.job_id, &renditions, &described, fps).await?;
         let job = &envelope.job_id;
         let mut outputs = Vec::new();
-        for plan in plan_renditions(w, h) {
-            let file = ffmpeg::rendition_file(&plan);
-            let path = dir.path().join(&file);
-            self.encode(media, &reference, &path, &plan).await?;
-            let mut out = self.describe(&path, &plan.name, "video/mp4").await?;
-            let (psnr, ssim, vmaf_score) =
-                self.quality(media, &path, &reference, plan.width, plan.height, vmaf).await?;
-            (out.psnr_db, out.ssim, out.vmaf) = (psnr, ssim, vmaf_score);
+        for (r, (mut out, _)) in renditions.iter().zip(described) {
+            let file = ffmpeg::rendition_file(r);
             out.key = stage_key(job, "postprocess", &file);
-            self.storage.upload(self.manifests.bucket(), &out.key, &path, "video/mp4").await?;
+            self.storage.upload(self.manifests.bucket(), &out.key, &dir.join(&file), "video/mp4").await?;
             outputs.push(out);
         }
-        let poster = dir.path().join(ffmpeg::POSTER);
-        let args = ffmpeg::poster_args(media, &reference, &poster, duration);
-        media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("poster"))?;
-        let mut out = self.describe(&poster, "poster", "image/jpeg").await?;
-        out.key = stage_key(job, "postprocess", ffmpeg::POSTER);
-        self.storage.upload(self.manifests.bucket(), &out.key, &poster, "image/jpeg").await?;
-        outputs.push(out);
-
-        let sprite = dir.path().join(ffmpeg::SPRITE);
-        let args = ffmpeg::sprite_args(media, &reference, &sprite, &self.settings.postprocess, duration);
-        media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("sprite"))?;
-        let mut out = self.describe(&sprite, "sprite", "image/jpeg").await?;
-        out.key = stage_key(job, "postprocess", ffmpeg::SPRITE);
-        self.storage.upload(self.manifests.bucket(), &out.key, &sprite, "image/jpeg").await?;
-        outputs.push(out);
-        Ok(outputs)
+        for (mut out, file) in [(poster, ffmpeg::POSTER), (sprite, ffmpeg::SPRITE)] {
+            out.key = stage_key(job, "postprocess", file);
+            self.storage.upload(self.manifests.bucket(), &out.key, &dir.join(file), "image/jpeg").await?;
+            outputs.push(out);
+        }
+        Ok((outputs, hls))
     }
 
-    async fn encode(&self, media: &Media, input: &Path, output: &Path, plan: &RenditionPlan) -> Result<(), StageError> {
-        let args = ffmpeg::encode_args(media, input, output, plan, &self.settings.postprocess);
-        media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context(format!("encode {}", plan.name)))?;
-        Ok(())
+    fn below_floor(&self, o: &OutputFile) -> bool {
+        let s = &self.settings.postprocess;
+        o.psnr_db.is_some_and(|p| p < s.min_psnr_db) || o.ssim.is_some_and(|v| v < s.min_ssim)
     }
 
-    async fn describe(&self, path: &Path, name: &str, content_type: &str) -> Result<OutputFile, StageError> {
+    /// Reads back every variant playlist ffmpeg wrote, checks that segments
+    /// start at the same times in every variant, uploads the variants (init
+    /// and segments, then the playlist) and last the master playlist.
+    async fn write_hls(
+        &self,
+        dir: &Path,
+        job: &str,
+        renditions: &[RenditionPlan],
+        described: &[(OutputFile, Probe)],
+        fps: f64,
+    ) -> Result<HlsOutput, StageError> {
+        let bad = |what: String| StageError::permanent("hls", what);
+        let hls_dir = dir.join(ffmpeg::HLS_DIR);
+        let mut variants = Vec::new();
+        let mut master = Vec::new();
+        let mut first_starts: Option<(String, Vec<f64>)> = None;
+        // Half a frame: EXTINF is printed to the microsecond.
+        let tolerance = if fps > 0.0 { 0.5 / fps } else { 0.02 };
+        for (r, (out, probe)) in renditions.iter().zip(described) {
+            let folder = hls_dir.join(&r.name);
+            let text = tokio::fs::read_to_string(folder.join(ffmpeg::VARIANT_PLAYLIST)).await?;
+            let playlist = hls::parse_variant(&text);
+            if playlist.segments.is_empty() {
+                return Err(bad(format!("the HLS variant {} has no segment", r.name)));
+            }
+            let starts = playlist.starts();
+            match &first_starts {
+                None => first_starts = Some((r.name.clone(), starts)),
+                Some((name, first)) => {
+                    let aligned = first.len() == starts.len()
+                        && first.iter().zip(&starts).all(|(a, b)| (a - b).abs() <= tolerance);
+                    if !aligned {
+                        return Err(bad(format!(
+                            "HLS segments of {} start at {starts:?} s, those of {name} at {first:?} s",
+                            r.name
+                        )));
+                    }
+                }
+            }
+            let (bandwidth, average_bandwidth) = playlist.bandwidth(&folder)?;
+            let codecs: Vec<String> = probe
+                .video()
+                .into_iter()
+                .chain(probe.streams.iter().find(|s| s.codec_type == "audio"))
+                .filter_map(hls::codec_string)
+                .collect();
+            let prefix = format!("{}/{}", ffmpeg::HLS_DIR, r.name);
+            for file in playlist.files() {
+                let content_type = if file.ends_with(".m4s") { "video/iso.segment" } else { "video/mp4" };
+                let key = stage_key(job, &prefix, file);
+                self.storage.upload(self.manifests.bucket(), &key, &folder.join(file), content_type).await?;
+            }
+            let playlist_key = stage_key(job, &prefix, ffmpeg::VARIANT_PLAYLIST);
+            self.storage
+                .upload(
+                    self.manifests.bucket(),
+                    &playlist_key,
+                    &folder.join(ffmpeg::VARIANT_PLAYLIST),
+                    "application/vnd.apple.mpegurl",
+                )
+                .await?;
+            master.push(hls::Variant {
+                uri: format!("{}/{}", r.name, ffmpeg::VARIANT_PLAYLIST),
+                bandwidth,
+                average_bandwidth,
+                width: out.width,
+                height: out.height,
+                fps: (fps > 0.0).then_some(fps),
+                codecs: codecs.join(","),
+            });
+            variants.push(HlsVariant {
+                name: r.name.clone(),
+                playlist_key,
+                bandwidth,
+                average_bandwidth,
+                width: out.width,
+                height: out.height,
+                codecs: codecs.join(","),
+                segments: playlist.segments.len() as u32,
+            });
+        }
+        let master_path = hls_dir.join(ffmpeg::MASTER_PLAYLIST);
+        tokio::fs::write(&master_path, hls::master_playlist(&master)).await?;
+        let master_key = stage_key(job, ffmpeg::HLS_DIR, ffmpeg::MASTER_PLAYLIST);
+        self.storage
+            .upload(self.manifests.bucket(), &master_key, &master_path, "application/vnd.apple.mpegurl")
+            .await?;
+        Ok(HlsOutput { master_key, segment_secs: self.settings.media.hls_segment_secs, variants })
+    }
+
+    async fn describe(&self, path: &Path, name: &str, content_type: &str) -> Result<(OutputFile, Probe), StageError> {
         let probe = self.media.probe(path).await?;
         let v = probe.video().ok_or_else(|| StageError::permanent("media", format!("{name} has no video stream")))?;
         let size = tokio::fs::metadata(path).await?.len();
         let is_video = content_type.starts_with("video/");
-        Ok(OutputFile {
+        let out = OutputFile {
             name: name.into(),
             key: String::new(),
             content_type: content_type.into(),
@@ -260,32 +407,48 @@ impl Postprocess {
             psnr_db: None,
             ssim: None,
             vmaf: None,
-        })
+            reencoded: None,
+        };
+        Ok((out, probe))
     }
 
-    /// PSNR, SSIM (and VMAF) of a `w`x`h` rendition against the reference
-    /// scaled the same way: the loss the encoder added, not the intended downscale.
+    /// PSNR, SSIM (and VMAF) of each rendition in `dir` against the
+    /// reference scaled the same way (the loss the encoder added, not the
+    /// intended downscale), all in one ffmpeg run.
     async fn quality(
         &self,
         media: &Media,
-        rendition: &Path,
         reference: &Path,
-        w: u32,
-        h: u32,
+        dir: &Path,
+        renditions: &[RenditionPlan],
         vmaf: bool,
-    ) -> Result<(Option<f64>, Option<f64>, Option<f64>), StageError> {
-        let args = ffmpeg::quality_args(media, rendition, reference, w, h, vmaf);
+    ) -> Result<Vec<(Option<f64>, Option<f64>, Option<f64>)>, StageError> {
+        let files: Vec<std::path::PathBuf> = renditions.iter().map(|r| dir.join(ffmpeg::rendition_file(r))).collect();
+        let measured: Vec<(&str, &Path, u32, u32)> =
+            renditions.iter().zip(&files).map(|(r, f)| (r.name.as_str(), f.as_path(), r.width, r.height)).collect();
+        let args = ffmpeg::quality_args(media, reference, &measured, vmaf);
         let log = media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("quality check"))?;
-        let (psnr, ssim, vmaf_score) = parse_quality(&log);
-        if psnr.is_none() || ssim.is_none() {
-            return Err(StageError::permanent("quality", "ffmpeg reported no PSNR/SSIM"));
-        }
-        Ok((psnr, ssim, vmaf_score))
+        renditions
+            .iter()
+            .map(|r| {
+                let (psnr, ssim, vmaf_score) = parse_quality_of(&log, &r.name);
+                if psnr.is_none() || ssim.is_none() {
+                    return Err(StageError::permanent(
+                        "quality",
+                        format!("ffmpeg reported no PSNR/SSIM for {}", r.name),
+                    ));
+                }
+                Ok((psnr, ssim, vmaf_score))
+            })
+            .collect()
     }
 
     async fn purge(&self, m: &JobManifest) -> Option<String> {
         let url = self.settings.postprocess.cdn_purge_url.as_ref()?;
-        let keys: Vec<&str> = m.outputs.iter().map(|o| o.key.as_str()).collect();
+        let playlists = m.hls.iter().flat_map(|h| {
+            std::iter::once(h.master_key.as_str()).chain(h.variants.iter().map(|v| v.playlist_key.as_str()))
+        });
+        let keys: Vec<&str> = m.outputs.iter().map(|o| o.key.as_str()).chain(playlists).collect();
         let mut req = self.http.post(url).json(&serde_json::json!({"job_id": m.job_id, "paths": keys}));
         if let Some(token) = &self.settings.postprocess.cdn_purge_token {
             req = req.bearer_auth(token.expose());
@@ -320,6 +483,14 @@ mod tests {
         assert!(p.iter().all(|r| r.width == 640 && r.height == 360));
         let p = plan_renditions(1080, 1920);
         assert_eq!((p[0].width, p[0].height), (720, 1280));
+    }
+
+    #[test]
+    fn the_quality_of_each_rendition_is_read_from_its_named_filters() {
+        let log = "[ssim@h265_720p @ 0x1] SSIM Y:0.97 (16.3) U:0.98 (17.7) V:0.98 (17.3) All:0.978578 (16.69)\n[psnr@h265_720p @ 0x2] PSNR y:35.8 u:37.9 v:37.6 average:36.394660 min:34.2 max:46.0\n[ssim@h264_720p @ 0x3] SSIM Y:0.98 (19.2) U:0.98 (19.5) V:0.98 (19.4) All:0.988340 (19.33)\n[psnr@h264_720p @ 0x4] PSNR y:39.8 u:40.5 v:40.1 average:40.029894 min:37.7 max:47.7";
+        assert_eq!(parse_quality_of(log, "h264_720p"), (Some(40.029894), Some(0.98834), None));
+        assert_eq!(parse_quality_of(log, "h265_720p"), (Some(36.39466), Some(0.978578), None));
+        assert_eq!(parse_quality_of(log, "h264_1080p"), (None, None, None));
     }
 
     #[test]

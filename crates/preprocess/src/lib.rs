@@ -1,7 +1,8 @@
 //! reelfleet-preprocess: normalizes each video with ffmpeg (H.264 yuv420p
 //! MP4 with faststart, capped resolution, aspect ratio kept, even dimensions,
-//! rotation applied, a fixed frame rate), extracts keyframes, measures content
-//! complexity, assigns the cost tier and forwards to `inference.<tier>`.
+//! rotation applied, a fixed frame rate), extracts keyframes and measures
+//! content complexity in the same pass (one decode of the source), assigns
+//! the cost tier and forwards to `inference.<tier>`.
 //! Prompt jobs only get their tier.
 //!
 //! - this file: the stage (download, measure, upload, tier, forward).
@@ -154,15 +155,14 @@ impl Preprocess {
         let source_media = self.media.bounded(bounds);
 
         let normalized = dir.path().join(ffmpeg::NORMALIZED);
-        let args = ffmpeg::normalize_args(&source_media, &source, &normalized, frame, s);
-        source_media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("normalize"))?;
+        let n = ffmpeg::keyframe_count(s);
+        let args = ffmpeg::single_pass_args(&source_media, &source, dir.path(), frame, s, n, duration_s);
+        let log = source_media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("normalize"))?;
         let out = self.media.probe(&normalized).await?;
         let duration = out.duration().unwrap_or(0.0);
-        let input_bytes = std::fs::metadata(&normalized)?.len();
-        let own = self.media.bounded(Bounds { duration_s, width: tw, height: th, fps: fps.into(), input_bytes });
         let bitrate = out.video().and_then(|v| v.bit_rate()).or(out.bit_rate());
-        let complexity = self.measure_complexity(&own, &normalized, tw, th, fps, bitrate).await?;
-        let keyframes = self.extract_keyframes(&own, &normalized, dir.path(), duration).await?;
+        let complexity = measure_complexity(&log, tw, th, fps, bitrate);
+        let keyframes = keyframes_in(dir.path(), n)?;
 
         let job = &envelope.job_id;
         let normalized_key = stage_key(job, "preprocess", ffmpeg::NORMALIZED);
@@ -186,55 +186,38 @@ impl Preprocess {
             tier_reason: reason,
         })
     }
+}
 
-    async fn measure_complexity(
-        &self,
-        media: &Media,
-        video: &Path,
-        w: u32,
-        h: u32,
-        fps: u32,
-        bitrate: Option<u64>,
-    ) -> Result<Complexity, StageError> {
-        let args = ffmpeg::complexity_args(media, video);
-        let log = media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("complexity"))?;
-        let values = |key: &str| -> Vec<f64> {
-            log.lines().filter_map(|l| l.split(key).nth(1)).filter_map(|v| v.trim().parse::<f64>().ok()).collect()
-        };
-        let scores = values("lavfi.scene_score=");
-        let diffs = values("lavfi.signalstats.YAVG=");
-        let frames = scores.len().max(1) as f64;
-        let motion = diffs.iter().sum::<f64>() / diffs.len().max(1) as f64;
-        let cuts = scores.iter().filter(|s| **s > 0.3).count() as f64;
-        let minutes = (frames / fps.max(1) as f64 / 60.0).max(1.0 / 60.0);
-        let cuts_per_min = cuts / minutes;
-        let bits_per_pixel = bitrate.map(|b| b as f64 / (w as f64 * h as f64 * fps as f64)).unwrap_or(0.0);
-        Ok(Complexity {
-            score: complexity_score(motion, cuts_per_min, bits_per_pixel),
-            motion,
-            scene_changes_per_min: cuts_per_min,
-            bits_per_pixel,
-        })
+/// The complexity of a video from the log of the single pass (the scene
+/// score and luma difference printed for every normalized frame), its
+/// normalized size, rate and bit rate.
+fn measure_complexity(log: &str, w: u32, h: u32, fps: u32, bitrate: Option<u64>) -> Complexity {
+    let values = |key: &str| -> Vec<f64> {
+        log.lines().filter_map(|l| l.split(key).nth(1)).filter_map(|v| v.trim().parse::<f64>().ok()).collect()
+    };
+    let scores = values("lavfi.scene_score=");
+    let diffs = values("lavfi.signalstats.YAVG=");
+    let frames = scores.len().max(1) as f64;
+    let motion = diffs.iter().sum::<f64>() / diffs.len().max(1) as f64;
+    let cuts = scores.iter().filter(|s| **s > 0.3).count() as f64;
+    let minutes = (frames / fps.max(1) as f64 / 60.0).max(1.0 / 60.0);
+    let cuts_per_min = cuts / minutes;
+    let bits_per_pixel = bitrate.map(|b| b as f64 / (w as f64 * h as f64 * fps as f64)).unwrap_or(0.0);
+    Complexity {
+        score: complexity_score(motion, cuts_per_min, bits_per_pixel),
+        motion,
+        scene_changes_per_min: cuts_per_min,
+        bits_per_pixel,
     }
+}
 
-    async fn extract_keyframes(
-        &self,
-        media: &Media,
-        video: &Path,
-        dir: &Path,
-        duration: f64,
-    ) -> Result<Vec<std::path::PathBuf>, StageError> {
-        let n = ffmpeg::keyframe_count(&self.settings.preprocess);
-        let args = ffmpeg::keyframes_args(media, video, dir, n, duration);
-        media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("keyframes"))?;
-        let mut frames: Vec<_> =
-            (1..=n).map(|i| dir.join(format!("keyframe-{i:02}.jpg"))).filter(|p| p.exists()).collect();
-        frames.sort();
-        if frames.is_empty() {
-            return Err(StageError::permanent("media", "no keyframe could be extracted"));
-        }
-        Ok(frames)
+/// The keyframes the single pass wrote to `dir` (at most `n`), in order.
+fn keyframes_in(dir: &Path, n: u32) -> Result<Vec<std::path::PathBuf>, StageError> {
+    let frames: Vec<_> = (1..=n).map(|i| dir.join(format!("keyframe-{i:02}.jpg"))).filter(|p| p.exists()).collect();
+    if frames.is_empty() {
+        return Err(StageError::permanent("media", "no keyframe could be extracted"));
     }
+    Ok(frames)
 }
 
 #[cfg(test)]

@@ -1,9 +1,13 @@
 //! `scripts/bench`: figures measured in one run against a baseline on the same
 //! machine, printed and written to `bench/results/*.json`.
 //!
-//! - `transcode [--clips N] [--seconds S]`: N real 720p clips through the
-//!   whole fleet vs the same ffmpeg commands (`reelfleet media plan`, replayed
-//!   by `scripts/lib/baseline-transcode.sh`) run by `xargs -P <cores>`.
+//! - `transcode [--clips N] [--seconds S]`: N real 720p clips, in one run:
+//!   the per-output commands of before (`reelfleet media plan --legacy`) and
+//!   the one-decode-per-stage commands of now (`reelfleet media plan`), each
+//!   replayed by `scripts/lib/baseline-transcode.sh` under `xargs -P
+//!   <cores>`, then the whole fleet; CPU seconds of the ffmpeg/ffprobe
+//!   children (user + system, as the kernel accounts waited-for children)
+//!   per second of video delivered, and wall times.
 //! - `overhead [--jobs N]`: the stage runtime alone (four chained no-op stages
 //!   that each read their input object, write 1 KB and forward, over real
 //!   RabbitMQ and the embedded S3), and the raw ceilings of this machine:
@@ -171,10 +175,10 @@ fn make_clips(clip_dir: &Path, clips: usize, seconds: usize) -> anyhow::Result<V
     Ok(paths)
 }
 
-/// Each clip's ffprobe/ffmpeg runs as `reelfleet media plan --print0` lists
-/// them for `settings` (the stages' own argument builders), written to
-/// `out/clip-NN.plan`, their outputs going to `out/clip-NN/`.
-fn plan_baseline(settings: &Settings, clips: &[PathBuf], out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+/// Each clip's ffprobe/ffmpeg runs as `reelfleet media plan --print0
+/// [extra]` lists them for `settings` (the stages' own argument builders),
+/// written to `out/clip-NN.plan`, their outputs going to `out/clip-NN/`.
+fn plan_baseline(settings: &Settings, clips: &[PathBuf], out: &Path, extra: &[&str]) -> anyhow::Result<Vec<PathBuf>> {
     let reelfleet = reelfleet_binary()?;
     let config = out.join("settings.toml");
     std::fs::write(&config, settings.to_toml())?;
@@ -187,11 +191,18 @@ fn plan_baseline(settings: &Settings, clips: &[PathBuf], out: &Path) -> anyhow::
             .arg("--config")
             .arg(&config)
             .args(["media", "plan", "--print0"])
+            .args(extra)
             .arg(clip)
             .arg(&outdir)
             .output()?;
         if !plan.status.success() {
             bail!("reelfleet media plan {}: {}", clip.display(), String::from_utf8_lossy(&plan.stderr));
+        }
+        // The HLS muxer writes into its variant folders; the stage makes them first.
+        for word in plan.stdout.split(|b| *b == 0).filter(|w| w.starts_with(b"[f=")) {
+            for path in reelfleet_core::media::output_paths(&String::from_utf8_lossy(word)) {
+                std::fs::create_dir_all(path.parent().context("output folder")?)?;
+            }
         }
         let path = out.join(format!("{name}.plan"));
         std::fs::write(&path, plan.stdout)?;
@@ -200,21 +211,37 @@ fn plan_baseline(settings: &Settings, clips: &[PathBuf], out: &Path) -> anyhow::
     Ok(plans)
 }
 
-async fn transcode(args: &[String]) -> anyhow::Result<()> {
-    let clips = arg(args, "--clips", 20)?;
-    let seconds = arg(args, "--seconds", 10)?;
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let work = tempfile::Builder::new().prefix("reelfleet-bench-").tempdir()?;
-    let paths = make_clips(&work.path().join("clips"), clips, seconds)?;
-    let settings = bench_settings("transcode");
+/// CPU seconds (user + system) of this process's children that have ended
+/// and been waited for, with theirs: `cutime` + `cstime` of `/proc/self/stat`.
+fn children_cpu_secs() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').context("/proc/self/stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // cutime and cstime are fields 16 and 17 of the whole line, 14 and 15 here (state is the first).
+    let ticks: u64 =
+        fields.get(13).context("cutime")?.parse::<u64>()? + fields.get(14).context("cstime")?.parse::<u64>()?;
+    Ok(ticks as f64 / clock_ticks())
+}
 
-    eprintln!("baseline: the same ffmpeg commands by xargs -P {cores}");
-    let out = work.path().join("baseline");
-    std::fs::create_dir_all(&out)?;
-    let plans = plan_baseline(&settings, &paths, &out)?;
+/// The kernel's clock ticks per second (`getconf CLK_TCK`, usually 100).
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok())
+        .filter(|t| *t > 0.0)
+        .unwrap_or(100.0)
+}
+
+/// Replays `plans` with `scripts/lib/baseline-transcode.sh` under `xargs
+/// -P cores`: (wall seconds, CPU seconds of every process it started).
+fn replay(plans: &[PathBuf], cores: usize) -> anyhow::Result<(f64, f64)> {
     let list: String = plans.iter().map(|p| format!("{}\n", p.display())).collect();
     let script =
         Path::new("scripts/lib/baseline-transcode.sh").canonicalize().context("run from the repository root")?;
+    let cpu0 = children_cpu_secs()?;
     let t0 = Instant::now();
     let mut child = Command::new("xargs")
         .args(["-P", &cores.to_string(), "-I", "{}", "bash"])
@@ -227,30 +254,88 @@ async fn transcode(args: &[String]) -> anyhow::Result<()> {
         child.stdin.take().context("stdin")?.write_all(list.as_bytes())?;
     }
     if !child.wait()?.success() {
-        bail!("the baseline failed");
+        bail!("a replayed plan failed");
     }
-    let baseline_s = t0.elapsed().as_secs_f64();
-    eprintln!("baseline: {baseline_s:.1} s");
+    Ok((t0.elapsed().as_secs_f64(), children_cpu_secs()? - cpu0))
+}
 
-    eprintln!("fleet: reelfleet dev, {clips} uploads");
+async fn transcode(args: &[String]) -> anyhow::Result<()> {
+    let clips = arg(args, "--clips", 20)?;
+    let seconds = arg(args, "--seconds", 10)?;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let work = tempfile::Builder::new().prefix("reelfleet-bench-").tempdir()?;
+    let paths = make_clips(&work.path().join("clips"), clips, seconds)?;
+    let mut settings = bench_settings("transcode");
+    // Every tier at the preset the per-output commands used: the comparison
+    // is of the ladder's shape, not of a faster preset for bulk tiers.
+    settings.media.tier_presets = reelfleet_core::settings::TierPresets::all(&settings.media.preset);
+    let delivered = (clips * seconds) as f64;
+
+    eprintln!("legacy: the per-output commands of before (media plan --legacy) by xargs -P {cores}");
+    let out = work.path().join("legacy");
+    std::fs::create_dir_all(&out)?;
+    let plans = plan_baseline(&settings, &paths, &out, &["--legacy"])?;
+    let (legacy_s, legacy_cpu) = replay(&plans, cores)?;
+    eprintln!("legacy: {legacy_s:.1} s, {legacy_cpu:.1} CPU s");
+
+    eprintln!("ladder: the fleet's commands (media plan) by xargs -P {cores}");
+    let out = work.path().join("ladder");
+    std::fs::create_dir_all(&out)?;
+    let plans = plan_baseline(&settings, &paths, &out, &[])?;
+    let (ladder_s, ladder_cpu) = replay(&plans, cores)?;
+    eprintln!("ladder: {ladder_s:.1} s, {ladder_cpu:.1} CPU s");
+
+    eprintln!("fleet: reelfleet dev, {clips} uploads (media.sandbox = none, as the replays run)");
+    // bubblewrap's init in its own pid namespace does not hand its children's
+    // CPU time up to the worker: under the sandbox this process's children's
+    // count holds bwrap alone. The replays run bare too (see `bench sandbox` for its cost).
+    settings.media.sandbox = reelfleet_core::settings::SandboxKind::None;
     let dev = start_fleet(settings, work.path()).await?;
+    let cpu0 = children_cpu_secs()?;
     let t0 = Instant::now();
     let submitted =
         ops::submit(&dev.settings, &ops::SubmitRequest { files: paths.clone(), ..Default::default() }).await?;
     let manifests = ops::wait(&dev.settings, &submitted, Duration::from_secs(3600), false).await?;
     let fleet_s = t0.elapsed().as_secs_f64();
+    let fleet_cpu = children_cpu_secs()? - cpu0;
+    if fleet_cpu < 0.1 * legacy_cpu {
+        bail!("the fleet's ffmpeg CPU time was not counted ({fleet_cpu:.1} s): are its processes reaped by this one?");
+    }
+    let reencoded = manifests.iter().flat_map(|m| &m.outputs).filter(|o| o.reencoded.is_some()).count();
+    let hls = manifests.iter().filter(|m| m.hls.is_some()).count();
     stop_fleet(dev, &manifests, clips).await?;
+    let per = |cpu: f64| cpu / delivered;
     let result = serde_json::json!({
         "clips": clips,
         "clip_seconds": seconds,
-        "fleet_s": fleet_s,
-        "baseline_s": baseline_s,
-        "ratio": fleet_s / baseline_s,
+        "delivered_video_s": delivered,
+        "legacy": {"wall_s": legacy_s, "cpu_s": legacy_cpu, "cpu_s_per_video_s": per(legacy_cpu)},
+        "ladder": {"wall_s": ladder_s, "cpu_s": ladder_cpu, "cpu_s_per_video_s": per(ladder_cpu)},
+        "fleet": {"wall_s": fleet_s, "cpu_s": fleet_cpu, "cpu_s_per_video_s": per(fleet_cpu), "jobs_with_hls": hls, "renditions_reencoded": reencoded},
+        "cpu_ratio_ladder_vs_legacy": ladder_cpu / legacy_cpu,
+        "cpu_ratio_fleet_vs_legacy": fleet_cpu / legacy_cpu,
+        "wall_ratio_fleet_vs_ladder": fleet_s / ladder_s,
+        "goals": {"cpu_ratio_ladder_vs_legacy": 0.6, "wall_ratio_fleet_vs_ladder": 1.05},
+        "preset": preset_note(),
         "machine": machine(),
     });
     let path = write_result("transcode", &result)?;
-    println!("transcode: {clips} clips of {seconds} s at 720p: fleet {fleet_s:.1} s, xargs -P {cores} {baseline_s:.1} s, ratio {:.3} (fleet / baseline) -> {}", fleet_s / baseline_s, path.display());
+    println!(
+        "transcode: {clips} clips of {seconds} s at 720p, CPU s per s of video: legacy {:.2}, ladder {:.2} ({:.3}x), fleet {:.2} ({:.3}x); wall: legacy {legacy_s:.1} s, ladder {ladder_s:.1} s, fleet {fleet_s:.1} s (fleet / ladder {:.3}) -> {}",
+        per(legacy_cpu),
+        per(ladder_cpu),
+        ladder_cpu / legacy_cpu,
+        per(fleet_cpu),
+        fleet_cpu / legacy_cpu,
+        fleet_s / ladder_s,
+        path.display()
+    );
     Ok(())
+}
+
+/// What the transcode benchmark encodes with.
+fn preset_note() -> &'static str {
+    "media.preset (veryfast) for every tier, both sides; the fleet with media.sandbox = none (prlimit on)"
 }
 
 /// One poll of the queues, as KEDA would see it through the management API.

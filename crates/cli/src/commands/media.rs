@@ -25,13 +25,19 @@ pub enum MediaAction {
         /// (for `read -d ''`: no shell parsing needed to run them).
         #[arg(long)]
         print0: bool,
+        /// The tier the job is taken to land in (its `media.tier_presets` preset encodes the renditions).
+        #[arg(long, default_value = "medium")]
+        tier: reelfleet_core::envelope::Tier,
+        /// The commands the fleet ran before one decode per stage (the transcode benchmark's baseline).
+        #[arg(long)]
+        legacy: bool,
     },
 }
 
 /// Prints the plan.
 pub async fn run(settings: Settings, args: MediaArgs) -> anyhow::Result<i32> {
-    let MediaAction::Plan { clip, outdir, print0 } = args.action;
-    let runs = crate::media::plan(&settings, &clip, &outdir).await?;
+    let MediaAction::Plan { clip, outdir, print0, tier, legacy } = args.action;
+    let runs = crate::media::plan(&settings, &clip, &outdir, crate::media::PlanOptions { tier, legacy }).await?;
     let mut out = std::io::stdout().lock();
     for run in &runs {
         if print0 {

@@ -21,8 +21,18 @@ pub struct MediaSettings {
     pub ffmpeg_timeout_per_720p_second: f64,
     /// Longest timeout of one ffmpeg call, whatever its input.
     pub ffmpeg_timeout_max_secs: u64,
-    /// x264/x265 preset for every encode.
+    /// x264 preset of preprocess's normalize, and of postprocess's renditions
+    /// for a job without a tier.
     pub preset: String,
+    /// x264/x265 preset of postprocess's renditions by the job's tier: faster
+    /// for bulk work, slower (smaller at the same quality) for critical jobs.
+    pub tier_presets: TierPresets,
+    /// Length of an HLS segment in seconds: every rendition gets a keyframe
+    /// at each multiple of it, so segment boundaries align across renditions.
+    pub hls_segment_secs: f64,
+    /// CRF points taken off a rendition that fell below the quality floor
+    /// when it is encoded again (once, alone).
+    pub reencode_crf_step: u32,
     /// Threads per ffmpeg process (0: ffmpeg decides).
     pub threads: u32,
     /// What ffmpeg and ffprobe run inside.
@@ -38,6 +48,48 @@ pub struct MediaSettings {
     /// Processes and threads of one media process (its sandbox's user when sandboxed).
     pub limit_processes: u64,
 }
+
+/// An x264/x265 preset per tier.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TierPresets {
+    /// Preset of `low`-tier jobs.
+    pub low: String,
+    /// Preset of `medium`-tier jobs.
+    pub medium: String,
+    /// Preset of `high`-tier jobs.
+    pub high: String,
+    /// Preset of `critical`-tier jobs.
+    pub critical: String,
+}
+
+impl Default for TierPresets {
+    fn default() -> Self {
+        Self { low: "superfast".into(), medium: "veryfast".into(), high: "veryfast".into(), critical: "fast".into() }
+    }
+}
+
+impl TierPresets {
+    /// The preset of `tier`.
+    pub fn of(&self, tier: crate::envelope::Tier) -> &str {
+        use crate::envelope::Tier;
+        match tier {
+            Tier::Low => &self.low,
+            Tier::Medium => &self.medium,
+            Tier::High => &self.high,
+            Tier::Critical => &self.critical,
+        }
+    }
+
+    /// The same preset for every tier.
+    pub fn all(preset: &str) -> Self {
+        Self { low: preset.into(), medium: preset.into(), high: preset.into(), critical: preset.into() }
+    }
+}
+
+/// The presets x264 and x265 both know.
+const PRESETS: &[&str] =
+    &["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo"];
 
 /// What ffmpeg and ffprobe run inside.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -88,6 +140,9 @@ impl Default for MediaSettings {
             ffmpeg_timeout_per_720p_second: 8.0,
             ffmpeg_timeout_max_secs: 12 * 3600,
             preset: "veryfast".into(),
+            tier_presets: TierPresets::default(),
+            hls_segment_secs: 4.0,
+            reencode_crf_step: 6,
             threads: 0,
             sandbox: SandboxKind::Bubblewrap,
             limits: LimitsKind::Prlimit,
@@ -113,6 +168,24 @@ impl MediaSettings {
         }
         if self.limit_file_size_mb == 0 || self.limit_processes == 0 {
             return Err("media.limit_file_size_mb and media.limit_processes must be at least 1 (media.limits = \"none\" turns the limits off)".into());
+        }
+        let t = &self.tier_presets;
+        for (name, p) in [
+            ("media.preset", &self.preset),
+            ("media.tier_presets.low", &t.low),
+            ("media.tier_presets.medium", &t.medium),
+            ("media.tier_presets.high", &t.high),
+            ("media.tier_presets.critical", &t.critical),
+        ] {
+            if !PRESETS.contains(&p.as_str()) {
+                return Err(format!("{name} must be one of {}, not {p:?}", PRESETS.join(", ")));
+            }
+        }
+        if !(self.hls_segment_secs.is_finite() && (0.5..=60.0).contains(&self.hls_segment_secs)) {
+            return Err("media.hls_segment_secs must be a number of seconds from 0.5 to 60".into());
+        }
+        if self.reencode_crf_step == 0 {
+            return Err("media.reencode_crf_step must be at least 1".into());
         }
         Ok(())
     }

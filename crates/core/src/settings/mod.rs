@@ -34,7 +34,7 @@ pub use credentials::Uses;
 pub use inference::{BudgetAction, InferenceSettings, ModelSettings, TierSettings};
 pub use intake::{IntakeClient, IntakeSettings};
 pub use limits::LimitSettings;
-pub use media::{LimitsKind, MediaSettings, SandboxKind};
+pub use media::{LimitsKind, MediaSettings, SandboxKind, TierPresets};
 pub use postprocess::PostprocessSettings;
 pub use preprocess::PreprocessSettings;
 pub use pull::{PullSettings, PULLED_PREFIX};

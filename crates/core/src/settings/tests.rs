@@ -161,3 +161,29 @@ fn the_readme_configuration_reference_names_every_setting_and_no_other() {
     assert!(missing.is_empty(), "settings the README's configuration reference does not document: {missing:?}");
     assert!(unknown.is_empty(), "README configuration rows that name no setting: {unknown:?}");
 }
+
+#[test]
+fn tier_presets_segment_length_and_reencode_step_are_read_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "[media]\nhls_segment_secs = 2.5\nreencode_crf_step = 4\n[media.tier_presets]\nlow = \"ultrafast\"\ncritical = \"slow\"\n",
+    )
+    .unwrap();
+    let s = Settings::load(Some(&path)).unwrap();
+    use crate::envelope::Tier;
+    assert_eq!(s.media.tier_presets.of(Tier::Low), "ultrafast");
+    assert_eq!(s.media.tier_presets.of(Tier::Medium), "veryfast", "unset tiers keep their default");
+    assert_eq!(s.media.tier_presets.of(Tier::Critical), "slow");
+    assert_eq!((s.media.hls_segment_secs, s.media.reencode_crf_step), (2.5, 4));
+    for (toml, named) in [
+        ("[media.tier_presets]\nhigh = \"quick\"\n", "media.tier_presets.high"),
+        ("[media]\nhls_segment_secs = 0.1\n", "media.hls_segment_secs"),
+        ("[media]\nreencode_crf_step = 0\n", "media.reencode_crf_step"),
+    ] {
+        std::fs::write(&path, toml).unwrap();
+        let err = Settings::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains(named), "{toml}: {err}");
+    }
+}

@@ -73,6 +73,7 @@ fn settings(moto: &Moto, dir: &Path, queue_url: &str, sim: &str, api_key: &str) 
     s.broker.prefetch = 2;
     s.media.threads = 2;
     s.media.preset = "ultrafast".into();
+    s.media.tier_presets = reelfleet_core::settings::TierPresets::all("ultrafast");
     s.sqs.queue_url = queue_url.to_string();
     s.sqs.endpoint = Some(moto.url.clone());
     s.sqs.access_key = Secret::new("testing");

@@ -95,6 +95,7 @@ impl Fleet {
             ..Default::default()
         };
         settings.media.preset = "ultrafast".into();
+        settings.media.tier_presets = reelfleet_core::settings::TierPresets::all("ultrafast");
         settings.media.threads = 1;
         settings.runtime.grace_period_secs = 20;
         settings.runtime.scratch_dir = Some(dir.join("data/scratch").display().to_string());

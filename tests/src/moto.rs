@@ -56,3 +56,16 @@ impl Moto {
         aws_sdk_sqs::Client::from_conf(config)
     }
 }
+
+/// Messages in an SQS queue, visible or in flight (SQS's approximate counts).
+pub async fn messages_left(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> anyhow::Result<u64> {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let attrs = sqs
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await?;
+    Ok(attrs.attributes().map(|a| a.values().filter_map(|v| v.parse::<u64>().ok()).sum()).unwrap_or(0))
+}

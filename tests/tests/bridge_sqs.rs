@@ -59,21 +59,9 @@ fn bridge_settings(stack: &TestStack, moto: &Moto) -> Settings {
     settings
 }
 
-/// Messages in the queue, visible or not.
+/// Messages in the queue, visible or in flight.
 async fn left_in(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> u64 {
-    let attrs = sqs
-        .get_queue_attributes()
-        .queue_url(queue_url)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-        .send()
-        .await
-        .unwrap();
-    let a = attrs.attributes().unwrap();
-    [QueueAttributeName::ApproximateNumberOfMessages, QueueAttributeName::ApproximateNumberOfMessagesNotVisible]
-        .iter()
-        .map(|k| a.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
-        .sum()
+    reelfleet_tests::moto::messages_left(sqs, queue_url).await.unwrap()
 }
 
 /// Keys announced by the S3 events waiting in `queue` (each must hold one record).

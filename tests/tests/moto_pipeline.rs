@@ -133,15 +133,7 @@ fn spawn_bridge(settings: &Settings, dir: &Path) -> Child {
 
 /// Messages in the queue, visible or in flight.
 async fn left_in(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> u64 {
-    let attrs = sqs
-        .get_queue_attributes()
-        .queue_url(queue_url)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-        .send()
-        .await
-        .unwrap();
-    attrs.attributes().map(|a| a.values().filter_map(|v| v.parse::<u64>().ok()).sum()).unwrap_or(0)
+    reelfleet_tests::moto::messages_left(sqs, queue_url).await.unwrap()
 }
 
 async fn put_file(moto: &Moto, bucket: &str, key: &str, path: &Path) -> String {

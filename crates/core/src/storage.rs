@@ -483,22 +483,13 @@ impl Storage {
         let mut keys = Vec::new();
         let mut token = None;
         loop {
-            let out = self
-                .client
-                .list_objects_v2()
-                .bucket(bucket)
-                .prefix(prefix)
-                .set_continuation_token(token)
-                .send()
-                .await
-                .map_err(|e| classify(e, bucket, prefix))?;
-            keys.extend(out.contents().iter().filter_map(|o| o.key().map(str::to_string)));
-            match out.next_continuation_token() {
-                Some(t) if out.is_truncated() == Some(true) => token = Some(t.to_string()),
-                _ => break,
+            let page = self.list_page(bucket, prefix, token).await?;
+            keys.extend(page.objects.into_iter().map(|o| o.key));
+            match page.next {
+                Some(next) => token = Some(next),
+                None => return Ok(keys),
             }
         }
-        Ok(keys)
     }
 
     /// One page (up to 1000 objects) of the keys under `prefix`, with sizes,

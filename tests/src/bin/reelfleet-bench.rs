@@ -1333,14 +1333,7 @@ async fn ingest(args: &[String]) -> anyhow::Result<()> {
     // Deleted from SQS after the confirms: wait until the queue is empty too.
     let sqs_url = settings.sqs.queue_url.clone();
     loop {
-        let a = sqs
-            .get_queue_attributes()
-            .queue_url(&sqs_url)
-            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            .send()
-            .await?;
-        let left: u64 = a.attributes().map(|m| m.values().filter_map(|v| v.parse::<u64>().ok()).sum()).unwrap_or(0);
+        let left = reelfleet_tests::moto::messages_left(&sqs, &sqs_url).await?;
         if left == 0 {
             break;
         }

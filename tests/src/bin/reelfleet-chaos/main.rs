@@ -352,6 +352,10 @@ async fn case_budget(bin: &Path, root: &Path, clip: &Path) -> anyhow::Result<Cas
     let ms = fleet.load_all(&jobs).await;
     let paused_in_manifest = ms.iter().filter(|m| m.status == JobStatus::Inference).count();
     let failed = ms.iter().filter(|m| m.status == JobStatus::Failed).count();
+    let mut by_status = std::collections::BTreeMap::new();
+    for m in &ms {
+        *by_status.entry(format!("{:?}", m.status).to_lowercase()).or_insert(0usize) += 1;
+    }
     let price = fleet.settings.inference.price(&fleet.settings.inference.low.model).context("priced")?.clone();
     let cost = |u: &reelfleet_devstack::UsageRecord| {
         (u.prompt_tokens as f64 * price.input_per_mtok + u.completion_tokens as f64 * price.output_per_mtok) / 1e6
@@ -378,7 +382,7 @@ async fn case_budget(bin: &Path, root: &Path, clip: &Path) -> anyhow::Result<Cas
         "spend priced from the provider's log <= cap + the largest request; the rest paused (parked, manifest waiting at inference), none failed or lost",
         passed,
         format!(
-            "{completed} completed + {paused} paused (deferred queue; {paused_in_manifest} manifests waiting at inference) of {}, {failed} failed",
+            "{completed} completed + {paused} paused (deferred queue; {paused_in_manifest} manifests waiting at inference) of {}, {failed} failed; manifests {by_status:?}",
             jobs.len()
         ),
         format!("spent ${spent:.6} of a ${CAP} cap (+ largest request ${largest:.6}) in {} requests", usage.len()),
@@ -1014,6 +1018,32 @@ fn list_tree(root: &Path, skip: &Path) -> std::collections::BTreeSet<PathBuf> {
     out
 }
 
+/// The last warnings and errors of each process of a failed case (its
+/// `logs/*.log`, JSON lines), a few per file and each file's last line, for
+/// the suite's output.
+fn failure_digest(case_dir: &Path) -> Vec<String> {
+    const PER_FILE: usize = 6;
+    let Ok(entries) = std::fs::read_dir(case_dir.join("logs")) else {
+        return vec![format!("no logs under {}", case_dir.display())];
+    };
+    let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        let lines = text.lines().count();
+        let loud: Vec<&str> =
+            text.lines().filter(|l| l.contains("\"level\":\"WARN\"") || l.contains("\"level\":\"ERROR\"")).collect();
+        out.push(format!("{name}: {lines} lines, {} warnings/errors", loud.len()));
+        let last = text.lines().last().filter(|l| loud.last().is_none_or(|w| w != l));
+        for l in loud[loud.len().saturating_sub(PER_FILE)..].iter().chain(last.as_ref()) {
+            out.push(format!("  {}", l.chars().take(400).collect::<String>()));
+        }
+    }
+    out
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let only: Vec<String> = std::env::args().skip(1).collect();
@@ -1059,6 +1089,13 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("   {} in {secs:.0} s: {}", if r.passed { "passed" } else { "FAILED" }, r.outcome);
         if let Some(a) = &r.audit {
             eprintln!("   {}", a.line());
+        }
+        if !r.passed {
+            // The case's folder goes with the temporary root: what its
+            // workers said last is the only trace a CI log can keep.
+            for line in failure_digest(&root.join(name)) {
+                eprintln!("   | {line}");
+            }
         }
         results.push((name, secs, r));
     }

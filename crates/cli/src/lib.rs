@@ -5,6 +5,7 @@
 //! - [`dev`]: the embedded default: S3 endpoint, provider simulator and all four workers in one process.
 //! - [`backfill`]: a bucket's existing objects announced to ingest, once, or polled.
 //! - [`ops`]: what `submit`, `status`, `jobs` and `queues` do.
+//! - [`submit_from`]: `submit --from FILE.jsonl`, many sources accepted as the intake accepts a batch.
 //! - [`scale`]: queue depth and the replicas KEDA would run, per chart worker.
 //! - [`dlq`]: dead-letter operations: ls, show, replay, purge, export, import.
 //! - [`ledger`]: the write-ahead ledger held against the provider's usage log.
@@ -23,3 +24,4 @@ pub mod ledger;
 pub mod media;
 pub mod ops;
 pub mod scale;
+pub mod submit_from;

@@ -6,7 +6,8 @@
 //! (or `<ns>.pull` for a URL), confirmed by the broker before the client
 //! hears 202.
 //!
-//! - [`server`]: the router and handlers; recording and publishing a job; metrics.
+//! - [`server`]: the router and handlers; metrics.
+//! - [`accept`]: a checked job resolved, recorded and published (every door).
 //! - [`auth`]: API keys (by SHA-256, constant time) and request signatures.
 //! - [`jobs`]: a job's fields checked, URL job ids, the envelope.
 //! - [`records`]: what every replica shares in the work bucket (seen
@@ -16,6 +17,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod accept;
 pub mod auth;
 pub mod error;
 pub mod gcs;

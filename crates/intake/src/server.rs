@@ -11,11 +11,12 @@
 //! is anything published.
 
 use crate::{
+    accept::{AcceptError, Acceptor, Item},
     auth::{authenticate, token_matches, Client, Clients},
     error::{ApiError, FieldError},
     gcs::{parse_push, Notification},
-    jobs::{self, check_idempotency_key, parse_job, JobSpec, Source},
-    records::{Acceptance, Idempotency, Records, Sight},
+    jobs::{check_idempotency_key, parse_job, JobSpec},
+    records::{Idempotency, Sight},
 };
 use axum::{
     body::{Body, Bytes},
@@ -26,17 +27,15 @@ use axum::{
     Json, Router,
 };
 use chrono::Utc;
-use futures::{StreamExt, TryStreamExt};
 use prometheus::{IntCounterVec, Opts};
 use reelfleet_core::{
-    broker::{Broker, HeaderValue, Outgoing, Publisher},
-    envelope::{Envelope, JobKind, JobRequest, SourceObject, SIGNATURE_HEADER},
+    broker::Broker,
+    envelope::{Envelope, JobKind, JobRequest},
     manifest::{JobManifest, ManifestStore},
     metrics::Metrics,
     settings::Settings,
-    signing::Signer,
     storage::{Storage, StorageError},
-    topology::{Topology, WorkQueue},
+    topology::WorkQueue,
 };
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -48,8 +47,6 @@ use tracing::{info, warn};
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 /// Header set on an answer replayed for a known `Idempotency-Key`.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
-/// HEAD requests in flight at once while a batch is resolved.
-const RESOLVE_CONCURRENCY: usize = 16;
 
 /// The intake's own metrics, served with the process's.
 #[derive(Clone, Debug)]
@@ -91,13 +88,8 @@ pub struct Intake(Arc<Inner>);
 struct Inner {
     settings: Arc<Settings>,
     clients: Clients,
-    storage: Storage,
     manifests: ManifestStore,
-    records: Records,
-    topology: Topology,
-    signer: Signer,
-    broker: Broker,
-    publisher: tokio::sync::Mutex<Option<Publisher>>,
+    acceptor: Acceptor,
     metrics: IntakeMetrics,
 }
 
@@ -107,16 +99,16 @@ impl std::fmt::Debug for Inner {
     }
 }
 
-/// One job ready to publish.
-struct Planned {
-    envelope: Envelope,
-    queue: WorkQueue,
-    kind: &'static str,
-}
-
 fn storage_error(e: StorageError) -> ApiError {
     warn!(error = %e, "Object store error");
     ApiError::unavailable(format!("the object store did not answer: {e}"))
+}
+
+fn accept_error(e: AcceptError) -> ApiError {
+    match e {
+        AcceptError::Storage(e) => storage_error(e),
+        AcceptError::Broker(_) => ApiError::unavailable(e.to_string()),
+    }
 }
 
 fn status_url(job_id: &str) -> String {
@@ -128,19 +120,11 @@ impl Intake {
     /// or signing key.
     pub fn new(settings: Arc<Settings>, storage: Storage, broker: Broker, metrics: &Metrics) -> anyhow::Result<Self> {
         let clients = Clients::from_settings(&settings.intake).map_err(anyhow::Error::msg)?;
-        let signer = Signer::from_settings(&settings.signing, &settings.namespace).map_err(|e| anyhow::anyhow!(e.0))?;
-        let work = settings.s3.work_bucket.clone();
-        let records =
-            Records::new(storage.clone(), &work, settings.intake.tolerance_secs, settings.intake.idempotency_ttl_hours);
+        let acceptor = Acceptor::new(settings.clone(), storage.clone(), broker)?;
         Ok(Self(Arc::new(Inner {
             clients,
-            manifests: ManifestStore::new(storage.clone(), work),
-            storage,
-            records,
-            topology: Topology::from_settings(&settings),
-            signer,
-            broker,
-            publisher: tokio::sync::Mutex::new(None),
+            manifests: ManifestStore::new(storage, settings.s3.work_bucket.clone()),
+            acceptor,
             metrics: IntakeMetrics::new(metrics),
             settings,
         })))
@@ -196,7 +180,7 @@ impl Intake {
         let now = Utc::now().timestamp();
         let (client, webhook_id) = authenticate(&self.0.clients, headers, &body, now, self.tolerance())?;
         let key_header = headers.get(IDEMPOTENCY_HEADER).and_then(|v| v.to_str().ok());
-        let sight = self.0.records.sight(&client.id, webhook_id, key_header).await.map_err(storage_error)?;
+        let sight = self.0.acceptor.records().sight(&client.id, webhook_id, key_header).await.map_err(storage_error)?;
         // A sender retries with the same webhook-id: when the id first came
         // with this very Idempotency-Key, the retry gets the stored answer
         // below and nothing is published twice. The header is not signed, so
@@ -236,32 +220,37 @@ impl Intake {
         hash.update(b"\n");
         hash.update(&body);
         let request_sha256 = hex::encode(hash.finalize());
-        let etag = match self.0.records.claim(&client.id, &key, &request_sha256).await.map_err(storage_error)? {
-            Idempotency::Proceed { etag } => etag,
-            Idempotency::Replay { status, response } => {
-                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
-                return Ok((status, [(REPLAYED_HEADER, "true")], Json(response)).into_response());
-            }
-            Idempotency::Mismatch => {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "idempotency_key_reused",
-                    "this Idempotency-Key was used with a different request",
-                ))
-            }
-            Idempotency::InProgress => {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "idempotency_in_progress",
-                    "a request with this Idempotency-Key is still being handled; retry shortly",
-                ))
-            }
-        };
+        let etag =
+            match self.0.acceptor.records().claim(&client.id, &key, &request_sha256).await.map_err(storage_error)? {
+                Idempotency::Proceed { etag } => etag,
+                Idempotency::Replay { status, response } => {
+                    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
+                    return Ok((status, [(REPLAYED_HEADER, "true")], Json(response)).into_response());
+                }
+                Idempotency::Mismatch => {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "idempotency_key_reused",
+                        "this Idempotency-Key was used with a different request",
+                    ))
+                }
+                Idempotency::InProgress => {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "idempotency_in_progress",
+                        "a request with this Idempotency-Key is still being handled; retry shortly",
+                    ))
+                }
+            };
         match self.accept_all(client, Some(&key), &specs, batch).await {
             Ok(answer) => {
                 let status = StatusCode::ACCEPTED;
-                if let Err(e) =
-                    self.0.records.finish(&client.id, &key, &request_sha256, etag, status.as_u16(), &answer).await
+                if let Err(e) = self
+                    .0
+                    .acceptor
+                    .records()
+                    .finish(&client.id, &key, &request_sha256, etag, status.as_u16(), &answer)
+                    .await
                 {
                     // The jobs are published; a retry re-runs and gets the same job ids.
                     warn!(client = %client.id, error = %e, "Could not store the idempotent answer");
@@ -269,7 +258,7 @@ impl Intake {
                 Ok((status, Json(answer)).into_response())
             }
             Err(e) => {
-                if let Err(store) = self.0.records.release(&client.id, &key).await {
+                if let Err(store) = self.0.acceptor.records().release(&client.id, &key).await {
                     warn!(client = %client.id, error = %store, "Could not release the Idempotency-Key");
                 }
                 Err(e)
@@ -312,34 +301,27 @@ impl Intake {
         specs: &[JobSpec],
         batch: bool,
     ) -> Result<Value, ApiError> {
-        // Built before streaming: a closure over borrowed specs inside the
-        // stream would make the handler's future not `Send` for every lifetime.
-        let resolving: Vec<_> =
-            specs.iter().enumerate().map(|(i, spec)| self.plan_item(client, key, i, spec, batch)).collect();
-        let plans: Vec<Result<Planned, FieldError>> =
-            futures::stream::iter(resolving).buffered(RESOLVE_CONCURRENCY).try_collect().await?;
-        let (planned, errors): (Vec<_>, Vec<_>) = plans.into_iter().partition(Result::is_ok);
-        let errors: Vec<FieldError> = errors.into_iter().filter_map(Result::err).collect();
-        if !errors.is_empty() {
-            return Err(if batch { batch_invalid(errors) } else { single_invalid(errors) });
-        }
-        let planned: Vec<Planned> = planned.into_iter().filter_map(Result::ok).collect();
+        // A batch item's URL job id uses `<key>#<i>`, and its refusal carries its index.
+        let items = specs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| Item {
+                spec,
+                key: key.map(|k| if batch { format!("{k}#{i}") } else { k.to_string() }),
+                index: batch.then_some(i),
+            })
+            .collect();
+        let acceptor = &self.0.acceptor;
+        let planned = acceptor
+            .plan_all(&client.id, "intake", key, items)
+            .await
+            .map_err(accept_error)?
+            .map_err(|errors| if batch { batch_invalid(errors) } else { single_invalid(errors) })?;
         for p in &planned {
-            let env = &p.envelope;
-            let record = Acceptance {
-                job_id: env.job_id.clone(),
-                accepted_at: Utc::now(),
-                client: client.id.clone(),
-                source: env.source.clone(),
-                queue: self.0.topology.queue(p.queue),
-                priority: env.priority,
-                quality: env.quality,
-                request: env.request.clone().unwrap_or_default(),
-            };
-            self.0.records.accept(&record).await.map_err(storage_error)?;
+            acceptor.record(&client.id, &p.envelope, p.queue).await.map_err(accept_error)?;
         }
         for p in &planned {
-            self.publish(&p.envelope, p.queue).await?;
+            acceptor.publish(&p.envelope, p.queue).await.map_err(accept_error)?;
             self.0.metrics.jobs.with_label_values(&[p.kind]).inc();
             info!(client = %client.id, job_id = %p.envelope.job_id, queue = %p.queue, "Job accepted");
         }
@@ -354,104 +336,6 @@ impl Intake {
         }
     }
 
-    /// [`Intake::plan`] for item `i`: a batch item's URL job id uses
-    /// `<key>#<i>`, and its refusal carries its index.
-    async fn plan_item(
-        &self,
-        client: &Client,
-        key: Option<&str>,
-        i: usize,
-        spec: &JobSpec,
-        batch: bool,
-    ) -> Result<Result<Planned, FieldError>, ApiError> {
-        let item_key = key.map(|k| if batch { format!("{k}#{i}") } else { k.to_string() });
-        let planned = self.plan(client, key, item_key, spec).await?;
-        Ok(if batch { planned.map_err(|e| FieldError { index: Some(i), ..e }) } else { planned })
-    }
-
-    /// A job's envelope and queue, or the field that makes it unacceptable.
-    async fn plan(
-        &self,
-        client: &Client,
-        key: Option<&str>,
-        item_key: Option<String>,
-        spec: &JobSpec,
-    ) -> Result<Result<Planned, FieldError>, ApiError> {
-        let s = &self.0.settings;
-        let mut request = JobRequest {
-            via: "intake".into(),
-            origin_url: None,
-            callback_url: spec.callback_url.clone(),
-            idempotency_key: key.map(str::to_string),
-            metadata: spec.metadata.clone(),
-        };
-        let (job_id, source, queue) = match &spec.source {
-            Source::S3 { bucket, key } => {
-                if !s.s3.accepts(bucket) {
-                    return Ok(Err(FieldError::new(
-                        "source",
-                        format!("bucket {bucket:?} is not an upload bucket (s3.upload_bucket, s3.accepted_buckets)"),
-                    )));
-                }
-                let Some(info) = self.0.storage.head(bucket, key).await.map_err(storage_error)? else {
-                    return Ok(Err(FieldError::new("source", format!("s3://{bucket}/{key} does not exist"))));
-                };
-                let source = SourceObject {
-                    bucket: bucket.clone(),
-                    key: key.clone(),
-                    size: info.size,
-                    etag: info.etag,
-                    version_id: None,
-                };
-                (source.job_id(), source, WorkQueue::Ingest)
-            }
-            Source::Url(url) => {
-                let name = item_key.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-                let job_id = jobs::url_job_id(&client.id, &name, url);
-                let source = SourceObject {
-                    bucket: s.s3.upload_bucket.clone(),
-                    key: jobs::pulled_key(&job_id, url),
-                    size: 0,
-                    etag: None,
-                    version_id: None,
-                };
-                request.origin_url = Some(url.to_string());
-                (job_id, source, WorkQueue::Pull)
-            }
-        };
-        let envelope = jobs::envelope(spec, &job_id, source, request, s.limits.max_uploader_priority);
-        Ok(Ok(Planned { envelope, queue, kind: spec.source.kind() }))
-    }
-
-    async fn publisher(&self) -> Result<Publisher, ApiError> {
-        let mut slot = self.0.publisher.lock().await;
-        if let Some(p) = slot.as_ref() {
-            return Ok(p.clone());
-        }
-        let p = self.0.broker.publisher().await.map_err(|e| {
-            warn!(error = %e, "No broker channel");
-            ApiError::unavailable(format!("the broker did not answer: {e}"))
-        })?;
-        *slot = Some(p.clone());
-        Ok(p)
-    }
-
-    /// Publishes `envelope`, signed for `queue`, and waits for the broker's confirm.
-    async fn publish(&self, envelope: &Envelope, queue: WorkQueue) -> Result<(), ApiError> {
-        let name = self.0.topology.queue(queue);
-        let body = envelope.to_bytes();
-        let sig = self.0.signer.sign(&name, &body);
-        let msg = Outgoing::to_queue(name, body).header(SIGNATURE_HEADER, HeaderValue::Text(sig));
-        let publisher = self.publisher().await?;
-        publisher.publish(&msg).await.map_err(|e| {
-            warn!(job_id = %envelope.job_id, error = %e, "Publish not confirmed");
-            if let Ok(mut slot) = self.0.publisher.try_lock() {
-                *slot = None;
-            }
-            ApiError::unavailable(format!("the broker did not confirm the job: {e}"))
-        })
-    }
-
     /// `GET /v1/jobs/{id}`.
     async fn job(&self, id: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
         authenticate(&self.0.clients, headers, b"", Utc::now().timestamp(), self.tolerance())?;
@@ -461,7 +345,7 @@ impl Intake {
         if let Some(m) = self.0.manifests.load(id).await.map_err(storage_error)? {
             return Ok(Json(manifest_view(&m)).into_response());
         }
-        match self.0.records.acceptance(id).await.map_err(storage_error)? {
+        match self.0.acceptor.records().acceptance(id).await.map_err(storage_error)? {
             Some(a) => Ok(Json(json!({
                 "job_id": a.job_id,
                 "status": "accepted",
@@ -506,18 +390,9 @@ impl Intake {
         }
         let mut envelope = Envelope::new(JobKind::Analyze, source);
         envelope.request = Some(JobRequest { via: "gcs".into(), ..Default::default() });
-        let record = Acceptance {
-            job_id: envelope.job_id.clone(),
-            accepted_at: Utc::now(),
-            client: "gcs".into(),
-            source: envelope.source.clone(),
-            queue: self.0.topology.queue(WorkQueue::Ingest),
-            priority: envelope.priority,
-            quality: None,
-            request: envelope.request.clone().unwrap_or_default(),
-        };
-        self.0.records.accept(&record).await.map_err(storage_error)?;
-        self.publish(&envelope, WorkQueue::Ingest).await?;
+        let acceptor = &self.0.acceptor;
+        acceptor.record("gcs", &envelope, WorkQueue::Ingest).await.map_err(accept_error)?;
+        acceptor.publish(&envelope, WorkQueue::Ingest).await.map_err(accept_error)?;
         self.0.metrics.jobs.with_label_values(&["gcs"]).inc();
         info!(job_id = %envelope.job_id, bucket = %envelope.source.bucket, key = %envelope.source.key, "Cloud Storage object accepted");
         let id = envelope.job_id;

@@ -152,6 +152,13 @@ CREDENTIALS = {
 }
 SQS_QUEUE = "https://sqs.eu-west-1.amazonaws.com/123456789012/uploads-events"
 BRIDGE = {"bridgeSqs": {"enabled": True}, "config": {"sqs": {"queue_url": SQS_QUEUE, "region": "eu-west-1"}}}
+# The bridge on its ServiceAccount's IAM role (IRSA): no SQS keys anywhere.
+BRIDGE_ROLE = {
+    "bridgeSqs": {"enabled": True},
+    "config": {"sqs": {"queue_url": SQS_QUEUE, "region": "eu-west-1", "credentials": "aws"}},
+    "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/reelfleet"}},
+    "secrets": {"values": {"REELFLEET_SQS__ACCESS_KEY": "", "REELFLEET_SQS__SECRET_KEY": ""}},
+}
 GIVEN = {"secrets": {"values": CREDENTIALS}}
 # One intake client as `reelfleet intake client` prints it (the key's hash, never the key).
 INTAKE_CLIENTS = (
@@ -564,6 +571,13 @@ def check_bridge(case, values, deployments, scaled, auths, secrets, existing):
     if trigger["metadata"].get("queueURL") != want_queue:
         fail(case, f"KEDA watches {trigger['metadata'].get('queueURL')}, the bridge reads {want_queue}")
     auth = auths.get(trigger.get("authenticationRef", {}).get("name"), {})
+    if values.get("config", {}).get("sqs", {}).get("credentials") == "aws":
+        if auth.get("spec", {}).get("podIdentity") != {"provider": "aws", "identityOwner": "workload"}:
+            fail(case, f"with the bridge on an IAM role, KEDA must use the workload's: {auth.get('spec')}")
+        for name, secret in secrets.items():
+            if {"REELFLEET_SQS__ACCESS_KEY", "REELFLEET_SQS__SECRET_KEY"} & set(secret.get("data", {})):
+                fail(case, f"the Secret {name} carries SQS keys though the bridge uses its IAM role")
+        return
     params = {r["parameter"]: r for r in auth.get("spec", {}).get("secretTargetRef", [])}
     if set(params) != {"awsAccessKeyID", "awsSecretAccessKey"}:
         fail(case, f"the SQS TriggerAuthentication gives {sorted(params)}")
@@ -627,6 +641,7 @@ REFUSED = [
     ("no existing Secret and no credentials", {}),
     ("an empty signing key", {"secrets": {"values": dict(CREDENTIALS, REELFLEET_SIGNING__SECRET="")}}),
     ("the SQS bridge without its queue", {"bridgeSqs": {"enabled": True}}),
+    ("SQS keys beside the bridge's IAM role", dict(BRIDGE_ROLE, secrets={"values": {}})),
     ("the intake without clients", {"intake": {"enabled": True}}),
     ("an unknown autoscaling mode", {"autoscaling": {"mode": "sometimes"}}),
     ("an inference worker without a tier", {"workers": {"inference-x": {"stage": "inference"}}}),
@@ -678,6 +693,7 @@ def main():
     for path in sorted((CHART / "ci").glob("*.yaml")):
         cases.append((path.name, yaml.safe_load(path.read_text()) or {}))
     cases.append(("SQS bridge", BRIDGE))
+    cases.append(("SQS bridge on an IAM role (IRSA)", BRIDGE_ROLE))
     cases.append(("intake API", INTAKE))
     cases.append(("intake API, clients in an existing Secret", {"intake": {"enabled": True, "clientsSecret": "intake-clients"}}))
     cases.append(("HPA fallback", {"autoscaling": {"mode": "hpa"}}))

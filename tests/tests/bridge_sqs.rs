@@ -277,3 +277,134 @@ async fn a_message_is_deleted_only_after_the_broker_confirmed_its_records() {
     }
     stack.cleanup().await;
 }
+
+/// What the recording proxy in front of moto saw: each request's
+/// `Authorization` and `X-Amz-Security-Token` headers and body, and each answer.
+#[derive(Clone, Default)]
+struct Seen(std::sync::Arc<std::sync::Mutex<Vec<Exchange>>>);
+
+/// One request through the proxy: `Authorization`, `X-Amz-Security-Token`, body, answer.
+type Exchange = (String, Option<String>, String, String);
+
+/// A proxy to `upstream` that records every exchange (how the bridge's own
+/// requests are signed is only visible on the wire).
+async fn recording_proxy(upstream: String) -> (Seen, String) {
+    use axum::{body::Bytes, extract::State, http::HeaderMap, response::IntoResponse};
+    let seen = Seen::default();
+    let http = reqwest::Client::new();
+    let handler = move |State(seen): State<Seen>,
+                        method: axum::http::Method,
+                        uri: axum::http::Uri,
+                        headers: HeaderMap,
+                        body: Bytes| {
+        let (http, upstream) = (http.clone(), upstream.clone());
+        async move {
+            let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            let mut req = http.request(method, format!("{upstream}{path}"));
+            for (k, v) in headers.iter().filter(|(k, _)| *k != "host") {
+                req = req.header(k, v);
+            }
+            let resp = req.body(body.clone()).send().await.unwrap();
+            let status = resp.status();
+            let answer = resp.bytes().await.unwrap();
+            let header = |h: &str| headers.get(h).and_then(|v| v.to_str().ok()).map(str::to_string);
+            seen.0.lock().unwrap().push((
+                header("authorization").unwrap_or_default(),
+                header("x-amz-security-token"),
+                String::from_utf8_lossy(&body).into_owned(),
+                String::from_utf8_lossy(&answer).into_owned(),
+            ));
+            (axum::http::StatusCode::from_u16(status.as_u16()).unwrap(), answer).into_response()
+        }
+    };
+    let app = axum::Router::new().fallback(handler).with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (seen, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_credentials_aws_the_bridge_assumes_its_iam_role_from_a_web_identity_token_as_under_irsa() {
+    let moto = moto().await;
+    let stack = TestStack::start_stages(&[], |_| {}).await;
+    let (seen, proxy) = recording_proxy(moto.url.clone()).await;
+    let queue_url = moto.sqs().create_queue().queue_name("irsa").send().await.unwrap().queue_url.unwrap();
+    let body =
+        std::fs::read_to_string(format!("{}/fixtures/s3-events/aws-put.json", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    moto.sqs().send_message().queue_url(&queue_url).message_body(body).send().await.unwrap();
+
+    // No keys anywhere: the settings name the chain, the process gets what EKS
+    // mounts for a service account with an IAM role.
+    let mut settings = bridge_settings(&stack, &moto);
+    settings.sqs.credentials = reelfleet_core::settings::CredentialSource::Aws;
+    settings.sqs.access_key = Secret::default();
+    settings.sqs.secret_key = Secret::default();
+    settings.sqs.endpoint = Some(proxy.clone());
+    settings.sqs.queue_url = queue_url.clone();
+    let dir = stack.dir.path();
+    let config = dir.join("bridge.toml");
+    std::fs::write(&config, settings.to_toml()).unwrap();
+    let token = format!("eyJ.irsa-test.{}", uuid::Uuid::new_v4().simple());
+    std::fs::write(dir.join("token"), &token).unwrap();
+    let role = "arn:aws:iam::123456789012:role/reelfleet-bridge";
+    let mut cmd = std::process::Command::new(reelfleet_tests::fleet::reelfleet_binary().unwrap());
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("REELFLEET_") || k.starts_with("AWS_")) {
+        cmd.env_remove(k);
+    }
+    let log = dir.join("bridge.log");
+    let mut bridge = cmd
+        .args(["--config", config.to_str().unwrap(), "worker", "bridge-sqs"])
+        .env("AWS_WEB_IDENTITY_TOKEN_FILE", dir.join("token"))
+        .env("AWS_ROLE_ARN", role)
+        .env("AWS_ROLE_SESSION_NAME", "reelfleet-bridge-test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL_STS", &proxy)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", dir.join("no-aws-config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", dir.join("no-aws-credentials"))
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+
+    let ingest = stack.queue(WorkQueue::Ingest);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stack.depth(&ingest).await < 1 || left_in(&moto.sqs(), &queue_url).await != 0 {
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(Instant::now() < deadline, "nothing relayed with the role's credentials; bridge log:\n{log}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = bridge.kill();
+    let _ = bridge.wait();
+    let got = stack.take_messages(&ingest, 1, Duration::from_secs(10)).await;
+    assert_eq!(parse_event(&got[0].1).unwrap()[0].key, "videos/red flower été.mp4");
+
+    // On the wire: the token exchanged for the role's temporary credentials,
+    // and every SQS call signed with them (key id and session token).
+    let seen = seen.0.lock().unwrap().clone();
+    let (_, _, sts_request, sts_answer) = seen
+        .iter()
+        .find(|(_, _, body, _)| body.contains("Action=AssumeRoleWithWebIdentity"))
+        .expect("the bridge called STS AssumeRoleWithWebIdentity");
+    assert!(sts_request.contains(&format!("WebIdentityToken={token}")), "{sts_request}");
+    assert!(
+        sts_request.contains("RoleArn=arn%3Aaws%3Aiam%3A%3A123456789012%3Arole%2Freelfleet-bridge"),
+        "{sts_request}"
+    );
+    let field = |name: &str| {
+        let start = sts_answer.find(&format!("<{name}>")).map(|i| i + name.len() + 2).unwrap();
+        sts_answer[start..].split('<').next().unwrap().to_string()
+    };
+    let (key_id, session) = (field("AccessKeyId"), field("SessionToken"));
+    let sqs_calls: Vec<_> = seen.iter().filter(|(_, _, body, _)| !body.contains("AssumeRoleWithWebIdentity")).collect();
+    assert!(!sqs_calls.is_empty());
+    for (auth, token_header, body, _) in sqs_calls {
+        assert!(auth.contains(&format!("Credential={key_id}/")), "an SQS call not signed by the role: {auth} {body}");
+        assert_eq!(token_header.as_deref(), Some(session.as_str()), "an SQS call without the role's session token");
+    }
+    stack.cleanup().await;
+}

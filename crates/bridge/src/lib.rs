@@ -13,7 +13,7 @@
 pub mod notification;
 
 use aws_sdk_sqs::{
-    config::{BehaviorVersion, Credentials, Region},
+    config::{BehaviorVersion, Region},
     types::{
         ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName,
     },
@@ -88,9 +88,10 @@ pub struct SqsBridge {
     readiness: Readiness,
 }
 
-/// The SQS client of `s`: static credentials, the given endpoint or AWS's.
+/// The SQS client of `s`: the settings' keys or AWS's credential chain
+/// (`sqs.credentials`), the given endpoint or AWS's.
 pub fn sqs_client(s: &SqsSettings) -> Client {
-    let creds = Credentials::new(s.access_key.expose(), s.secret_key.expose(), None, None, "reelfleet-settings");
+    let creds = reelfleet_core::awscreds::provider(s.credentials, &s.access_key, &s.secret_key, &s.region);
     let mut config = aws_sdk_sqs::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(s.region.clone()))
@@ -136,7 +137,7 @@ impl SqsBridge {
                 }
                 Err(e) => {
                     self.readiness.set("sqs", false);
-                    warn!(error = %e, retry_in_s = backoff.as_secs(), "Cannot receive from SQS");
+                    warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), retry_in_s = backoff.as_secs(), "Cannot receive from SQS");
                     tokio::select! { _ = tokio::time::sleep(backoff) => {}, _ = stop.cancelled() => break }
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                     continue;

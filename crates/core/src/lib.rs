@@ -12,6 +12,7 @@
 //! - [`tiering`]: the cost tier a job gets, and why.
 //! - [`s3event`]: AWS and MinIO S3 event bodies parsed into created objects.
 //! - [`storage`]: the object store (aws-sdk-s3), streaming and multipart.
+//! - [`awscreds`]: the S3 and SQS clients' credentials: the settings' keys or AWS's chain (IRSA, instance roles).
 //! - [`media`]: ffprobe and ffmpeg as confined subprocesses, their output typed.
 //! - [`fleetstate`]: the state every replica shares (budgets, rate limits, cooldowns).
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics`, and readiness.
@@ -23,6 +24,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod awscreds;
 pub mod broker;
 pub mod decide;
 pub mod envelope;

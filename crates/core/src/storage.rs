@@ -5,7 +5,7 @@
 use crate::settings::S3Settings;
 use aws_sdk_s3::{
     config::{
-        retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion, Credentials, Region, RequestChecksumCalculation,
+        retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion, Region, RequestChecksumCalculation,
         ResponseChecksumValidation,
     },
     error::{ProvideErrorMetadata, SdkError},
@@ -163,12 +163,11 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>
 impl Storage {
     /// A client for `settings`.
     pub fn new(settings: &S3Settings) -> Self {
-        let creds = Credentials::new(
-            settings.access_key.expose(),
-            settings.secret_key.expose(),
-            None,
-            None,
-            "reelfleet-settings",
+        let creds = crate::awscreds::provider(
+            settings.credentials,
+            &settings.access_key,
+            &settings.secret_key,
+            &settings.region,
         );
         let config = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())

@@ -4,7 +4,7 @@
 //! makes its own random ones instead, so the embedded default never needs
 //! a well-known secret either.
 
-use super::{Secret, Settings, SettingsError};
+use super::{CredentialSource, Secret, Settings, SettingsError};
 use crate::signing::{KeyError, Signer};
 
 /// Values that were shipped as defaults or in samples: a worker that finds
@@ -38,14 +38,33 @@ impl Settings {
     /// how to make a good one. The signing key is checked as [`Signer`] reads it.
     pub fn check_credentials(&self, uses: Uses) -> Result<(), SettingsError> {
         Signer::from_settings(&self.signing, &self.namespace).map_err(|KeyError(e)| SettingsError::Value(e))?;
-        let mut named: Vec<(&str, &Secret)> =
-            vec![("s3.access_key", &self.s3.access_key), ("s3.secret_key", &self.s3.secret_key)];
+        let mut named: Vec<(&str, &Secret)> = Vec::new();
+        let mut keys = vec![(
+            "s3",
+            self.s3.credentials,
+            [("s3.access_key", &self.s3.access_key), ("s3.secret_key", &self.s3.secret_key)],
+        )];
+        if uses.sqs {
+            keys.push((
+                "sqs",
+                self.sqs.credentials,
+                [("sqs.access_key", &self.sqs.access_key), ("sqs.secret_key", &self.sqs.secret_key)],
+            ));
+        }
+        for (section, source, pair) in keys {
+            match source {
+                CredentialSource::Keys => named.extend(pair),
+                // Keys beside the chain would be silently ignored: say so instead.
+                CredentialSource::Aws if pair.iter().any(|(_, k)| !k.expose().is_empty()) => {
+                    return Err(SettingsError::Value(format!(
+                        "{section}.credentials = \"aws\" takes its credentials from AWS's chain (IRSA, instance role, environment); unset {section}.access_key and {section}.secret_key"
+                    )));
+                }
+                CredentialSource::Aws => {}
+            }
+        }
         if uses.provider {
             named.push(("inference.api_key", &self.inference.api_key));
-        }
-        if uses.sqs {
-            named.push(("sqs.access_key", &self.sqs.access_key));
-            named.push(("sqs.secret_key", &self.sqs.secret_key));
         }
         for (name, secret) in named {
             let value = secret.expose().trim();
@@ -123,6 +142,22 @@ mod tests {
         s.inference.api_key = Secret::default();
         assert!(refusal(&s).contains("inference.api_key is not set"));
         s.check_credentials(Uses::default()).unwrap();
+    }
+
+    #[test]
+    fn the_aws_chain_takes_no_keys_and_needs_none() {
+        let sqs = Uses { sqs: true, ..Default::default() };
+        let mut s = good();
+        assert!(s.check_credentials(sqs).unwrap_err().to_string().contains("sqs.access_key is not set"));
+        s.sqs.credentials = CredentialSource::Aws;
+        s.check_credentials(sqs).unwrap();
+        s.s3.credentials = CredentialSource::Aws;
+        assert!(s.check_credentials(sqs).unwrap_err().to_string().contains("unset s3.access_key and s3.secret_key"));
+        s.s3.access_key = Secret::default();
+        s.s3.secret_key = Secret::default();
+        s.check_credentials(sqs).unwrap();
+        s.sqs.secret_key = Secret::new("q8Yf0x1Lx0Vb6mN2tQ");
+        assert!(s.check_credentials(sqs).unwrap_err().to_string().contains("unset sqs.access_key"));
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub use preprocess::PreprocessSettings;
 pub use pull::{PullSettings, PULLED_PREFIX};
 pub use retry::RetrySettings;
 pub use runtime::RuntimeSettings;
-pub use s3::S3Settings;
+pub use s3::{CredentialSource, S3Settings};
 pub use secret::Secret;
 pub use signing::{PreviousKey, SigningSettings, MIN_KEY_BYTES};
 pub use sqs::SqsSettings;

@@ -3,6 +3,19 @@
 use super::Secret;
 use serde::{Deserialize, Serialize};
 
+/// Where a client's AWS credentials come from.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialSource {
+    /// `access_key` and `secret_key` of the same section (required).
+    #[default]
+    Keys,
+    /// AWS's default chain: environment, profile, web identity (IRSA), the
+    /// container endpoint (ECS, EKS Pod Identity), the EC2 instance role;
+    /// the section's keys must be unset.
+    Aws,
+}
+
 /// Object store settings.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -11,6 +24,9 @@ pub struct S3Settings {
     pub endpoint: String,
     /// Region used for SigV4.
     pub region: String,
+    /// `keys`: `access_key` and `secret_key` below; `aws`: AWS's default
+    /// credential chain (an IAM role through IRSA, Pod Identity, ECS or EC2).
+    pub credentials: CredentialSource,
     /// Access key id (no default; `reelfleet dev` makes its own).
     pub access_key: Secret,
     /// Secret access key (no default; `reelfleet dev` makes its own).
@@ -43,6 +59,7 @@ impl Default for S3Settings {
         Self {
             endpoint: "http://127.0.0.1:9000".into(),
             region: "us-east-1".into(),
+            credentials: CredentialSource::Keys,
             access_key: Secret::default(),
             secret_key: Secret::default(),
             upload_bucket: "uploads".into(),

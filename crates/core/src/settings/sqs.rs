@@ -1,7 +1,7 @@
 //! The SQS bridge: the queue AWS S3 (directly, through SNS or through
 //! EventBridge) notifies, and how it is read.
 
-use super::Secret;
+use super::{CredentialSource, Secret};
 use serde::{Deserialize, Serialize};
 
 /// `reelfleet worker bridge-sqs`.
@@ -14,6 +14,9 @@ pub struct SqsSettings {
     pub endpoint: Option<String>,
     /// Region used for SigV4.
     pub region: String,
+    /// `keys`: `access_key` and `secret_key` below; `aws`: AWS's default
+    /// credential chain (an IAM role through IRSA, Pod Identity, ECS or EC2).
+    pub credentials: CredentialSource,
     /// Access key id of a principal that may receive, delete and change the
     /// visibility of the queue's messages (no default).
     pub access_key: Secret,
@@ -34,6 +37,7 @@ impl Default for SqsSettings {
             queue_url: String::new(),
             endpoint: None,
             region: "us-east-1".into(),
+            credentials: CredentialSource::Keys,
             access_key: Secret::default(),
             secret_key: Secret::default(),
             wait_secs: 20,

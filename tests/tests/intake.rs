@@ -27,10 +27,15 @@ const SRC: &str = "intake-src";
 const GCS_BUCKET: &str = "reelfleet-gcs-uploads";
 const GCS_TOKEN: &str = "push-token-5c1e0b7a9d";
 const API_KEY: &str = "rfk_test_acme_7d0f3a";
+/// A second client of the same intake.
+const RIVAL_KEY: &str = "rfk_test_rival_91b2c4";
 
 struct Api {
     base: String,
+    key: &'static str,
     secret: WebhookSecret,
+    /// The second client's secret (its key is [`RIVAL_KEY`]).
+    rival_secret: WebhookSecret,
     http: reqwest::Client,
 }
 
@@ -72,7 +77,7 @@ impl Api {
     /// A correctly signed POST with a fresh webhook id.
     async fn post(&self, path: &str, body: &Value, idempotency: Option<&str>) -> Answer {
         let bytes = serde_json::to_vec(body).unwrap();
-        self.send(path, &bytes, API_KEY, &self.secret, &fresh_id(), now(), idempotency).await
+        self.send(path, &bytes, self.key, &self.secret, &fresh_id(), now(), idempotency).await
     }
 
     async fn get(&self, path: &str) -> Answer {
@@ -80,7 +85,7 @@ impl Api {
         let req = self
             .http
             .get(format!("{}{path}", self.base))
-            .bearer_auth(API_KEY)
+            .bearer_auth(self.key)
             .header("webhook-id", &id)
             .header("webhook-timestamp", ts.to_string())
             .header("webhook-signature", self.secret.sign(&id, ts, b""));
@@ -108,10 +113,18 @@ fn fresh_id() -> String {
 async fn start(stages: &[StageName]) -> (TestStack, Api) {
     let secret = WebhookSecret::generate();
     let encoded = secret.encode();
+    let rival_secret = WebhookSecret::generate();
+    let rival = IntakeClient {
+        id: "rival".into(),
+        api_key_sha256: key_sha256(RIVAL_KEY),
+        secret: Secret::new(rival_secret.encode()),
+    };
     let stack = TestStack::start_stages(stages, |s| {
         s.intake.bind_addr = "127.0.0.1:0".into();
-        s.intake.clients =
-            vec![IntakeClient { id: "acme".into(), api_key_sha256: key_sha256(API_KEY), secret: Secret::new(encoded) }];
+        s.intake.clients = vec![
+            IntakeClient { id: "acme".into(), api_key_sha256: key_sha256(API_KEY), secret: Secret::new(encoded) },
+            rival,
+        ];
         s.intake.gcs_verification_token = Some(Secret::new(GCS_TOKEN));
         s.intake.max_body_bytes = 64 * 1024;
         s.s3.accepted_buckets = vec![SRC.into(), GCS_BUCKET.into()];
@@ -119,7 +132,8 @@ async fn start(stages: &[StageName]) -> (TestStack, Api) {
     .await;
     stack.storage.ensure_bucket(SRC).await.unwrap();
     let addr = stack.dev.intake.expect("the dev stack serves the intake API when a client is configured");
-    (stack, Api { base: format!("http://{addr}"), secret, http: reqwest::Client::new() })
+    let api = Api { base: format!("http://{addr}"), key: API_KEY, secret, rival_secret, http: reqwest::Client::new() };
+    (stack, api)
 }
 
 /// Puts a small object into the intake's source bucket; returns its job id.
@@ -163,6 +177,20 @@ async fn a_signed_job_is_admitted_by_ingest_and_shown() {
     assert_eq!(shown.body["request"]["metadata"]["order"], "A-17");
     let missing = api.get("/v1/jobs/0123456789abcdef0123456789abcdef").await;
     assert_eq!((missing.status, missing.body["error"]["code"].as_str()), (404, Some("not_found")));
+    // Another client sees no job of acme's, exactly as a job that does not exist...
+    let rival = Api {
+        base: api.base.clone(),
+        key: RIVAL_KEY,
+        secret: api.rival_secret.clone(),
+        rival_secret: api.rival_secret.clone(),
+        http: reqwest::Client::new(),
+    };
+    let hidden = rival.get(&format!("/v1/jobs/{job_id}")).await;
+    assert_eq!((hidden.status, hidden.body["error"]["code"].as_str()), (404, Some("not_found")), "{}", hidden.body);
+    // ...until it submits the same object itself: the same job, now its too.
+    let again = rival.post("/v1/jobs", &json!({"source": format!("s3://{SRC}/in/intake.mp4")}), None).await;
+    assert_eq!((again.status, again.body["job_id"].as_str()), (202, Some(job_id.as_str())));
+    assert_eq!(rival.get(&format!("/v1/jobs/{job_id}")).await.status, 200);
     stack.cleanup().await;
 }
 
@@ -372,7 +400,13 @@ async fn two_replicas_share_replays_and_idempotency_keys() {
     .unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
     let (addr, _task) = replica.serve("127.0.0.1:0", stop.clone()).await.unwrap();
-    let other = Api { base: format!("http://{addr}"), secret: api.secret.clone(), http: reqwest::Client::new() };
+    let other = Api {
+        base: format!("http://{addr}"),
+        key: API_KEY,
+        secret: api.secret.clone(),
+        rival_secret: api.rival_secret.clone(),
+        http: reqwest::Client::new(),
+    };
     let body = serde_json::to_vec(&json!({"source": format!("s3://{SRC}/e.mp4")})).unwrap();
 
     // The same message sent to both replicas at once, eight times over: one is accepted.

@@ -202,8 +202,10 @@ impl Acceptor {
         Ok(Ok(Planned { envelope, queue, kind: spec.source.kind() }))
     }
 
-    /// Writes the acceptance record of `envelope`, bound for `queue`, from `client`.
+    /// Writes the acceptance record of `envelope`, bound for `queue`, from
+    /// `client`, and the client's grant to see the job.
     pub async fn record(&self, client: &str, envelope: &Envelope, queue: WorkQueue) -> Result<(), AcceptError> {
+        self.0.records.grant(client, &envelope.job_id).await?;
         let record = Acceptance {
             job_id: envelope.job_id.clone(),
             accepted_at: Utc::now(),

@@ -15,6 +15,10 @@
 //!   the job id being the same).
 //! - `intake/jobs/<job_id>.json`: the acceptance record `GET /v1/jobs/{id}`
 //!   shows until ingest has written the manifest.
+//! - `grants/<client>/<job_id>`: an empty object saying the client submitted
+//!   the job, so `GET /v1/jobs/{id}` shows it to that client and to no other
+//!   (two clients submitting the same object each get a grant). Outside
+//!   `intake/`, so the lifecycle rule leaves it: it lives as long as the job.
 //!
 //! Expired records are overwritten in place; a bucket lifecycle rule on
 //! `intake/` (a day or two past the idempotency TTL) deletes the rest.
@@ -290,6 +294,22 @@ impl Records {
     pub async fn accept(&self, record: &Acceptance) -> Result<(), StorageError> {
         let body = serde_json::to_vec(record).unwrap_or_default();
         self.storage.put_bytes(&self.bucket, &Self::acceptance_key(&record.job_id), body, "application/json").await
+    }
+
+    fn grant_key(client: &str, job_id: &str) -> String {
+        format!("grants/{client}/{job_id}")
+    }
+
+    /// Records that `client` submitted `job_id`.
+    pub async fn grant(&self, client: &str, job_id: &str) -> Result<(), StorageError> {
+        self.storage
+            .put_bytes(&self.bucket, &Self::grant_key(client, job_id), Vec::new(), "application/octet-stream")
+            .await
+    }
+
+    /// Whether `client` submitted `job_id`.
+    pub async fn granted(&self, client: &str, job_id: &str) -> Result<bool, StorageError> {
+        Ok(self.storage.head(&self.bucket, &Self::grant_key(client, job_id)).await?.is_some())
     }
 
     /// A job's acceptance record, if the intake wrote one.

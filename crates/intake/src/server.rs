@@ -338,8 +338,13 @@ impl Intake {
 
     /// `GET /v1/jobs/{id}`.
     async fn job(&self, id: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
-        authenticate(&self.0.clients, headers, b"", Utc::now().timestamp(), self.tolerance())?;
+        let (client, _) = authenticate(&self.0.clients, headers, b"", Utc::now().timestamp(), self.tolerance())?;
         if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(ApiError::not_found(format!("no job {id:?}")));
+        }
+        // Another client's job is as absent as a job that does not exist:
+        // its id, source and metadata are that client's business.
+        if !self.0.acceptor.records().granted(&client.id, id).await.map_err(storage_error)? {
             return Err(ApiError::not_found(format!("no job {id:?}")));
         }
         if let Some(m) = self.0.manifests.load(id).await.map_err(storage_error)? {

@@ -408,3 +408,68 @@ async fn with_credentials_aws_the_bridge_assumes_its_iam_role_from_a_web_identit
     }
     stack.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_a_versioned_bucket_the_intake_gives_an_object_the_job_id_its_bucket_event_gives() {
+    let moto = moto().await;
+    let stack = TestStack::start_stages(&[], |_| {}).await;
+    let s3 = s3(&moto.url);
+    s3.create_bucket().bucket("versioned").send().await.unwrap();
+    s3.put_bucket_versioning()
+        .bucket("versioned")
+        .versioning_configuration(
+            aws_sdk_s3::types::VersioningConfiguration::builder()
+                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let put = s3.put_object().bucket("versioned").key("v/clip.mp4").body(ByteStream::from(vec![3u8; 2048])).send();
+    let put = put.await.unwrap();
+    let (version, etag) = (put.version_id.unwrap(), put.e_tag.unwrap().trim_matches('"').to_string());
+
+    // The bucket's door: AWS S3's notification names the version (moto's
+    // leaves it out, so the recorded AWS event is filled in with this
+    // object), and ingest derives the job id from it.
+    let fixture =
+        std::fs::read_to_string(format!("{}/fixtures/s3-events/aws-put.json", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let mut event: serde_json::Value = serde_json::from_str(&fixture).unwrap();
+    let s3_part = &mut event["Records"][0]["s3"];
+    s3_part["bucket"]["name"] = "versioned".into();
+    s3_part["object"]["key"] = "v/clip.mp4".into();
+    s3_part["object"]["size"] = 2048.into();
+    s3_part["object"]["eTag"] = etag.clone().into();
+    s3_part["object"]["versionId"] = version.clone().into();
+    let objects = parse_event(event.to_string().as_bytes()).unwrap();
+    let o = &objects[0];
+    assert_eq!(o.version_id.as_deref(), Some(version.as_str()));
+    // As ingest makes it (crates/ingest/src/lib.rs): the event's bucket, key, ETag and version.
+    let from_event = reelfleet_core::envelope::SourceObject {
+        bucket: o.bucket.clone(),
+        key: o.key.clone(),
+        size: o.size,
+        etag: o.etag.clone(),
+        version_id: o.version_id.clone(),
+    }
+    .job_id();
+
+    // The intake's door, resolving the object on the store.
+    let mut settings = stack.settings().clone();
+    settings.s3.endpoint = moto.url.clone();
+    settings.s3.access_key = Secret::new("testing");
+    settings.s3.secret_key = Secret::new("testing");
+    settings.s3.accepted_buckets = vec!["versioned".into()];
+    let acceptor = reelfleet_intake::accept::Acceptor::new(
+        std::sync::Arc::new(settings.clone()),
+        reelfleet_core::storage::Storage::new(&settings.s3),
+        stack.broker.clone(),
+    )
+    .unwrap();
+    let spec = reelfleet_intake::jobs::parse_job(&serde_json::json!({"source": "s3://versioned/v/clip.mp4"})).unwrap();
+    let item = reelfleet_intake::accept::Item { spec: &spec, key: None, index: None };
+    let planned = acceptor.plan_all("acme", "intake", None, vec![item]).await.unwrap().unwrap();
+    assert_eq!(planned[0].envelope.source.version_id.as_deref(), Some(version.as_str()));
+    assert_eq!(planned[0].envelope.job_id, from_event, "one object, one job, whichever door");
+    stack.cleanup().await;
+}

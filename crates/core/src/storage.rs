@@ -96,6 +96,10 @@ pub struct ObjectInfo {
     pub content_type: Option<String>,
     /// User metadata (`x-amz-meta-*`), names lowercased.
     pub metadata: HashMap<String, String>,
+    /// The version a versioned bucket gave the object, as its bucket events
+    /// name it (read by [`Storage::head`]; never S3's `null` version of an
+    /// unversioned bucket; uploads leave it unset).
+    pub version_id: Option<String>,
 }
 
 /// One object of a listing.
@@ -220,6 +224,7 @@ impl Storage {
                 size: out.content_length().unwrap_or(0).max(0) as u64,
                 etag: out.e_tag().map(|e| e.trim_matches('"').to_string()),
                 content_type: out.content_type().map(str::to_string),
+                version_id: out.version_id().filter(|v| !v.is_empty() && *v != "null").map(str::to_string),
                 metadata: out
                     .metadata()
                     .map(|m| m.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect())
@@ -401,7 +406,7 @@ impl Storage {
             Some(e) => Some(e),
             None => self.head(bucket, key).await?.and_then(|i| i.etag),
         };
-        Ok(ObjectInfo { size, etag, content_type: Some(content_type.to_string()), metadata })
+        Ok(ObjectInfo { size, etag, content_type: Some(content_type.to_string()), metadata, version_id: None })
     }
 
     async fn upload_multipart(

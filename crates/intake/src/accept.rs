@@ -175,12 +175,14 @@ impl Acceptor {
                 let Some(info) = self.0.storage.head(bucket, key).await? else {
                     return Ok(Err(FieldError::new("source", format!("s3://{bucket}/{key} does not exist"))));
                 };
+                // The version a versioned bucket's event names too: the
+                // same object through both doors is one job id.
                 let source = SourceObject {
                     bucket: bucket.clone(),
                     key: key.clone(),
                     size: info.size,
                     etag: info.etag,
-                    version_id: None,
+                    version_id: info.version_id,
                 };
                 (source.job_id(), source, WorkQueue::Ingest)
             }

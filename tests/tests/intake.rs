@@ -43,6 +43,7 @@ struct Answer {
     status: u16,
     body: Value,
     replayed: bool,
+    retry_after: Option<String>,
 }
 
 impl Api {
@@ -96,9 +97,10 @@ impl Api {
 async fn answer(resp: reqwest::Response) -> Answer {
     let status = resp.status().as_u16();
     let replayed = resp.headers().get("idempotent-replayed").is_some();
+    let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
     let text = resp.text().await.unwrap();
     let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
-    Answer { status, body, replayed }
+    Answer { status, body, replayed, retry_after }
 }
 
 fn now() -> i64 {
@@ -111,6 +113,14 @@ fn fresh_id() -> String {
 
 /// A stack running `stages` with the intake API on a free port and one client.
 async fn start(stages: &[StageName]) -> (TestStack, Api) {
+    start_tweaked(stages, |_| {}).await
+}
+
+/// [`start`], with the settings adjusted by `tweak` last.
+async fn start_tweaked(
+    stages: &[StageName],
+    tweak: impl FnOnce(&mut reelfleet_core::settings::Settings),
+) -> (TestStack, Api) {
     let secret = WebhookSecret::generate();
     let encoded = secret.encode();
     let rival_secret = WebhookSecret::generate();
@@ -118,16 +128,23 @@ async fn start(stages: &[StageName]) -> (TestStack, Api) {
         id: "rival".into(),
         api_key_sha256: key_sha256(RIVAL_KEY),
         secret: Secret::new(rival_secret.encode()),
+        ..Default::default()
     };
     let stack = TestStack::start_stages(stages, |s| {
         s.intake.bind_addr = "127.0.0.1:0".into();
         s.intake.clients = vec![
-            IntakeClient { id: "acme".into(), api_key_sha256: key_sha256(API_KEY), secret: Secret::new(encoded) },
+            IntakeClient {
+                id: "acme".into(),
+                api_key_sha256: key_sha256(API_KEY),
+                secret: Secret::new(encoded),
+                ..Default::default()
+            },
             rival,
         ];
         s.intake.gcs_verification_token = Some(Secret::new(GCS_TOKEN));
         s.intake.max_body_bytes = 64 * 1024;
         s.s3.accepted_buckets = vec![SRC.into(), GCS_BUCKET.into()];
+        tweak(s);
     })
     .await;
     stack.storage.ensure_bucket(SRC).await.unwrap();
@@ -437,6 +454,65 @@ async fn two_replicas_share_replays_and_idempotency_keys() {
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(stack.depth(&ingest).await, 2, "one publish for the message, one for the key");
+    stop.cancel();
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_clients_rate_limit_is_counted_over_every_replica_and_answered_with_429() {
+    let (stack, api) = start_tweaked(&[], |s| {
+        s.intake.clients[0].requests_per_minute = 3;
+        s.intake.clients[0].jobs_per_minute = 4;
+    })
+    .await;
+    let ingest = stack.queue(WorkQueue::Ingest);
+    put_object(&stack, "r.mp4", vec![6; 64]).await;
+    let settings = std::sync::Arc::new(stack.settings().clone());
+    let replica = reelfleet_intake::Intake::new(
+        settings.clone(),
+        reelfleet_core::storage::Storage::new(&settings.s3),
+        reelfleet_core::broker::Broker::new(&settings.broker, "intake-replica").unwrap(),
+        &reelfleet_core::metrics::Metrics::new(),
+    )
+    .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (addr, _task) = replica.serve("127.0.0.1:0", stop.clone()).await.unwrap();
+    let other = Api {
+        base: format!("http://{addr}"),
+        key: API_KEY,
+        secret: api.secret.clone(),
+        rival_secret: api.rival_secret.clone(),
+        http: reqwest::Client::new(),
+    };
+    let job = json!({"source": format!("s3://{SRC}/r.mp4")});
+
+    // A batch above the jobs limit can never go: refused outright, nothing counted.
+    let jobs: Vec<Value> = (0..5).map(|_| job.clone()).collect();
+    let big = api.post("/v1/batches", &json!({ "jobs": jobs }), None).await;
+    assert_eq!((big.status, big.body["error"]["code"].as_str()), (413, Some("batch_over_limit")), "{}", big.body);
+    // Three requests over both replicas, then the fourth on either is refused.
+    for (i, target) in [&api, &other, &api].into_iter().enumerate() {
+        let a = target.post("/v1/jobs", &job, None).await;
+        assert_eq!(a.status, 202, "request {i}: {}", a.body);
+    }
+    for target in [&other, &api] {
+        let refused = target.post("/v1/jobs", &job, None).await;
+        assert_eq!((refused.status, refused.body["error"]["code"].as_str()), (429, Some("rate_limited")));
+        let wait: u64 = refused.retry_after.as_deref().unwrap().parse().unwrap();
+        assert!((1..=61).contains(&wait), "Retry-After {wait}");
+    }
+    // Counted on the broker: the three accepted requests published, the refused ones nothing.
+    assert_eq!(stack.take_messages(&ingest, 3, Duration::from_secs(10)).await.len(), 3);
+    assert_eq!(stack.depth(&ingest).await, 0);
+    // Another client has its own window.
+    let rival = Api {
+        base: api.base.clone(),
+        key: RIVAL_KEY,
+        secret: api.rival_secret.clone(),
+        rival_secret: api.rival_secret.clone(),
+        http: reqwest::Client::new(),
+    };
+    assert_eq!(rival.post("/v1/jobs", &job, None).await.status, 202);
     stop.cancel();
     stack.cleanup().await;
 }

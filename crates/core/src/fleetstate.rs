@@ -113,6 +113,74 @@ impl FleetState {
     }
 }
 
+/// Makes sure `key` (a model, or `intake:<client>`) has its row in
+/// `rf_model_gate` and takes it: the rest of the transaction runs alone for
+/// the key, whatever the replica count (a row lock on PostgreSQL, the write
+/// lock on SQLite).
+pub async fn take_gate(tx: &mut sqlx::Transaction<'_, sqlx::Any>, ns: &str, key: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO rf_model_gate (ns, model) VALUES ($1, $2) ON CONFLICT (ns, model) DO NOTHING")
+        .bind(ns)
+        .bind(key)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("UPDATE rf_model_gate SET turn = turn + 1 WHERE ns = $1 AND model = $2")
+        .bind(ns)
+        .bind(key)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// A sliding-window limit shared by every replica: at most `per_window`
+/// entries (0: no limit) and `units_per_window` units (0: no limit) for
+/// `key` in any `window`, kept as a log of the entries in `rf_model_requests`.
+/// Records one entry of `units` if the window has room (`None`); otherwise
+/// says how long until its oldest entry leaves. One transaction, serialised
+/// per key, so N replicas together stay under the limit.
+pub async fn window_acquire(
+    state: &FleetState,
+    key: &str,
+    per_window: u32,
+    units_per_window: u32,
+    units: i64,
+    window: Duration,
+) -> Result<Option<Duration>, StateError> {
+    let ns = state.namespace();
+    let window = window.as_millis() as i64;
+    let mut tx = state.pool().begin().await?;
+    take_gate(&mut tx, ns, key).await?;
+    let now = now_ms();
+    sqlx::query("DELETE FROM rf_model_requests WHERE ns = $1 AND model = $2 AND at_ms <= $3")
+        .bind(ns)
+        .bind(key)
+        .bind(now - window)
+        .execute(&mut *tx)
+        .await?;
+    let (count, used, oldest): (i64, i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), CAST(COALESCE(SUM(tokens), 0) AS BIGINT), CAST(COALESCE(MIN(at_ms), 0) AS BIGINT)
+         FROM rf_model_requests WHERE ns = $1 AND model = $2",
+    )
+    .bind(ns)
+    .bind(key)
+    .fetch_one(&mut *tx)
+    .await?;
+    let room_for_entry = per_window == 0 || count < i64::from(per_window);
+    let room_for_units = units_per_window == 0 || count == 0 || used + units <= i64::from(units_per_window);
+    if room_for_entry && room_for_units {
+        sqlx::query("INSERT INTO rf_model_requests (ns, model, at_ms, tokens) VALUES ($1, $2, $3, $4)")
+            .bind(ns)
+            .bind(key)
+            .bind(now)
+            .bind(units)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        return Ok(None);
+    }
+    tx.commit().await?;
+    Ok(Some(Duration::from_millis((oldest + window - now).clamp(10, window) as u64)))
+}
+
 /// Rows a statement changed.
 pub fn changed(r: &AnyQueryResult) -> u64 {
     r.rows_affected()

@@ -11,7 +11,7 @@
 //! the limit.
 
 use reelfleet_core::{
-    fleetstate::{now_ms, FleetState, StateError},
+    fleetstate::{window_acquire, FleetState, StateError},
     settings::InferenceSettings,
 };
 use std::{collections::HashMap, time::Duration};
@@ -57,60 +57,7 @@ impl Limits {
 
     /// Records the request if the window has room; otherwise how long until its oldest entry leaves.
     async fn try_acquire(&self, model: &str, rpm: u32, tpm: u32, tokens: i64) -> Result<Option<Duration>, StateError> {
-        let ns = self.state.namespace();
-        let window = MINUTE_MS + WINDOW_MARGIN.as_millis() as i64;
-        let mut tx = self.state.pool().begin().await?;
-        take_model_row(&mut tx, ns, model).await?;
-        let now = now_ms();
-        sqlx::query("DELETE FROM rf_model_requests WHERE ns = $1 AND model = $2 AND at_ms <= $3")
-            .bind(ns)
-            .bind(model)
-            .bind(now - window)
-            .execute(&mut *tx)
-            .await?;
-        let (count, used, oldest): (i64, i64, i64) = sqlx::query_as(
-            "SELECT COUNT(*), CAST(COALESCE(SUM(tokens), 0) AS BIGINT), CAST(COALESCE(MIN(at_ms), 0) AS BIGINT)
-             FROM rf_model_requests WHERE ns = $1 AND model = $2",
-        )
-        .bind(ns)
-        .bind(model)
-        .fetch_one(&mut *tx)
-        .await?;
-        let room_for_request = rpm == 0 || count < i64::from(rpm);
-        let room_for_tokens = tpm == 0 || count == 0 || used + tokens <= i64::from(tpm);
-        if room_for_request && room_for_tokens {
-            sqlx::query("INSERT INTO rf_model_requests (ns, model, at_ms, tokens) VALUES ($1, $2, $3, $4)")
-                .bind(ns)
-                .bind(model)
-                .bind(now)
-                .bind(tokens)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            return Ok(None);
-        }
-        tx.commit().await?;
-        Ok(Some(Duration::from_millis((oldest + window - now).clamp(10, window) as u64)))
+        window_acquire(&self.state, model, rpm, tpm, tokens, Duration::from_millis(MINUTE_MS as u64) + WINDOW_MARGIN)
+            .await
     }
-}
-
-/// Makes sure `model` has its row in `rf_model_gate` and takes it: the rest
-/// of the transaction runs alone for the model, whatever the replica count
-/// (a row lock on PostgreSQL, the write lock on SQLite).
-pub(crate) async fn take_model_row(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    ns: &str,
-    model: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO rf_model_gate (ns, model) VALUES ($1, $2) ON CONFLICT (ns, model) DO NOTHING")
-        .bind(ns)
-        .bind(model)
-        .execute(&mut **tx)
-        .await?;
-    sqlx::query("UPDATE rf_model_gate SET turn = turn + 1 WHERE ns = $1 AND model = $2")
-        .bind(ns)
-        .bind(model)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
 }

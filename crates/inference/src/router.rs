@@ -55,7 +55,7 @@ impl Router {
             return Ok(false);
         }
         let mut tx = pool.begin().await?;
-        crate::limits::take_model_row(&mut tx, ns, model).await?;
+        reelfleet_core::fleetstate::take_gate(&mut tx, ns, model).await?;
         sqlx::query("UPDATE rf_model_gate SET failures = failures + 1 WHERE ns = $1 AND model = $2")
             .bind(ns)
             .bind(model)

@@ -20,6 +20,10 @@ pub struct Client {
     pub id: String,
     key_sha256: [u8; 32],
     secret: WebhookSecret,
+    /// Most requests in any 60 s (0: no limit).
+    pub requests_per_minute: u32,
+    /// Most jobs in any 60 s (0: no limit).
+    pub jobs_per_minute: u32,
 }
 
 impl std::fmt::Debug for Client {
@@ -31,6 +35,13 @@ impl std::fmt::Debug for Client {
 /// Every client of the settings.
 #[derive(Clone, Debug)]
 pub struct Clients(Vec<Client>);
+
+impl Clients {
+    /// Whether any client has a rate limit.
+    pub fn limited(&self) -> bool {
+        self.0.iter().any(|c| c.requests_per_minute > 0 || c.jobs_per_minute > 0)
+    }
+}
 
 /// Hex SHA-256 of an API key, as `api_key_sha256` holds it.
 pub fn key_sha256(key: &str) -> String {
@@ -59,7 +70,13 @@ impl Clients {
                 .map_err(|e| format!("intake client {:?}: api_key_sha256: {e}", c.id))?;
             let secret =
                 WebhookSecret::parse(c.secret.expose()).map_err(|e| format!("intake client {:?}: {e}", c.id))?;
-            out.push(Client { id: c.id.clone(), key_sha256, secret });
+            out.push(Client {
+                id: c.id.clone(),
+                key_sha256,
+                secret,
+                requests_per_minute: c.requests_per_minute,
+                jobs_per_minute: c.jobs_per_minute,
+            });
         }
         Ok(Self(out))
     }
@@ -125,11 +142,13 @@ mod tests {
                     id: "acme".into(),
                     api_key_sha256: key_sha256("rf_acme"),
                     secret: Secret::new(secret.encode()),
+                    ..Default::default()
                 },
                 IntakeClient {
                     id: "beta".into(),
                     api_key_sha256: key_sha256("rf_beta"),
                     secret: Secret::new(WebhookSecret::generate().encode()),
+                    ..Default::default()
                 },
             ],
             ..Default::default()

@@ -40,12 +40,14 @@ pub struct ApiError {
     pub field: Option<String>,
     /// Every refused field of a batch.
     pub items: Vec<FieldError>,
+    /// Seconds to wait, sent as `Retry-After` (429).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     /// An error without a field.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), field: None, items: Vec::new() }
+        Self { status, code, message: message.into(), field: None, items: Vec::new(), retry_after: None }
     }
     /// 401.
     pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
@@ -63,6 +65,7 @@ impl ApiError {
             message: format!("{}: {}", e.field, e.message),
             field: Some(e.field.clone()),
             items: vec![e],
+            retry_after: None,
         }
     }
     /// 503: the broker or the object store did not answer; worth retrying.
@@ -91,6 +94,10 @@ impl IntoResponse for ApiError {
         let body = Body {
             error: Inner { code: self.code, message: &self.message, field: self.field.as_deref(), items: &self.items },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(secs));
+        }
+        response
     }
 }

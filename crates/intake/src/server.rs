@@ -31,6 +31,7 @@ use prometheus::{IntCounterVec, Opts};
 use reelfleet_core::{
     broker::Broker,
     envelope::{Envelope, JobKind, JobRequest},
+    fleetstate::{window_acquire, FleetState},
     manifest::{JobManifest, ManifestStore},
     metrics::Metrics,
     settings::Settings,
@@ -55,6 +56,8 @@ pub struct IntakeMetrics {
     pub requests: IntCounterVec,
     /// Jobs accepted (published), by source kind: `s3`, `url`, `gcs`.
     pub jobs: IntCounterVec,
+    /// Requests refused with 429, by client.
+    pub limited: IntCounterVec,
 }
 
 impl IntakeMetrics {
@@ -70,14 +73,23 @@ impl IntakeMetrics {
             &["source"],
         )
         .expect("valid metric");
-        for c in [Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>, Box::new(jobs.clone())] {
+        let limited = IntCounterVec::new(
+            Opts::new("reelfleet_intake_rate_limited_total", "Intake requests refused by a client's rate limit"),
+            &["client"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(jobs.clone()),
+            Box::new(limited.clone()),
+        ] {
             // Registered once per registry; a second intake in one process shares the first's.
             let _ = metrics.register(c);
         }
         for s in ["s3", "url", "gcs"] {
             jobs.with_label_values(&[s]);
         }
-        Self { requests, jobs }
+        Self { requests, jobs, limited }
     }
 }
 
@@ -91,7 +103,12 @@ struct Inner {
     manifests: ManifestStore,
     acceptor: Acceptor,
     metrics: IntakeMetrics,
+    /// The shared state database, connected at the first limited request.
+    state: tokio::sync::OnceCell<FleetState>,
 }
+
+/// The window of the per-client rate limits.
+const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -120,12 +137,17 @@ impl Intake {
     /// or signing key.
     pub fn new(settings: Arc<Settings>, storage: Storage, broker: Broker, metrics: &Metrics) -> anyhow::Result<Self> {
         let clients = Clients::from_settings(&settings.intake).map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(
+            !clients.limited() || !settings.state.url.expose().trim().is_empty(),
+            "an intake client has a rate limit, which every replica must count together: set state.url (postgres://... for a fleet, sqlite:///path/state.db on one machine)"
+        );
         let acceptor = Acceptor::new(settings.clone(), storage.clone(), broker)?;
         Ok(Self(Arc::new(Inner {
             clients,
             manifests: ManifestStore::new(storage, settings.s3.work_bucket.clone()),
             acceptor,
             metrics: IntakeMetrics::new(metrics),
+            state: tokio::sync::OnceCell::new(),
             settings,
         })))
     }
@@ -202,6 +224,7 @@ impl Intake {
         let value: Value = reelfleet_core::json::parse_bounded(&body)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("the body is not JSON: {e}")))?;
         let specs = if batch { self.parse_batch(&value)? } else { vec![parse_job(&value).map_err(single_invalid)?] };
+        self.within_limits(client, specs.len()).await?;
         let key = match headers.get(IDEMPOTENCY_HEADER) {
             None => None,
             Some(v) => {
@@ -261,6 +284,50 @@ impl Intake {
                 if let Err(store) = self.0.acceptor.records().release(&client.id, &key).await {
                     warn!(client = %client.id, error = %store, "Could not release the Idempotency-Key");
                 }
+                Err(e)
+            }
+        }
+    }
+
+    /// Counts a request of `jobs` jobs against `client`'s limits, shared by
+    /// every replica through the state database; 429 with `Retry-After`
+    /// when a window is full (nothing counted then).
+    async fn within_limits(&self, client: &Client, jobs: usize) -> Result<(), ApiError> {
+        let (rpm, jpm) = (client.requests_per_minute, client.jobs_per_minute);
+        if rpm == 0 && jpm == 0 {
+            return Ok(());
+        }
+        if jpm > 0 && jobs > jpm as usize {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "batch_over_limit",
+                format!("{jobs} jobs in one request, above this client's {jpm} jobs per minute"),
+            ));
+        }
+        let s = &self.0.settings;
+        let state =
+            self.0.state.get_or_try_init(|| FleetState::connect(s.state.url.expose(), &s.namespace)).await.map_err(
+                |e| {
+                    warn!(error = %e, "No shared state for the rate limits");
+                    ApiError::unavailable(format!("the rate limits cannot be counted: {e}"))
+                },
+            )?;
+        let key = format!("intake:{}", client.id);
+        let wait = window_acquire(state, &key, rpm, jpm, jobs as i64, RATE_WINDOW).await.map_err(|e| {
+            warn!(error = %e, "Rate limit not counted");
+            ApiError::unavailable(format!("the rate limits cannot be counted: {e}"))
+        })?;
+        match wait {
+            None => Ok(()),
+            Some(wait) => {
+                self.0.metrics.limited.with_label_values(&[&client.id]).inc();
+                let secs = wait.as_secs() + 1;
+                let mut e = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!("this client's limit ({rpm} requests, {jpm} jobs per minute; 0: none) is reached; retry in {secs} s"),
+                );
+                e.retry_after = Some(secs);
                 Err(e)
             }
         }
@@ -420,6 +487,7 @@ fn batch_invalid(errors: Vec<FieldError>) -> ApiError {
         message: format!("nothing was published: {}", listed.join("; ")),
         field: None,
         items: errors,
+        retry_after: None,
     }
 }
 

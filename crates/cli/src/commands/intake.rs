@@ -61,6 +61,8 @@ fn make_client(id: &str) -> anyhow::Result<i32> {
     println!("id = \"{id}\"");
     println!("api_key_sha256 = \"{}\"", key_sha256(&api_key));
     println!("secret = \"{secret}\"");
+    println!("# requests_per_minute = 600  # most requests in any 60 s over every replica (needs state.url)");
+    println!("# jobs_per_minute = 5000     # most jobs in any 60 s (a batch counts its jobs)");
     Ok(0)
 }
 

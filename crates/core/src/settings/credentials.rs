@@ -169,6 +169,7 @@ mod tests {
             id: "acme".into(),
             api_key_sha256: "ab".repeat(32),
             secret: Secret::new(crate::webhooks::WebhookSecret::generate().encode()),
+            ..Default::default()
         });
         s.check_credentials(intake).unwrap();
         s.intake.clients[0].api_key_sha256 = "rk_live_plaintext".into();

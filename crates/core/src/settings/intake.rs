@@ -32,7 +32,7 @@ pub struct IntakeSettings {
 }
 
 /// One `[[intake.clients]]` entry.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct IntakeClient {
     /// Name of the client (letters, digits, `-`, `_`; 1 to 64), in logs,
@@ -42,6 +42,17 @@ pub struct IntakeClient {
     pub api_key_sha256: String,
     /// Its Standard Webhooks secret (`whsec_...`), which signs every request.
     pub secret: Secret,
+    /// Most authenticated requests it may make in any 60 s, counted over
+    /// every intake replica (0: no limit); above it, 429 with `Retry-After`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub requests_per_minute: u32,
+    /// Most jobs it may submit in any 60 s (a batch counts its jobs; 0: no limit).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub jobs_per_minute: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Default for IntakeSettings {
@@ -129,6 +140,7 @@ mod tests {
             id: id.into(),
             api_key_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(id.as_bytes())),
             secret: Secret::new(crate::webhooks::WebhookSecret::generate().encode()),
+            ..Default::default()
         }
     }
 

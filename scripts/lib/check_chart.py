@@ -190,7 +190,8 @@ def check_hardening(case, docs, values):
     fetch = [p for p in every if p["metadata"]["name"].endswith("-fetch")]
     policies = [p for p in every if p not in intake and p not in fetch]
     check_intake_policy(case, intake, values)
-    check_fetch_policy(case, fetch, net)
+    deployments = {d["metadata"]["name"]: d for d in by_kind(docs, "Deployment")}
+    check_fetch_policy(case, every, net, deployments)
     if net.get("enabled", True):
         if len(policies) != 1:
             fail(case, f"expected one NetworkPolicy, found {len(policies)}")
@@ -316,12 +317,29 @@ INWARD_V4 = {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "
 INWARD_V6 = {"fc00::/7", "fe80::/10", "::1/128"}
 
 
-def check_fetch_policy(case, fetch, net):
-    """The pull and webhooks workers' own egress: when networkPolicy is on and
-    fetchEgress is not emptied, one policy selecting exactly those two stages,
-    egress only, ports 80 and 443 only, and every address block keeps out the
-    private, CGNAT, loopback and link-local ranges."""
+def selects(policy, labels):
+    """Whether a NetworkPolicy's podSelector selects pods with `labels`."""
+    sel = policy["spec"].get("podSelector", {})
+    if any(labels.get(k) != v for k, v in sel.get("matchLabels", {}).items()):
+        return False
+    for e in sel.get("matchExpressions", []):
+        value = labels.get(e["key"])
+        if e["operator"] == "In" and value not in e["values"]:
+            return False
+        if e["operator"] == "NotIn" and value in e["values"]:
+            return False
+    return True
+
+
+def check_fetch_policy(case, every, net, deployments):
+    """The pull and webhooks workers' egress, as Kubernetes applies it: the
+    union of every NetworkPolicy selecting their pods (policies add up). When
+    networkPolicy is on and fetchEgress is not emptied: DNS, in-cluster peers
+    on listed ports, and address blocks only on ports 80 and 443 that keep out
+    the private, CGNAT, loopback and link-local ranges; the broker still
+    reachable. Every other worker keeps the release-wide policy."""
     wanted = net.get("enabled", True) and net.get("fetchEgress", True) != []
+    fetch = [p for p in every if p["metadata"]["name"].endswith("-fetch")]
     if not wanted:
         if fetch:
             fail(case, "a fetch NetworkPolicy is rendered although networkPolicy or fetchEgress is off")
@@ -329,25 +347,41 @@ def check_fetch_policy(case, fetch, net):
     if len(fetch) != 1:
         fail(case, f"expected one NetworkPolicy for the pull and webhooks workers, found {len(fetch)}")
         return
-    spec = fetch[0]["spec"]
-    exprs = spec["podSelector"].get("matchExpressions", [])
-    if exprs != [{"key": "reelfleet.io/stage", "operator": "In", "values": ["pull", "webhooks"]}]:
-        fail(case, f"the fetch NetworkPolicy must select the pull and webhooks stages only, selects {exprs}")
-    if spec.get("policyTypes") != ["Egress"] or "ingress" in spec:
-        fail(case, "the fetch NetworkPolicy must add egress only")
-    for rule in spec.get("egress", []):
-        ports = sorted(p.get("port") for p in rule.get("ports", []))
-        if not ports or any(p not in (80, 443) for p in ports):
-            fail(case, f"the fetch NetworkPolicy opens ports {ports or 'all'}; only 80 and 443")
-        for peer in rule.get("to", []) or [{}]:
-            block = peer.get("ipBlock")
-            if block is None:
-                fail(case, f"the fetch NetworkPolicy allows {peer or 'everything'}: only ipBlocks with exceptions")
+    for name, d in deployments.items():
+        labels = d["spec"]["template"]["metadata"]["labels"]
+        governing = [p for p in every if selects(p, labels)]
+        if labels.get("reelfleet.io/stage") not in ("pull", "webhooks"):
+            if fetch[0] in governing:
+                fail(case, f"{name}: the fetch NetworkPolicy selects a worker that does not fetch")
+            continue
+        if governing != fetch:
+            fail(case, f"{name}: governed by {[p['metadata']['name'] for p in governing]}, not its fetch policy alone")
+        rules = [r for p in governing for r in p["spec"].get("egress", [])]
+        broker = False
+        for rule in rules:
+            ports = sorted(p.get("port") for p in rule.get("ports", []))
+            peers = rule.get("to")
+            if not peers:
+                if ports != [53, 53]:
+                    fail(case, f"{name}: egress to anywhere on ports {ports or 'all'}; only DNS may be")
                 continue
-            inward = INWARD_V6 if ":" in block["cidr"] else INWARD_V4
-            missing = inward - set(block.get("except", []))
-            if block["cidr"] in ("0.0.0.0/0", "::/0") and missing:
-                fail(case, f"the fetch NetworkPolicy lets {block['cidr']} reach {sorted(missing)}")
+            if not ports:
+                fail(case, f"{name}: egress to {peers} on every port")
+            for peer in peers:
+                block = peer.get("ipBlock")
+                if block is None:
+                    if not ({"namespaceSelector", "podSelector"} & set(peer)):
+                        fail(case, f"{name}: egress to {peer}")
+                    broker = broker or 5672 in ports
+                    continue
+                if any(p not in (80, 443) for p in ports):
+                    fail(case, f"{name}: an address block open on ports {ports}; only 80 and 443")
+                inward = INWARD_V6 if ":" in block["cidr"] else INWARD_V4
+                missing = inward - set(block.get("except", []))
+                if block["cidr"] in ("0.0.0.0/0", "::/0") and missing:
+                    fail(case, f"{name}: {block['cidr']} reaches {sorted(missing)}")
+        if not broker:
+            fail(case, f"{name}: its NetworkPolicy lets it reach no broker")
 
 
 def check_secret_rolls_pods():

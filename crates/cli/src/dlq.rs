@@ -18,6 +18,7 @@ use lapin::{
 use reelfleet_core::{
     broker::{Broker, HeaderValue, Outgoing, Publisher},
     envelope::{Envelope, ATTEMPT_HEADER, SIGNATURE_HEADER},
+    events::{sign_event, ErrorRef, Event, JOB_REPLAYED},
     manifest::{JobStatus, ManifestStore, Update},
     runtime::dlq_headers,
     s3event::parse_event,
@@ -344,18 +345,23 @@ pub async fn replay(
             .ack(BasicAckOptions::default())
             .await
             .with_context(|| format!("republished {} but could not ack its dead letter", letter.id))?;
-        let event = serde_json::json!({
-            "event": "job.replayed", "job_id": letter.job, "stage": letter.stage, "dead_letter": letter.id,
-            "error": letter.error_message, "at": Utc::now(),
-        });
-        let _ = publisher
-            .publish(&Outgoing {
-                exchange: topology.events_exchange(),
-                routing_key: "job.replayed".into(),
-                body: serde_json::to_vec(&event)?,
-                ..Default::default()
-            })
-            .await;
+        if let Some(job) = &letter.job {
+            let event = Event {
+                stage: Some(letter.stage.clone()),
+                dead_letter: Some(letter.id.clone()),
+                error: Some(ErrorRef {
+                    stage: letter.stage.clone(),
+                    class: letter.error_class.clone(),
+                    code: letter.error_code.clone(),
+                    message: letter.error_message.clone(),
+                }),
+                ..Event::new(JOB_REPLAYED, job)
+            };
+            let msg = sign_event(&signer, &topology, JOB_REPLAYED.into(), event.to_bytes());
+            if let Err(e) = publisher.publish(&msg).await {
+                tracing::warn!(job_id = %job, error = %e, "Could not publish job.replayed");
+            }
+        }
         report.replayed += 1;
         report.ids.push(letter.id.clone());
         if let Some(p) = pause {

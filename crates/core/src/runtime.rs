@@ -619,9 +619,9 @@ impl Runtime {
             }
             valid.push((delivery, decoded, attempt));
         }
-        for (_, decoded, _) in &valid {
-            self.announce_start(&stage, &outbox, decoded).await;
-        }
+        // Side by side: a batch of a hundred waits for one round of confirms, not a hundred.
+        futures::future::join_all(valid.iter().map(|(_, decoded, _)| self.announce_start(&stage, &outbox, decoded)))
+            .await;
         if !valid.is_empty() {
             let msgs: Vec<Message> = valid
                 .iter()

@@ -121,6 +121,11 @@ fn stage_slot(stage: &str) -> Option<usize> {
 }
 
 impl JobRow {
+    /// The keyset cursor of the page that follows this row.
+    pub fn cursor(&self) -> String {
+        format!("{}.{}", self.created_ms, self.job_id)
+    }
+
     /// A row made from a manifest alone (what `index rebuild` writes).
     pub fn from_summary(s: &JobSummary) -> Self {
         let mut row = JobRow { job_id: s.job_id.clone(), ..Default::default() };

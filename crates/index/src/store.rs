@@ -398,7 +398,7 @@ impl JobIndex {
         let mut jobs = rows.iter().map(read_row).collect::<Result<Vec<_>, _>>()?;
         let next = if jobs.len() > limit as usize {
             jobs.truncate(limit as usize);
-            jobs.last().map(|j| format!("{}.{}", j.created_ms, j.job_id))
+            jobs.last().map(JobRow::cursor)
         } else {
             None
         };

@@ -146,6 +146,16 @@ async fn a_real_run_is_indexed(url: Option<String>) {
     assert_eq!(seen_after, seen + 2, "events again are not stored again; the two late ones are");
     assert_eq!(stack.depth(&stack.topology.dead_letter_queue(reelfleet_core::topology::WorkQueue::Index)).await, 0);
 
+    // A replayed dead letter reopens the failed job; ingest refuses it again, later.
+    let filter = reelfleet_cli::dlq::DlqFilter { job: Some(bad.clone()), ..Default::default() };
+    let replayed = reelfleet_cli::dlq::replay(&settings, &filter, None, false).await.unwrap();
+    assert_eq!(replayed.replayed, 1, "{replayed:?}");
+    let again = wait_row(&index, &bad, Duration::from_secs(60), |r| r.replayed_ms > 0 && r.status == "failed").await;
+    assert!(again.status_ms >= again.replayed_ms, "failed again after the replay: {again:#?}");
+    assert_eq!(again.error_class.as_deref(), Some("permanent"));
+    let kinds: Vec<String> = index.events(&bad).await.unwrap().into_iter().map(|e| e.kind).collect();
+    assert!(kinds.contains(&events::JOB_REPLAYED.to_string()), "{kinds:?}");
+
     // The index rebuilt from the manifests says what the live one said.
     index.remove(&["marker".to_string()]).await.unwrap();
     let live: BTreeMap<String, JobRow> = index

@@ -339,27 +339,28 @@ pub async fn replay(
         if let Some(sig) = signature {
             msg = msg.header(SIGNATURE_HEADER, HeaderValue::Text(sig));
         }
+        // Dated before the message goes back, so the replayed run's own events come after it.
+        let replayed = letter.job.as_ref().map(|job| Event {
+            stage: Some(letter.stage.clone()),
+            dead_letter: Some(letter.id.clone()),
+            error: Some(ErrorRef {
+                stage: letter.stage.clone(),
+                class: letter.error_class.clone(),
+                code: letter.error_code.clone(),
+                message: letter.error_message.clone(),
+            }),
+            ..Event::new(JOB_REPLAYED, job)
+        });
         publisher.publish(&msg).await.with_context(|| format!("cannot republish {} to {}", letter.id, letter.queue))?;
         delivery
             .acker
             .ack(BasicAckOptions::default())
             .await
             .with_context(|| format!("republished {} but could not ack its dead letter", letter.id))?;
-        if let Some(job) = &letter.job {
-            let event = Event {
-                stage: Some(letter.stage.clone()),
-                dead_letter: Some(letter.id.clone()),
-                error: Some(ErrorRef {
-                    stage: letter.stage.clone(),
-                    class: letter.error_class.clone(),
-                    code: letter.error_code.clone(),
-                    message: letter.error_message.clone(),
-                }),
-                ..Event::new(JOB_REPLAYED, job)
-            };
+        if let Some(event) = replayed {
             let msg = sign_event(&signer, &topology, JOB_REPLAYED.into(), event.to_bytes());
             if let Err(e) = publisher.publish(&msg).await {
-                tracing::warn!(job_id = %job, error = %e, "Could not publish job.replayed");
+                tracing::warn!(job_id = %event.job_id, error = %e, "Could not publish job.replayed");
             }
         }
         report.replayed += 1;

@@ -78,13 +78,22 @@ pub fn terminal(status: &str) -> bool {
 }
 
 /// The status an event of `kind` at `at_ms` sets on a row with `current`
-/// status and last replay `replayed_ms`, proposing `proposed`; `None` keeps it.
-pub fn next_status(current: &str, replayed_ms: i64, kind: &str, proposed: &str, at_ms: i64) -> Option<String> {
+/// status (set at `status_ms`) and last replay `replayed_ms`, proposing
+/// `proposed`; `None` keeps it. A replay reopens the job unless what
+/// followed it (its run's own failure or completion) is already in.
+pub fn next_status(
+    current: &str,
+    status_ms: i64,
+    replayed_ms: i64,
+    kind: &str,
+    proposed: &str,
+    at_ms: i64,
+) -> Option<String> {
     if rank(proposed) == 0 {
         return None;
     }
     if kind == events::JOB_REPLAYED {
-        return (at_ms >= replayed_ms).then(|| proposed.to_string());
+        return (at_ms >= replayed_ms && at_ms >= status_ms).then(|| proposed.to_string());
     }
     if at_ms < replayed_ms {
         return None;
@@ -222,13 +231,16 @@ impl JobRow {
                 self.set_error(Some(err));
             }
         }
-        if let Some(status) = next_status(&self.status, self.replayed_ms, &e.event, proposed, at) {
-            self.status = status;
-            self.status_ms = at;
-        }
+        let reopened = next_status(&self.status, self.status_ms, self.replayed_ms, &e.event, proposed, at);
         if e.event == events::JOB_REPLAYED && !proposed.is_empty() && at >= self.replayed_ms {
             self.replayed_ms = at;
-            self.set_error(None);
+            if reopened.is_some() {
+                self.set_error(None);
+            }
+        }
+        if let Some(status) = reopened {
+            self.status = status;
+            self.status_ms = at;
         }
     }
 }
@@ -240,29 +252,32 @@ mod tests {
     #[test]
     fn the_status_table() {
         use events::*;
-        // (current, replayed_ms, event, proposed, at) -> new status
-        type Case<'a> = (&'a str, i64, &'a str, &'a str, i64, Option<&'a str>);
+        // (current, status_ms, replayed_ms, event, proposed, at) -> new status
+        type Case<'a> = (&'a str, i64, i64, &'a str, &'a str, i64, Option<&'a str>);
         let table: &[Case] = &[
-            ("", 0, JOB_CREATED, "preprocess", 10, Some("preprocess")),
-            ("preprocess", 0, STAGE_STARTED, "preprocess", 11, None),
-            ("preprocess", 0, STAGE_STARTED, "inference", 12, Some("inference")),
-            ("inference", 0, STAGE_STARTED, "preprocess", 13, None),
-            ("postprocess", 0, JOB_COMPLETED, "completed", 20, Some("completed")),
-            ("completed", 0, STAGE_STARTED, "postprocess", 21, None),
-            ("completed", 0, JOB_FAILED, "failed", 22, None),
-            ("failed", 0, JOB_COMPLETED, "completed", 23, Some("completed")),
-            ("failed", 0, STAGE_STARTED, "inference", 24, None),
-            ("failed", 0, JOB_REPLAYED, "inference", 25, Some("inference")),
-            ("completed", 0, JOB_REPLAYED, "postprocess", 25, Some("postprocess")),
-            ("inference", 25, JOB_FAILED, "failed", 22, None),
-            ("inference", 25, JOB_REPLAYED, "preprocess", 24, None),
-            ("inference", 25, JOB_FAILED, "failed", 26, Some("failed")),
-            ("inference", 25, STAGE_STARTED, "inference", 26, None),
-            ("inference", 0, JOB_CHARGED, "", 30, None),
+            ("", 0, 0, JOB_CREATED, "preprocess", 10, Some("preprocess")),
+            ("preprocess", 10, 0, STAGE_STARTED, "preprocess", 11, None),
+            ("preprocess", 10, 0, STAGE_STARTED, "inference", 12, Some("inference")),
+            ("inference", 12, 0, STAGE_STARTED, "preprocess", 13, None),
+            ("inference", 12, 0, STAGE_STARTED, "preprocess", 9, None),
+            ("postprocess", 14, 0, JOB_COMPLETED, "completed", 20, Some("completed")),
+            ("completed", 20, 0, STAGE_STARTED, "postprocess", 21, None),
+            ("completed", 20, 0, JOB_FAILED, "failed", 22, None),
+            ("failed", 20, 0, JOB_COMPLETED, "completed", 23, Some("completed")),
+            ("failed", 20, 0, STAGE_STARTED, "inference", 24, None),
+            ("failed", 20, 0, JOB_REPLAYED, "inference", 25, Some("inference")),
+            ("completed", 20, 0, JOB_REPLAYED, "postprocess", 25, Some("postprocess")),
+            // The replayed run's own failure came in before the replay did.
+            ("failed", 30, 0, JOB_REPLAYED, "ingest", 25, None),
+            ("inference", 25, 25, JOB_FAILED, "failed", 22, None),
+            ("inference", 25, 25, JOB_REPLAYED, "preprocess", 24, None),
+            ("inference", 25, 25, JOB_FAILED, "failed", 26, Some("failed")),
+            ("inference", 25, 25, STAGE_STARTED, "inference", 26, None),
+            ("inference", 25, 0, JOB_CHARGED, "", 30, None),
         ];
-        for (current, replayed, kind, proposed, at, want) in table {
-            let got = next_status(current, *replayed, kind, proposed, *at);
-            assert_eq!(got.as_deref(), *want, "{current} {replayed} {kind} {proposed} {at}");
+        for (current, status_ms, replayed, kind, proposed, at, want) in table {
+            let got = next_status(current, *status_ms, *replayed, kind, proposed, *at);
+            assert_eq!(got.as_deref(), *want, "{current} {status_ms} {replayed} {kind} {proposed} {at}");
         }
     }
 

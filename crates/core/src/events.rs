@@ -9,7 +9,7 @@
 //! | `stage.finished` | the runtime, once a stage's messages are confirmed | stage, attempt, `duration_ms`, tier |
 //! | `job.charged` | inference, per ledger charge of a finished job | model, tier, tokens, `cost_usd`, `total_usd` |
 //! | `job.completed` | postprocess | `job`, outputs |
-//! | `job.dead_lettered`, `job.failed` | the runtime | stage, error, `job` |
+//! | `job.dead_lettered`, `job.failed` | the runtime (for ingest's refusals too: [`crate::error::StageError::for_job`]) | stage, error, `job` |
 //! | `job.replayed` | `reelfleet dlq replay` | stage, dead letter, error |
 //!
 //! `job` is a [`JobSummary`] of the manifest as it was when the event was

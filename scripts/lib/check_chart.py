@@ -147,6 +147,7 @@ CREDENTIALS = {
     "REELFLEET_SIGNING__SECRET": "3f9a0c7e1b5d2e8f4a6c9b0d3e7f1a2c5b8d0e4f6a9c1b3d5e7f0a2c4b6d8e9f",
     "REELFLEET_INFERENCE__API_KEY": "sk-chart-check-5e1d9c",
     "REELFLEET_STATE__URL": "postgres://fleet:Hk2p9w@postgresql:5432/reelfleet",
+    "REELFLEET_INDEX__URL": "postgres://fleet:Hk2p9w@postgresql:5432/reelfleet",
     "REELFLEET_SQS__ACCESS_KEY": "AKIABRIDGECHECK01",
     "REELFLEET_SQS__SECRET_KEY": "9d8c7b6a5f4e3d2c1b0a",
 }
@@ -230,7 +231,7 @@ def check_hardening(case, docs, values):
         size = scratch["emptyDir"]["sizeLimit"]
         if not values.get("scratch", {}).get("sizeLimit"):
             stage = d["metadata"]["labels"]["reelfleet.io/stage"]
-            if stage in ("pull", "webhooks"):
+            if stage in ("pull", "webhooks", "index"):
                 # They stream through memory; scratch only holds what the runtime sweeps.
                 held = 64 << 20
             elif stage == "inference":

@@ -60,8 +60,9 @@ async fn scale_counts_unacked_and_follows_kedas_formula() {
     let medium = row(&rows, "inference-medium");
     assert_eq!((medium.active, medium.desired_replicas), (false, 0), "an idle tier stays at zero");
     assert_eq!(row(&rows, "preprocess").desired_replicas, 1, "an idle stage keeps its minimum");
-    // The four stages (inference once per tier), the URL pull and the webhooks.
-    assert_eq!(rows.len(), 9);
+    // The four stages (inference once per tier), the URL pull, the webhooks and the index.
+    assert_eq!(rows.len(), 10);
+    assert_eq!(rows[9].worker, "index", "pipeline order: the index reads what every stage announces");
     assert_eq!(rows[0].worker, "pull", "pipeline order: a pulled source comes before ingest");
     assert_eq!(rows[1].worker, "ingest", "pipeline order");
 

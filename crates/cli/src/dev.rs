@@ -169,6 +169,10 @@ impl DevStack {
             // Every worker process started against this data folder shares budgets and rate limits here.
             base.state.url = Secret::new(format!("sqlite://{}", data_dir.join("state.db").display()));
         }
+        if base.index.url.expose().is_empty() {
+            // The embedded default of the job index: `reelfleet jobs` reads it with this config.
+            base.index.url = Secret::new(format!("sqlite://{}", data_dir.join("index.db").display()));
+        }
         let config_path = data_dir.join("reelfleet.toml");
         write_private(&config_path, &base.to_toml())?;
 

@@ -18,6 +18,7 @@ use lapin::{
 use reelfleet_core::{
     broker::{Broker, HeaderValue, Outgoing, Publisher},
     envelope::{Envelope, ATTEMPT_HEADER, SIGNATURE_HEADER},
+    events::{sign_event, ErrorRef, Event, JOB_REPLAYED},
     manifest::{JobStatus, ManifestStore, Update},
     runtime::dlq_headers,
     s3event::parse_event,
@@ -338,24 +339,30 @@ pub async fn replay(
         if let Some(sig) = signature {
             msg = msg.header(SIGNATURE_HEADER, HeaderValue::Text(sig));
         }
+        // Dated before the message goes back, so the replayed run's own events come after it.
+        let replayed = letter.job.as_ref().map(|job| Event {
+            stage: Some(letter.stage.clone()),
+            dead_letter: Some(letter.id.clone()),
+            error: Some(ErrorRef {
+                stage: letter.stage.clone(),
+                class: letter.error_class.clone(),
+                code: letter.error_code.clone(),
+                message: letter.error_message.clone(),
+            }),
+            ..Event::new(JOB_REPLAYED, job)
+        });
         publisher.publish(&msg).await.with_context(|| format!("cannot republish {} to {}", letter.id, letter.queue))?;
         delivery
             .acker
             .ack(BasicAckOptions::default())
             .await
             .with_context(|| format!("republished {} but could not ack its dead letter", letter.id))?;
-        let event = serde_json::json!({
-            "event": "job.replayed", "job_id": letter.job, "stage": letter.stage, "dead_letter": letter.id,
-            "error": letter.error_message, "at": Utc::now(),
-        });
-        let _ = publisher
-            .publish(&Outgoing {
-                exchange: topology.events_exchange(),
-                routing_key: "job.replayed".into(),
-                body: serde_json::to_vec(&event)?,
-                ..Default::default()
-            })
-            .await;
+        if let Some(event) = replayed {
+            let msg = sign_event(&signer, &topology, JOB_REPLAYED.into(), event.to_bytes());
+            if let Err(e) = publisher.publish(&msg).await {
+                tracing::warn!(job_id = %event.job_id, error = %e, "Could not publish job.replayed");
+            }
+        }
         report.replayed += 1;
         report.ids.push(letter.id.clone());
         if let Some(p) = pause {

@@ -37,20 +37,23 @@ pub enum StageName {
     Pull,
     /// Outgoing webhooks (job callbacks and configured endpoints).
     Webhooks,
+    /// The job index: every lifecycle event into its database.
+    Index,
 }
 
 impl StageName {
     /// All four, in pipeline order.
     pub const ALL: [StageName; 4] =
         [StageName::Ingest, StageName::Preprocess, StageName::Inference, StageName::Postprocess];
-    /// The four pipeline stages, the URL pull and the webhooks: what `reelfleet dev` runs.
-    pub const EVERY: [StageName; 6] = [
+    /// The four pipeline stages, the URL pull, the webhooks and the index: what `reelfleet dev` runs.
+    pub const EVERY: [StageName; 7] = [
         StageName::Pull,
         StageName::Ingest,
         StageName::Preprocess,
         StageName::Inference,
         StageName::Postprocess,
         StageName::Webhooks,
+        StageName::Index,
     ];
 }
 
@@ -61,7 +64,7 @@ impl FromStr for StageName {
     }
 }
 
-/// Builds the stage objects (inference connects to the shared state database).
+/// Builds the stage objects (inference connects to the shared state database, index to its own).
 pub async fn build_stages(
     settings: &Arc<Settings>,
     storage: &Storage,
@@ -95,6 +98,12 @@ pub async fn build_stages(
                 reelfleet_webhooks::Webhooks::new(settings.clone(), storage.clone(), metrics)
                     .map_err(anyhow::Error::msg)?,
             ),
+            StageName::Index => {
+                let index = reelfleet_index::JobIndex::connect(settings.index.url.expose(), &settings.namespace)
+                    .await
+                    .context("the job index (index.url)")?;
+                Arc::new(reelfleet_index::IndexStage::new(index))
+            }
         });
     }
     Ok(out)

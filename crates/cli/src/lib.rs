@@ -2,9 +2,10 @@
 //!
 //! - [`commands`]: the command line: [`commands::Cli`], one module per command owning its arguments and output.
 //! - [`fleet`]: stages built from settings and run with one runtime and its health server.
-//! - [`dev`]: the embedded default: S3 endpoint, provider simulator and all four workers in one process.
+//! - [`dev`]: the embedded default: S3 endpoint, provider simulator and every worker in one process (the job index in SQLite there).
+//! - [`index`]: the job index opened from the settings, rebuilt from the manifests, seeded.
 //! - [`backfill`]: a bucket's existing objects announced to ingest, once, or polled.
-//! - [`ops`]: what `submit`, `status`, `jobs` and `queues` do.
+//! - [`ops`]: what `submit`, `status` and `queues` do.
 //! - [`submit_from`]: `submit --from FILE.jsonl`, many sources accepted as the intake accepts a batch.
 //! - [`scale`]: queue depth and the replicas KEDA would run, per chart worker.
 //! - [`dlq`]: dead-letter operations: ls, show, replay, purge, export, import.
@@ -20,6 +21,7 @@ pub mod commands;
 pub mod dev;
 pub mod dlq;
 pub mod fleet;
+pub mod index;
 pub mod ledger;
 pub mod media;
 pub mod ops;

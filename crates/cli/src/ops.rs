@@ -206,19 +206,6 @@ pub async fn status(settings: &Settings, job_id: &str) -> anyhow::Result<JobMani
         .with_context(|| format!("no job {job_id} in s3://{}", settings.s3.work_bucket))
 }
 
-/// Every job's manifest.
-pub async fn jobs(settings: &Settings) -> anyhow::Result<Vec<JobManifest>> {
-    let store = ManifestStore::new(Storage::new(&settings.s3), settings.s3.work_bucket.clone());
-    let mut out = Vec::new();
-    for id in store.job_ids().await.context("cannot list jobs")? {
-        if let Some(m) = store.load(&id).await? {
-            out.push(m);
-        }
-    }
-    out.sort_by_key(|m| m.created_at);
-    Ok(out)
-}
-
 /// Depth and consumers of one queue.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct QueueStats {

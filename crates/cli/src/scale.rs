@@ -162,6 +162,7 @@ fn work_queue(name: &str, w: &WorkerScaling) -> anyhow::Result<WorkQueue> {
         ("postprocess", _) => WorkQueue::Postprocess,
         ("pull", _) => WorkQueue::Pull,
         ("webhooks", _) => WorkQueue::Webhooks,
+        ("index", _) => WorkQueue::Index,
         (other, _) => anyhow::bail!("values: workers.{name}.stage {other:?} is not a stage"),
     })
 }

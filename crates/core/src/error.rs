@@ -35,20 +35,28 @@ pub struct StageError {
     /// Set for a message to park for this long without counting an attempt
     /// (a tier paused by its budget).
     pub defer: Option<std::time::Duration>,
+    /// The job a message that is not an envelope was about (ingest's S3
+    /// events), so that its dead letter is announced as the job's failure.
+    pub job_id: Option<String>,
 }
 
 impl StageError {
     /// An error worth retrying (after the next retry step's delay).
     pub fn transient(code: &'static str, message: impl fmt::Display) -> Self {
-        Self { class: ErrorClass::Transient, code, message: message.to_string(), defer: None }
+        Self { class: ErrorClass::Transient, code, message: message.to_string(), defer: None, job_id: None }
     }
     /// A message to park for `delay` and try again, not counted as an attempt.
     pub fn deferred(code: &'static str, message: impl fmt::Display, delay: std::time::Duration) -> Self {
-        Self { class: ErrorClass::Transient, code, message: message.to_string(), defer: Some(delay) }
+        Self { class: ErrorClass::Transient, code, message: message.to_string(), defer: Some(delay), job_id: None }
     }
     /// An error no retry can mend: the message is dead-lettered at once.
     pub fn permanent(code: &'static str, message: impl fmt::Display) -> Self {
-        Self { class: ErrorClass::Permanent, code, message: message.to_string(), defer: None }
+        Self { class: ErrorClass::Permanent, code, message: message.to_string(), defer: None, job_id: None }
+    }
+    /// Names the job the failed message was about.
+    pub fn for_job(mut self, job_id: &str) -> Self {
+        self.job_id = Some(job_id.to_string());
+        self
     }
     /// Adds context in front of the message.
     pub fn context(mut self, what: impl fmt::Display) -> Self {

@@ -7,6 +7,7 @@
 //! - [`runtime`]: the stage runtime: consumes, runs a [`runtime::Stage`], settles each message.
 //! - [`decide`](mod@decide): what happens to a failed message (retry step, deferral, dead letter).
 //! - [`error`]: stage errors, transient or permanent.
+//! - [`events`]: the lifecycle events on `<ns>.events`, signed for the exchange.
 //! - [`jobstate`]: the job state machine: claims, leases, hand-overs.
 //! - [`manifest`]: the job manifest in the work bucket and the object layout.
 //! - [`tiering`]: the cost tier a job gets, and why.
@@ -29,6 +30,7 @@ pub mod broker;
 pub mod decide;
 pub mod envelope;
 pub mod error;
+pub mod events;
 pub mod fleetstate;
 pub mod health;
 pub mod jobstate;

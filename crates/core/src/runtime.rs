@@ -12,6 +12,7 @@ use crate::{
     decide::{decide, repeated_timeout, timeouts_after, Next, Outcome, TIMEOUTS_HEADER},
     envelope::{Envelope, ATTEMPT_HEADER, SIGNATURE_HEADER},
     error::StageError,
+    events::{sign_event, Event, JOB_DEAD_LETTERED, JOB_FAILED, STAGE_FINISHED, STAGE_STARTED},
     health::Readiness,
     manifest::{JobFailure, ManifestStore},
     metrics::Metrics,
@@ -247,22 +248,26 @@ fn reconnect_delays(max: Duration) -> impl Iterator<Item = Duration> {
 /// unsigned bodies and none came with a signature; anything else must be an
 /// envelope whose signature checks out for `queue` (a signed body is
 /// verified even by a stage that takes unsigned ones); a stage whose signed
-/// bodies are not envelopes (`signed_raw`) gets them raw once verified.
+/// bodies are not envelopes (`signed_raw`) gets them raw once verified,
+/// signed for its queue or for the events exchange `events` it is bound to.
 fn decode_body(
     signer: &Signer,
     queue: &str,
     body: &[u8],
     signature: Option<&str>,
     accepts_unsigned: bool,
-    signed_raw: bool,
+    signed_raw: Option<&str>,
 ) -> Result<Input, StageError> {
     if signature.is_none() && accepts_unsigned {
         return Ok(Input::Raw(body.to_vec()));
     }
-    signer.verify(queue, body, signature)?;
-    if signed_raw {
+    if let Some(events) = signed_raw {
+        if signer.verify(events, body, signature).is_err() {
+            signer.verify(queue, body, signature)?;
+        }
         return Ok(Input::Raw(body.to_vec()));
     }
+    signer.verify(queue, body, signature)?;
     Ok(Input::Envelope(Envelope::parse(body)?))
 }
 
@@ -574,6 +579,7 @@ impl Runtime {
         let decoded = self.decode(&stage, queue, &delivery);
         let span = self.span(stage_name, queue, &decoded, attempt);
         async {
+            self.announce_start(&stage, &outbox, &decoded).await;
             let result = match decoded.clone() {
                 Err(e) => Err(e),
                 Ok(input) => {
@@ -586,7 +592,7 @@ impl Runtime {
             };
             self.metrics.duration.with_label_values(&[stage_name]).observe(started.elapsed().as_secs_f64());
             self.metrics.batch_size.with_label_values(&[stage_name]).observe(1.0);
-            self.settle(&stage, queue, &outbox, &delivery, &decoded, attempt, result).await;
+            self.settle(&stage, queue, &outbox, &delivery, &decoded, attempt, result, started).await;
         }
         .instrument(span)
         .await;
@@ -606,13 +612,16 @@ impl Runtime {
             let decoded = self.decode(&stage, queue, &delivery);
             if let Err(e) = &decoded {
                 let span = self.span(stage_name, queue, &decoded, attempt);
-                self.settle(&stage, queue, &outbox, &delivery, &decoded, attempt, Err(e.clone()))
+                self.settle(&stage, queue, &outbox, &delivery, &decoded, attempt, Err(e.clone()), started)
                     .instrument(span)
                     .await;
                 continue;
             }
             valid.push((delivery, decoded, attempt));
         }
+        // Side by side: a batch of a hundred waits for one round of confirms, not a hundred.
+        futures::future::join_all(valid.iter().map(|(_, decoded, _)| self.announce_start(&stage, &outbox, decoded)))
+            .await;
         if !valid.is_empty() {
             let msgs: Vec<Message> = valid
                 .iter()
@@ -640,7 +649,7 @@ impl Runtime {
             // adding up over the batch.
             let settled = valid.iter().zip(results).map(|((delivery, decoded, attempt), result)| {
                 let span = self.span(stage_name, queue, decoded, *attempt);
-                self.settle(&stage, queue, &outbox, delivery, decoded, *attempt, result).instrument(span)
+                self.settle(&stage, queue, &outbox, delivery, decoded, *attempt, result, started).instrument(span)
             });
             futures::future::join_all(settled).await;
         }
@@ -671,19 +680,26 @@ impl Runtime {
         decoded: &Result<Input, StageError>,
         attempt: u32,
         result: Result<Vec<Dispatch>, StageError>,
+        started: Instant,
     ) {
         let stage_name = stage.name();
         let outcome = match result {
-            Ok(dispatches) => match self.dispatch(stage_name, outbox, dispatches).await {
-                Ok(()) => {
-                    info!("Handled");
-                    self.settle_ack(delivery, Outcome::Ok).await
+            Ok(dispatches) => {
+                let finished = self.finished_event(stage, decoded, &dispatches, started);
+                match self.dispatch(stage_name, outbox, dispatches).await {
+                    Ok(()) => {
+                        info!("Handled");
+                        if let Some(event) = finished {
+                            self.announce(outbox, event).await;
+                        }
+                        self.settle_ack(delivery, Outcome::Ok).await
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "Could not send the next stage's message; the message goes back to the queue");
+                        self.requeue(delivery, outbox).await
+                    }
                 }
-                Err(e) => {
-                    warn!(error = %e, "Could not send the next stage's message; the message goes back to the queue");
-                    self.requeue(delivery, outbox).await
-                }
-            },
+            }
             Err(err) => {
                 let err = repeated_timeout(err, header_u32(&delivery.properties, TIMEOUTS_HEADER).unwrap_or(0));
                 self.metrics.failures.with_label_values(&[stage_name, &err.class.to_string(), err.code]).inc();
@@ -711,18 +727,46 @@ impl Runtime {
         self.metrics.messages.with_label_values(&[stage_name, &self.topology.queue(queue), outcome.as_str()]).inc();
     }
 
+    /// `stage.finished` for a job a stage worked on and passed on (a message
+    /// it dropped as a duplicate, with nothing to send, finished nothing).
+    fn finished_event(
+        &self,
+        stage: &Arc<dyn Stage>,
+        decoded: &Result<Input, StageError>,
+        dispatches: &[Dispatch],
+        started: Instant,
+    ) -> Option<Event> {
+        let Ok(Input::Envelope(env)) = decoded else { return None };
+        if !stage.fails_jobs() || dispatches.is_empty() {
+            return None;
+        }
+        let mut event = Event::about(STAGE_FINISHED, env);
+        event.stage = Some(stage.name().to_string());
+        event.attempt = Some(env.attempt);
+        event.duration_ms = Some(started.elapsed().as_millis() as u64);
+        let next_tier = dispatches.iter().find_map(|d| match d {
+            Dispatch::Next { envelope, .. } => envelope.tier,
+            _ => None,
+        });
+        if let Some(tier) = next_tier {
+            event.tier = Some(tier.as_str().to_string());
+        }
+        Some(event)
+    }
+
     /// Verifies a delivery as addressed to `queue` (wherever it waited on
     /// the way: retry and deferral queues lead back there).
     fn decode(&self, stage: &Arc<dyn Stage>, queue: WorkQueue, delivery: &Delivery) -> Result<Input, StageError> {
         let signature = header_str(&delivery.properties, SIGNATURE_HEADER);
         let queue = self.topology.queue(queue);
+        let events = stage.signed_raw().then(|| self.topology.events_exchange());
         decode_body(
             &self.signer,
             &queue,
             &delivery.data,
             signature.as_deref(),
             stage.accepts_unsigned(),
-            stage.signed_raw(),
+            events.as_deref(),
         )
     }
 
@@ -734,38 +778,52 @@ impl Runtime {
         Outgoing::to_queue(to, body).header(SIGNATURE_HEADER, HeaderValue::Text(sig))
     }
 
-    /// A lifecycle event for the events exchange, signed for the webhooks
-    /// queue: anyone may publish to the exchange, but only the fleet's
-    /// events lead to signed outgoing POSTs.
+    /// A lifecycle event for the events exchange, signed for it: anyone may
+    /// publish to the exchange, but only the fleet's events lead to signed
+    /// outgoing POSTs or rows in the job index.
     pub fn event(&self, routing_key: String, body: Vec<u8>) -> Outgoing {
-        let sig = self.signer.sign(&self.topology.queue(WorkQueue::Webhooks), &body);
-        Outgoing {
-            exchange: self.topology.events_exchange(),
-            routing_key,
-            body,
-            // Nobody listening to lifecycle events is normal, not a loss.
-            mandatory: false,
-            ..Default::default()
+        sign_event(&self.signer, &self.topology, routing_key, body)
+    }
+
+    /// Publishes `event`, best effort and bounded in time: a lost event
+    /// never holds up the pipeline.
+    async fn announce(&self, outbox: &Outbox, event: Event) {
+        let msg = self.event(event.event.clone(), event.to_bytes());
+        match tokio::time::timeout(Duration::from_secs(5), outbox.publisher.publish(&msg)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(event = event.event, error = %e, "Could not publish the event"),
+            Err(_) => warn!(event = event.event, "Publishing the event took over 5 s; given up"),
         }
-        .header(SIGNATURE_HEADER, HeaderValue::Text(sig))
+    }
+
+    /// `stage.started` for a job's envelope, from a stage that works on jobs.
+    async fn announce_start(&self, stage: &Arc<dyn Stage>, outbox: &Outbox, decoded: &Result<Input, StageError>) {
+        if let (true, Ok(Input::Envelope(env))) = (stage.fails_jobs(), decoded) {
+            let mut event = Event::about(STAGE_STARTED, env);
+            event.stage = Some(stage.name().to_string());
+            event.attempt = Some(env.attempt);
+            self.announce(outbox, event).await;
+        }
     }
 
     /// Announces a job's dead letter (`job.dead_lettered`) and, when its
     /// manifest now says failed, `job.failed`. Best effort and bounded in
     /// time: a lost event never holds up the pipeline.
     async fn announce_failure(&self, outbox: &Outbox, stage: &str, job_id: &str, failure: &JobFailure) {
-        let failed =
-            matches!(self.manifests.load(job_id).await, Ok(Some(m)) if m.status == crate::manifest::JobStatus::Failed);
-        let keys: &[&str] = if failed { &["job.dead_lettered", "job.failed"] } else { &["job.dead_lettered"] };
+        let manifest = self.manifests.load(job_id).await.ok().flatten();
+        let failed = matches!(&manifest, Some(m) if m.status == crate::manifest::JobStatus::Failed);
+        let keys: &[&str] = if failed { &[JOB_DEAD_LETTERED, JOB_FAILED] } else { &[JOB_DEAD_LETTERED] };
         for key in keys {
-            let body = serde_json::json!({
-                "event": key,
-                "job_id": job_id,
-                "stage": stage,
-                "error": failure,
-                "manifest": crate::manifest::manifest_key(job_id),
-                "at": chrono::Utc::now(),
-            });
+            let mut event = Event::new(key, job_id);
+            event.stage = Some(stage.to_string());
+            event.error = Some(failure.into());
+            if let Some(m) = &manifest {
+                event = event.with_job(m);
+            }
+            let mut body = serde_json::to_value(&event).unwrap_or_default();
+            // What earlier events carried: the failure whole, and where the manifest is.
+            body["error"] = serde_json::to_value(failure).unwrap_or_default();
+            body["manifest"] = crate::manifest::manifest_key(job_id).into();
             let msg = self.event((*key).to_string(), serde_json::to_vec(&body).unwrap_or_default());
             match tokio::time::timeout(Duration::from_secs(5), outbox.publisher.publish(&msg)).await {
                 Ok(Ok(())) => {}
@@ -904,15 +962,19 @@ impl Runtime {
             return Outcome::Requeue;
         }
         error!(class = %err.class, code = err.code, error = %message, "Dead-lettered");
+        let failure = JobFailure {
+            stage: stage_name.into(),
+            class: err.class,
+            code: err.code.into(),
+            message,
+            attempts: attempt + 1,
+            at: now,
+        };
+        if let (None, Some(job_id), true) = (envelope, err.job_id.as_deref(), stage.fails_jobs()) {
+            // The stage recorded the failure in the manifest itself; only the announcement is left.
+            self.announce_failure(outbox, stage_name, job_id, &failure).await;
+        }
         if let Some(env) = envelope {
-            let failure = JobFailure {
-                stage: stage_name.into(),
-                class: err.class,
-                code: err.code.into(),
-                message,
-                attempts: attempt + 1,
-                at: now,
-            };
             if let Err(e) = self.manifests.mark_failed(&env.job_id, failure.clone()).await {
                 warn!(error = %e, "Could not mark the manifest failed");
             }
@@ -1025,25 +1087,25 @@ mod tests {
         let body = envelope().to_bytes();
         let sig = signer.sign(q, &body);
         let event = br#"{"Records":[]}"#;
-        assert!(matches!(decode_body(&signer, q, event, None, true, false), Ok(Input::Raw(b)) if b == event));
+        assert!(matches!(decode_body(&signer, q, event, None, true, None), Ok(Input::Raw(b)) if b == event));
         // A signed body is checked even where unsigned ones are taken.
         for accepts_unsigned in [true, false] {
-            let decoded = decode_body(&signer, q, &body, Some(&sig), accepts_unsigned, false);
+            let decoded = decode_body(&signer, q, &body, Some(&sig), accepts_unsigned, None);
             assert!(matches!(&decoded, Ok(Input::Envelope(e)) if e.job_id == envelope().job_id), "{decoded:?}");
-            let forged = decode_body(&signer, q, &body, Some("k1.1.00ff"), accepts_unsigned, false);
+            let forged = decode_body(&signer, q, &body, Some("k1.1.00ff"), accepts_unsigned, None);
             assert!(forged.is_err_and(|e| e.class == crate::error::ErrorClass::Permanent));
-            let elsewhere = decode_body(&signer, "ns.postprocess", &body, Some(&sig), accepts_unsigned, false);
+            let elsewhere = decode_body(&signer, "ns.postprocess", &body, Some(&sig), accepts_unsigned, None);
             assert!(elsewhere.is_err(), "a message signed for another queue");
         }
         assert!(
-            decode_body(&signer, q, &body, None, false, false).is_err(),
+            decode_body(&signer, q, &body, None, false, None).is_err(),
             "unsigned to a stage that wants signatures"
         );
         let other = Signer::with_key("ns", "k1", &[4u8; 32]).sign(q, &body);
-        assert!(decode_body(&signer, q, &body, Some(&other), false, false).is_err(), "signed with another key");
+        assert!(decode_body(&signer, q, &body, Some(&other), false, None).is_err(), "signed with another key");
         let not_json = b"not an envelope";
         assert!(
-            decode_body(&signer, q, not_json, Some(&signer.sign(q, not_json)), false, false).is_err(),
+            decode_body(&signer, q, not_json, Some(&signer.sign(q, not_json)), false, None).is_err(),
             "signed but no envelope"
         );
         // Lifecycle events: signed, not envelopes, handed over raw once verified.
@@ -1051,11 +1113,18 @@ mod tests {
         let hooks = "ns.webhooks";
         let signed = signer.sign(hooks, event);
         assert!(
-            matches!(decode_body(&signer, hooks, event, Some(&signed), false, true), Ok(Input::Raw(b)) if b == event)
+            matches!(decode_body(&signer, hooks, event, Some(&signed), false, Some("ns.events")), Ok(Input::Raw(b)) if b == event)
         );
-        assert!(decode_body(&signer, hooks, event, None, false, true).is_err(), "an unsigned event");
-        assert!(decode_body(&signer, hooks, event, Some(&other), false, true).is_err(), "a forged event");
-        assert!(decode_body(&signer, hooks, b"{}", Some(&signed), false, true).is_err(), "another body");
+        assert!(decode_body(&signer, hooks, event, None, false, Some("ns.events")).is_err(), "an unsigned event");
+        assert!(decode_body(&signer, hooks, event, Some(&other), false, Some("ns.events")).is_err(), "a forged event");
+        assert!(decode_body(&signer, hooks, b"{}", Some(&signed), false, Some("ns.events")).is_err(), "another body");
+        // Signed for the events exchange: every queue bound to it takes the event.
+        let for_exchange = signer.sign("ns.events", event);
+        for q in [hooks, "ns.index"] {
+            let decoded = decode_body(&signer, q, event, Some(&for_exchange), false, Some("ns.events"));
+            assert!(matches!(decoded, Ok(Input::Raw(_))), "{q}");
+        }
+        assert!(decode_body(&signer, q, event, Some(&for_exchange), false, None).is_err(), "not to a work queue");
     }
 
     #[test]

@@ -27,7 +27,8 @@
 //!   reaches `W.dlq` unexplained.
 //!
 //! The events exchange (topic) feeds the webhooks queue with the events a
-//! webhook carries (`job.completed`, `job.failed`, `job.dead_lettered`).
+//! webhook carries (`job.completed`, `job.failed`, `job.dead_lettered`),
+//! and the index queue with every event (`#`).
 
 use crate::{
     decide::retry_steps,
@@ -56,6 +57,8 @@ pub enum WorkQueue {
     Pull,
     /// Outgoing webhook deliveries (`job.completed`, `job.failed`, ...).
     Webhooks,
+    /// Every lifecycle event, for the job index.
+    Index,
 }
 
 impl WorkQueue {
@@ -63,7 +66,7 @@ impl WorkQueue {
     pub fn all() -> Vec<WorkQueue> {
         let mut all = vec![WorkQueue::Pull, WorkQueue::Ingest, WorkQueue::Preprocess];
         all.extend(Tier::ALL.into_iter().map(WorkQueue::Inference));
-        all.extend([WorkQueue::Postprocess, WorkQueue::Webhooks]);
+        all.extend([WorkQueue::Postprocess, WorkQueue::Webhooks, WorkQueue::Index]);
         all
     }
 
@@ -76,6 +79,7 @@ impl WorkQueue {
             WorkQueue::Postprocess => "postprocess",
             WorkQueue::Pull => "pull",
             WorkQueue::Webhooks => "webhooks",
+            WorkQueue::Index => "index",
         }
     }
 
@@ -254,6 +258,15 @@ impl Topology {
                 )
                 .await?;
         }
+        channel
+            .queue_bind(
+                self.queue(WorkQueue::Index).as_str().into(),
+                self.events_exchange().as_str().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
         Ok(())
     }
 }
@@ -309,9 +322,9 @@ mod tests {
         assert_eq!(t.deferred_queue(WorkQueue::Ingest), "ns1.ingest.deferred");
         assert_eq!(t.broker_dead_letter_queue(WorkQueue::Preprocess), "ns1.preprocess.dlx");
         assert_eq!(t.dead_letter_queue(WorkQueue::Postprocess), "ns1.postprocess.dlq");
-        assert_eq!(t.all_queue_names().len(), 9 * (1 + 7 + 3));
+        assert_eq!(t.all_queue_names().len(), 10 * (1 + 7 + 3));
         let unique: std::collections::BTreeSet<_> = t.all_queue_names().into_iter().collect();
-        assert_eq!(unique.len(), 9 * (1 + 7 + 3));
+        assert_eq!(unique.len(), 10 * (1 + 7 + 3));
         assert_eq!(t.events_exchange(), "ns1.events");
         assert_eq!(t.exchange_names(), vec!["ns1.events".to_string(), "ns1.uploads".to_string()]);
     }

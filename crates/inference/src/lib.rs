@@ -45,6 +45,7 @@ use ledger::{Ledger, LedgerEntry};
 use reelfleet_core::{
     envelope::{Envelope, JobKind, Tier},
     error::StageError,
+    events::{Event, JOB_CHARGED},
     fleetstate::FleetState,
     jobstate::{envelope_of, Claimed, Held, JobClaims, PipelineStage},
     manifest::{Charge, InferenceInfo, JobManifest, JobStatus, ManifestStore},
@@ -313,7 +314,11 @@ impl Inference {
             })
             .await?;
         match stored {
-            Some(manifest) => self.next(envelope, &manifest),
+            Some(manifest) => {
+                let mut out = charged(&manifest, tier);
+                out.extend(self.next(envelope, &manifest)?);
+                Ok(out)
+            }
             None => Ok(Vec::new()),
         }
     }
@@ -333,6 +338,32 @@ impl Inference {
         }
         Err(err)
     }
+}
+
+/// `job.charged` for each charge of the job's bill, keyed by job and
+/// provider request, so the index counts a charge once however often it is announced.
+fn charged(m: &JobManifest, tier: Tier) -> Vec<Dispatch> {
+    let total = totals(&m.charges).2;
+    m.charges
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let which = c.request_id.clone().unwrap_or_else(|| format!("{}-{i}", c.model));
+            let event = Event {
+                id: format!("charged-{}-{which}", m.job_id),
+                tier: Some(tier.as_str().to_string()),
+                model: Some(c.model.clone()),
+                cost_usd: Some(c.usd),
+                total_usd: Some(total),
+                request_id: c.request_id.clone(),
+                input_tokens: Some(c.input_tokens),
+                output_tokens: Some(c.output_tokens),
+                stage: Some("inference".into()),
+                ..Event::new(JOB_CHARGED, &m.job_id)
+            };
+            Dispatch::Event { routing_key: JOB_CHARGED.into(), body: event.to_bytes() }
+        })
+        .collect()
 }
 
 /// Tokens and USD of a job's whole bill.

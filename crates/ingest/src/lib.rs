@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use reelfleet_core::{
     envelope::{Envelope, JobKind, Quality, SourceObject},
     error::{ErrorClass, StageError},
+    events::{Event, JOB_CREATED},
     jobstate::{decide, Decision, PipelineStage},
     json::parse_bounded,
     manifest::{InputInfo, JobFailure, JobManifest, JobStatus, ManifestStore, PromptDocument},
@@ -172,7 +173,7 @@ impl Ingest {
                 if let Err(store) = self.manifests.create(&mut manifest).await {
                     warn!(error = %store, "Could not record the refused source");
                 }
-                Err(e)
+                Err(e.for_job(&envelope.job_id))
             }
             Err(e) => Err(e),
         }
@@ -228,8 +229,10 @@ impl Ingest {
             return Ok(Vec::new());
         }
         info!(job_id = %job_id, kind = %envelope.kind, key = %key, "Job admitted");
+        let created = Event::new(JOB_CREATED, &job_id).with_job(&manifest);
         Ok(vec![
             Dispatch::Next { queue: WorkQueue::Preprocess, envelope: envelope.forward(Vec::new()) },
+            Dispatch::Event { routing_key: JOB_CREATED.into(), body: created.to_bytes() },
             Dispatch::Handoff { job_id },
         ])
     }

@@ -143,18 +143,22 @@ fn completed(m: &JobManifest) -> Vec<Dispatch> {
 }
 
 fn completed_event(m: &JobManifest) -> Dispatch {
-    let body = serde_json::json!({
-        "event": "job.completed",
-        "job_id": m.job_id,
-        "kind": m.kind,
-        "source": m.source,
-        "tier": m.tier,
-        "cost_usd": m.cost_usd(),
-        "outputs": m.outputs.iter().map(|o| &o.key).collect::<Vec<_>>(),
-        "hls": m.hls.as_ref().map(|h| &h.master_key),
-        "manifest": reelfleet_core::manifest::manifest_key(&m.job_id),
-        "at": chrono::Utc::now(),
-    });
+    // A job completes once: the same id for every publish of it, so the index keeps one.
+    let event = reelfleet_core::events::Event {
+        id: format!("completed-{}", m.job_id),
+        ..reelfleet_core::events::Event::new(reelfleet_core::events::JOB_COMPLETED, &m.job_id)
+    }
+    .with_job(m);
+    let mut body = serde_json::to_value(&event).expect("json");
+    for (k, v) in [
+        ("source", serde_json::json!(m.source)),
+        ("cost_usd", serde_json::json!(m.cost_usd())),
+        ("outputs", serde_json::json!(m.outputs.iter().map(|o| &o.key).collect::<Vec<_>>())),
+        ("hls", serde_json::json!(m.hls.as_ref().map(|h| &h.master_key))),
+        ("manifest", serde_json::json!(reelfleet_core::manifest::manifest_key(&m.job_id))),
+    ] {
+        body[k] = v;
+    }
     Dispatch::Event { routing_key: "job.completed".into(), body: serde_json::to_vec(&body).expect("json") }
 }
 

@@ -124,8 +124,8 @@ true
 {{- $tier := index $inference .worker.tier | default dict -}}
 {{- $bytes := mul (int64 (default 4 $tier.concurrency)) (int64 (default 4294967296 $inference.max_video_bytes)) -}}
 {{- printf "%dMi" (div $bytes $mib) -}}
-{{- else if has .worker.stage (list "pull" "webhooks") -}}
-{{- /* They stream through memory and write no files. */ -}}
+{{- else if has .worker.stage (list "pull" "webhooks" "index") -}}
+{{- /* They stream through memory (or write to a database) and write no files. */ -}}
 64Mi
 {{- else -}}
 {{- $broker := $c.broker | default dict -}}

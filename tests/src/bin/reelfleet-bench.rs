@@ -57,6 +57,8 @@ use std::{
 };
 use tokio_util::sync::CancellationToken;
 
+#[path = "reelfleet-bench/index.rs"]
+mod index;
 #[path = "reelfleet-bench/ingest_pull.rs"]
 mod ingest_pull;
 
@@ -1393,6 +1395,7 @@ async fn main() -> anyhow::Result<()> {
         Some("sandbox") => sandbox(&args[1..]).await,
         Some("ingest") => ingest(&args[1..]).await,
         Some("ingest-pull") => ingest_pull::ingest_pull(&args[1..]).await,
-        _ => bail!("usage: reelfleet-bench transcode [--clips N] [--seconds S] | overhead [--jobs N] | inference [--jobs N] [--rate R] | scaling [--clips N] [--seconds S] | sandbox [--runs N] [--seconds S] | ingest [--events N] [--pollers P] | ingest-pull [--mib N]"),
+        Some("index") => index::index(&args[1..]).await,
+        _ => bail!("usage: reelfleet-bench transcode [--clips N] [--seconds S] | overhead [--jobs N] | inference [--jobs N] [--rate R] | scaling [--clips N] [--seconds S] | sandbox [--runs N] [--seconds S] | ingest [--events N] [--pollers P] | ingest-pull [--mib N] | index [--jobs N] [--runs R]"),
     }
 }

@@ -1,25 +1,64 @@
-//! The commands that read job manifests: `reelfleet jobs` (all of them),
-//! `reelfleet status JOB_ID` (one) and `reelfleet route --explain JOB_ID`
-//! (why it got its tier and model).
+//! The commands that read jobs: `reelfleet jobs` (the job index, filtered
+//! and paged), `reelfleet status JOB_ID` (one manifest) and
+//! `reelfleet route --explain JOB_ID` (why it got its tier and model).
 
 use crate::ops;
 use reelfleet_core::{manifest::JobManifest, settings::Settings};
+use reelfleet_index::{JobFilter, JobRow, Page};
 
 /// Arguments of `reelfleet jobs`.
 #[derive(clap::Args, Debug)]
 pub struct JobsArgs {
-    /// Print JSON.
+    /// Only jobs with this status (ingest, preprocess, inference, postprocess, completed, failed).
+    #[arg(long)]
+    status: Option<String>,
+    /// Only jobs of this tier.
+    #[arg(long)]
+    tier: Option<String>,
+    /// Only jobs answered by this model.
+    #[arg(long)]
+    model: Option<String>,
+    /// Only jobs created since: RFC 3339, or a duration ago such as 30m, 2h, 1d.
+    #[arg(long)]
+    since: Option<String>,
+    /// Only jobs that cost more than this many USD.
+    #[arg(long)]
+    cost_above: Option<f64>,
+    /// Only jobs whose source key contains this text (case-blind).
+    #[arg(long)]
+    search: Option<String>,
+    /// Jobs per page, newest first (at most 1000).
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+    /// The page after this cursor (the `next` a previous page printed).
+    #[arg(long)]
+    after: Option<String>,
+    /// Print JSON: `{"jobs": [...], "next": cursor or null}`.
     #[arg(long)]
     json: bool,
 }
 
-/// Lists every job.
+impl JobsArgs {
+    fn filter(&self) -> anyhow::Result<JobFilter> {
+        Ok(JobFilter {
+            status: self.status.clone(),
+            tier: self.tier.clone(),
+            model: self.model.clone(),
+            since_ms: self.since.as_deref().map(super::parse_since).transpose()?.map(|t| t.timestamp_millis()),
+            cost_above: self.cost_above,
+            search: self.search.clone(),
+        })
+    }
+}
+
+/// Lists one page of jobs from the index.
 pub async fn run(settings: Settings, args: JobsArgs) -> anyhow::Result<i32> {
-    let all = ops::jobs(&settings).await?;
+    let index = crate::index::open(&settings).await?;
+    let page = index.list(&args.filter()?, args.limit, args.after.as_deref()).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        println!("{}", serde_json::to_string_pretty(&page)?);
     } else {
-        print_jobs(&all);
+        print_page(&page);
     }
     Ok(0)
 }
@@ -65,23 +104,37 @@ pub async fn run_route(settings: Settings, args: RouteArgs) -> anyhow::Result<i3
     Ok(0)
 }
 
-fn print_jobs(all: &[JobManifest]) {
-    println!("{:<32} {:<8} {:<11} {:<8} {:<17} {:>10}  SOURCE", "JOB", "KIND", "STATUS", "TIER", "MODEL", "COST USD");
-    for m in all {
-        let model = m.inference.as_ref().map(|i| i.model.as_str()).unwrap_or("-");
-        let tier = m.tier.map(|t| t.to_string()).unwrap_or_else(|| "-".into());
+fn print_page(page: &Page) {
+    println!(
+        "{:<32} {:<8} {:<11} {:<8} {:<17} {:>10} {:<20}  SOURCE",
+        "JOB", "KIND", "STATUS", "TIER", "MODEL", "COST USD", "CREATED"
+    );
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    for j in &page.jobs {
         println!(
-            "{:<32} {:<8} {:<11} {:<8} {:<17} {:>10.6}  s3://{}/{}",
-            m.job_id,
-            m.kind,
-            m.status,
-            tier,
-            model,
-            m.cost_usd(),
-            m.source.bucket,
-            m.source.key
+            "{:<32} {:<8} {:<11} {:<8} {:<17} {:>10.6} {:<20}  s3://{}/{}{}",
+            j.job_id,
+            dash(&j.kind),
+            j.status,
+            dash(&j.tier),
+            dash(&j.model),
+            j.cost_usd,
+            created(j),
+            dash(&j.bucket),
+            dash(&j.key),
+            j.error_message.as_ref().map(|m| format!("  error: {m}")).unwrap_or_default()
         );
     }
+    match &page.next {
+        Some(next) => println!("{} jobs; next page: --after {next}", page.jobs.len()),
+        None => println!("{} jobs; last page", page.jobs.len()),
+    }
+}
+
+fn created(j: &JobRow) -> String {
+    chrono::DateTime::from_timestamp_millis(j.created_ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_default()
 }
 
 fn print_manifest(m: &JobManifest) {

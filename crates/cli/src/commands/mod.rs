@@ -10,7 +10,8 @@
 //! - [`intake`]: `intake` (the API) and `intake client`.
 //! - [`submit`]: the `submit` command.
 //! - [`backfill`]: the `backfill` command.
-//! - [`jobs`]: `jobs`, `status` and `route`.
+//! - [`jobs`]: `jobs` (the job index), `status` and `route`.
+//! - [`index`]: `index rebuild` and `index seed`.
 //! - [`queues`]: the `queues` command.
 //! - [`scale`]: the `scale` command.
 //! - [`config`]: `config check`.
@@ -23,6 +24,7 @@ pub mod backfill;
 pub mod config;
 pub mod dev;
 pub mod dlq;
+pub mod index;
 pub mod intake;
 pub mod jobs;
 pub mod keys;
@@ -76,8 +78,10 @@ pub enum Command {
     Backfill(backfill::BackfillArgs),
     /// Show one job's manifest.
     Status(jobs::StatusArgs),
-    /// List jobs.
+    /// List jobs from the job index: filters, pages (newest first), JSON.
     Jobs(jobs::JobsArgs),
+    /// The job index: `index rebuild` from the manifests, `index seed` for benchmarks.
+    Index(index::IndexArgs),
     /// Ready, unacked, consumers and recent rates per queue.
     Queues(queues::QueuesArgs),
     /// Per worker of the Helm chart: queue depth (ready + unacked), consumers, rates and
@@ -112,6 +116,7 @@ impl Command {
             Command::Backfill(args) => backfill::run(settings, args).await,
             Command::Status(args) => jobs::run_status(settings, args).await,
             Command::Jobs(args) => jobs::run(settings, args).await,
+            Command::Index(args) => index::run(settings, args).await,
             Command::Queues(args) => queues::run(settings, args).await,
             Command::Scale(args) => scale::run(settings, args).await,
             Command::Config(args) => config::run(settings, args, config),

@@ -1,5 +1,5 @@
 //! `reelfleet worker KIND`: one stage's worker (the four pipeline stages,
-//! the URL pull, the webhooks) or the SQS bridge, with its
+//! the URL pull, the webhooks, the job index) or the SQS bridge, with its
 //! health server, until SIGTERM/SIGINT; the message in flight (the batch in
 //! hand, for the bridge) is finished before it exits.
 
@@ -33,6 +33,8 @@ enum WorkerKind {
     Pull,
     /// Outgoing webhooks (`<ns>.webhooks`): job callbacks and configured endpoints.
     Webhooks,
+    /// The job index (`<ns>.index`): every lifecycle event into `index.url`.
+    Index,
     /// AWS S3 notifications from SQS (direct, SNS, EventBridge) to the uploads exchange.
     BridgeSqs,
 }
@@ -57,6 +59,7 @@ pub async fn run(settings: Settings, args: WorkerArgs) -> anyhow::Result<i32> {
         WorkerKind::Postprocess => StageName::Postprocess,
         WorkerKind::Pull => StageName::Pull,
         WorkerKind::Webhooks => StageName::Webhooks,
+        WorkerKind::Index => StageName::Index,
         WorkerKind::BridgeSqs => return run_bridge(settings).await,
     };
     // Outside `reelfleet dev`, nothing runs on a missing or well-known credential.

@@ -11,6 +11,7 @@
 
 mod broker;
 mod credentials;
+mod index;
 mod inference;
 mod intake;
 mod limits;
@@ -31,6 +32,7 @@ mod webhooks;
 
 pub use broker::BrokerSettings;
 pub use credentials::Uses;
+pub use index::IndexSettings;
 pub use inference::{BudgetAction, InferenceSettings, ModelSettings, TierSettings};
 pub use intake::{IntakeClient, IntakeSettings};
 pub use limits::LimitSettings;
@@ -85,6 +87,8 @@ pub struct Settings {
     pub pull: PullSettings,
     /// Outgoing webhooks (`reelfleet worker webhooks`).
     pub webhooks: WebhookSettings,
+    /// The job index (`reelfleet worker index`, `reelfleet jobs`).
+    pub index: IndexSettings,
 }
 
 impl Default for Settings {
@@ -106,6 +110,7 @@ impl Default for Settings {
             intake: IntakeSettings::default(),
             pull: PullSettings::default(),
             webhooks: WebhookSettings::default(),
+            index: IndexSettings::default(),
         }
     }
 }
@@ -136,6 +141,7 @@ impl Settings {
         }
         out.inference.api_key = hide(&self.inference.api_key);
         out.state.url = hide(&self.state.url);
+        out.index.url = hide(&self.index.url);
         out.sqs.access_key = hide(&self.sqs.access_key);
         out.sqs.secret_key = hide(&self.sqs.secret_key);
         out.webhooks.secret = hide(&self.webhooks.secret);

@@ -59,6 +59,14 @@ pub mod dlq_headers {
     pub const QUEUE: &str = "x-reelfleet-queue";
 }
 
+/// S3 requests the settling of a worker's messages makes at once (marking
+/// dead-lettered jobs failed). A batch is settled side by side (so requeue
+/// backoffs do not add up), and without this bound a deep queue of failing
+/// jobs would hold one S3 request per prefetched message, 400 for the low
+/// tier by default: about 80 KiB each of resident memory, measured by
+/// `scripts/bench memory`.
+pub const SETTLE_STORE_CONCURRENCY: usize = 16;
+
 /// The error of a message that ran past its deadline of `secs`.
 fn timed_out(secs: u64) -> StageError {
     StageError::transient("timeout", format!("stage took longer than {secs} s"))
@@ -346,6 +354,7 @@ pub struct Runtime {
     prefetch: u16,
     grace: Duration,
     deadline: JobDeadline,
+    store_slots: Arc<tokio::sync::Semaphore>,
     retry: crate::settings::RetrySettings,
     reconnect_max: Duration,
 }
@@ -376,6 +385,7 @@ impl Runtime {
             prefetch: settings.broker.prefetch,
             grace: Duration::from_secs(settings.runtime.grace_period_secs),
             deadline: JobDeadline::from_settings(settings),
+            store_slots: Arc::new(tokio::sync::Semaphore::new(SETTLE_STORE_CONCURRENCY)),
             retry: settings.retry.clone(),
             reconnect_max: Duration::from_secs(settings.broker.reconnect_max_delay_secs.max(1)),
         })
@@ -989,6 +999,8 @@ impl Runtime {
         }
         error!(class = %err.class, code = err.code, error = %message, "Dead-lettered");
         if let Some(env) = envelope {
+            // A batch settles side by side: its S3 writes wait for a slot (see SETTLE_STORE_CONCURRENCY).
+            let _slot = self.store_slots.acquire().await;
             let failure = JobFailure {
                 stage: stage_name.into(),
                 class: err.class,

@@ -143,8 +143,10 @@ pub async fn start(
     let readiness = Readiness::default();
     let manifests = ManifestStore::new(storage, settings.s3.work_bucket.clone());
     let runtime = Runtime::new(&settings, broker, manifests, metrics.clone(), readiness.clone())?;
-    // What a killed process left in scratch: anything older than a job can live.
-    let job_lifetime = Duration::from_secs(settings.runtime.job_timeout_secs + settings.runtime.grace_period_secs + 60);
+    // What a killed process left in scratch: anything older than a job can
+    // live, and a long source raises a job's timeout up to the cap.
+    let longest_job = reelfleet_core::runtime::JobDeadline::from_settings(&settings).max_secs();
+    let job_lifetime = Duration::from_secs(longest_job + settings.runtime.grace_period_secs + 60);
     let swept = reelfleet_core::media::sweep_scratch(settings.runtime.scratch_dir.as_deref(), job_lifetime);
     if swept > 0 {
         tracing::info!(swept, "Removed scratch folders left by an earlier process");

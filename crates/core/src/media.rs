@@ -328,6 +328,21 @@ impl Bounds {
         let secs = s.ffmpeg_timeout_secs as f64 + if scaled.is_finite() { scaled } else { f64::MAX };
         (secs.ceil().min(s.ffmpeg_timeout_max_secs as f64) as u64).max(1)
     }
+
+    /// Seconds a stage may hold a message whose input is this: `base` (the
+    /// runtime's `job_timeout_secs`: transfers, probes, bookkeeping) plus
+    /// `calls` ffmpeg calls at their own [`Bounds::timeout_secs`]. What
+    /// a stage raises its message's [`crate::runtime::JobDeadline`] to.
+    pub fn stage_timeout_secs(&self, s: &MediaSettings, base: u64, calls: u32) -> u64 {
+        base.saturating_add(u64::from(calls).saturating_mul(self.timeout_secs(s)))
+    }
+}
+
+impl From<&crate::manifest::InputInfo> for Bounds {
+    /// The bounds of a source as ingest validated it.
+    fn from(i: &crate::manifest::InputInfo) -> Self {
+        Self { duration_s: i.duration_s, width: i.width, height: i.height, fps: i.fps, input_bytes: i.size_bytes }
+    }
 }
 
 /// Demuxers that open other files or devices named inside the input (a
@@ -1155,9 +1170,15 @@ printf ' ------\n V....D jpeg2000  JPEG 2000\n'"#,
         assert_eq!(b(10.0, 1280, 720).timeout_secs(&s), 200);
         assert_eq!(b(10.0, 1920, 1080).timeout_secs(&s), 300);
         assert_eq!(b(10.0, 160, 120).timeout_secs(&s), 140, "small frames count as 640x360");
-        assert_eq!(b(4.0 * 3600.0, 1280, 720).timeout_secs(&s), 12 * 3600, "capped");
+        assert_eq!(b(3600.0, 1280, 720).timeout_secs(&s), 120 + 8 * 3600);
+        assert_eq!(b(4.0 * 3600.0, 1280, 720).timeout_secs(&s), 24 * 3600, "capped");
         assert_eq!(b(f64::NAN, 1280, 720).timeout_secs(&s), 120, "no duration: the base");
         assert_eq!(b(f64::INFINITY, 8192, 8192).timeout_secs(&s), 120);
+        // A whole stage: the job timeout plus each call's own.
+        assert_eq!(b(10.0, 1280, 720).stage_timeout_secs(&s, 900, 3), 900 + 3 * 200);
+        assert_eq!(b(f64::NAN, 1280, 720).stage_timeout_secs(&s, 900, 1), 900 + 120);
+        assert_eq!(b(4.0 * 3600.0, 1920, 1080).stage_timeout_secs(&s, 900, 4), 900 + 4 * 24 * 3600);
+        assert_eq!(b(f64::MAX, 8192, 8192).stage_timeout_secs(&s, u64::MAX, u32::MAX), u64::MAX, "saturates");
         assert_eq!(b(100.0, 0, 0).read_secs(), Some(102.0));
         assert_eq!(b(1000.0, 0, 0).read_secs(), Some(1020.0));
         assert_eq!(b(0.0, 0, 0).read_secs(), None, "no duration, no cut");

@@ -30,7 +30,7 @@ use lapin::{
 };
 use std::{
     sync::{
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
         Arc,
     },
     time::Duration,
@@ -60,6 +60,19 @@ pub mod dlq_headers {
     pub const QUEUE: &str = "x-reelfleet-queue";
 }
 
+/// S3 requests the settling of a worker's messages makes at once (marking
+/// dead-lettered jobs failed). A batch is settled side by side (so requeue
+/// backoffs do not add up), and without this bound a deep queue of failing
+/// jobs would hold one S3 request per prefetched message, 400 for the low
+/// tier by default: about 80 KiB each of resident memory, measured by
+/// `scripts/bench memory`.
+pub const SETTLE_STORE_CONCURRENCY: usize = 16;
+
+/// The error of a message that ran past its deadline of `secs`.
+fn timed_out(secs: u64) -> StageError {
+    StageError::transient("timeout", format!("stage took longer than {secs} s"))
+}
+
 /// What a stage receives.
 // The envelope is the common case (and lives as long as the message): boxing it buys nothing.
 #[allow(clippy::large_enum_variant)]
@@ -82,6 +95,69 @@ pub struct Message {
     pub attempt: u32,
     /// The broker delivered it before (a worker died holding it).
     pub redelivered: bool,
+    /// How long the runtime lets the stage hold it; a stage that learns how
+    /// much work it is (the source's duration and resolution) raises it.
+    pub deadline: JobDeadline,
+}
+
+/// How long the runtime lets a stage hold one message: `runtime.job_timeout_secs`
+/// to begin with, raised by the stage once it knows the size of the work
+/// (never lowered), at most `runtime.job_timeout_max_secs` and 60 s below
+/// `broker.consumer_timeout_secs` (past the broker's own limit the channel
+/// would close under the job). Clones share one deadline.
+#[derive(Clone, Debug)]
+pub struct JobDeadline {
+    secs: Arc<AtomicU64>,
+    max_secs: u64,
+}
+
+impl JobDeadline {
+    /// A deadline of `secs`, which raises stop at `max_secs` (and never go below `secs`).
+    pub fn new(secs: u64, max_secs: u64) -> Self {
+        Self { secs: Arc::new(AtomicU64::new(secs)), max_secs: max_secs.max(secs) }
+    }
+
+    /// The runtime's deadline for `settings`: the job timeout, raised at most
+    /// to the job timeout cap, itself held 60 s below the broker's consumer timeout.
+    pub fn from_settings(settings: &Settings) -> Self {
+        let broker_cap = settings.broker.consumer_timeout_secs.saturating_sub(60);
+        Self::new(settings.runtime.job_timeout_secs, settings.runtime.job_timeout_max_secs.min(broker_cap))
+    }
+
+    /// The most a stage may raise it to, in seconds.
+    pub fn max_secs(&self) -> u64 {
+        self.max_secs
+    }
+
+    /// Seconds the message may take in all, from the moment the stage got it.
+    pub fn secs(&self) -> u64 {
+        self.secs.load(Ordering::SeqCst)
+    }
+
+    /// Raises the deadline to `secs` (at most the cap; a lower value changes
+    /// nothing) and returns the deadline now in force.
+    pub fn raise_to(&self, secs: u64) -> u64 {
+        self.secs.fetch_max(secs.min(self.max_secs), Ordering::SeqCst);
+        self.secs()
+    }
+
+    /// Runs `work` until it finishes or the deadline passes (a deadline raised
+    /// meanwhile is honoured); `Err` holds the deadline that passed, in seconds.
+    pub async fn run<F: std::future::Future>(&self, work: F) -> Result<F::Output, u64> {
+        let started = Instant::now();
+        tokio::pin!(work);
+        loop {
+            let secs = self.secs();
+            tokio::select! {
+                out = &mut work => return Ok(out),
+                _ = tokio::time::sleep_until(started + Duration::from_secs(secs)) => {
+                    if self.secs() <= secs {
+                        return Err(secs);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// What a stage wants sent once its outputs are stored.
@@ -282,7 +358,8 @@ pub struct Runtime {
     readiness: Readiness,
     prefetch: u16,
     grace: Duration,
-    job_timeout: Duration,
+    deadline: JobDeadline,
+    store_slots: Arc<tokio::sync::Semaphore>,
     retry: crate::settings::RetrySettings,
     reconnect_max: Duration,
 }
@@ -312,7 +389,8 @@ impl Runtime {
             readiness,
             prefetch: settings.broker.prefetch,
             grace: Duration::from_secs(settings.runtime.grace_period_secs),
-            job_timeout: Duration::from_secs(settings.runtime.job_timeout_secs),
+            deadline: JobDeadline::from_settings(settings),
+            store_slots: Arc::new(tokio::sync::Semaphore::new(SETTLE_STORE_CONCURRENCY)),
             retry: settings.retry.clone(),
             reconnect_max: Duration::from_secs(settings.broker.reconnect_max_delay_secs.max(1)),
         })
@@ -583,10 +661,17 @@ impl Runtime {
             let result = match decoded.clone() {
                 Err(e) => Err(e),
                 Ok(input) => {
-                    let msg = Message { queue, input, attempt, redelivered: delivery.redelivered };
-                    match tokio::time::timeout(self.job_timeout, stage.handle(msg)).await {
+                    let deadline = self.fresh_deadline();
+                    let msg = Message {
+                        queue,
+                        input,
+                        attempt,
+                        redelivered: delivery.redelivered,
+                        deadline: deadline.clone(),
+                    };
+                    match deadline.run(stage.handle(msg)).await {
                         Ok(r) => r,
-                        Err(_) => Err(self.timed_out()),
+                        Err(secs) => Err(timed_out(secs)),
                     }
                 }
             };
@@ -623,15 +708,23 @@ impl Runtime {
         futures::future::join_all(valid.iter().map(|(_, decoded, _)| self.announce_start(&stage, &outbox, decoded)))
             .await;
         if !valid.is_empty() {
+            // A batch shares one deadline: any of its messages may raise it.
+            let deadline = self.fresh_deadline();
             let msgs: Vec<Message> = valid
                 .iter()
                 .filter_map(|(d, decoded, attempt)| {
                     let input = decoded.as_ref().ok()?.clone();
-                    Some(Message { queue, input, attempt: *attempt, redelivered: d.redelivered })
+                    Some(Message {
+                        queue,
+                        input,
+                        attempt: *attempt,
+                        redelivered: d.redelivered,
+                        deadline: deadline.clone(),
+                    })
                 })
                 .collect();
             let count = msgs.len();
-            let results = match tokio::time::timeout(self.job_timeout, stage.handle_batch(msgs)).await {
+            let results = match deadline.run(stage.handle_batch(msgs)).await {
                 Ok(r) if r.len() == count => r,
                 Ok(r) => {
                     let e = StageError::transient(
@@ -640,7 +733,7 @@ impl Runtime {
                     );
                     vec![Err(e); count]
                 }
-                Err(_) => vec![Err(self.timed_out()); count],
+                Err(secs) => vec![Err(timed_out(secs)); count],
             };
             self.metrics.batch_size.with_label_values(&[stage_name]).observe(count as f64);
             self.metrics.duration.with_label_values(&[stage_name]).observe(started.elapsed().as_secs_f64());
@@ -656,8 +749,9 @@ impl Runtime {
         self.metrics.in_flight.with_label_values(&[stage_name]).sub(n);
     }
 
-    fn timed_out(&self) -> StageError {
-        StageError::transient("timeout", format!("stage took longer than {} s", self.job_timeout.as_secs()))
+    /// A deadline of its own for a message (or a batch) starting now.
+    fn fresh_deadline(&self) -> JobDeadline {
+        JobDeadline::new(self.deadline.secs(), self.deadline.max_secs)
     }
 
     fn span(&self, stage: &str, queue: WorkQueue, decoded: &Result<Input, StageError>, attempt: u32) -> tracing::Span {
@@ -975,6 +1069,8 @@ impl Runtime {
             self.announce_failure(outbox, stage_name, job_id, &failure).await;
         }
         if let Some(env) = envelope {
+            // A batch settles side by side: its S3 writes wait for a slot (see SETTLE_STORE_CONCURRENCY).
+            let _slot = self.store_slots.acquire().await;
             if let Err(e) = self.manifests.mark_failed(&env.job_id, failure.clone()).await {
                 warn!(error = %e, "Could not mark the manifest failed");
             }
@@ -1170,6 +1266,39 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_deadline_is_raised_up_to_its_cap_and_never_lowered() {
+        let d = JobDeadline::new(900, 5000);
+        assert_eq!(d.raise_to(100), 900, "never lowered");
+        assert_eq!(d.raise_to(2000), 2000);
+        assert_eq!(d.clone().raise_to(1000), 2000, "clones share it");
+        assert_eq!(d.raise_to(1 << 40), 5000, "capped");
+        let defaults = JobDeadline::from_settings(&Settings::default());
+        assert_eq!((defaults.secs(), defaults.max_secs()), (900, 24 * 3600));
+        let mut s = Settings::default();
+        s.broker.consumer_timeout_secs = 3600;
+        assert_eq!(JobDeadline::from_settings(&s).max_secs(), 3540, "60 s below the broker's consumer timeout");
+        s.runtime.job_timeout_max_secs = 1000;
+        assert_eq!(JobDeadline::from_settings(&s).max_secs(), 1000);
+    }
+
+    #[tokio::test]
+    async fn a_deadline_stops_late_work_and_honours_a_raise_made_meanwhile() {
+        let d = JobDeadline::new(1, 10);
+        let t = std::time::Instant::now();
+        assert_eq!(d.run(tokio::time::sleep(Duration::from_secs(30))).await, Err(1));
+        assert!(t.elapsed() < Duration::from_millis(1900), "{:?}", t.elapsed());
+        // The work learns its size and raises the deadline: it may outlive the first one.
+        let d = JobDeadline::new(1, 10);
+        let inner = d.clone();
+        let work = async move {
+            inner.raise_to(3);
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            7
+        };
+        assert_eq!(d.run(work).await, Ok(7));
+    }
+
     #[tokio::test]
     async fn a_stage_without_its_own_batching_answers_each_message_in_order() {
         let msg = |body: &[u8]| Message {
@@ -1177,6 +1306,7 @@ mod tests {
             input: Input::Raw(body.to_vec()),
             attempt: 0,
             redelivered: false,
+            deadline: JobDeadline::new(5, 5),
         };
         let results = Echo.handle_batch(vec![msg(b"a"), msg(b"fail"), msg(b"c")]).await;
         let seen: Vec<String> = results

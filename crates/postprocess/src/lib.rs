@@ -96,6 +96,23 @@ impl Stage for Postprocess {
             Claimed::Reforward(manifest) => return Ok(completed(&manifest)),
             Claimed::Drop => return Ok(Vec::new()),
         };
+        // The reference is preprocess's normalized video: its size and duration set the time the calls may take.
+        let reference = held.manifest.preprocess.as_ref().filter(|p| p.duration_s > 0.0).map(|p| Bounds {
+            duration_s: p.duration_s,
+            width: p.width,
+            height: p.height,
+            fps: f64::from(p.fps),
+            input_bytes: 0,
+        });
+        if let Some(bounds) = reference.or(held.manifest.input.as_ref().map(Bounds::from)) {
+            let secs = bounds.stage_timeout_secs(
+                &self.settings.media,
+                self.settings.runtime.job_timeout_secs,
+                POSTPROCESS_FFMPEG_CALLS,
+            );
+            let secs = msg.deadline.raise_to(secs);
+            info!(timeout_s = secs, "Message timeout set from the source");
+        }
         let (outputs, hls) = self.produce(&envelope, &held.manifest).await?;
         let s = &self.settings.postprocess;
         let vmaf_measured = outputs.iter().any(|o| o.vmaf.is_some());
@@ -138,6 +155,10 @@ impl Stage for Postprocess {
 }
 
 /// `job.completed` and the record that it was published.
+/// ffmpeg calls postprocess may make of one job: the ladder, the quality
+/// check, and a rendition under the floor encoded and measured again.
+pub const POSTPROCESS_FFMPEG_CALLS: u32 = 4;
+
 fn completed(m: &JobManifest) -> Vec<Dispatch> {
     vec![completed_event(m), Dispatch::Handoff { job_id: m.job_id.clone() }]
 }

@@ -58,6 +58,16 @@ impl Stage for Preprocess {
             }
             Claimed::Drop => return Ok(Vec::new()),
         };
+        if let Some(input) = held.manifest.input.as_ref() {
+            // A long or large source gets the time its one ffmpeg pass may take.
+            let secs = Bounds::from(input).stage_timeout_secs(
+                &self.settings.media,
+                self.settings.runtime.job_timeout_secs,
+                PREPROCESS_FFMPEG_CALLS,
+            );
+            let secs = msg.deadline.raise_to(secs);
+            info!(timeout_s = secs, "Message timeout set from the source");
+        }
         let info = match envelope.kind {
             JobKind::Generate => {
                 let (tier, reason) = assign_tier(envelope.priority, envelope.quality, None, &self.settings.preprocess);
@@ -77,6 +87,10 @@ impl Stage for Preprocess {
         Ok(if stored.is_some() { forward(&envelope, &info) } else { Vec::new() })
     }
 }
+
+/// ffmpeg calls preprocess makes of a source: the single pass (probes and
+/// transfers fit in the runtime's own job timeout).
+pub const PREPROCESS_FFMPEG_CALLS: u32 = 1;
 
 /// The message for the job's tier queue, and the record that it was sent.
 fn forward(envelope: &Envelope, info: &PreprocessInfo) -> Vec<Dispatch> {

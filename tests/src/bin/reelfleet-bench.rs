@@ -23,6 +23,9 @@
 //! - `ingest-pull [--mib N]`: a URL pull of an N MiB source by the real
 //!   pull worker into the embedded S3 (MiB/s, the worker's peak RSS), against
 //!   a plain GET of the same body (`reelfleet-bench/ingest_pull.rs`).
+//! - `memory [--messages N] [--source-mib N]`: the peak RSS of every worker
+//!   kind with N messages waiting in its queue, and of ingest, preprocess
+//!   and postprocess on an N MiB source (`reelfleet-bench/memory.rs`).
 
 use anyhow::{bail, Context};
 use async_trait::async_trait;
@@ -61,6 +64,8 @@ use tokio_util::sync::CancellationToken;
 mod index;
 #[path = "reelfleet-bench/ingest_pull.rs"]
 mod ingest_pull;
+#[path = "reelfleet-bench/memory.rs"]
+mod memory;
 
 fn arg(args: &[String], name: &str, default: usize) -> anyhow::Result<usize> {
     match args.iter().position(|a| a == name) {
@@ -1396,6 +1401,7 @@ async fn main() -> anyhow::Result<()> {
         Some("ingest") => ingest(&args[1..]).await,
         Some("ingest-pull") => ingest_pull::ingest_pull(&args[1..]).await,
         Some("index") => index::index(&args[1..]).await,
-        _ => bail!("usage: reelfleet-bench transcode [--clips N] [--seconds S] | overhead [--jobs N] | inference [--jobs N] [--rate R] | scaling [--clips N] [--seconds S] | sandbox [--runs N] [--seconds S] | ingest [--events N] [--pollers P] | ingest-pull [--mib N] | index [--jobs N] [--runs R]"),
+        Some("memory") => memory::memory(&args[1..]).await,
+        _ => bail!("usage: reelfleet-bench transcode [--clips N] [--seconds S] | overhead [--jobs N] | inference [--jobs N] [--rate R] | scaling [--clips N] [--seconds S] | sandbox [--runs N] [--seconds S] | ingest [--events N] [--pollers P] | ingest-pull [--mib N] | index [--jobs N] [--runs R] | memory [--messages N] [--source-mib N] [--window S] [--skip-deep] [--skip-source]"),
     }
 }

@@ -18,9 +18,11 @@ pub struct BrokerSettings {
     pub pool_size: usize,
     /// Seconds between reconnection attempts grow up to this bound.
     pub reconnect_max_delay_secs: u64,
-    /// The broker's `consumer_timeout` in seconds (RabbitMQ 3.10 default 1800):
-    /// a consumer holding a message longer loses its channel, so
-    /// `runtime.job_timeout_secs` must stay below it.
+    /// The broker's `consumer_timeout` in seconds (RabbitMQ's own default is
+    /// 1800; `deploy/rabbitmq/rabbitmq.conf` sets 90000 to match this one): a
+    /// consumer holding a message longer loses its channel, so
+    /// `runtime.job_timeout_secs` must stay below it, and a message's timeout
+    /// raised for a long source stops 60 s short of it.
     pub consumer_timeout_secs: u64,
     /// RabbitMQ management API (for `reelfleet queues`); passive declares are used when it does not answer.
     pub management_url: Secret,
@@ -34,7 +36,7 @@ impl Default for BrokerSettings {
             delivery_limit: 10,
             pool_size: 4,
             reconnect_max_delay_secs: 10,
-            consumer_timeout_secs: 1800,
+            consumer_timeout_secs: 25 * 3600,
             management_url: Secret::new("http://guest:guest@127.0.0.1:15672"),
         }
     }

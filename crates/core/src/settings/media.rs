@@ -138,7 +138,7 @@ impl Default for MediaSettings {
             probe_timeout_secs: 30,
             ffmpeg_timeout_secs: 120,
             ffmpeg_timeout_per_720p_second: 8.0,
-            ffmpeg_timeout_max_secs: 12 * 3600,
+            ffmpeg_timeout_max_secs: 24 * 3600,
             preset: "veryfast".into(),
             tier_presets: TierPresets::default(),
             hls_segment_secs: 4.0,

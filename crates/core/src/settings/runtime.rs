@@ -10,8 +10,13 @@ pub struct RuntimeSettings {
     pub health_addr: String,
     /// Seconds in-flight work may take to finish after SIGTERM/SIGINT.
     pub grace_period_secs: u64,
-    /// Seconds a single message may take in a stage before it is a transient failure.
+    /// Seconds a single message may take in a stage before it is a transient
+    /// failure, unless the stage raises it for a large source.
     pub job_timeout_secs: u64,
+    /// Longest a stage may raise one message's timeout to when its source is
+    /// long or large (the job timeout plus its ffmpeg calls' timeouts); held
+    /// 60 s below `broker.consumer_timeout_secs` whatever its value.
+    pub job_timeout_max_secs: u64,
     /// Seconds a stage's claim on a job lasts unless its holder renews it (every third of it);
     /// a claim whose worker died is taken over after this long.
     pub claim_lease_secs: u64,
@@ -25,6 +30,7 @@ impl Default for RuntimeSettings {
             health_addr: "0.0.0.0:9090".into(),
             grace_period_secs: 30,
             job_timeout_secs: 900,
+            job_timeout_max_secs: 24 * 3600,
             claim_lease_secs: 30,
             scratch_dir: None,
         }

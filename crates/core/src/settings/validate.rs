@@ -24,6 +24,9 @@ impl Settings {
         if self.runtime.job_timeout_secs + 60 > self.broker.consumer_timeout_secs {
             return bad("runtime.job_timeout_secs must be at least 60 s below broker.consumer_timeout_secs, or the broker closes the channel of a long job and it is redelivered forever");
         }
+        if self.runtime.job_timeout_max_secs < self.runtime.job_timeout_secs {
+            return bad("runtime.job_timeout_max_secs must be at least runtime.job_timeout_secs");
+        }
         if !(1..=5).contains(&self.limits.max_uploader_priority) {
             return bad("limits.max_uploader_priority must be 1 to 5");
         }

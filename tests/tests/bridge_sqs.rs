@@ -355,7 +355,15 @@ async fn with_credentials_aws_the_bridge_assumes_its_iam_role_from_a_web_identit
         cmd.env_remove(k);
     }
     let log = dir.join("bridge.log");
-    let mut bridge = cmd
+    // Killed when dropped, so a failing assertion leaves no bridge behind.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let bridge = cmd
         .args(["--config", config.to_str().unwrap(), "worker", "bridge-sqs"])
         .env("AWS_WEB_IDENTITY_TOKEN_FILE", dir.join("token"))
         .env("AWS_ROLE_ARN", role)
@@ -370,6 +378,7 @@ async fn with_credentials_aws_the_bridge_assumes_its_iam_role_from_a_web_identit
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
+    let bridge = KillOnDrop(bridge);
 
     let ingest = stack.queue(WorkQueue::Ingest);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -378,8 +387,7 @@ async fn with_credentials_aws_the_bridge_assumes_its_iam_role_from_a_web_identit
         assert!(Instant::now() < deadline, "nothing relayed with the role's credentials; bridge log:\n{log}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let _ = bridge.kill();
-    let _ = bridge.wait();
+    drop(bridge);
     let got = stack.take_messages(&ingest, 1, Duration::from_secs(10)).await;
     assert_eq!(parse_event(&got[0].1).unwrap()[0].key, "videos/red flower été.mp4");
 

@@ -153,6 +153,43 @@ async fn start_tweaked(
     (stack, api)
 }
 
+impl Api {
+    /// The same intake as the second client.
+    fn rival(&self) -> Api {
+        Api {
+            base: self.base.clone(),
+            key: RIVAL_KEY,
+            secret: self.rival_secret.clone(),
+            rival_secret: self.rival_secret.clone(),
+            http: reqwest::Client::new(),
+        }
+    }
+}
+
+/// A second intake in this process (its own broker pool and object store
+/// client; the same settings, bucket and namespace), as `api`'s client;
+/// cancel the token to stop it.
+async fn replica(stack: &TestStack, api: &Api) -> (Api, tokio_util::sync::CancellationToken) {
+    let settings = std::sync::Arc::new(stack.settings().clone());
+    let replica = reelfleet_intake::Intake::new(
+        settings.clone(),
+        reelfleet_core::storage::Storage::new(&settings.s3),
+        reelfleet_core::broker::Broker::new(&settings.broker, "intake-replica").unwrap(),
+        &reelfleet_core::metrics::Metrics::new(),
+    )
+    .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (addr, _task) = replica.serve("127.0.0.1:0", stop.clone()).await.unwrap();
+    let other = Api {
+        base: format!("http://{addr}"),
+        key: api.key,
+        secret: api.secret.clone(),
+        rival_secret: api.rival_secret.clone(),
+        http: reqwest::Client::new(),
+    };
+    (other, stop)
+}
+
 /// Puts a small object into the intake's source bucket; returns its job id.
 async fn put_object(stack: &TestStack, key: &str, bytes: Vec<u8>) -> String {
     stack.storage.put_bytes(SRC, key, bytes, "video/mp4").await.unwrap();
@@ -195,13 +232,7 @@ async fn a_signed_job_is_admitted_by_ingest_and_shown() {
     let missing = api.get("/v1/jobs/0123456789abcdef0123456789abcdef").await;
     assert_eq!((missing.status, missing.body["error"]["code"].as_str()), (404, Some("not_found")));
     // Another client sees no job of acme's, exactly as a job that does not exist...
-    let rival = Api {
-        base: api.base.clone(),
-        key: RIVAL_KEY,
-        secret: api.rival_secret.clone(),
-        rival_secret: api.rival_secret.clone(),
-        http: reqwest::Client::new(),
-    };
+    let rival = api.rival();
     let hidden = rival.get(&format!("/v1/jobs/{job_id}")).await;
     assert_eq!((hidden.status, hidden.body["error"]["code"].as_str()), (404, Some("not_found")), "{}", hidden.body);
     // ...until it submits the same object itself: the same job, now its too.
@@ -404,26 +435,7 @@ async fn two_replicas_share_replays_and_idempotency_keys() {
     let (stack, api) = start(&[]).await;
     let ingest = stack.queue(WorkQueue::Ingest);
     put_object(&stack, "e.mp4", vec![5; 64]).await;
-    // A second intake in this process: its own broker pool and object store
-    // client, the same settings, bucket and namespace.
-    let settings = std::sync::Arc::new(stack.settings().clone());
-    let broker = reelfleet_core::broker::Broker::new(&settings.broker, "intake-replica").unwrap();
-    let replica = reelfleet_intake::Intake::new(
-        settings.clone(),
-        reelfleet_core::storage::Storage::new(&settings.s3),
-        broker,
-        &reelfleet_core::metrics::Metrics::new(),
-    )
-    .unwrap();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let (addr, _task) = replica.serve("127.0.0.1:0", stop.clone()).await.unwrap();
-    let other = Api {
-        base: format!("http://{addr}"),
-        key: API_KEY,
-        secret: api.secret.clone(),
-        rival_secret: api.rival_secret.clone(),
-        http: reqwest::Client::new(),
-    };
+    let (other, stop) = replica(&stack, &api).await;
     let body = serde_json::to_vec(&json!({"source": format!("s3://{SRC}/e.mp4")})).unwrap();
 
     // The same message sent to both replicas at once, eight times over: one is accepted.
@@ -467,23 +479,7 @@ async fn a_clients_rate_limit_is_counted_over_every_replica_and_answered_with_42
     .await;
     let ingest = stack.queue(WorkQueue::Ingest);
     put_object(&stack, "r.mp4", vec![6; 64]).await;
-    let settings = std::sync::Arc::new(stack.settings().clone());
-    let replica = reelfleet_intake::Intake::new(
-        settings.clone(),
-        reelfleet_core::storage::Storage::new(&settings.s3),
-        reelfleet_core::broker::Broker::new(&settings.broker, "intake-replica").unwrap(),
-        &reelfleet_core::metrics::Metrics::new(),
-    )
-    .unwrap();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let (addr, _task) = replica.serve("127.0.0.1:0", stop.clone()).await.unwrap();
-    let other = Api {
-        base: format!("http://{addr}"),
-        key: API_KEY,
-        secret: api.secret.clone(),
-        rival_secret: api.rival_secret.clone(),
-        http: reqwest::Client::new(),
-    };
+    let (other, stop) = replica(&stack, &api).await;
     let job = json!({"source": format!("s3://{SRC}/r.mp4")});
 
     // A batch above the jobs limit can never go: refused outright, nothing counted.
@@ -505,13 +501,7 @@ async fn a_clients_rate_limit_is_counted_over_every_replica_and_answered_with_42
     assert_eq!(stack.take_messages(&ingest, 3, Duration::from_secs(10)).await.len(), 3);
     assert_eq!(stack.depth(&ingest).await, 0);
     // Another client has its own window.
-    let rival = Api {
-        base: api.base.clone(),
-        key: RIVAL_KEY,
-        secret: api.rival_secret.clone(),
-        rival_secret: api.rival_secret.clone(),
-        http: reqwest::Client::new(),
-    };
+    let rival = api.rival();
     assert_eq!(rival.post("/v1/jobs", &job, None).await.status, 202);
     stop.cancel();
     stack.cleanup().await;

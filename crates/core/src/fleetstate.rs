@@ -62,29 +62,7 @@ impl FleetState {
         if url.trim().is_empty() {
             return Err(StateError::NotConfigured);
         }
-        sqlx::any::install_default_drivers();
-        let sqlite = url.starts_with("sqlite:");
-        let url = if sqlite && !url.contains("mode=") {
-            format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
-        } else {
-            url.to_string()
-        };
-        let pool = AnyPoolOptions::new()
-            .max_connections(if sqlite { 4 } else { 8 })
-            .acquire_timeout(Duration::from_secs(10))
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if sqlite {
-                        // Several worker processes share the file: readers never block the writer,
-                        // and a writer waits its turn instead of failing.
-                        conn.execute("PRAGMA journal_mode=WAL").await?;
-                        conn.execute("PRAGMA busy_timeout=10000").await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect(&url)
-            .await?;
+        let pool = open_pool(url).await?;
         let state = Self { pool, namespace: namespace.to_string() };
         state.migrate().await?;
         Ok(state)
@@ -111,6 +89,34 @@ impl FleetState {
     pub fn namespace(&self) -> &str {
         &self.namespace
     }
+}
+
+/// A pool to the database at `url` (PostgreSQL, or SQLite created if
+/// missing), through sqlx's `Any` driver. On SQLite several processes share
+/// the file: WAL lets readers go on beside the writer, and a writer waits its
+/// turn instead of failing. The fleet state and the job index both open theirs here.
+pub async fn open_pool(url: &str) -> Result<AnyPool, sqlx::Error> {
+    sqlx::any::install_default_drivers();
+    let sqlite = url.starts_with("sqlite:");
+    let url = if sqlite && !url.contains("mode=") {
+        format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
+    } else {
+        url.to_string()
+    };
+    AnyPoolOptions::new()
+        .max_connections(if sqlite { 4 } else { 8 })
+        .acquire_timeout(Duration::from_secs(10))
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if sqlite {
+                    conn.execute("PRAGMA journal_mode=WAL").await?;
+                    conn.execute("PRAGMA busy_timeout=10000").await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(&url)
+        .await
 }
 
 /// Makes sure `key` (a model, or `intake:<client>`) has its row in

@@ -16,7 +16,7 @@
 use crate::row::{JobRow, TIMED_STAGES};
 use reelfleet_core::events::{Event, OutputRef};
 use serde::Serialize;
-use sqlx::{any::AnyPoolOptions, AnyPool, Executor, Row};
+use sqlx::{AnyPool, Executor, Row};
 use std::time::Duration;
 
 /// Index failures.
@@ -133,28 +133,7 @@ impl JobIndex {
         if url.trim().is_empty() {
             return Err(IndexError::NotConfigured);
         }
-        sqlx::any::install_default_drivers();
-        let sqlite = url.starts_with("sqlite:");
-        let url = if sqlite && !url.contains("mode=") {
-            format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
-        } else {
-            url.to_string()
-        };
-        let pool = AnyPoolOptions::new()
-            .max_connections(if sqlite { 4 } else { 8 })
-            .acquire_timeout(Duration::from_secs(10))
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if sqlite {
-                        // The index worker writes while `reelfleet jobs` reads: WAL lets both go on.
-                        conn.execute("PRAGMA journal_mode=WAL").await?;
-                        conn.execute("PRAGMA busy_timeout=10000").await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect(&url)
-            .await?;
+        let pool = reelfleet_core::fleetstate::open_pool(url).await?;
         let index = Self { pool, namespace: namespace.to_string() };
         index.migrate().await?;
         Ok(index)

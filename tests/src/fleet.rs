@@ -17,8 +17,14 @@ use std::path::{Path, PathBuf};
 pub async fn start_dev(mut settings: Settings, dir: &Path, stages: &[StageName]) -> anyhow::Result<DevStack> {
     settings.runtime.health_addr = "127.0.0.1:0".into();
     settings.runtime.scratch_dir = Some(dir.join("scratch").display().to_string());
-    let options =
-        DevOptions { data_dir: dir.join("data"), namespace: None, s3_port: 0, sim_port: 0, stages: stages.to_vec() };
+    let options = DevOptions {
+        data_dir: dir.join("data"),
+        namespace: None,
+        s3_port: 0,
+        sim_port: 0,
+        stages: stages.to_vec(),
+        console: false,
+    };
     DevStack::start(settings, options).await
 }
 

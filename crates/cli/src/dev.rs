@@ -29,6 +29,9 @@ pub struct DevOptions {
     /// Stages to run in this process (none: only the S3 endpoint and the
     /// simulator, for workers run as separate processes).
     pub stages: Vec<StageName>,
+    /// The console will be served: without an account configured, make an
+    /// operator with a random password ([`DevStack::console_password`]).
+    pub console: bool,
 }
 
 /// The credentials `reelfleet dev` makes for itself (the embedded S3's keys,
@@ -44,6 +47,9 @@ struct DevSecrets {
     /// Signs webhooks to job callback URLs (absent from files made before it existed).
     #[serde(default)]
     webhooks_secret: Option<String>,
+    /// Signs the console's session cookies (absent from files made before it existed).
+    #[serde(default)]
+    console_session_key: Option<String>,
 }
 
 impl DevSecrets {
@@ -53,8 +59,11 @@ impl DevSecrets {
         let path = data_dir.join(Self::FILE);
         if let Ok(text) = std::fs::read_to_string(&path) {
             let mut known: Self = toml::from_str(&text).with_context(|| format!("cannot read {}", path.display()))?;
-            if known.webhooks_secret.is_none() {
-                known.webhooks_secret = Some(reelfleet_core::webhooks::WebhookSecret::generate().encode());
+            if known.webhooks_secret.is_none() || known.console_session_key.is_none() {
+                known
+                    .webhooks_secret
+                    .get_or_insert_with(|| reelfleet_core::webhooks::WebhookSecret::generate().encode());
+                known.console_session_key.get_or_insert_with(reelfleet_core::signing::generate_key);
                 write_private(&path, &toml::to_string(&known)?)?;
             }
             return Ok(known);
@@ -66,6 +75,7 @@ impl DevSecrets {
             s3_secret_key: token(),
             provider_key: format!("sk-dev-{}", token()),
             webhooks_secret: Some(reelfleet_core::webhooks::WebhookSecret::generate().encode()),
+            console_session_key: Some(token()),
         };
         write_private(&path, &toml::to_string(&made)?)?;
         Ok(made)
@@ -83,6 +93,9 @@ impl DevSecrets {
         fill(&mut s.inference.api_key, self.provider_key);
         if let Some(secret) = self.webhooks_secret {
             fill(&mut s.webhooks.secret, secret);
+        }
+        if let Some(key) = self.console_session_key {
+            fill(&mut s.console.session_key, key);
         }
     }
 }
@@ -114,6 +127,9 @@ pub struct DevStack {
     pub config_path: PathBuf,
     /// The intake API's address; `None` without `[[intake.clients]]`.
     pub intake: Option<std::net::SocketAddr>,
+    /// The password of the operator account made for the console (no
+    /// account was configured); shown once, never stored but as its hash.
+    pub console_password: Option<String>,
 }
 
 impl DevStack {
@@ -173,6 +189,22 @@ impl DevStack {
             // The embedded default of the job index: `reelfleet jobs` reads it with this config.
             base.index.url = Secret::new(format!("sqlite://{}", data_dir.join("index.db").display()));
         }
+        let mut console_password = None;
+        if opts.console {
+            // The console is served over plain HTTP on this machine.
+            base.console.secure_cookies = false;
+            let configured = !base.console.accounts.is_empty()
+                || base.console.accounts_file.as_deref().is_some_and(|f| !f.is_empty());
+            if !configured {
+                let password = crate::console::auth::generate_password();
+                base.console.accounts.push(reelfleet_core::settings::ConsoleAccount {
+                    name: "operator".into(),
+                    password_hash: crate::console::auth::hash_password(&password)?,
+                    role: reelfleet_core::settings::ConsoleRole::Operator,
+                });
+                console_password = Some(password);
+            }
+        }
         let config_path = data_dir.join("reelfleet.toml");
         write_private(&config_path, &base.to_toml())?;
 
@@ -191,7 +223,7 @@ impl DevStack {
             config = %config_path.display(),
             "reelfleet dev is running"
         );
-        Ok(Self { settings, s3, simulator, fleet, shutdown, config_path, intake })
+        Ok(Self { settings, s3, simulator, fleet, shutdown, config_path, intake, console_password })
     }
 
     /// Drains the workers, then stops the servers.

@@ -18,7 +18,7 @@ use lapin::{
 use reelfleet_core::{
     broker::{Broker, HeaderValue, Outgoing, Publisher},
     envelope::{Envelope, ATTEMPT_HEADER, SIGNATURE_HEADER},
-    events::{sign_event, ErrorRef, Event, JOB_REPLAYED},
+    events::{sign_event, ErrorRef, Event, JOB_PURGED, JOB_REPLAYED},
     manifest::{JobStatus, ManifestStore, Update},
     runtime::dlq_headers,
     s3event::parse_event,
@@ -47,6 +47,8 @@ pub struct DlqFilter {
     pub since: Option<DateTime<Utc>>,
     /// At most this many.
     pub limit: Option<usize>,
+    /// Only the dead letters with these ids (a selection made in the console).
+    pub ids: Option<Vec<String>>,
 }
 
 /// One dead-lettered message.
@@ -194,6 +196,7 @@ impl DlqFilter {
         self.stage.as_ref().is_none_or(|s| &d.stage == s)
             && self.error_class.as_ref().is_none_or(|c| &d.error_class == c)
             && self.job.as_ref().is_none_or(|j| d.job.as_ref() == Some(j))
+            && self.ids.as_ref().is_none_or(|ids| ids.contains(&d.id))
             && self.since.is_none_or(|since| {
                 d.last_failure.as_deref().and_then(|t| DateTime::parse_from_rfc3339(t).ok()).is_some_and(|t| t >= since)
             })
@@ -284,6 +287,17 @@ pub async fn replay(
     rate: Option<f64>,
     dry_run: bool,
 ) -> anyhow::Result<ReplayReport> {
+    replay_by(settings, filter, rate, dry_run, None).await
+}
+
+/// [`replay`], its `job.replayed` events naming who asked (`by`).
+pub async fn replay_by(
+    settings: &Settings,
+    filter: &DlqFilter,
+    rate: Option<f64>,
+    dry_run: bool,
+    by: Option<&str>,
+) -> anyhow::Result<ReplayReport> {
     let broker = Broker::new(&settings.broker, "reelfleet-dlq")?;
     let topology = Topology::from_settings(settings);
     let signer = Signer::from_settings(&settings.signing, &settings.namespace)?;
@@ -349,6 +363,7 @@ pub async fn replay(
                 code: letter.error_code.clone(),
                 message: letter.error_message.clone(),
             }),
+            by: by.map(str::to_string),
             ..Event::new(JOB_REPLAYED, job)
         });
         publisher.publish(&msg).await.with_context(|| format!("cannot republish {} to {}", letter.id, letter.queue))?;
@@ -411,15 +426,47 @@ fn to_header(v: &HeaderText) -> HeaderValue {
 
 /// Acks (drops) matching dead letters; returns how many.
 pub async fn purge(settings: &Settings, filter: &DlqFilter) -> anyhow::Result<usize> {
+    Ok(purge_by(settings, filter, None).await?.len())
+}
+
+/// [`purge`], recording a `job.purged` event naming who asked (`by`) for
+/// each dead letter of a job when `by` is given; returns the ids purged.
+pub async fn purge_by(settings: &Settings, filter: &DlqFilter, by: Option<&str>) -> anyhow::Result<Vec<String>> {
     let broker = Broker::new(&settings.broker, "reelfleet-dlq")?;
     let held = fetch(settings, &broker, filter).await?;
-    let mut n = 0;
-    for (_, delivery) in &held.items {
+    let audit = match by {
+        Some(_) => Some((
+            broker.publisher().await?,
+            Signer::from_settings(&settings.signing, &settings.namespace)?,
+            Topology::from_settings(settings),
+        )),
+        None => None,
+    };
+    let mut ids = Vec::new();
+    for (letter, delivery) in &held.items {
         delivery.acker.ack(BasicAckOptions::default()).await?;
-        n += 1;
+        ids.push(letter.id.clone());
+        if let (Some((publisher, signer, topology)), Some(job)) = (&audit, &letter.job) {
+            let event = Event {
+                stage: Some(letter.stage.clone()),
+                dead_letter: Some(letter.id.clone()),
+                error: Some(ErrorRef {
+                    stage: letter.stage.clone(),
+                    class: letter.error_class.clone(),
+                    code: letter.error_code.clone(),
+                    message: letter.error_message.clone(),
+                }),
+                by: by.map(str::to_string),
+                ..Event::new(JOB_PURGED, job)
+            };
+            let msg = sign_event(signer, topology, JOB_PURGED.into(), event.to_bytes());
+            if let Err(e) = publisher.publish(&msg).await {
+                tracing::warn!(job_id = %job, error = %e, "Could not publish job.purged");
+            }
+        }
     }
     held.release().await;
-    Ok(n)
+    Ok(ids)
 }
 
 /// Writes matching dead letters as JSON lines (they stay in their queues).

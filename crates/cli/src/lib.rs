@@ -1,6 +1,7 @@
 //! reelfleet-cli: the `reelfleet` binary's library.
 //!
 //! - [`commands`]: the command line: [`commands::Cli`], one module per command owning its arguments and output.
+//! - [`console`]: the web console (`reelfleet console`, and `reelfleet dev`'s).
 //! - [`fleet`]: stages built from settings and run with one runtime and its health server.
 //! - [`dev`]: the embedded default: S3 endpoint, provider simulator and every worker in one process (the job index in SQLite there).
 //! - [`index`]: the job index opened from the settings, rebuilt from the manifests, seeded.
@@ -18,6 +19,7 @@
 
 pub mod backfill;
 pub mod commands;
+pub mod console;
 pub mod dev;
 pub mod dlq;
 pub mod fleet;

@@ -153,7 +153,7 @@ pub struct ScaleRow {
 }
 
 /// The queue a chart worker consumes.
-fn work_queue(name: &str, w: &WorkerScaling) -> anyhow::Result<WorkQueue> {
+pub fn work_queue(name: &str, w: &WorkerScaling) -> anyhow::Result<WorkQueue> {
     Ok(match (w.stage.as_str(), w.tier) {
         ("ingest", _) => WorkQueue::Ingest,
         ("preprocess", _) => WorkQueue::Preprocess,

@@ -10,7 +10,8 @@
 //! | `job.charged` | inference, per ledger charge of a finished job | model, tier, tokens, `cost_usd`, `total_usd` |
 //! | `job.completed` | postprocess | `job`, outputs |
 //! | `job.dead_lettered`, `job.failed` | the runtime (for ingest's refusals too: [`crate::error::StageError::for_job`]) | stage, error, `job` |
-//! | `job.replayed` | `reelfleet dlq replay` | stage, dead letter, error |
+//! | `job.replayed` | `reelfleet dlq replay`, the console | stage, dead letter, error, `by` (who, from the console) |
+//! | `job.purged` | the console's purge | stage, dead letter, error, `by` |
 //!
 //! `job` is a [`JobSummary`] of the manifest as it was when the event was
 //! made; `reelfleet index rebuild` makes the same summary from each
@@ -46,9 +47,11 @@ pub const JOB_FAILED: &str = "job.failed";
 pub const JOB_DEAD_LETTERED: &str = "job.dead_lettered";
 /// A dead letter of the job was replayed.
 pub const JOB_REPLAYED: &str = "job.replayed";
+/// A dead letter of the job was purged (dropped) by an operator.
+pub const JOB_PURGED: &str = "job.purged";
 
 /// Every event kind, in the order of a job's life.
-pub const ALL: [&str; 8] = [
+pub const ALL: [&str; 9] = [
     JOB_CREATED,
     STAGE_STARTED,
     STAGE_FINISHED,
@@ -57,6 +60,7 @@ pub const ALL: [&str; 8] = [
     JOB_FAILED,
     JOB_DEAD_LETTERED,
     JOB_REPLAYED,
+    JOB_PURGED,
 ];
 
 /// An output file of a job, as the index lists it.
@@ -205,6 +209,9 @@ pub struct Event {
     /// The job as its manifest said when the event was made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<JobSummary>,
+    /// Who asked for a replay or a purge (`alice (operator)` from the console).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 impl Event {

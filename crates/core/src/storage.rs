@@ -16,6 +16,19 @@ use aws_sdk_s3::{
 use std::{collections::HashMap, path::Path, time::Duration};
 use tokio::io::AsyncWriteExt;
 
+/// An object (or part of it) being read: its body arrives as it is read.
+#[derive(Debug)]
+pub struct ObjectStream {
+    /// Bytes in the body.
+    pub content_length: u64,
+    /// `bytes a-b/size` for a ranged read.
+    pub content_range: Option<String>,
+    /// The object's content type.
+    pub content_type: Option<String>,
+    /// The body.
+    pub body: ByteStream,
+}
+
 /// Object store failures. As a [`crate::error::StageError`] a missing,
 /// changed, refused or too large object is permanent; the rest is retried.
 #[derive(Debug, thiserror::Error)]
@@ -320,6 +333,26 @@ impl Storage {
             .await
             .map_err(|e| StorageError::Unavailable(format!("s3://{bucket}/{key}: reading body: {e}")))?;
         Ok((data.into_bytes().to_vec(), etag))
+    }
+
+    /// Opens an object for streaming, all of it or the byte `range` (an HTTP
+    /// `Range` value such as `bytes=0-1023`), without reading it into memory.
+    pub async fn get_stream(&self, bucket: &str, key: &str, range: Option<&str>) -> Result<ObjectStream, StorageError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .set_range(range.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| classify(e, bucket, key))?;
+        Ok(ObjectStream {
+            content_length: out.content_length().unwrap_or(0).max(0) as u64,
+            content_range: out.content_range().map(str::to_string),
+            content_type: out.content_type().map(str::to_string),
+            body: out.body,
+        })
     }
 
     /// Reads a whole object of at most `limit` bytes into memory (manifests,

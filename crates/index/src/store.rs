@@ -291,6 +291,17 @@ impl JobIndex {
         row.as_ref().map(read_row).transpose()
     }
 
+    /// How many jobs created at or after `since_ms` are in each status.
+    pub async fn count_by_status(&self, since_ms: i64) -> Result<Vec<(String, i64)>, IndexError> {
+        Ok(sqlx::query_as(
+            "SELECT status, COUNT(*) FROM rf_jobs WHERE ns = $1 AND created_ms >= $2 GROUP BY status ORDER BY status",
+        )
+        .bind(&self.namespace)
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// One job's events, oldest first.
     pub async fn events(&self, job_id: &str) -> Result<Vec<StoredEvent>, IndexError> {
         let rows = sqlx::query(

@@ -28,6 +28,12 @@ impl Spend {
     }
 }
 
+/// `tier`'s spend today (UTC) in the fleet's state database, for reports
+/// (the console's overview).
+pub async fn spend_today(state: &FleetState, tier: Tier) -> Result<Spend, StateError> {
+    Budgets::new(state.clone()).spend(tier).await
+}
+
 /// An amount set aside for one request.
 #[derive(Debug)]
 #[must_use = "a reservation is settled or released"]

@@ -28,14 +28,27 @@ pub struct DevArgs {
     /// Run only the S3 endpoint and the simulator (workers run as `reelfleet worker`).
     #[arg(long)]
     no_workers: bool,
+    /// Port of the web console (on 127.0.0.1).
+    #[arg(long, default_value_t = 9200)]
+    console_port: u16,
+    /// Do not serve the web console.
+    #[arg(long)]
+    no_console: bool,
 }
 
 /// Starts the embedded stack, prints where it listens, drains it on a signal.
 pub async fn run(settings: Settings, args: DevArgs) -> anyhow::Result<i32> {
-    let DevArgs { data_dir, namespace, s3_port, sim_port, no_workers } = args;
+    let DevArgs { data_dir, namespace, s3_port, sim_port, no_workers, console_port, no_console } = args;
     let stages = if no_workers { Vec::new() } else { StageName::EVERY.to_vec() };
-    let opts = DevOptions { data_dir, namespace, s3_port, sim_port, stages };
+    let opts = DevOptions { data_dir, namespace, s3_port, sim_port, stages, console: !no_console };
     let stack = DevStack::start(settings, opts).await?;
+    let console = if no_console {
+        None
+    } else {
+        let console = crate::console::Console::new(stack.settings.clone()).await?;
+        let (addr, _task) = console.serve(&format!("127.0.0.1:{console_port}"), stack.shutdown.clone()).await?;
+        Some(addr)
+    };
     eprintln!(
         "reelfleet dev: S3 {} (bucket {}), simulator {}, health http://{}/readyz, namespace {}\n  other commands: reelfleet --config {} <command>\n  Ctrl-C to stop",
         stack.settings.s3.endpoint,
@@ -45,6 +58,14 @@ pub async fn run(settings: Settings, args: DevArgs) -> anyhow::Result<i32> {
         stack.settings.namespace,
         stack.config_path.display()
     );
+    if let Some(addr) = console {
+        match &stack.console_password {
+            Some(p) => {
+                eprintln!("  console http://{addr}/ (user operator, password {p}: made for this run, shown once)")
+            }
+            None => eprintln!("  console http://{addr}/ (accounts from [console] in the settings)"),
+        }
+    }
     match stack.intake {
         Some(addr) => eprintln!("  intake API http://{addr}/v1/jobs"),
         None => eprintln!("  intake API off: no [[intake.clients]] (make one: reelfleet intake client --id NAME)"),

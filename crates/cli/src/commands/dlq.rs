@@ -40,6 +40,7 @@ impl DlqFilterArgs {
             job: self.job.clone(),
             since: self.since.as_deref().map(parse_since).transpose()?,
             limit,
+            ids: None,
         })
     }
 }

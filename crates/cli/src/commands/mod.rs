@@ -19,9 +19,11 @@
 //! - [`dlq`]: `dlq ls|show|replay|purge|export|import`.
 //! - [`ledger`]: `ledger reconcile`.
 //! - [`media`]: `media plan`.
+//! - [`console`]: `console` (the web console) and `console account`.
 
 pub mod backfill;
 pub mod config;
+pub mod console;
 pub mod dev;
 pub mod dlq;
 pub mod index;
@@ -101,6 +103,8 @@ pub enum Command {
     Keys(keys::KeysArgs),
     /// The ffprobe and ffmpeg runs of the media stages, without a broker or S3.
     Media(media::MediaArgs),
+    /// Serve the web console until SIGTERM/SIGINT; `console account` makes a login.
+    Console(console::ConsoleArgs),
 }
 
 impl Command {
@@ -126,6 +130,7 @@ impl Command {
             Command::Ledger(args) => ledger::run(settings, args).await,
             Command::Keys(args) => keys::run(args),
             Command::Media(args) => media::run(settings, args).await,
+            Command::Console(args) => console::run(settings, args).await,
         }
     }
 
@@ -142,7 +147,7 @@ impl Command {
 }
 
 /// Parses a `--since` value: RFC 3339, or a duration ago such as 30m, 2h, 1d.
-fn parse_since(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+pub(crate) fn parse_since(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&chrono::Utc));
     }

@@ -6,10 +6,11 @@
 //! worker refuses (`credentials.rs`), [`Secret`] (`secret.rs`), then one file per section, named as in the TOML file
 //! (`broker.rs`, `s3.rs`, `state.rs`, `signing.rs`, `retry.rs`, `runtime.rs`,
 //! `media.rs`, `limits.rs`, `preprocess.rs`, `inference.rs`, `postprocess.rs`, `sqs.rs`,
-//! `intake.rs`, `pull.rs`, `webhooks.rs`).
+//! `intake.rs`, `pull.rs`, `webhooks.rs`, `index.rs`, `console.rs`).
 //! The README's configuration reference is held to these fields by a test.
 
 mod broker;
+mod console;
 mod credentials;
 mod index;
 mod inference;
@@ -31,6 +32,7 @@ mod validate;
 mod webhooks;
 
 pub use broker::BrokerSettings;
+pub use console::{ConsoleAccount, ConsoleRole, ConsoleSettings};
 pub use credentials::Uses;
 pub use index::IndexSettings;
 pub use inference::{BudgetAction, InferenceSettings, ModelSettings, TierSettings};
@@ -89,6 +91,8 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     /// The job index (`reelfleet worker index`, `reelfleet jobs`).
     pub index: IndexSettings,
+    /// The web console (`reelfleet console`).
+    pub console: ConsoleSettings,
 }
 
 impl Default for Settings {
@@ -111,6 +115,7 @@ impl Default for Settings {
             pull: PullSettings::default(),
             webhooks: WebhookSettings::default(),
             index: IndexSettings::default(),
+            console: ConsoleSettings::default(),
         }
     }
 }
@@ -142,6 +147,7 @@ impl Settings {
         out.inference.api_key = hide(&self.inference.api_key);
         out.state.url = hide(&self.state.url);
         out.index.url = hide(&self.index.url);
+        out.console.session_key = hide(&self.console.session_key);
         out.sqs.access_key = hide(&self.sqs.access_key);
         out.sqs.secret_key = hide(&self.sqs.secret_key);
         out.webhooks.secret = hide(&self.webhooks.secret);

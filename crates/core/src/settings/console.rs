@@ -151,10 +151,12 @@ impl ConsoleSettings {
         }
         match hex::decode(key) {
             Ok(bytes) if bytes.len() >= super::MIN_KEY_BYTES => {}
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "console.session_key must be at least {} random bytes as hex: make one with `reelfleet keys generate`",
                 super::MIN_KEY_BYTES
-            )),
+            ))
+            }
         }
         if self.session_ttl_secs < 60 {
             return Err("console.session_ttl_secs must be at least 60".into());

@@ -168,6 +168,14 @@ INTAKE_CLIENTS = (
     f'secret = "whsec_{base64.b64encode(bytes(range(32))).decode()}"\n'
 )
 INTAKE = {"intake": {"enabled": True, "clientsToml": INTAKE_CLIENTS}}
+# One console account as `reelfleet console account` prints it (the password's argon2 hash, never the password).
+CONSOLE = {
+    "console": {
+        "enabled": True,
+        "accountsToml": '[[accounts]]\nname = "ops"\npassword_hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g"\nrole = "operator"\n',
+    },
+    "secrets": {"values": {"REELFLEET_CONSOLE__SESSION_KEY": "ab" * 32, "REELFLEET_INDEX__URL": "postgres://fleet:pw@postgres/reelfleet"}},
+}
 
 
 def with_credentials(values):
@@ -189,7 +197,8 @@ def check_hardening(case, docs, values):
     every = by_kind(docs, "NetworkPolicy")
     intake = [p for p in every if p["metadata"]["labels"].get("app.kubernetes.io/component") == "intake"]
     fetch = [p for p in every if p["metadata"]["name"].endswith("-fetch")]
-    policies = [p for p in every if p not in intake and p not in fetch]
+    console = [p for p in every if p["metadata"]["labels"].get("app.kubernetes.io/component") == "console"]
+    policies = [p for p in every if p not in intake and p not in fetch and p not in console]
     check_intake_policy(case, intake, values)
     deployments = {d["metadata"]["name"]: d for d in by_kind(docs, "Deployment")}
     check_fetch_policy(case, every, net, deployments)
@@ -213,7 +222,7 @@ def check_hardening(case, docs, values):
         name = d["metadata"]["name"]
         pod = d["spec"]["template"]["spec"]
         container = pod["containers"][0]
-        if d["metadata"]["labels"].get("reelfleet.io/stage") in ("bridge-sqs", "intake"):
+        if d["metadata"]["labels"].get("reelfleet.io/stage") in ("bridge-sqs", "intake", "console"):
             # No ffmpeg, no scratch: they relay small messages.
             if any(v["name"] == "scratch" for v in pod.get("volumes", [])) or "REELFLEET_MEDIA__THREADS" in str(container.get("env")):
                 fail(case, f"{name}: the bridge and the intake need no scratch volume or media threads")
@@ -507,13 +516,13 @@ def check_workloads(case, docs, values):
         ]
         if values.get("podDisruptionBudget", {}).get("enabled", True) and len(covering) != 1:
             fail(case, f"{name}: {len(covering)} PodDisruptionBudgets select it, expected 1")
-        if container["args"][0] != "worker" and container["args"] != ["intake"]:
+        if container["args"][0] != "worker" and container["args"] not in (["intake"], ["console"]):
             fail(case, f"{name}: does not run `reelfleet worker`: {container['args']}")
 
 
 def check_keda(case, docs, namespace, reelfleet, values, effective):
     # The intake answers HTTP; it has no queue to scale on.
-    deployments = {d["metadata"]["name"]: d for d in by_kind(docs, "Deployment") if d["metadata"]["labels"].get("reelfleet.io/stage") != "intake"}
+    deployments = {d["metadata"]["name"]: d for d in by_kind(docs, "Deployment") if d["metadata"]["labels"].get("reelfleet.io/stage") not in ("intake", "console")}
     scaled = by_kind(docs, "ScaledObject")
     auths = {a["metadata"]["name"]: a for a in by_kind(docs, "TriggerAuthentication")}
     secrets = {s["metadata"]["name"]: s for s in by_kind(docs, "Secret")}
@@ -678,6 +687,7 @@ REFUSED = [
     ("the SQS bridge without its queue", {"bridgeSqs": {"enabled": True}}),
     ("SQS keys beside the bridge's IAM role", dict(BRIDGE_ROLE, secrets={"values": {}})),
     ("the intake without clients", {"intake": {"enabled": True}}),
+    ("the console without accounts", {"console": {"enabled": True}}),
     ("an unknown autoscaling mode", {"autoscaling": {"mode": "sometimes"}}),
     ("an inference worker without a tier", {"workers": {"inference-x": {"stage": "inference"}}}),
     ("a worker of no stage", {"workers": {"transcode": {"stage": "transcode"}}}),
@@ -731,6 +741,7 @@ def main():
     cases.append(("SQS bridge on an IAM role (IRSA)", BRIDGE_ROLE))
     cases.append(("intake API", INTAKE))
     cases.append(("intake API, clients in an existing Secret", {"intake": {"enabled": True, "clientsSecret": "intake-clients"}}))
+    cases.append(("console", CONSOLE))
     cases.append(("HPA fallback", {"autoscaling": {"mode": "hpa"}}))
     cases.append(("fixed replicas", {"autoscaling": {"mode": "none"}, "podDisruptionBudget": {"enabled": False}}))
     for case, values in cases:

@@ -32,7 +32,7 @@ async fn read(console: &Console, filter: &DlqFilter) -> anyhow::Result<Vec<DeadL
 pub(super) async fn list(State(console): State<Console>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
     let user = match console.require(&headers) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let query = parse_form(raw.unwrap_or_default().as_bytes());
     let pick = |name: &str| field(&query, name).filter(|v| !v.is_empty()).map(str::to_string);
@@ -104,7 +104,7 @@ fn table(letters: &[DeadLetter], selectable: bool) -> Markup {
 pub(super) async fn show(State(console): State<Console>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let user = match console.require(&headers) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let filter = DlqFilter { ids: Some(vec![id.clone()]), ..Default::default() };
     let letter = match read(&console, &filter).await {
@@ -148,7 +148,7 @@ pub(super) async fn act(State(console): State<Console>, headers: HeaderMap, body
     let form = parse_form(&body);
     let user = match console.require_post(&headers, &form) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if !user.operator() {
         info!(target: "audit", user = %user.name, role = user.role.as_str(), action = "refused", "A viewer asked to change dead letters");

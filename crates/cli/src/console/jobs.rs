@@ -89,7 +89,7 @@ impl Query {
 pub(super) async fn list(State(console): State<Console>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
     let user = match console.require(&headers) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let query = Query::parse(raw.as_deref());
     let filter = match query.filter() {
@@ -195,7 +195,7 @@ fn media_url(job: &str, key: &str) -> Option<String> {
 pub(super) async fn job(State(console): State<Console>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let user = match console.require(&headers) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if !valid_job_id(&id) {
         return Failure::new(StatusCode::NOT_FOUND, "No such job.").into_response();

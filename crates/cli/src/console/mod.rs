@@ -155,21 +155,21 @@ impl Console {
     }
 
     /// The logged-in account, or a redirect to the login page.
-    fn require(&self, headers: &HeaderMap) -> Result<User, Response> {
-        self.user(headers).ok_or_else(|| Redirect::to("/login").into_response())
+    fn require(&self, headers: &HeaderMap) -> Result<User, Box<Response>> {
+        self.user(headers).ok_or_else(|| Box::new(Redirect::to("/login").into_response()))
     }
 
     /// The account of a state-changing request whose form is `form`: same
     /// origin, logged in, carrying the session's CSRF token.
-    fn require_post(&self, headers: &HeaderMap, form: &[(String, String)]) -> Result<User, Response> {
+    fn require_post(&self, headers: &HeaderMap, form: &[(String, String)]) -> Result<User, Box<Response>> {
         if !auth::same_origin(headers) {
-            return Err(Failure::new(StatusCode::FORBIDDEN, "Cross-site request refused.").into_response());
+            return Err(Failure::new(StatusCode::FORBIDDEN, "Cross-site request refused.").into_response().into());
         }
         let value = auth::cookie(headers, auth::COOKIE);
         let now = chrono::Utc::now().timestamp();
         let session: Option<Session> = value.and_then(|v| self.0.keys.open(&v, now));
         let Some(session) = session else {
-            return Err(Failure::new(StatusCode::UNAUTHORIZED, "Log in first.").into_response());
+            return Err(Failure::new(StatusCode::UNAUTHORIZED, "Log in first.").into_response().into());
         };
         let token = field(form, "csrf").unwrap_or_default();
         if !self.0.keys.csrf_matches(&session, token) {
@@ -177,9 +177,11 @@ impl Console {
                 StatusCode::FORBIDDEN,
                 "The form's CSRF token is missing or wrong: reload the page and try again.",
             )
-            .into_response());
+            .into_response()
+            .into());
         }
-        self.user(headers).ok_or_else(|| Failure::new(StatusCode::UNAUTHORIZED, "Log in first.").into_response())
+        self.user(headers)
+            .ok_or_else(|| Box::new(Failure::new(StatusCode::UNAUTHORIZED, "Log in first.").into_response()))
     }
 }
 
@@ -276,7 +278,7 @@ async fn login(State(console): State<Console>, headers: HeaderMap, body: Bytes) 
 async fn logout(State(console): State<Console>, headers: HeaderMap, body: Bytes) -> Response {
     let form = parse_form(&body);
     if let Err(r) = console.require_post(&headers, &form) {
-        return r;
+        return *r;
     }
     let settings = &console.0.settings.console;
     let mut r = Redirect::to("/login").into_response();

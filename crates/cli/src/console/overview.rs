@@ -27,7 +27,7 @@ struct QueueLine {
 pub(super) async fn page(State(console): State<Console>, headers: HeaderMap) -> Response {
     let user = match console.require(&headers) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let settings = console.settings();
     let topology = Topology::from_settings(settings);
@@ -102,7 +102,7 @@ fn lines(console: &Console, topology: &Topology, stats: Vec<ops::QueueStats>) ->
                 let previous = samples.insert(s.name.clone(), (now, depth));
                 previous.and_then(|(at, d)| {
                     let secs = now.duration_since(at).as_secs_f64();
-                    (secs >= 1.0 && secs < 600.0).then(|| (depth as f64 - d as f64) / secs)
+                    (1.0..600.0).contains(&secs).then(|| (depth as f64 - d as f64) / secs)
                 })
             } else {
                 None

@@ -499,13 +499,20 @@ def check_workloads(case, docs, values):
         pod = d["spec"]["template"]["spec"]
         (container,) = pod["containers"]
         grace = pod.get("terminationGracePeriodSeconds", 30)
-        if grace <= job_timeout:
-            fail(case, f"{name}: terminationGracePeriodSeconds {grace} is not above the job timeout {job_timeout}")
         ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
-        for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
-            got = container.get(probe, {}).get("httpGet", {})
-            if got.get("path") != path or ports.get(got.get("port")) != health_port:
-                fail(case, f"{name}: {probe} must GET {path} on the health port {health_port}, got {got}")
+        if container["args"] == ["console"]:
+            # The console runs no job and has no health server: its own port answers /healthz.
+            for probe in ("livenessProbe", "readinessProbe"):
+                got = container.get(probe, {}).get("httpGet", {})
+                if got.get("path") != "/healthz" or got.get("port") != "http-console" or "http-console" not in ports:
+                    fail(case, f"{name}: {probe} must GET /healthz on the console's port, got {got}")
+        else:
+            if grace <= job_timeout:
+                fail(case, f"{name}: terminationGracePeriodSeconds {grace} is not above the job timeout {job_timeout}")
+            for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+                got = container.get(probe, {}).get("httpGet", {})
+                if got.get("path") != path or ports.get(got.get("port")) != health_port:
+                    fail(case, f"{name}: {probe} must GET {path} on the health port {health_port}, got {got}")
         if not container.get("resources", {}).get("requests"):
             fail(case, f"{name}: no resource requests")
         if pod.get("securityContext", {}).get("runAsNonRoot") is not True:
@@ -687,7 +694,7 @@ REFUSED = [
     ("the SQS bridge without its queue", {"bridgeSqs": {"enabled": True}}),
     ("SQS keys beside the bridge's IAM role", dict(BRIDGE_ROLE, secrets={"values": {}})),
     ("the intake without clients", {"intake": {"enabled": True}}),
-    ("the console without accounts", {"console": {"enabled": True}}),
+    ("the console without accounts", {"console": {"enabled": True}, "secrets": CONSOLE["secrets"]}),
     ("an unknown autoscaling mode", {"autoscaling": {"mode": "sometimes"}}),
     ("an inference worker without a tier", {"workers": {"inference-x": {"stage": "inference"}}}),
     ("a worker of no stage", {"workers": {"transcode": {"stage": "transcode"}}}),

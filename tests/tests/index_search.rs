@@ -140,7 +140,7 @@ async fn key_search_is_a_substring_filter(url: &str) {
 
     let nonempty = check_all(&index, &rows, "seeded").await;
     assert!(nonempty >= SEARCHES.len() - 4, "most searches find something: {nonempty}");
-    assert!(expected(&rows, "cam").len() > 2000, "a dense search: more candidates than the trigram index is used for");
+    assert!(expected(&rows, "cam").len() > 1000, "a dense search: more candidates than the trigram index is used for");
     let sparse = expected(&rows, "cam-0042/").len();
     assert!((1..50).contains(&sparse), "a sparse search: {sparse} rows");
     // Small pages: keyset pagination under a search.
@@ -213,8 +213,8 @@ async fn postgresql_plans_a_sparse_search_on_the_trigram_index() {
     for chunk in reelfleet_index::seed::rows(20_000, now, 7, 3).chunks(1000) {
         index.put(chunk).await.unwrap();
     }
+    index.analyze().await.unwrap();
     let pool = reelfleet_core::fleetstate::open_pool(&db.url).await.unwrap();
-    pool.execute("ANALYZE rf_jobs").await.unwrap();
     let plan: Vec<String> = sqlx::query_scalar(
         "EXPLAIN SELECT job_id FROM rf_jobs WHERE ns = 'plan' AND LOWER(source_key) LIKE '%cam-0042/%' ESCAPE '\\'
          ORDER BY created_ms DESC, job_id DESC LIMIT 51",

@@ -165,7 +165,7 @@ pub const TRIGRAM: usize = 3;
 /// Above this many candidates from SQLite's trigram index a search scans the
 /// newest rows instead: its matches are dense enough that a page comes
 /// sooner that way than by fetching and sorting every candidate.
-const SQLITE_DENSE: i64 = 2000;
+const SQLITE_DENSE: i64 = 1000;
 
 const COLUMNS: &str = "job_id, status, kind, tier, model, bucket, source_key, ingest_ms, preprocess_ms, inference_ms, \
      postprocess_ms, cost_usd, error_stage, error_class, error_code, error_message, outputs, created_ms, updated_ms, \
@@ -379,6 +379,17 @@ impl JobIndex {
         Ok(())
     }
 
+    /// Refreshes the statistics PostgreSQL plans by, after a bulk write
+    /// (`index rebuild`, `index seed`): whether a key search goes by the
+    /// trigram index or the newest-first scan rests on them, and autovacuum
+    /// gathers them only a while later. SQLite's plans do not depend on them.
+    pub async fn analyze(&self) -> Result<(), IndexError> {
+        if self.dialect == Dialect::Postgres {
+            self.pool.execute("ANALYZE rf_jobs").await?;
+        }
+        Ok(())
+    }
+
     /// Every job id of the namespace.
     pub async fn job_ids(&self) -> Result<Vec<String>, IndexError> {
         Ok(sqlx::query_scalar("SELECT job_id FROM rf_jobs WHERE ns = $1")
@@ -458,13 +469,16 @@ impl JobIndex {
             clauses.push(format!("LOWER(source_key) LIKE {} ESCAPE '\\'", next_param()));
             format!("%{}%", escape_like(&s))
         });
-        if trigrams.is_some() {
-            // The exact test stays above; the trigram index only narrows the rows it runs on.
-            clauses.push(format!(
-                "rowid IN (SELECT rowid FROM rf_jobs_key_trigrams WHERE rf_jobs_key_trigrams MATCH {})",
+        // The exact test stays above; the trigram index only picks the rows it
+        // runs on. CROSS JOIN keeps SQLite from walking rf_jobs_recent instead.
+        let from = match trigrams {
+            Some(_) => format!(
+                "(SELECT rowid AS hit FROM rf_jobs_key_trigrams WHERE rf_jobs_key_trigrams MATCH {}) AS hits
+                 CROSS JOIN rf_jobs ON rf_jobs.rowid = hits.hit",
                 next_param()
-            ));
-        }
+            ),
+            None => "rf_jobs".to_string(),
+        };
         let since = filter.since_ms;
         if since.is_some() {
             clauses.push(format!("created_ms >= {}", next_param()));
@@ -481,7 +495,7 @@ impl JobIndex {
         }
         let limit = limit.clamp(1, 1000);
         let sql = format!(
-            "SELECT {COLUMNS} FROM rf_jobs WHERE {} ORDER BY created_ms DESC, job_id DESC LIMIT {}",
+            "SELECT {COLUMNS} FROM {from} WHERE {} ORDER BY created_ms DESC, job_id DESC LIMIT {}",
             clauses.join(" AND "),
             limit + 1
         );

@@ -3,8 +3,8 @@
 //! the console as a person would. `scripts/test` installs both.
 //!
 //! Every browser has a `chromedriver` of its own on a free port, in a process
-//! group of its own with the Chromium it starts, and a profile in a
-//! temporary folder: dropping the [`Browser`] (at the end of a test or while
+//! group of its own with the Chromium it starts, and a profile (and every
+//! temporary file of theirs) in a temporary folder: dropping the [`Browser`] (at the end of a test or while
 //! a failed assertion unwinds) kills the whole group and removes the folder,
 //! so no process outlives the test.
 
@@ -95,6 +95,8 @@ impl Browser {
         let child = Command::new(&chromedriver)
             .arg(format!("--port={port}"))
             .arg(format!("--log-path={}", log.display()))
+            // Chromium's singleton socket and chromedriver's scratch folders too, removed with the profile.
+            .env("TMPDIR", profile.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

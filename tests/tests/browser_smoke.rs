@@ -146,6 +146,7 @@ async fn chromium_shows_images_and_plays_h264_and_vp9() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(processes_naming(&profile), Vec::<String>::new(), "no Chromium process outlives the browser");
+    assert!(!std::path::Path::new(&profile).exists(), "its profile and temporary files are removed");
     assert!(vp9.is_ok(), "VP9 WebM: {vp9:?}");
     assert!(h264.is_ok(), "H.264 MP4 (what the console's renditions are): {h264:?}");
 }

@@ -700,7 +700,7 @@ REFUSED = [
     ("a worker of no stage", {"workers": {"transcode": {"stage": "transcode"}}}),
     ("a negative queue length", {"workerDefaults": {"queueLength": -1}}),
     ("an unknown top-level value", {"replicaCount": 3}),
-    ("a job longer than the broker's consumer timeout", {"config": {"runtime": {"job_timeout_secs": 4000}}}),
+    ("a job longer than the broker's consumer timeout", {"config": {"runtime": {"job_timeout_secs": 90000}}}),
     ("a credential in the ConfigMap", {"config": {"signing": {"secret": "in-plain-sight-0123456789"}}}),
     ("a grace period below the job timeout", {"workerDefaults": {"terminationGracePeriodSeconds": 60}}),
     ("a list in config", {"config": {"inference": {"models": [{"model": "x"}]}}}),

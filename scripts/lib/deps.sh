@@ -73,7 +73,10 @@ pg_answers() { (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; }
 
 # PostgreSQL for the shared-state tests: Debian's package, its cluster
 # started, and a test role (reelfleet_test, allowed to create databases) that
-# logs in with a password over TCP whatever the server's auth method.
+# logs in with a password over TCP whatever the server's auth method. The job
+# index's key search needs the pg_trgm extension (Debian's postgresql-NN
+# ships it, as postgresql-contrib did); it is trusted since PostgreSQL 13, so
+# the test role creates it in the databases it owns.
 ensure_postgres() {
   if [ -n "${TEST_POSTGRES_URL:-}" ]; then
     say "using the PostgreSQL of TEST_POSTGRES_URL"
@@ -91,6 +94,9 @@ ensure_postgres() {
     done
     for _ in $(seq 1 30); do pg_answers && break; sleep 1; done
     pg_answers || die "PostgreSQL does not answer on 127.0.0.1:5432 (see /var/log/postgresql)"
+  fi
+  if [ -z "$(find /usr/share/postgresql -name pg_trgm.control -print -quit 2>/dev/null)" ]; then
+    apt_install postgresql-contrib
   fi
   as_root runuser -u postgres -- psql -q -v ON_ERROR_STOP=1 >/dev/null <<'SQL' || die "cannot create the reelfleet_test role in PostgreSQL"
 DO $$ BEGIN
@@ -174,6 +180,15 @@ ensure_compose() {
   if docker compose version >/dev/null 2>&1; then export COMPOSE="docker compose"; return 0; fi
   command -v docker-compose >/dev/null 2>&1 || apt_install docker-compose
   export COMPOSE="docker-compose"
+}
+
+# Headless Chromium and its WebDriver server from Debian's packages, for the
+# browser tests (tests/src/browser.rs drives chromium through chromedriver).
+ensure_chromium() {
+  local missing=()
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+  if [ "${#missing[@]}" -gt 0 ]; then apt_install "${missing[@]}"; fi
 }
 
 # ShellCheck from Debian's package, for scripts/test.

@@ -9,9 +9,11 @@
 //! - [`database`]: [`TestDatabase`], a PostgreSQL database per test.
 //! - [`moto`]: moto's server (S3, SQS, SNS) on a free port.
 //! - [`recorder`]: [`RequestRecorder`], an HTTP endpoint that records what it is sent.
+//! - [`browser`]: [`Browser`], headless Chromium driven over WebDriver, killed on drop.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod browser;
 pub mod clip;
 pub mod database;
 pub mod fleet;
@@ -19,6 +21,7 @@ pub mod moto;
 pub mod recorder;
 pub mod stack;
 
+pub use browser::Browser;
 pub use clip::make_clip;
 pub use database::TestDatabase;
 pub use recorder::{RecordedRequest, RequestRecorder};

@@ -481,3 +481,103 @@ async fn in_a_versioned_bucket_the_intake_gives_an_object_the_job_id_its_bucket_
     assert_eq!(planned[0].envelope.job_id, from_event, "one object, one job, whichever door");
     stack.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_a_versioned_bucket_backfill_announces_current_versions_with_their_ids() {
+    use futures::StreamExt as _;
+    let moto = moto().await;
+    let stack = TestStack::start_stages(&[], |_| {}).await;
+    let s3 = s3(&moto.url);
+    let bucket = "versioned-archive";
+    s3.create_bucket().bucket(bucket).send().await.unwrap();
+    s3.put_bucket_versioning()
+        .bucket(bucket)
+        .versioning_configuration(
+            aws_sdk_s3::types::VersioningConfiguration::builder()
+                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let put = |key: String, body: Vec<u8>| {
+        let s3 = s3.clone();
+        async move {
+            let out = s3.put_object().bucket(bucket).key(&key).body(ByteStream::from(body)).send().await.unwrap();
+            (key, out.version_id.unwrap(), out.e_tag.unwrap().trim_matches('"').to_string())
+        }
+    };
+    // Over a thousand current objects, so the listing takes two pages.
+    let mut current: Vec<(String, String, String)> =
+        futures::stream::iter((0..1000).map(|i| put(format!("v/many/{i:04}.mp4"), vec![1u8; 16 + i % 7])))
+            .buffer_unordered(16)
+            .collect()
+            .await;
+    // An object written twice: only its second version is current.
+    put("v/twice.mp4".into(), vec![2u8; 64]).await;
+    current.push(put("v/twice.mp4".into(), vec![3u8; 96]).await);
+    // A deleted object: its current version is a delete marker.
+    put("v/gone.mp4".into(), vec![4u8; 32]).await;
+    s3.delete_object().bucket(bucket).key("v/gone.mp4").send().await.unwrap();
+
+    let mut settings = stack.settings().clone();
+    settings.s3.endpoint = moto.url.clone();
+    settings.s3.access_key = Secret::new("testing");
+    settings.s3.secret_key = Secret::new("testing");
+    settings.s3.accepted_buckets = vec![bucket.into()];
+    let target = format!("s3://{bucket}/v/").parse().unwrap();
+    let mut backfill = reelfleet_cli::backfill::Backfill::new(&settings, target, None, false).await.unwrap();
+    let report = backfill.pass(|_| {}).await.unwrap();
+    assert_eq!((report.listed, report.announced), (1001, 1001), "{report:?}");
+
+    let ingest = stack.queue(WorkQueue::Ingest);
+    let events = stack.take_messages(&ingest, 1001, Duration::from_secs(60)).await;
+    let announced: BTreeSet<(String, String)> = events
+        .iter()
+        .flat_map(|(_, body)| parse_event(body).unwrap())
+        .map(|o| {
+            // As ingest makes the job id (crates/ingest/src/lib.rs) ...
+            let id = reelfleet_core::envelope::SourceObject {
+                bucket: o.bucket.clone(),
+                key: o.key.clone(),
+                size: o.size,
+                etag: o.etag.clone(),
+                version_id: o.version_id.clone(),
+            }
+            .job_id();
+            (o.key, id)
+        })
+        .collect();
+    // ... it is the one the bucket's own event for that version gives.
+    let expected: BTreeSet<(String, String)> = current
+        .iter()
+        .map(|(key, version, etag)| {
+            let mut event: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(format!("{}/fixtures/s3-events/aws-put.json", env!("CARGO_MANIFEST_DIR")))
+                    .unwrap(),
+            )
+            .unwrap();
+            let o = &mut event["Records"][0]["s3"];
+            o["bucket"]["name"] = bucket.into();
+            o["object"]["key"] = key.clone().into();
+            o["object"]["eTag"] = etag.clone().into();
+            o["object"]["versionId"] = version.clone().into();
+            let parsed = &parse_event(event.to_string().as_bytes()).unwrap()[0];
+            let id = reelfleet_core::envelope::SourceObject {
+                bucket: parsed.bucket.clone(),
+                key: parsed.key.clone(),
+                size: parsed.size,
+                etag: parsed.etag.clone(),
+                version_id: parsed.version_id.clone(),
+            }
+            .job_id();
+            (key.clone(), id)
+        })
+        .collect();
+    assert_eq!(announced.len(), 1001, "an object announced twice");
+    let apart: Vec<_> = expected.difference(&announced).take(3).collect();
+    assert!(apart.is_empty(), "a backfilled object and its bucket event would be two jobs, e.g. {apart:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stack.depth(&ingest).await, 0, "an old version or a deleted object was announced");
+    stack.cleanup().await;
+}

@@ -6,6 +6,10 @@
 //! unsigned), so ingest treats it like any upload: it checks the bucket,
 //! derives the job id from the bucket, key and ETag, and drops a source it
 //! already knows. Running a backfill twice therefore never duplicates work.
+//! The listing is `ListObjectVersions`' current versions (plain
+//! `ListObjectsV2` on a store without it), and in a versioned bucket the
+//! event names the version, as the bucket's own event does,
+//! so an object backfilled and also announced by its bucket is one job.
 //!
 //! With `--watch` the backfill keeps its position in the work bucket
 //! (`backfill/<id>.json`: the newest `LastModified` it has announced and the
@@ -19,7 +23,7 @@ use chrono::{DateTime, Utc};
 use futures::{stream, StreamExt, TryStreamExt};
 use reelfleet_core::{
     broker::{Broker, Outgoing, Publisher},
-    s3event::minio_event,
+    s3event::minio_event_of_version,
     settings::Settings,
     storage::{ConditionalPut, ListedObject, Storage, StorageError, WriteCondition},
     topology::Topology,
@@ -155,6 +159,10 @@ pub struct Backfill {
     since: Option<DateTime<Utc>>,
     /// The position and the ETag it was read with; `None` without `--watch`.
     position: Option<(Position, Option<String>)>,
+    /// The store lists versions (`ListObjectVersions`): current versions
+    /// with their ids, so an object in a versioned bucket gets the job id its
+    /// own bucket event gives. `false` once the store said it cannot.
+    versions: bool,
 }
 
 impl std::fmt::Debug for Backfill {
@@ -200,7 +208,8 @@ impl Backfill {
         } else {
             None
         };
-        Ok(Self { target, storage, publisher, exchange: topology.uploads_exchange(), work_bucket, since, position })
+        let exchange = topology.uploads_exchange();
+        Ok(Self { target, storage, publisher, exchange, work_bucket, since, position, versions: true })
     }
 
     /// The position, when watching.
@@ -214,11 +223,17 @@ impl Backfill {
         let mut report = PassReport::default();
         let mut token = None;
         loop {
-            let page = self
-                .storage
-                .list_page(&self.target.bucket, &self.target.prefix, token)
-                .await
-                .with_context(|| format!("cannot list {}", self.target))?;
+            let (bucket, prefix) = (&self.target.bucket, &self.target.prefix);
+            let mut page = None;
+            if self.versions {
+                page = self.storage.list_latest_page(bucket, prefix, token.clone()).await.transpose();
+                self.versions = page.is_some();
+            }
+            let page = match page {
+                Some(page) => page,
+                None => self.storage.list_page(bucket, prefix, token).await,
+            }
+            .with_context(|| format!("cannot list {}", self.target))?;
             report.listed += page.objects.len() as u64;
             let mut todo = Vec::new();
             for o in page.objects {
@@ -252,12 +267,13 @@ impl Backfill {
     async fn announce(&self, objects: &[ListedObject]) -> anyhow::Result<()> {
         stream::iter(objects)
             .map(|o| async move {
-                let body = minio_event(
+                let body = minio_event_of_version(
                     "ObjectCreated:Put",
                     &self.target.bucket,
                     &o.key,
                     o.size,
                     o.etag.as_deref().unwrap_or_default(),
+                    o.version_id.as_deref(),
                     "reelfleet-backfill",
                 );
                 let msg = Outgoing { exchange: self.exchange.clone(), body, mandatory: true, ..Default::default() };
@@ -303,6 +319,7 @@ mod tests {
             size: 1,
             etag: Some("e".into()),
             last_modified: DateTime::from_timestamp(secs, 0),
+            version_id: None,
         }
     }
 

@@ -69,6 +69,7 @@ pub async fn rebuild(settings: &Settings, index: &JobIndex, progress: bool) -> a
     bar.finish_and_clear();
     let stale: Vec<String> = index.job_ids().await?.into_iter().filter(|id| !seen.contains(id)).collect();
     index.remove(&stale).await?;
+    index.analyze().await?;
     Ok(RebuildReport { jobs: seen.len(), removed: stale.len() })
 }
 
@@ -88,5 +89,6 @@ pub async fn seed(index: &JobIndex, n: usize, days: i64, progress: bool) -> anyh
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
+    index.analyze().await?;
     Ok(())
 }

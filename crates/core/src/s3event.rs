@@ -143,6 +143,20 @@ pub fn query_escape(key: &str) -> String {
 
 /// The body MinIO's AMQP target publishes for a created object.
 pub fn minio_event(event_name: &str, bucket: &str, key: &str, size: u64, etag: &str, source_host: &str) -> Vec<u8> {
+    minio_event_of_version(event_name, bucket, key, size, etag, None, source_host)
+}
+
+/// [`minio_event`] for one version of an object in a versioned bucket
+/// (`s3.object.versionId`, as the bucket's own event names it).
+pub fn minio_event_of_version(
+    event_name: &str,
+    bucket: &str,
+    key: &str,
+    size: u64,
+    etag: &str,
+    version_id: Option<&str>,
+    source_host: &str,
+) -> Vec<u8> {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let sequencer = format!("{:016X}", chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0));
     let body = serde_json::json!({
@@ -166,6 +180,10 @@ pub fn minio_event(event_name: &str, bucket: &str, key: &str, size: u64, etag: &
             "source": {"host": source_host, "port": "", "userAgent": "reelfleet-devstack"}
         }]
     });
+    let mut body = body;
+    if let Some(v) = version_id {
+        body["Records"][0]["s3"]["object"]["versionId"] = v.into();
+    }
     serde_json::to_vec(&body).expect("event serializes")
 }
 

@@ -12,6 +12,10 @@
 //! - [`JobIndex::list`]: newest first, filters, keyset pagination on
 //!   `(created_ms, job_id)`; every filter has an index that starts with the
 //!   namespace and ends with the sort key, so no page costs an OFFSET scan.
+//! - Key search: a case-blind substring of the source key, always decided
+//!   by one `LOWER(source_key) LIKE` clause; a trigram index (PostgreSQL's
+//!   pg_trgm, SQLite's FTS5 trigram tokenizer) narrows the rows it runs on
+//!   for searches of three characters or more.
 
 use crate::row::{JobRow, TIMED_STAGES};
 use reelfleet_core::events::{Event, OutputRef};
@@ -34,13 +38,70 @@ pub enum IndexError {
     /// A cursor that `list` did not make.
     #[error("bad cursor {0:?}: pass the `next` value a previous page printed")]
     BadCursor(String),
+    /// PostgreSQL's pg_trgm is missing and this role may not create it.
+    #[error(
+        "the job index's key search needs PostgreSQL's pg_trgm extension, and it cannot be created here: \
+         as a superuser run `CREATE EXTENSION pg_trgm;` in the index's database, or grant its role CREATE \
+         on the database (Debian ships pg_trgm in postgresql-contrib): {0}"
+    )]
+    Extension(sqlx::Error),
 }
 
+/// The two databases the index runs on, for the few statements that differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// PostgreSQL (`postgres://...`).
+    Postgres,
+    /// SQLite (`sqlite://...`).
+    Sqlite,
+}
+
+impl Dialect {
+    /// The dialect of a database URL.
+    pub fn of(url: &str) -> Self {
+        if url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else {
+            Dialect::Postgres
+        }
+    }
+}
+
+/// One versioned schema change: statements for both databases, then those
+/// of the one connected to.
+#[derive(Clone, Copy, Debug)]
+pub struct Migration {
+    /// Its version; applied once, in order.
+    pub version: i64,
+    /// Statements both databases run.
+    pub portable: &'static [&'static str],
+    /// Statements only PostgreSQL runs.
+    pub postgres: &'static [&'static str],
+    /// Statements only SQLite runs.
+    pub sqlite: &'static [&'static str],
+}
+
+impl Migration {
+    /// What `dialect` runs, in order.
+    pub fn statements(&self, dialect: Dialect) -> impl Iterator<Item = &'static str> {
+        let own = match dialect {
+            Dialect::Postgres => self.postgres,
+            Dialect::Sqlite => self.sqlite,
+        };
+        self.portable.iter().chain(own).copied()
+    }
+}
+
+/// The extension behind PostgreSQL's key search; its statement fails with
+/// [`IndexError::Extension`].
+const CREATE_TRIGRAM_EXTENSION: &str = "CREATE EXTENSION IF NOT EXISTS pg_trgm";
+
 /// Versioned schema changes; a version is applied once, in order.
-pub const MIGRATIONS: &[(i64, &[&str])] = &[(
-    1,
-    &[
-        "CREATE TABLE IF NOT EXISTS rf_jobs (
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        portable: &[
+            "CREATE TABLE IF NOT EXISTS rf_jobs (
             ns TEXT NOT NULL, job_id TEXT NOT NULL, status TEXT NOT NULL,
             kind TEXT, tier TEXT, model TEXT, bucket TEXT, source_key TEXT,
             ingest_ms BIGINT, preprocess_ms BIGINT, inference_ms BIGINT, postprocess_ms BIGINT,
@@ -51,17 +112,60 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[(
             replayed_ms BIGINT NOT NULL DEFAULT 0, summary_ms BIGINT NOT NULL DEFAULT 0,
             version BIGINT NOT NULL DEFAULT 0,
             PRIMARY KEY (ns, job_id))",
-        "CREATE INDEX IF NOT EXISTS rf_jobs_recent ON rf_jobs (ns, created_ms, job_id)",
-        "CREATE INDEX IF NOT EXISTS rf_jobs_status ON rf_jobs (ns, status, created_ms, job_id)",
-        "CREATE INDEX IF NOT EXISTS rf_jobs_tier ON rf_jobs (ns, tier, created_ms, job_id)",
-        "CREATE INDEX IF NOT EXISTS rf_jobs_model ON rf_jobs (ns, model, created_ms, job_id)",
-        "CREATE TABLE IF NOT EXISTS rf_job_events (
+            "CREATE INDEX IF NOT EXISTS rf_jobs_recent ON rf_jobs (ns, created_ms, job_id)",
+            "CREATE INDEX IF NOT EXISTS rf_jobs_status ON rf_jobs (ns, status, created_ms, job_id)",
+            "CREATE INDEX IF NOT EXISTS rf_jobs_tier ON rf_jobs (ns, tier, created_ms, job_id)",
+            "CREATE INDEX IF NOT EXISTS rf_jobs_model ON rf_jobs (ns, model, created_ms, job_id)",
+            "CREATE TABLE IF NOT EXISTS rf_job_events (
             ns TEXT NOT NULL, event_id TEXT NOT NULL, job_id TEXT NOT NULL, kind TEXT NOT NULL,
             stage TEXT, at_ms BIGINT NOT NULL, body TEXT NOT NULL,
             PRIMARY KEY (ns, event_id))",
-        "CREATE INDEX IF NOT EXISTS rf_job_events_job ON rf_job_events (ns, job_id, at_ms)",
-    ],
-)];
+            "CREATE INDEX IF NOT EXISTS rf_job_events_job ON rf_job_events (ns, job_id, at_ms)",
+        ],
+        postgres: &[],
+        sqlite: &[],
+    },
+    // Key search by trigrams. PostgreSQL: pg_trgm's GIN index on the very
+    // expression `list` filters on, rechecked by the server. SQLite: an FTS5
+    // table with the trigram tokenizer over rf_jobs' rowids (rf_jobs has
+    // indexes, so VACUUM keeps its rowids), kept by triggers in the writer's
+    // transaction, and filled from the rows already there.
+    Migration {
+        version: 2,
+        portable: &[],
+        postgres: &[
+            CREATE_TRIGRAM_EXTENSION,
+            "CREATE INDEX IF NOT EXISTS rf_jobs_key_trigrams ON rf_jobs USING gin (LOWER(source_key) gin_trgm_ops)",
+        ],
+        sqlite: &[
+            "CREATE VIRTUAL TABLE IF NOT EXISTS rf_jobs_key_trigrams
+             USING fts5(source_key, content = 'rf_jobs', tokenize = 'trigram')",
+            "CREATE TRIGGER IF NOT EXISTS rf_jobs_key_trigrams_insert AFTER INSERT ON rf_jobs BEGIN
+               INSERT INTO rf_jobs_key_trigrams (rowid, source_key) VALUES (new.rowid, new.source_key);
+             END",
+            "CREATE TRIGGER IF NOT EXISTS rf_jobs_key_trigrams_delete AFTER DELETE ON rf_jobs BEGIN
+               INSERT INTO rf_jobs_key_trigrams (rf_jobs_key_trigrams, rowid, source_key)
+               VALUES ('delete', old.rowid, old.source_key);
+             END",
+            "CREATE TRIGGER IF NOT EXISTS rf_jobs_key_trigrams_update AFTER UPDATE OF source_key ON rf_jobs
+             WHEN old.source_key IS NOT new.source_key BEGIN
+               INSERT INTO rf_jobs_key_trigrams (rf_jobs_key_trigrams, rowid, source_key)
+               VALUES ('delete', old.rowid, old.source_key);
+               INSERT INTO rf_jobs_key_trigrams (rowid, source_key) VALUES (new.rowid, new.source_key);
+             END",
+            "INSERT INTO rf_jobs_key_trigrams (rf_jobs_key_trigrams) VALUES ('rebuild')",
+        ],
+    },
+];
+
+/// A trigram index serves searches of at least this many characters;
+/// shorter ones scan.
+pub const TRIGRAM: usize = 3;
+
+/// Above this many candidates from SQLite's trigram index a search scans the
+/// newest rows instead: its matches are dense enough that a page comes
+/// sooner that way than by fetching and sorting every candidate.
+const SQLITE_DENSE: i64 = 1000;
 
 const COLUMNS: &str = "job_id, status, kind, tier, model, bucket, source_key, ingest_ms, preprocess_ms, inference_ms, \
      postprocess_ms, cost_usd, error_stage, error_class, error_code, error_message, outputs, created_ms, updated_ms, \
@@ -124,6 +228,7 @@ pub struct StoredEvent {
 #[derive(Clone, Debug)]
 pub struct JobIndex {
     pool: AnyPool,
+    dialect: Dialect,
     namespace: String,
 }
 
@@ -134,7 +239,7 @@ impl JobIndex {
             return Err(IndexError::NotConfigured);
         }
         let pool = reelfleet_core::fleetstate::open_pool(url).await?;
-        let index = Self { pool, namespace: namespace.to_string() };
+        let index = Self { pool, dialect: Dialect::of(url), namespace: namespace.to_string() };
         index.migrate().await?;
         Ok(index)
     }
@@ -144,6 +249,11 @@ impl JobIndex {
         &self.namespace
     }
 
+    /// The database it is in.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
     async fn migrate(&self) -> Result<(), IndexError> {
         self.execute_retrying(
             "CREATE TABLE IF NOT EXISTS rf_index_migrations (version BIGINT PRIMARY KEY, applied_ms BIGINT NOT NULL)",
@@ -151,14 +261,20 @@ impl JobIndex {
         .await?;
         let applied: Option<i64> =
             sqlx::query_scalar("SELECT MAX(version) FROM rf_index_migrations").fetch_one(&self.pool).await?;
-        for (version, statements) in MIGRATIONS.iter().filter(|(v, _)| *v > applied.unwrap_or(0)) {
-            for statement in *statements {
-                self.execute_retrying(statement).await?;
+        for migration in MIGRATIONS.iter().filter(|m| m.version > applied.unwrap_or(0)) {
+            let version = migration.version;
+            for statement in migration.statements(self.dialect) {
+                match self.execute_retrying(statement).await {
+                    Err(IndexError::Database(e)) if statement == CREATE_TRIGRAM_EXTENSION => {
+                        return Err(IndexError::Extension(e))
+                    }
+                    result => result?,
+                }
             }
             sqlx::query(
                 "INSERT INTO rf_index_migrations (version, applied_ms) VALUES ($1, $2) ON CONFLICT (version) DO NOTHING",
             )
-            .bind(*version)
+            .bind(version)
             .bind(chrono::Utc::now().timestamp_millis())
             .execute(&self.pool)
             .await?;
@@ -263,6 +379,17 @@ impl JobIndex {
         Ok(())
     }
 
+    /// Refreshes the statistics PostgreSQL plans by, after a bulk write
+    /// (`index rebuild`, `index seed`): whether a key search goes by the
+    /// trigram index or the newest-first scan rests on them, and autovacuum
+    /// gathers them only a while later. SQLite's plans do not depend on them.
+    pub async fn analyze(&self) -> Result<(), IndexError> {
+        if self.dialect == Dialect::Postgres {
+            self.pool.execute("ANALYZE rf_jobs").await?;
+        }
+        Ok(())
+    }
+
     /// Every job id of the namespace.
     pub async fn job_ids(&self) -> Result<Vec<String>, IndexError> {
         Ok(sqlx::query_scalar("SELECT job_id FROM rf_jobs WHERE ns = $1")
@@ -342,12 +469,27 @@ impl JobIndex {
                 texts.push(v.clone());
             }
         }
-        let search = filter.search.as_ref().map(|s| {
+        let search = filter.search.as_deref().map(str::to_lowercase);
+        let trigrams = match &search {
+            Some(s) if self.dialect == Dialect::Sqlite => self.sqlite_trigram_phrase(s).await?,
+            _ => None,
+        };
+        let search = search.map(|s| {
             // LIKE is case-blind on SQLite and not on PostgreSQL: lower both sides on both.
+            // On PostgreSQL pg_trgm's index on LOWER(source_key) serves this very clause.
             clauses.push(format!("LOWER(source_key) LIKE {} ESCAPE '\\'", next_param()));
-            let escaped = s.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
-            format!("%{escaped}%")
+            format!("%{}%", escape_like(&s))
         });
+        // The exact test stays above; the trigram index only picks the rows it
+        // runs on. CROSS JOIN keeps SQLite from walking rf_jobs_recent instead.
+        let from = match trigrams {
+            Some(_) => format!(
+                "(SELECT rowid AS hit FROM rf_jobs_key_trigrams WHERE rf_jobs_key_trigrams MATCH {}) AS hits
+                 CROSS JOIN rf_jobs ON rf_jobs.rowid = hits.hit",
+                next_param()
+            ),
+            None => "rf_jobs".to_string(),
+        };
         let since = filter.since_ms;
         if since.is_some() {
             clauses.push(format!("created_ms >= {}", next_param()));
@@ -364,7 +506,7 @@ impl JobIndex {
         }
         let limit = limit.clamp(1, 1000);
         let sql = format!(
-            "SELECT {COLUMNS} FROM rf_jobs WHERE {} ORDER BY created_ms DESC, job_id DESC LIMIT {}",
+            "SELECT {COLUMNS} FROM {from} WHERE {} ORDER BY created_ms DESC, job_id DESC LIMIT {}",
             clauses.join(" AND "),
             limit + 1
         );
@@ -373,7 +515,12 @@ impl JobIndex {
             q = q.bind(t);
         }
         if let Some(s) = search {
-            q = q.bind(s);
+            // A statement planned for this pattern, not a generic plan for any:
+            // PostgreSQL weighs its trigram index against the newest-first scan by the pattern.
+            q = q.bind(s).persistent(false);
+        }
+        if let Some(phrase) = trigrams {
+            q = q.bind(phrase);
         }
         if let Some(t) = since {
             q = q.bind(t);
@@ -394,6 +541,32 @@ impl JobIndex {
         };
         Ok(Page { jobs, next })
     }
+}
+
+impl JobIndex {
+    /// The FTS5 phrase that finds `search` (lowered) in SQLite's trigram
+    /// index, when that index is the way to the rows: `None` for a search
+    /// shorter than a trigram, which the index cannot serve, and for one
+    /// with more than [`SQLITE_DENSE`] candidates, whose page the
+    /// newest-first scan finds sooner.
+    async fn sqlite_trigram_phrase(&self, search: &str) -> Result<Option<String>, IndexError> {
+        if search.chars().count() < TRIGRAM {
+            return Ok(None);
+        }
+        // Inside double quotes everything is the phrase's text; a quote is doubled.
+        let phrase = format!("\"{}\"", search.replace('"', "\"\""));
+        let sql = format!(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM rf_jobs_key_trigrams WHERE rf_jobs_key_trigrams MATCH $1 LIMIT {})",
+            SQLITE_DENSE + 1
+        );
+        let candidates: i64 = sqlx::query_scalar(&sql).bind(&phrase).fetch_one(&self.pool).await?;
+        Ok((candidates <= SQLITE_DENSE).then_some(phrase))
+    }
+}
+
+/// `text` as a LIKE pattern's literal part (escape character `\`).
+fn escape_like(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
 }
 
 fn parse_cursor(text: &str) -> Result<(i64, String), IndexError> {

@@ -3,12 +3,13 @@
 //! reported by the worker) of real `reelfleet worker` processes:
 //!
 //! - **deep queues**: every worker kind (ingest, preprocess, each inference
-//!   tier, postprocess, pull, webhooks) started with N messages (10,000)
+//!   tier, postprocess, pull, webhooks, index) started with N messages (10,000)
 //!   already waiting in its queue, all at once, until its queue is empty or
 //!   the window is over. The messages are what each queue carries (S3 events
-//!   for ingest, signed envelopes, signed lifecycle events for webhooks) for
-//!   jobs the store does not know, so every one is read, claimed or checked,
-//!   and dead-lettered (or, for webhooks, found to have no target): the
+//!   for ingest, signed envelopes, signed lifecycle events for webhooks and
+//!   the index) for jobs the store does not know, so every one is read,
+//!   claimed or checked, and dead-lettered (or, for webhooks, found to have
+//!   no target; for the index, written into the dev stack's SQLite): the
 //!   consume and settle path at its full pace, with only prefetch and
 //!   batching between the queue and the worker's memory. The broker's
 //!   unacked count is polled too, to show what the worker held.
@@ -67,6 +68,7 @@ const KINDS: &[Kind] = &[
     Kind { label: "postprocess", args: &["postprocess"], queue: WorkQueue::Postprocess },
     Kind { label: "pull", args: &["pull"], queue: WorkQueue::Pull },
     Kind { label: "webhooks", args: &["webhooks"], queue: WorkQueue::Webhooks },
+    Kind { label: "index", args: &["index"], queue: WorkQueue::Index },
 ];
 
 /// A line of `/proc/<pid>/status` in KiB (`VmHWM`, `VmRSS`).
@@ -249,6 +251,14 @@ fn message(
             "error": {"class": "permanent", "code": "bad_input", "message": "memory benchmark"},
         }))
         .expect("event serializes"),
+        // The index folds every event into its database (the dev stack's SQLite): a new job's first event.
+        WorkQueue::Index => {
+            let mut event = reelfleet_core::events::Event::new(reelfleet_core::events::JOB_CREATED, &job_id);
+            event.kind = Some("analyze".into());
+            event.bucket = Some(settings.s3.upload_bucket.clone());
+            event.key = Some(key.clone());
+            event.to_bytes()
+        }
         q => {
             let source = SourceObject {
                 bucket: settings.s3.upload_bucket.clone(),
@@ -355,12 +365,12 @@ async fn deep_run(
                 drained_after.entry(kind.label.to_string()).or_insert(started.elapsed().as_secs_f64());
             }
         }
-        // The webhooks queue also takes the lifecycle event of every other queue's dead letter, so it
-        // drains last, if at all: the run ends when the others have.
-        let others_drained = kinds
-            .iter()
-            .filter(|k| k.queue != WorkQueue::Webhooks || kinds.len() == 1)
-            .all(|k| drained_after.contains_key(k.label));
+        // The webhooks and index queues also take the lifecycle event of every other queue's dead
+        // letter, so they drain last, if at all: the run ends when the others have.
+        let last = |k: &&&Kind| matches!(k.queue, WorkQueue::Webhooks | WorkQueue::Index);
+        let only_last = kinds.iter().all(|k| last(&k));
+        let others_drained =
+            kinds.iter().filter(|k| only_last || !last(k)).all(|k| drained_after.contains_key(k.label));
         if others_drained || started.elapsed() > window {
             break;
         }

@@ -120,7 +120,7 @@ impl Fleet {
             worker_broker_urls: layout.worker_broker_urls,
             tap: None,
         };
-        fleet.start_dev().await?;
+        fleet.start_dev_first().await?;
         for (stage, n) in STAGES.into_iter().zip(layout.replicas) {
             fleet.workers.insert(stage, Vec::new());
             for _ in 0..n {
@@ -137,7 +137,32 @@ impl Fleet {
         self.data.join("reelfleet.toml")
     }
 
+    /// Starts `reelfleet dev` on the fleet's ports (again, after an outage:
+    /// the workers know these ports, so they never change here).
     pub(crate) async fn start_dev(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.try_start_dev().await? {
+            bail!("reelfleet dev exited ({status}; see {}/logs/dev.log)", self.root.display());
+        }
+        Ok(())
+    }
+
+    /// The first start, before any worker knows the ports: when dev exits at
+    /// once (most likely another process took a port between `free_port()`
+    /// and dev's bind), it is started again on new ports, at most twice.
+    async fn start_dev_first(&mut self) -> anyhow::Result<()> {
+        for _ in 0..2 {
+            match self.try_start_dev().await? {
+                None => return Ok(()),
+                Some(status) => eprintln!("  reelfleet dev exited at start ({status}); starting it on new ports"),
+            }
+            self.s3_port = free_port();
+            self.sim_port = free_port();
+        }
+        self.start_dev().await
+    }
+
+    /// Starts dev and waits for its config; `Some(status)` if it exited first.
+    async fn try_start_dev(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
         let _ = std::fs::remove_file(self.config());
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.root.join("logs/dev.log"))?;
         let child = Command::new(&self.bin)
@@ -150,16 +175,19 @@ impl Fleet {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
-        self.dev = Some(child);
+        let dev = self.dev.insert(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.config().exists() {
+        while !self.data.join("reelfleet.toml").exists() {
+            if let Some(status) = dev.try_wait()? {
+                return Ok(Some(status));
+            }
             if Instant::now() > deadline {
                 bail!("reelfleet dev did not start (see {}/logs/dev.log)", self.root.display());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         self.settings = Settings::load(Some(&self.config()))?;
-        Ok(())
+        Ok(None)
     }
 
     fn spawn(&self, stage: &'static str, replica: usize) -> anyhow::Result<(Child, u16)> {
@@ -226,11 +254,28 @@ impl Fleet {
         matches!(self.http.get(format!("http://127.0.0.1:{}/readyz", w.port)).send().await, Ok(r) if r.status().is_success())
     }
 
-    pub(crate) async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+    /// Waits until every worker answers `/readyz`. A worker that exited
+    /// because another process took its health port between `free_port()`
+    /// and its bind (a race of this harness, not of the fleet) is started
+    /// again on a new port, at most three times; any other exit fails.
+    pub(crate) async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         for stage in STAGES {
             for i in 0..self.replicas(stage) {
+                let mut respawns = 0;
                 while !self.ready(stage, i).await {
+                    if let Some(status) = self.exited(stage, i) {
+                        let log = self.root.join(format!("logs/{stage}-{i}.log"));
+                        let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                        let tail = &tail[tail.len().saturating_sub(4096)..];
+                        if respawns < 3 && tail.contains("cannot serve health endpoints") && tail.contains("in use") {
+                            respawns += 1;
+                            eprintln!("  worker {stage}-{i} lost its health port to another process; starting it on a new one");
+                            self.restart_worker(stage, i)?;
+                            continue;
+                        }
+                        bail!("worker {stage}-{i} exited before it was ready ({status}; see {})", log.display());
+                    }
                     if Instant::now() > deadline {
                         bail!("worker {stage}-{i} not ready (see {}/logs/{stage}-{i}.log)", self.root.display());
                     }
@@ -239,6 +284,11 @@ impl Fleet {
             }
         }
         Ok(())
+    }
+
+    /// The exit status of replica `i` of `stage`, once it has exited.
+    fn exited(&mut self, stage: &str, i: usize) -> Option<std::process::ExitStatus> {
+        self.workers.get_mut(stage)?.get_mut(i)?.child.try_wait().ok().flatten()
     }
 
     pub(crate) async fn sim(&self, patch: serde_json::Value) -> anyhow::Result<()> {

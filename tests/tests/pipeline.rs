@@ -6,7 +6,7 @@
 use reelfleet_core::{
     broker::{HeaderValue, Outgoing},
     envelope::{Envelope, JobKind, SourceObject, SIGNATURE_HEADER},
-    manifest::JobStatus,
+    manifest::{JobStatus, RenditionEncode},
     s3event::minio_event,
     signing::Signer,
     topology::WorkQueue,
@@ -57,7 +57,15 @@ async fn a_plain_s3_upload_runs_through_all_four_stages() {
             assert_eq!((out.width, out.height), (1280, 720));
             let d = probe.duration().expect("duration");
             assert!((d - input.duration_s).abs() <= 0.1, "{} lasts {d} s, source {} s", out.name, input.duration_s);
-            assert!(out.psnr_db.unwrap() > 30.0 && out.ssim.unwrap() > 0.9, "{out:?}");
+            if out.name == "h264_720p" {
+                // The normalized video already is this rendition: copied, not encoded, and not scored.
+                assert_eq!(out.encode, Some(RenditionEncode::Copy), "{out:?}");
+                assert_eq!(out.identical_to, m.preprocess.as_ref().unwrap().normalized_key, "{out:?}");
+                assert_eq!((out.psnr_db, out.ssim, out.vmaf), (None, None, None), "{out:?}");
+            } else {
+                assert_eq!(out.encode, Some(RenditionEncode::Encode), "{out:?}");
+                assert!(out.psnr_db.unwrap() > 30.0 && out.ssim.unwrap() > 0.9, "{out:?}");
+            }
         } else {
             let bytes = stack.read_object(&out.key).await;
             assert_eq!(&bytes[..3], &[0xFF, 0xD8, 0xFF], "{} is not a JPEG", out.name);
@@ -124,6 +132,19 @@ async fn a_plain_s3_upload_runs_through_all_four_stages() {
         timelines.push(starts);
     }
     assert_eq!(timelines[0], timelines[1], "segment boundaries differ across renditions");
+    // The copied rendition's video, in its MP4 and in its HLS segments, is the normalized video's bit for bit.
+    let normalized = local.path().join("normalized.mp4");
+    std::fs::write(
+        &normalized,
+        stack.read_object(m.preprocess.as_ref().unwrap().normalized_key.as_ref().unwrap()).await,
+    )
+    .unwrap();
+    let copied = local.path().join("h264_720p.mp4");
+    std::fs::write(&copied, stack.read_object(&m.outputs[0].key).await).unwrap();
+    let reference = video_stream_hash(&normalized);
+    assert_eq!(video_stream_hash(&copied), reference, "the copied MP4's video is not the normalized video's");
+    assert_eq!(video_stream_hash(&local.path().join(&variants[0].0)), reference, "nor its HLS variant's");
+    assert_ne!(video_stream_hash(&local.path().join(&variants[1].0)), reference, "the H.265 variant is encoded");
 
     let purges = cdn.requests();
     assert_eq!(purges.len(), 1, "one CDN purge call");
@@ -197,6 +218,69 @@ async fn a_rendition_below_the_quality_floor_is_encoded_again_alone_and_the_mani
     }
     assert_eq!(timelines[0], [0.0, 1.0]);
     assert_eq!(timelines[0], timelines[1]);
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_source_above_720p_has_its_720p_renditions_encoded_and_its_full_size_h264_copied() {
+    let stack = TestStack::start_with(|s| s.media.hls_segment_secs = 1.0).await;
+    let clip = make_clip(stack.dir.path(), "tall.mp4", "testsrc2=size=1280x960:rate=24", 2.0, &[]);
+    let job = stack.upload("tall/clip.mp4", &clip).await;
+    let m = stack.wait_for(&job, JOB_TIMEOUT, finished).await;
+    assert_eq!(m.status, JobStatus::Completed, "{:?}", m.error);
+    let normalized_key = m.preprocess.as_ref().unwrap().normalized_key.clone().unwrap();
+    let renditions: Vec<_> = m
+        .outputs
+        .iter()
+        .filter(|o| o.content_type == "video/mp4")
+        .map(|o| (o.name.as_str(), o.width, o.height, o.encode, o.identical_to.as_deref(), o.psnr_db.is_some()))
+        .collect();
+    assert_eq!(
+        renditions,
+        [
+            ("h264_720p", 960, 720, Some(RenditionEncode::Encode), None, true),
+            ("h264_960p", 1280, 960, Some(RenditionEncode::Copy), Some(normalized_key.as_str()), false),
+            ("h265_720p", 960, 720, Some(RenditionEncode::Encode), None, true),
+        ],
+        "scaled renditions are encoded and scored; the one at the normalized size is copied"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let hash = |name: &str, bytes: Vec<u8>| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        video_stream_hash(&path)
+    };
+    let reference = hash("normalized.mp4", stack.read_object(&normalized_key).await);
+    let hashes: Vec<bool> = {
+        let mut out = Vec::new();
+        for o in m.outputs.iter().filter(|o| o.content_type == "video/mp4") {
+            out.push(hash(&format!("{}.mp4", o.name), stack.read_object(&o.key).await) == reference);
+        }
+        out
+    };
+    assert_eq!(hashes, [false, true, false], "only the copied rendition carries the normalized stream");
+    // Its HLS variant is cut at the same times as the encoded ones, where its keyframes are.
+    let hls = m.hls.as_ref().expect("HLS output");
+    let local = download_hls(&stack, hls).await;
+    let mut timelines = Vec::new();
+    for v in &hls.variants {
+        let path = local.path().join(v.playlist_key.strip_prefix(&format!("jobs/{job}/hls/")).unwrap());
+        let starts = segment_starts(&std::fs::read_to_string(&path).unwrap());
+        assert_eq!(keyframe_times(&path), starts, "{}: keyframes where segments start", v.name);
+        timelines.push(starts);
+    }
+    assert_eq!(timelines, [[0.0, 1.0], [0.0, 1.0], [0.0, 1.0]]);
+    // The master's CODECS for the copied variant are the normalized stream's profile and level.
+    let copied = &hls.variants[1];
+    let v =
+        &ffprobe_json(&dir.path().join("normalized.mp4"), &["-show_streams", "-select_streams", "v:0"])["streams"][0];
+    let profile = match v["profile"].as_str().unwrap() {
+        "Constrained Baseline" => "42C0",
+        "Main" => "4D40",
+        "High" => "6400",
+        other => panic!("unexpected profile {other}"),
+    };
+    assert_eq!(copied.codecs, format!("avc1.{profile}{:02X},mp4a.40.2", v["level"].as_i64().unwrap()), "{copied:?}");
     stack.cleanup().await;
 }
 
@@ -557,6 +641,34 @@ fn attr(list: &str, name: &str) -> String {
         None => rest.find(','),
     };
     rest[..end.unwrap_or(rest.len())].to_string()
+}
+
+/// The SHA-256 of the packets of the first video stream of `path` (ffmpeg's
+/// `streamhash` muxer over a stream copy: the bytes, not their container).
+fn video_stream_hash(path: &std::path::Path) -> String {
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-v", "error", "-i"])
+        .arg(path)
+        .args(["-map", "0:v:0", "-c", "copy", "-f", "streamhash", "-hash", "sha256", "-"])
+        .output()
+        .expect("ffmpeg runs");
+    assert!(out.status.success(), "ffmpeg {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// When the keyframes of the first video stream of `path` fall, in seconds
+/// from the first, to the millisecond (by ffprobe, from the packets' flags).
+fn keyframe_times(path: &std::path::Path) -> Vec<f64> {
+    let packets = ffprobe_json(path, &["-select_streams", "v:0", "-show_entries", "packet=pts_time,flags"]);
+    let keyframes: Vec<f64> = packets["packets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["flags"].as_str().unwrap_or_default().contains('K'))
+        .map(|p| p["pts_time"].as_str().unwrap().parse::<f64>().unwrap())
+        .collect();
+    let first = keyframes[0];
+    keyframes.iter().map(|k| ((k - first) * 1000.0).round() / 1000.0).collect()
 }
 
 /// ffprobe's JSON of `path` (plain ffprobe, as a player's tooling would run it).

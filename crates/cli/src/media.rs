@@ -34,7 +34,8 @@ impl Default for PlanOptions {
 
 /// Every run, in order, of one analyze job of `clip` (ingest's probe and
 /// decode check, preprocess's single pass and its probe, postprocess's
-/// ladder, probes and quality check; with `legacy`, the per-output commands
+/// ladder (copying the rendition the normalized video already is), probes
+/// and quality check of the encoded renditions; with `legacy`, the per-output commands
 /// of before), the files it makes written to `outdir`, the normalized video
 /// standing in for the reference postprocess downloads. Probes `clip` and
 /// asks ffmpeg for libvmaf, as the stages do; the normalized video's
@@ -81,11 +82,13 @@ pub async fn plan(
         ));
     } else {
         let preset = settings.media.tier_presets.of(options.tier);
+        let made = reelfleet_preprocess::ffmpeg::normalized_encode(&media, &settings.preprocess);
         runs.extend(reelfleet_postprocess::ffmpeg::plan(
             &media,
             &settings.postprocess,
             &normalized,
             size,
+            Some(&made),
             duration,
             frame.fps.into(),
             preset,

@@ -351,6 +351,7 @@ pub fn summarize(all: &[JobManifest]) -> serde_json::Value {
                 "outputs": m.outputs.iter().map(|o| serde_json::json!({
                     "name": o.name, "key": o.key, "codec": o.codec, "width": o.width, "height": o.height,
                     "duration_s": o.duration_s, "bitrate": o.bitrate, "psnr_db": o.psnr_db, "ssim": o.ssim,
+                    "encode": o.encode, "identical_to": o.identical_to,
                 })).collect::<Vec<_>>(),
                 "error": m.error,
             })

@@ -165,6 +165,25 @@ pub struct PreprocessInfo {
     pub tier: Tier,
     /// The sentence [`crate::tiering::assign_tier`] gave for that tier.
     pub tier_reason: String,
+    /// How the normalized video's picture was encoded (analyze jobs): what
+    /// postprocess checks before it uses that stream as a rendition as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video_encode: Option<VideoEncode>,
+}
+
+/// The encoder settings a video stream was made with.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct VideoEncode {
+    /// ffmpeg's encoder (`libx264`).
+    pub encoder: String,
+    /// The encoder's preset (`veryfast`).
+    pub preset: String,
+    /// Constant rate factor.
+    pub crf: u32,
+    /// A keyframe at every multiple of this many seconds and nowhere else (a
+    /// fixed, closed GOP, no scene-cut keyframes): the HLS segment length
+    /// (`media.hls_segment_secs`) the stream can be cut at as it is.
+    pub keyframe_secs: Option<f64>,
 }
 
 /// What inference did and what it cost.
@@ -248,6 +267,27 @@ pub struct OutputFile {
     /// of the encode it has now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reencoded: Option<String>,
+    /// How a rendition's video was made (`None` for images): encoded from
+    /// the normalized video, or that video's own stream copied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encode: Option<RenditionEncode>,
+    /// For a copied rendition: the key of the video whose stream it carries
+    /// bit for bit (the normalized video, the quality check's reference).
+    /// Identical to the reference, it is not scored: its PSNR, SSIM and VMAF
+    /// stay empty rather than hold a measure of nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identical_to: Option<String>,
+}
+
+/// How a rendition's video stream was made.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RenditionEncode {
+    /// Encoded from the decoded normalized video, and scored against it.
+    Encode,
+    /// The normalized video's stream, copied without decoding: it was
+    /// already this rendition (same size, encoder, CRF and segment keyframes).
+    Copy,
 }
 
 /// The HLS presentation of the renditions: CMAF (fMP4) segments whose

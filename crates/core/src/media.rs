@@ -543,6 +543,27 @@ fn decoder_allow_list(runner: &Runner, ffmpeg: &str) -> Result<String, MediaErro
     Ok(names.join(","))
 }
 
+/// `secs` as ffmpeg reads it: at most three decimals, no trailing zeros.
+pub fn secs_arg(secs: f64) -> String {
+    let text = format!("{secs:.3}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// Encoder options for keyframes at every multiple of `segment_secs` (and,
+/// for x264 with the frame rate `fps` known, nowhere else: a fixed GOP, no
+/// scene-cut keyframes), so that HLS segments start at the same times in
+/// every stream encoded with them. Preprocess's normalize encode and every
+/// rendition take the same ones: the normalized stream can then be a
+/// rendition as it is.
+pub fn keyframe_args(encoder: &str, segment_secs: f64, fps: f64) -> Vec<String> {
+    let mut args = vec!["-force_key_frames".to_string(), format!("expr:gte(t,n_forced*{})", secs_arg(segment_secs))];
+    let gop = (segment_secs * fps).round() as u64;
+    if encoder == "libx264" && gop > 0 {
+        args.extend(["-g", &gop.to_string(), "-keyint_min", &gop.to_string(), "-sc_threshold", "0"].map(String::from));
+    }
+    args
+}
+
 /// An output path as ffmpeg should see it (never parsed as a protocol or option).
 pub fn output_arg(path: &Path) -> String {
     format!("file:{}", path.display())

@@ -6,15 +6,18 @@
 //! reference is decoded once and split to every rendition (each encoded once
 //! and written by the tee muxer both as a faststart MP4 and as an HLS
 //! variant of CMAF segments, keyframes forced at the same times in every
-//! rendition), to the poster and to the sprite. A second one
-//! ([`quality_args`]) decodes the reference once more and every rendition
-//! once, and measures them all: ffmpeg 5.1 cannot decode an encoder's output
-//! inside the process that encodes it. [`legacy`] keeps the per-output
+//! rendition), to the poster and to the sprite. A rendition the reference
+//! already is (see [`crate::copies_reference`]) is not encoded: the same
+//! process copies the reference's streams into its MP4 and HLS variant. A
+//! second one ([`quality_args`]) decodes the reference once more and every
+//! encoded rendition once, and measures them all: ffmpeg 5.1 cannot decode
+//! an encoder's output inside the process that encodes it. [`legacy`] keeps the per-output
 //! commands the fleet ran before, the transcode benchmark's baseline.
 
-use crate::{plan_renditions, RenditionPlan};
+use crate::{plan_ladder, RenditionPlan};
 use reelfleet_core::{
-    media::{output_arg, tee_output, Media, ToolCommand},
+    manifest::VideoEncode,
+    media::{keyframe_args, output_arg, secs_arg, tee_output, Media, ToolCommand},
     settings::PostprocessSettings,
 };
 use std::path::{Path, PathBuf};
@@ -59,43 +62,27 @@ pub fn poster_time(duration: f64) -> f64 {
     duration * 0.1
 }
 
-/// `secs` as ffmpeg reads it: at most three decimals, no trailing zeros.
-fn secs_arg(secs: f64) -> String {
-    let text = format!("{secs:.3}");
-    text.trim_end_matches('0').trim_end_matches('.').to_string()
-}
-
 /// The ladder's filter graph: the reference's video split to every
-/// rendition's graph (`[v0]`, `[v1]`, ...), to the poster (one frame at
-/// [`poster_time`], `[poster]`) and to the sprite (`[sprite]`).
+/// encoded rendition's graph (`[v<i>]`, `i` its place in `renditions`; a
+/// copied one has none), to the poster (one frame at [`poster_time`],
+/// `[poster]`) and to the sprite (`[sprite]`).
 pub fn ladder_graph(renditions: &[RenditionPlan], sprite_frames: u32, duration: f64) -> String {
-    let n = renditions.len() + 2;
+    let encoded: Vec<(usize, &RenditionPlan)> = renditions.iter().enumerate().filter(|(_, r)| !r.copy).collect();
+    let n = encoded.len() + 2;
     let mut graph = format!("[0:v]split={n}");
     for i in 0..n {
         graph.push_str(&format!("[s{i}]"));
     }
-    for (i, r) in renditions.iter().enumerate() {
-        graph.push_str(&format!(";[s{i}]{}[v{i}]", rendition_graph(r)));
+    for (k, (i, r)) in encoded.iter().enumerate() {
+        graph.push_str(&format!(";[s{k}]{}[v{i}]", rendition_graph(r)));
     }
-    let (p, s) = (renditions.len(), renditions.len() + 1);
+    let (p, s) = (encoded.len(), encoded.len() + 1);
     graph.push_str(&format!(
         ";[s{p}]trim=start={},setpts=PTS-STARTPTS,trim=end_frame=1[poster];[s{s}]{}[sprite]",
         secs_arg(poster_time(duration)),
         sprite_graph(sprite_frames.max(1), duration)
     ));
     graph
-}
-
-/// Keyframes at every multiple of `segment_secs` (and nowhere else when the
-/// frame rate `fps` is known: a fixed GOP, no scene-cut keyframes), the same
-/// in every rendition, so HLS segments start at the same times in each.
-pub fn keyframe_args(encoder: &str, segment_secs: f64, fps: f64) -> Vec<String> {
-    let mut args = vec!["-force_key_frames".to_string(), format!("expr:gte(t,n_forced*{})", secs_arg(segment_secs))];
-    let gop = (segment_secs * fps).round() as u64;
-    if encoder == "libx264" && gop > 0 {
-        args.extend(["-g", &gop.to_string(), "-keyint_min", &gop.to_string(), "-sc_threshold", "0"].map(String::from));
-    }
-    args
 }
 
 /// `-x265-params` of an H.265 rendition: quiet, and with a known frame
@@ -128,8 +115,7 @@ pub fn crf(plan: &RenditionPlan, s: &PostprocessSettings, lower: u32) -> u32 {
 
 /// A rendition's encoder options and its output: its encoder at `crf`
 /// (H.265 tagged `hvc1` for Apple players), keyframes per segment, AAC, and
-/// the tee muxer writing the faststart MP4 and the HLS variant (CMAF
-/// segments, VOD playlist) under `dir`.
+/// the tee muxer writing the faststart MP4 and the HLS variant under `dir`.
 pub fn rendition_output_args(plan: &RenditionPlan, crf: u32, e: &Encoding<'_>, dir: &Path) -> Vec<String> {
     let mut args = vec![
         "-c:v".to_string(),
@@ -143,20 +129,39 @@ pub fn rendition_output_args(plan: &RenditionPlan, crf: u32, e: &Encoding<'_>, d
     if plan.encoder == "libx265" {
         args.extend(["-tag:v".to_string(), "hvc1".into(), "-x265-params".into(), x265_params(e.segment_secs, e.fps)]);
     }
-    args.extend(["-c:a", "aac", "-b:a", "128k", "-f", "tee"].map(String::from));
+    args.extend(["-c:a", "aac", "-b:a", "128k"].map(String::from));
+    args.extend(rendition_tee(plan, e, dir));
+    args
+}
+
+/// A copied rendition's output: the reference's video and audio streams as
+/// they are (no decode, no encode), to the same MP4 and HLS variant.
+pub fn copy_output_args(plan: &RenditionPlan, e: &Encoding<'_>, dir: &Path) -> Vec<String> {
+    let mut args = ["-c:v", "copy", "-c:a", "copy"].map(String::from).to_vec();
+    args.extend(rendition_tee(plan, e, dir));
+    args
+}
+
+/// The tee muxer writing a rendition's streams to its faststart MP4 and to
+/// its HLS variant (CMAF segments of `e.segment_secs`, VOD playlist) under `dir`.
+fn rendition_tee(plan: &RenditionPlan, e: &Encoding<'_>, dir: &Path) -> Vec<String> {
     let hls = format!(
         "f=hls:hls_time={}:hls_playlist_type=vod:hls_segment_type=fmp4:hls_flags=independent_segments",
         secs_arg(e.segment_secs)
     );
-    args.push(tee_output(&[
-        ("f=mp4:movflags=+faststart".into(), dir.join(rendition_file(plan))),
-        (hls, variant_playlist(dir, plan)),
-    ]));
-    args
+    vec![
+        "-f".into(),
+        "tee".into(),
+        tee_output(&[
+            ("f=mp4:movflags=+faststart".into(), dir.join(rendition_file(plan))),
+            (hls, variant_playlist(dir, plan)),
+        ]),
+    ]
 }
 
 /// The one process of the ladder: `reference` decoded once, every rendition
-/// (MP4 and HLS variant), the poster and the sprite written to `dir`.
+/// (MP4 and HLS variant; encoded, or the reference's streams copied), the
+/// poster and the sprite written to `dir`.
 pub fn ladder_args(
     media: &Media,
     reference: &Path,
@@ -169,8 +174,13 @@ pub fn ladder_args(
     let mut args = media.input_args(reference);
     args.extend(["-filter_complex".to_string(), ladder_graph(renditions, s.sprite_frames, duration)]);
     for (i, r) in renditions.iter().enumerate() {
-        args.extend(["-map".to_string(), format!("[v{i}]"), "-map".into(), "0:a:0?".into()]);
-        args.extend(rendition_output_args(r, crf(r, s, 0), e, dir));
+        if r.copy {
+            args.extend(["-map", "0:v:0", "-map", "0:a:0?"].map(String::from));
+            args.extend(copy_output_args(r, e, dir));
+        } else {
+            args.extend(["-map".to_string(), format!("[v{i}]"), "-map".into(), "0:a:0?".into()]);
+            args.extend(rendition_output_args(r, crf(r, s, 0), e, dir));
+        }
     }
     args.extend(media.thread_args());
     args.extend(["-map", "[poster]", "-frames:v", "1", "-q:v", "2"].map(String::from));
@@ -241,18 +251,20 @@ pub fn quality_args(
 }
 
 /// Every run postprocess makes, in order, for a reference video (the
-/// normalized one) at `reference` of `width`x`height`, `duration` seconds at
-/// `fps`, its files written to `dir`, for a job whose renditions pass the
-/// quality floor (one that does not adds a [`reencode_args`] run, a probe
-/// and a [`quality_args`] run of that rendition). `vmaf`: whether ffmpeg
-/// has libvmaf (the stage asks it with the filter listing that is the
-/// second run); `preset`: the job's tier's (`media.tier_presets`).
+/// normalized one, its picture encoded as `made` says) at `reference` of
+/// `width`x`height`, `duration` seconds at `fps`, its files written to
+/// `dir`, for a job whose renditions pass the quality floor (one that does
+/// not adds a [`reencode_args`] run, a probe and a [`quality_args`] run of
+/// that rendition). `vmaf`: whether ffmpeg has libvmaf (the stage asks it
+/// with the filter listing that is the second run); `preset`: the job's
+/// tier's (`media.tier_presets`).
 #[allow(clippy::too_many_arguments)]
 pub fn plan(
     media: &Media,
     s: &PostprocessSettings,
     reference: &Path,
     (width, height): (u32, u32),
+    made: Option<&VideoEncode>,
     duration: f64,
     fps: f64,
     preset: &str,
@@ -260,16 +272,22 @@ pub fn plan(
     dir: &Path,
 ) -> Vec<ToolCommand> {
     let mut runs = vec![media.probe_command(reference), media.filters_command()];
-    let renditions = plan_renditions(width, height);
     let e = Encoding { preset, segment_secs: media.settings().hls_segment_secs, fps };
+    let renditions = plan_ladder((width, height), made, s, &e);
     runs.push(media.ffmpeg_command(&ladder_args(media, reference, dir, &renditions, &e, s, duration)));
     let files: Vec<PathBuf> = renditions.iter().map(|r| dir.join(rendition_file(r))).collect();
     runs.extend(files.iter().map(|f| media.probe_command(f)));
     runs.push(media.probe_command(&dir.join(POSTER)));
     runs.push(media.probe_command(&dir.join(SPRITE)));
-    let measured: Vec<(&str, &Path, u32, u32)> =
-        renditions.iter().zip(&files).map(|(r, f)| (r.name.as_str(), f.as_path(), r.width, r.height)).collect();
-    runs.push(media.ffmpeg_command(&quality_args(media, reference, &measured, vmaf)));
+    let measured: Vec<(&str, &Path, u32, u32)> = renditions
+        .iter()
+        .zip(&files)
+        .filter(|(r, _)| !r.copy)
+        .map(|(r, f)| (r.name.as_str(), f.as_path(), r.width, r.height))
+        .collect();
+    if !measured.is_empty() {
+        runs.push(media.ffmpeg_command(&quality_args(media, reference, &measured, vmaf)));
+    }
     runs
 }
 

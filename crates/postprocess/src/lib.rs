@@ -2,9 +2,10 @@
 //! that decodes the normalized video once (H.264 at 720p and at the
 //! normalized resolution, H.265 at 720p, never upscaling, each as a faststart
 //! MP4 and as an HLS variant of CMAF segments aligned across renditions; a
-//! poster and a thumbnail sprite), checks every rendition's PSNR/SSIM (VMAF
-//! where ffmpeg has libvmaf) against the normalized video in a second one,
-//! encodes a rendition below the floor again alone at a better quality,
+//! poster and a thumbnail sprite; the H.264 rendition the normalized video
+//! already is copied from it, not encoded), checks every encoded rendition's
+//! PSNR/SSIM (VMAF where ffmpeg has libvmaf) against the normalized video in
+//! a second one, encodes a rendition below the floor again alone at a better quality,
 //! writes the HLS master playlist and the final manifest, calls the CDN purge
 //! hook and publishes `job.completed`.
 //!
@@ -23,10 +24,13 @@ use reelfleet_core::{
     envelope::Envelope,
     error::StageError,
     jobstate::{envelope_of, Claimed, JobClaims, PipelineStage},
-    manifest::{stage_key, HlsOutput, HlsVariant, JobManifest, JobStatus, ManifestStore, OutputFile, QualityCheck},
+    manifest::{
+        stage_key, HlsOutput, HlsVariant, JobManifest, JobStatus, ManifestStore, OutputFile, QualityCheck,
+        RenditionEncode, VideoEncode,
+    },
     media::{scratch_dir, Bounds, Media, MediaError, Probe},
     runtime::{Dispatch, Message, Stage},
-    settings::Settings,
+    settings::{preset_at_least, PostprocessSettings, Settings},
     storage::Storage,
     topology::WorkQueue,
 };
@@ -56,6 +60,9 @@ pub struct RenditionPlan {
     pub width: u32,
     /// Height in pixels, even, never more than the reference's.
     pub height: u32,
+    /// The reference's own streams copied as this rendition instead of an
+    /// encode (see [`copies_reference`]); `false` from [`plan_renditions`].
+    pub copy: bool,
 }
 
 /// Renditions for a `w`x`h` source: H.264 and H.265 with the short side at
@@ -69,11 +76,50 @@ pub fn plan_renditions(w: u32, h: u32) -> Vec<RenditionPlan> {
     } else {
         (w, h)
     };
-    let mut plans = vec![RenditionPlan { name: "h264_720p".into(), encoder: "libx264", width: w720, height: h720 }];
+    let plan = |name: String, encoder, width, height| RenditionPlan { name, encoder, width, height, copy: false };
+    let mut plans = vec![plan("h264_720p".into(), "libx264", w720, h720)];
     if short > 720 {
-        plans.push(RenditionPlan { name: format!("h264_{short}p"), encoder: "libx264", width: w, height: h });
+        plans.push(plan(format!("h264_{short}p"), "libx264", w, h));
     }
-    plans.push(RenditionPlan { name: "h265_720p".into(), encoder: "libx265", width: w720, height: h720 });
+    plans.push(plan("h265_720p".into(), "libx265", w720, h720));
+    plans
+}
+
+/// Whether the reference, `width`x`height` with its picture encoded as
+/// `made` says, already is the rendition `plan` that `e` and `s` would
+/// encode from it: same size, same encoder and CRF, a keyframe at every
+/// segment boundary and nowhere else, at a preset that searches at least
+/// as hard as the tier's. Encoding it again would spend the encoder's time
+/// to lose a generation of quality; its streams are copied instead.
+pub fn copies_reference(
+    plan: &RenditionPlan,
+    (width, height): (u32, u32),
+    made: Option<&VideoEncode>,
+    s: &PostprocessSettings,
+    e: &ffmpeg::Encoding<'_>,
+) -> bool {
+    let Some(made) = made else { return false };
+    let same_segments = made.keyframe_secs.is_some_and(|k| (k - e.segment_secs).abs() < 1e-9);
+    (plan.width, plan.height) == (width, height)
+        && made.encoder == plan.encoder
+        && made.crf == ffmpeg::crf(plan, s, 0)
+        && same_segments
+        && e.fps > 0.0
+        && preset_at_least(&made.preset, e.preset)
+}
+
+/// The renditions of a `width`x`height` reference made as `made` says
+/// ([`plan_renditions`]), each marked copied where [`copies_reference`] holds.
+pub fn plan_ladder(
+    (width, height): (u32, u32),
+    made: Option<&VideoEncode>,
+    s: &PostprocessSettings,
+    e: &ffmpeg::Encoding<'_>,
+) -> Vec<RenditionPlan> {
+    let mut plans = plan_renditions(width, height);
+    for p in &mut plans {
+        p.copy = copies_reference(p, (width, height), made, s, e);
+    }
     plans
 }
 
@@ -261,7 +307,16 @@ impl Postprocess {
             None => media_settings.preset.as_str(),
         };
         let encoding = ffmpeg::Encoding { preset, segment_secs: media_settings.hls_segment_secs, fps };
-        let renditions = plan_renditions(w, h);
+        // What preprocess recorded of how it encoded the reference, if it is the normalized video.
+        let made = manifest
+            .preprocess
+            .as_ref()
+            .filter(|p| p.normalized_key.as_ref() == Some(reference_key))
+            .and_then(|p| p.video_encode.as_ref());
+        let renditions = plan_ladder((w, h), made, s, &encoding);
+        for r in renditions.iter().filter(|r| r.copy) {
+            info!(rendition = %r.name, "Rendition copied from the normalized video, not encoded");
+        }
         for r in &renditions {
             tokio::fs::create_dir_all(dir.join(ffmpeg::HLS_DIR).join(&r.name)).await?;
         }
@@ -270,13 +325,20 @@ impl Postprocess {
         media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("ladder"))?;
         let mut described = Vec::new();
         for r in &renditions {
-            described.push(self.describe(&dir.join(ffmpeg::rendition_file(r)), &r.name, "video/mp4").await?);
+            let (mut out, probe) = self.describe(&dir.join(ffmpeg::rendition_file(r)), &r.name, "video/mp4").await?;
+            out.encode = Some(if r.copy { RenditionEncode::Copy } else { RenditionEncode::Encode });
+            out.identical_to = r.copy.then(|| reference_key.clone());
+            described.push((out, probe));
         }
         let (poster, _) = self.describe(&dir.join(ffmpeg::POSTER), "poster", "image/jpeg").await?;
         let (sprite, _) = self.describe(&dir.join(ffmpeg::SPRITE), "sprite", "image/jpeg").await?;
-        let scores = self.quality(media, &reference, dir, &renditions, vmaf).await?;
-        for ((out, _), score) in described.iter_mut().zip(scores) {
-            (out.psnr_db, out.ssim, out.vmaf) = score;
+        // A copied rendition is the reference: there is nothing to measure.
+        let encoded: Vec<RenditionPlan> = renditions.iter().filter(|r| !r.copy).cloned().collect();
+        let mut scores = self.quality(media, &reference, dir, &encoded, vmaf).await?.into_iter();
+        for (r, (out, _)) in renditions.iter().zip(described.iter_mut()) {
+            if !r.copy {
+                (out.psnr_db, out.ssim, out.vmaf) = scores.next().unwrap_or_default();
+            }
         }
 
         // A rendition under the floor gets one more encode, alone, at a better quality.
@@ -299,6 +361,7 @@ impl Postprocess {
             let score = self.quality(media, &reference, dir, std::slice::from_ref(r), vmaf).await?;
             (again.psnr_db, again.ssim, again.vmaf) = score[0];
             again.reencoded = Some(first);
+            again.encode = Some(RenditionEncode::Encode);
             (*out, *probed) = (again, probe);
         }
 
@@ -433,6 +496,8 @@ impl Postprocess {
             ssim: None,
             vmaf: None,
             reencoded: None,
+            encode: None,
+            identical_to: None,
         };
         Ok((out, probe))
     }
@@ -448,6 +513,9 @@ impl Postprocess {
         renditions: &[RenditionPlan],
         vmaf: bool,
     ) -> Result<Vec<(Option<f64>, Option<f64>, Option<f64>)>, StageError> {
+        if renditions.is_empty() {
+            return Ok(Vec::new());
+        }
         let files: Vec<std::path::PathBuf> = renditions.iter().map(|r| dir.join(ffmpeg::rendition_file(r))).collect();
         let measured: Vec<(&str, &Path, u32, u32)> =
             renditions.iter().zip(&files).map(|(r, f)| (r.name.as_str(), f.as_path(), r.width, r.height)).collect();
@@ -508,6 +576,42 @@ mod tests {
         assert!(p.iter().all(|r| r.width == 640 && r.height == 360));
         let p = plan_renditions(1080, 1920);
         assert_eq!((p[0].width, p[0].height), (720, 1280));
+    }
+
+    #[test]
+    fn the_rendition_the_reference_already_is_is_copied_and_nothing_else() {
+        let s = PostprocessSettings::default();
+        let e = ffmpeg::Encoding { preset: "veryfast", segment_secs: 4.0, fps: 24.0 };
+        let made =
+            VideoEncode { encoder: "libx264".into(), preset: "veryfast".into(), crf: 23, keyframe_secs: Some(4.0) };
+        let copied = |size: (u32, u32), made: &VideoEncode, s: &PostprocessSettings, e: &ffmpeg::Encoding<'_>| {
+            plan_ladder(size, Some(made), s, e).into_iter().filter(|r| r.copy).map(|r| r.name).collect::<Vec<_>>()
+        };
+        assert_eq!(copied((1280, 720), &made, &s, &e), ["h264_720p"]);
+        assert_eq!(copied((640, 360), &made, &s, &e), ["h264_720p"], "at or below 720p");
+        assert_eq!(copied((1920, 1080), &made, &s, &e), ["h264_1080p"], "the 720p ones are scaled: encoded");
+        assert!(plan_ladder((1280, 720), None, &s, &e).iter().all(|r| !r.copy), "nothing known of the reference");
+        let other_crf = PostprocessSettings { h264_crf: 21, ..Default::default() };
+        assert!(copied((1280, 720), &made, &other_crf, &e).is_empty(), "another CRF");
+        let no_keyframes = VideoEncode { keyframe_secs: None, ..made.clone() };
+        assert!(copied((1280, 720), &no_keyframes, &s, &e).is_empty(), "keyframes not at the segments");
+        let other_segments = ffmpeg::Encoding { segment_secs: 2.0, ..e.clone() };
+        assert!(copied((1280, 720), &made, &s, &other_segments).is_empty(), "other segments");
+        let slower = ffmpeg::Encoding { preset: "fast", ..e.clone() };
+        assert!(copied((1280, 720), &made, &s, &slower).is_empty(), "the tier asks for a slower preset");
+        let faster = ffmpeg::Encoding { preset: "superfast", ..e.clone() };
+        assert_eq!(copied((1280, 720), &made, &s, &faster), ["h264_720p"], "veryfast is as good as superfast");
+        let unknown_rate = ffmpeg::Encoding { fps: 0.0, ..e.clone() };
+        assert!(copied((1280, 720), &made, &s, &unknown_rate).is_empty(), "no fixed GOP to match");
+    }
+
+    #[test]
+    fn a_copied_rendition_has_no_branch_in_the_ladder_graph() {
+        let mut plans = plan_renditions(1280, 720);
+        plans[0].copy = true;
+        let graph = ffmpeg::ladder_graph(&plans, 10, 10.0);
+        assert!(graph.starts_with("[0:v]split=3[s0][s1][s2];[s0]scale=1280:720"), "{graph}");
+        assert!(graph.contains("[v1]") && !graph.contains("[v0]"), "{graph}");
     }
 
     #[test]

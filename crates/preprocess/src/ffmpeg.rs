@@ -11,7 +11,8 @@
 use crate::target_dimensions;
 use reelfleet_core::{
     error::StageError,
-    media::{output_arg, Media, Probe, ToolCommand},
+    manifest::VideoEncode,
+    media::{keyframe_args, output_arg, Media, Probe, ToolCommand},
     settings::PreprocessSettings,
 };
 use std::path::Path;
@@ -72,6 +73,20 @@ fn normalize_output_args(media: &Media, s: &PreprocessSettings) -> Vec<String> {
     args
 }
 
+/// How the single pass encodes the normalized video's picture: x264 at
+/// `media.preset` and `preprocess.crf`, a keyframe at every multiple of
+/// `media.hls_segment_secs` and nowhere else, as postprocess encodes an
+/// H.264 rendition. Where the two agree (size, CRF, preset), postprocess
+/// copies the normalized stream as that rendition instead of encoding it again.
+pub fn normalized_encode(media: &Media, s: &PreprocessSettings) -> VideoEncode {
+    VideoEncode {
+        encoder: "libx264".into(),
+        preset: media.preset().into(),
+        crf: s.crf,
+        keyframe_secs: Some(media.settings().hls_segment_secs),
+    }
+}
+
 /// The single pass's filter graph: the source's first video stream
 /// normalized, then split to the encoder (`[norm]`), the complexity
 /// measurement (`[cx]`) and the keyframes (`[kf]`: `n` over `duration` seconds).
@@ -84,8 +99,8 @@ pub fn single_pass_graph(f: Frame, n: u32, duration: f64) -> String {
 }
 
 /// Normalize, complexity and keyframes in one process that decodes `source`
-/// once: the normalized video (first video and audio stream only) to
-/// `dir/normalized.mp4`, `n` keyframes to [`KEYFRAMES`] in `dir`, the
+/// once: the normalized video (first video and audio stream only, encoded
+/// as [`normalized_encode`] says) to `dir/normalized.mp4`, `n` keyframes to [`KEYFRAMES`] in `dir`, the
 /// complexity measures to the log (decoded to nothing). `duration`: the
 /// source's, which the keyframes are spread over.
 pub fn single_pass_args(
@@ -101,6 +116,8 @@ pub fn single_pass_args(
     args.extend(["-filter_complex".to_string(), single_pass_graph(f, n, duration)]);
     args.extend(["-map", "[norm]", "-map", "0:a:0?"].map(String::from));
     args.extend(normalize_output_args(media, s));
+    let encode = normalized_encode(media, s);
+    args.extend(keyframe_args(&encode.encoder, encode.keyframe_secs.unwrap_or_default(), f.fps.into()));
     args.push(output_arg(&dir.join(NORMALIZED)));
     args.extend(["-map", "[kf]", "-frames:v", &n.to_string(), "-q:v", "3"].map(String::from));
     args.push(output_arg(&dir.join(KEYFRAMES)));

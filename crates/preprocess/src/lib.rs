@@ -198,6 +198,7 @@ impl Preprocess {
             complexity: Some(complexity),
             tier,
             tier_reason: reason,
+            video_encode: Some(ffmpeg::normalized_encode(&self.media, s)),
         })
     }
 }

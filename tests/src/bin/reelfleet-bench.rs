@@ -91,6 +91,13 @@ fn machine() -> serde_json::Value {
     serde_json::json!({"cpu": cpu, "cores": cores, "memory_gib": mem_kb / 1024 / 1024})
 }
 
+/// The 1, 5 and 15 minute load averages (`/proc/loadavg`): CPU seconds are
+/// robust to other load, wall times are not.
+fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
 fn write_result(name: &str, value: &serde_json::Value) -> anyhow::Result<PathBuf> {
     let dir = PathBuf::from("bench/results");
     std::fs::create_dir_all(&dir)?;
@@ -277,6 +284,7 @@ async fn transcode(args: &[String]) -> anyhow::Result<()> {
     // is of the ladder's shape, not of a faster preset for bulk tiers.
     settings.media.tier_presets = reelfleet_core::settings::TierPresets::all(&settings.media.preset);
     let delivered = (clips * seconds) as f64;
+    let load_before = load_average();
 
     eprintln!("legacy: the per-output commands of before (media plan --legacy) by xargs -P {cores}");
     let out = work.path().join("legacy");
@@ -309,6 +317,11 @@ async fn transcode(args: &[String]) -> anyhow::Result<()> {
         bail!("the fleet's ffmpeg CPU time was not counted ({fleet_cpu:.1} s): are its processes reaped by this one?");
     }
     let reencoded = manifests.iter().flat_map(|m| &m.outputs).filter(|o| o.reencoded.is_some()).count();
+    let copied = manifests
+        .iter()
+        .flat_map(|m| &m.outputs)
+        .filter(|o| o.encode == Some(reelfleet_core::manifest::RenditionEncode::Copy))
+        .count();
     let hls = manifests.iter().filter(|m| m.hls.is_some()).count();
     stop_fleet(dev, &manifests, clips).await?;
     let per = |cpu: f64| cpu / delivered;
@@ -318,13 +331,14 @@ async fn transcode(args: &[String]) -> anyhow::Result<()> {
         "delivered_video_s": delivered,
         "legacy": {"wall_s": legacy_s, "cpu_s": legacy_cpu, "cpu_s_per_video_s": per(legacy_cpu)},
         "ladder": {"wall_s": ladder_s, "cpu_s": ladder_cpu, "cpu_s_per_video_s": per(ladder_cpu)},
-        "fleet": {"wall_s": fleet_s, "cpu_s": fleet_cpu, "cpu_s_per_video_s": per(fleet_cpu), "jobs_with_hls": hls, "renditions_reencoded": reencoded},
+        "fleet": {"wall_s": fleet_s, "cpu_s": fleet_cpu, "cpu_s_per_video_s": per(fleet_cpu), "jobs_with_hls": hls, "renditions_reencoded": reencoded, "renditions_copied": copied},
         "cpu_ratio_ladder_vs_legacy": ladder_cpu / legacy_cpu,
         "cpu_ratio_fleet_vs_legacy": fleet_cpu / legacy_cpu,
         "wall_ratio_fleet_vs_ladder": fleet_s / ladder_s,
         "goals": {"cpu_ratio_ladder_vs_legacy": 0.6, "wall_ratio_fleet_vs_ladder": 1.05},
         "preset": preset_note(),
         "machine": machine(),
+        "load_average": {"before": load_before, "after": load_average()},
     });
     let path = write_result("transcode", &result)?;
     println!(

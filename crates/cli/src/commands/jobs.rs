@@ -155,8 +155,9 @@ fn print_manifest(m: &JobManifest) {
         println!("model    {}  tokens in {} out {}  cost ${:.6}", i.model, i.input_tokens, i.output_tokens, i.cost_usd);
     }
     for o in &m.outputs {
-        let q = match (o.psnr_db, o.ssim) {
-            (Some(p), Some(s)) => format!("  PSNR {p:.2} dB SSIM {s:.4}"),
+        let q = match (o.psnr_db, o.ssim, &o.identical_to) {
+            (Some(p), Some(s), _) => format!("  PSNR {p:.2} dB SSIM {s:.4}"),
+            (_, _, Some(reference)) => format!("  copy of {reference} (identical, not scored)"),
             _ => String::new(),
         };
         println!("output   {:<12} {:<5} {}x{}  {}{q}", o.name, o.codec, o.width, o.height, o.key);

@@ -91,6 +91,14 @@ impl TierPresets {
 const PRESETS: &[&str] =
     &["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo"];
 
+/// Whether the x264/x265 preset `preset` searches at least as hard as
+/// `than` (it comes at or after it, fastest first): at the same CRF its
+/// stream is as good for no more bits. False for a name neither knows.
+pub fn preset_at_least(preset: &str, than: &str) -> bool {
+    let rank = |p: &str| PRESETS.iter().position(|k| *k == p);
+    matches!((rank(preset), rank(than)), (Some(a), Some(b)) if a >= b)
+}
+
 /// What ffmpeg and ffprobe run inside.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

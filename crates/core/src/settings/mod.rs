@@ -38,7 +38,7 @@ pub use index::IndexSettings;
 pub use inference::{BudgetAction, InferenceSettings, ModelSettings, TierSettings};
 pub use intake::{IntakeClient, IntakeSettings};
 pub use limits::LimitSettings;
-pub use media::{LimitsKind, MediaSettings, SandboxKind, TierPresets};
+pub use media::{preset_at_least, LimitsKind, MediaSettings, SandboxKind, TierPresets};
 pub use postprocess::PostprocessSettings;
 pub use preprocess::PreprocessSettings;
 pub use pull::{PullSettings, PULLED_PREFIX};

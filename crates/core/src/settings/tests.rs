@@ -187,3 +187,13 @@ fn tier_presets_segment_length_and_reencode_step_are_read_and_checked() {
         assert!(err.contains(named), "{toml}: {err}");
     }
 }
+
+#[test]
+fn a_preset_is_at_least_as_slow_as_itself_and_the_faster_ones() {
+    use super::preset_at_least;
+    assert!(preset_at_least("veryfast", "veryfast"));
+    assert!(preset_at_least("veryfast", "superfast"));
+    assert!(preset_at_least("slow", "fast"));
+    assert!(!preset_at_least("veryfast", "fast"), "fast searches harder than veryfast");
+    assert!(!preset_at_least("quick", "ultrafast") && !preset_at_least("veryfast", "quick"), "unknown names");
+}

@@ -60,6 +60,8 @@ use std::{
 };
 use tokio_util::sync::CancellationToken;
 
+#[path = "reelfleet-bench/console.rs"]
+mod console;
 #[path = "reelfleet-bench/index.rs"]
 mod index;
 #[path = "reelfleet-bench/ingest_pull.rs"]
@@ -1416,6 +1418,7 @@ async fn main() -> anyhow::Result<()> {
         Some("ingest-pull") => ingest_pull::ingest_pull(&args[1..]).await,
         Some("index") => index::index(&args[1..]).await,
         Some("memory") => memory::memory(&args[1..]).await,
-        _ => bail!("usage: reelfleet-bench transcode [--clips N] [--seconds S] | overhead [--jobs N] | inference [--jobs N] [--rate R] | scaling [--clips N] [--seconds S] | sandbox [--runs N] [--seconds S] | ingest [--events N] [--pollers P] | ingest-pull [--mib N] | index [--jobs N] [--runs R] | memory [--messages N] [--source-mib N] [--window S] [--skip-deep] [--skip-source]"),
+        Some("console") => console::console(&args[1..]).await,
+        _ => bail!("usage: reelfleet-bench transcode [--clips N] [--seconds S] | overhead [--jobs N] | inference [--jobs N] [--rate R] | scaling [--clips N] [--seconds S] | sandbox [--runs N] [--seconds S] | ingest [--events N] [--pollers P] | ingest-pull [--mib N] | index [--jobs N] [--runs R] | console [--jobs N] [--runs R] | memory [--messages N] [--source-mib N] [--window S] [--skip-deep] [--skip-source]"),
     }
 }

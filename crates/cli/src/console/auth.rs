@@ -151,15 +151,16 @@ pub fn set_cookie(value: Option<&str>, ttl_secs: u64, secure: bool) -> String {
     format!("{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={age}{secure}")
 }
 
-/// Whether a state-changing request comes from the console's own pages:
-/// `Sec-Fetch-Site`, when the browser sends it, must be `same-origin`, and
-/// `Origin`, when sent, must name the host the request was sent to. Clients
-/// that send neither (not browsers) still need the CSRF token.
+/// Whether a state-changing request comes from the console's own pages.
+/// A browser that sends `Sec-Fetch-Site` (a header no page can set) is
+/// believed: it must say `same-origin`. Without it, `Origin`, when sent,
+/// must name the host the request was sent to (`null`, what a browser sends
+/// for a form posted under `Referrer-Policy: no-referrer` or from a
+/// sandboxed frame, does not). Clients that send neither (not browsers)
+/// still need the CSRF token.
 pub fn same_origin(headers: &HeaderMap) -> bool {
     if let Some(site) = headers.get("sec-fetch-site") {
-        if site.as_bytes() != b"same-origin" {
-            return false;
-        }
+        return site.as_bytes() == b"same-origin";
     }
     let Some(origin) = headers.get(header::ORIGIN) else { return true };
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
@@ -241,5 +242,11 @@ mod tests {
         assert!(!same_origin(&h));
         h.insert("sec-fetch-site", "same-origin".parse().unwrap());
         assert!(same_origin(&h));
+        // Chromium posting the login form of a page served with
+        // `Referrer-Policy: no-referrer`: `Origin: null`, and it says same-origin.
+        h.insert(header::ORIGIN, "null".parse().unwrap());
+        assert!(same_origin(&h), "the console's own form, as Chromium posts it");
+        h.insert("sec-fetch-site", "same-site".parse().unwrap());
+        assert!(!same_origin(&h), "another port or subdomain of the same site");
     }
 }

@@ -16,6 +16,11 @@ ensure_cargo_deny() {
 
 run_cargo_deny() {
   ensure_cargo_deny
+  # cargo-deny reads every platform's dependencies, while a build downloads
+  # only this one's (wasm-bindgen, android_system_properties, ...): on a
+  # fresh machine they are fetched first, or `--offline` fails on them.
+  say "cargo fetch (every platform's crates, for cargo deny)"
+  cargo fetch --locked --quiet
   say "cargo deny: bans, licenses, sources"
   cargo deny --offline check bans licenses sources
   say "cargo deny: advisories"

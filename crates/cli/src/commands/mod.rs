@@ -153,14 +153,17 @@ pub(crate) fn parse_since(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Ut
     }
     let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: i64 = n.parse().with_context(|| format!("--since {s:?}: expected RFC 3339 or a duration like 30m"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
+    let unit_secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
         _ => anyhow::bail!("--since {s:?}: unit must be s, m, h or d"),
     };
-    Ok(chrono::Utc::now() - chrono::Duration::seconds(secs))
+    n.checked_mul(unit_secs)
+        .and_then(chrono::TimeDelta::try_seconds)
+        .and_then(|ago| chrono::Utc::now().checked_sub_signed(ago))
+        .with_context(|| format!("--since {s:?}: too far back"))
 }
 
 #[cfg(test)]
@@ -181,6 +184,10 @@ mod tests {
         assert!((ago.num_seconds() - 7200).abs() < 5, "{ago}");
         assert!(parse_since("5x").is_err());
         assert!(parse_since("m").is_err());
+        // Too far back is an error, not a panic (the console passes its query string here).
+        for s in ["99999999999999s", "9999999999d", "9223372036854775807h"] {
+            assert!(parse_since(s).is_err(), "{s}");
+        }
     }
 
     #[test]

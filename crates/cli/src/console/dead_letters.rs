@@ -23,6 +23,15 @@ const LIMIT: usize = 500;
 
 /// Reads the dead letters matching `filter` and puts them back.
 async fn read(console: &Console, filter: &DlqFilter) -> anyhow::Result<Vec<DeadLetter>> {
+    let _turn = console.0.dead_letters.lock().await;
+    read_in_turn(console, filter).await
+}
+
+/// [`read`] by a caller that holds the console's turn on the dead-letter
+/// queues: a letter held unacked by one page view is invisible to the
+/// others, so this console's reads and actions go one at a time (an
+/// operator's replay never misses a letter a viewer's page is reading).
+async fn read_in_turn(console: &Console, filter: &DlqFilter) -> anyhow::Result<Vec<DeadLetter>> {
     let held = dlq::fetch(console.settings(), &console.0.broker, filter).await?;
     let letters = held.letters().cloned().collect();
     held.release().await;
@@ -85,8 +94,8 @@ fn table(letters: &[DeadLetter], selectable: bool) -> Markup {
                 @for d in letters {
                     tr data-job=(d.job.as_deref().unwrap_or("")) data-id=(d.id) {
                         @if selectable { td { input type="checkbox" name="select" value=(d.id); } }
-                        td { a href={ "/dead-letters/" (d.id) } { code { (&d.id[..d.id.len().min(12)]) } } }
-                        td { @if let Some(j) = &d.job { a href={ "/jobs/" (j) } { code { (&j[..j.len().min(12)]) } } } }
+                        td { a href={ "/dead-letters/" (d.id) } { code { (super::jobs::short(&d.id)) } } }
+                        td { @if let Some(j) = &d.job { a href={ "/jobs/" (j) } { code { (super::jobs::short(j)) } } } }
                         td { (d.stage) }
                         td { (d.error_class) }
                         td { (d.error_code) }
@@ -212,8 +221,9 @@ async fn dry_run(console: &Console, user: &User, action: &str, filter: &DlqFilte
 
 async fn confirmed(console: &Console, user: &User, action: &str, filter: &DlqFilter, ids: &[String]) -> Response {
     let by = user.by();
+    let _turn = console.0.dead_letters.lock().await;
     // The jobs are read for the audit line; the action itself re-reads what it acts on.
-    let jobs = read(console, filter).await.map(|l| jobs_of(&l)).unwrap_or_default();
+    let jobs = read_in_turn(console, filter).await.map(|l| jobs_of(&l)).unwrap_or_default();
     let outcome = if action == "replay" {
         dlq::replay_by(console.settings(), filter, None, false, Some(&by)).await.map(|r| (r.ids, r.refused))
     } else {

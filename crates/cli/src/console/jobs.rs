@@ -178,8 +178,8 @@ fn rows_markup(jobs: &[JobRow]) -> Markup {
     }
 }
 
-fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
+pub(super) fn short(id: &str) -> &str {
+    id.char_indices().nth(12).map_or(id, |(end, _)| &id[..end])
 }
 
 /// A job id as the fleet makes them (and nothing that could be a path).

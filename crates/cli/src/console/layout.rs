@@ -83,7 +83,10 @@ impl From<anyhow::Error> for Failure {
 
 impl From<reelfleet_index::IndexError> for Failure {
     fn from(e: reelfleet_index::IndexError) -> Self {
-        anyhow::Error::from(e).into()
+        match e {
+            reelfleet_index::IndexError::BadCursor(_) => Self::new(StatusCode::BAD_REQUEST, format!("{e}")),
+            e => anyhow::Error::from(e).into(),
+        }
     }
 }
 

@@ -63,6 +63,11 @@ struct Inner {
     accounts: Vec<ConsoleAccount>,
     /// A hash no password matches, checked for unknown names.
     decoy: String,
+    /// Password checks running at once (argon2 takes ~19 MiB and a core
+    /// for tens of ms each): at most one per core.
+    checks: tokio::sync::Semaphore,
+    /// One dead-letter read or action at a time (see `dead_letters::read`).
+    dead_letters: tokio::sync::Mutex<()>,
     keys: Keys,
     index: JobIndex,
     state: FleetState,
@@ -95,6 +100,8 @@ impl Console {
             settings,
             accounts,
             decoy,
+            checks: tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
+            dead_letters: tokio::sync::Mutex::new(()),
             keys,
             index,
             state,
@@ -224,19 +231,19 @@ async fn login(State(console): State<Console>, headers: HeaderMap, body: Bytes) 
     let name = field(&form, "username").unwrap_or_default().trim().to_string();
     let password = field(&form, "password").unwrap_or_default();
     let settings = &console.0.settings.console;
-    // Counted per name tried, known or not, before any password is checked.
-    let key: String = format!("console-login:{}", name.to_lowercase()).chars().take(96).collect();
+    // Counted before any password is checked: per account, and for every
+    // unknown name together (one row, however many names are made up).
+    let known = console.0.accounts.iter().any(|a| a.name == name);
+    let key = if known { format!("console-login:{name}") } else { "console-login:(unknown)".to_string() };
     match window_acquire(&console.0.state, &key, settings.login_attempts_per_minute, 0, 1, Duration::from_secs(60))
         .await
     {
         Ok(None) => {}
         Ok(Some(wait)) => {
             info!(target: "audit", user = %name, action = "login", outcome = "rate_limited", "Login refused: too many attempts");
-            let mut r = layout::login(Some(&format!(
-                "Too many login attempts for this account: try again in {} s.",
-                wait.as_secs().max(1)
-            )))
-            .into_response();
+            let mut r =
+                layout::login(Some(&format!("Too many login attempts: try again in {} s.", wait.as_secs().max(1))))
+                    .into_response();
             *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
             if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
                 r.headers_mut().insert(header::RETRY_AFTER, v);
@@ -248,7 +255,10 @@ async fn login(State(console): State<Console>, headers: HeaderMap, body: Bytes) 
     let accounts = console.0.accounts.clone();
     let decoy = console.0.decoy.clone();
     let (n, p) = (name.clone(), password.to_string());
-    // argon2 is deliberately slow: off the async workers.
+    // argon2 is deliberately slow: off the async workers, a core each.
+    let Ok(_permit) = console.0.checks.acquire().await else {
+        return Failure::new(StatusCode::SERVICE_UNAVAILABLE, "The console is shutting down.").into_response();
+    };
     let found = tokio::task::spawn_blocking(move || auth::authenticate(&accounts, &decoy, &n, &p).cloned())
         .await
         .ok()

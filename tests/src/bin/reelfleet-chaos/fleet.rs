@@ -266,8 +266,8 @@ impl Fleet {
                 while !self.ready(stage, i).await {
                     if let Some(status) = self.exited(stage, i) {
                         let log = self.root.join(format!("logs/{stage}-{i}.log"));
-                        let tail = std::fs::read_to_string(&log).unwrap_or_default();
-                        let tail = &tail[tail.len().saturating_sub(4096)..];
+                        let bytes = std::fs::read(&log).unwrap_or_default();
+                        let tail = String::from_utf8_lossy(&bytes[bytes.len().saturating_sub(4096)..]);
                         if respawns < 3 && tail.contains("cannot serve health endpoints") && tail.contains("in use") {
                             respawns += 1;
                             eprintln!("  worker {stage}-{i} lost its health port to another process; starting it on a new one");

@@ -58,11 +58,22 @@ async fn the_plan_holds_the_stages_own_graphs_and_reads_back_from_shell() {
     let frame = reelfleet_preprocess::ffmpeg::normalized_frame(&probe, &settings.preprocess).unwrap();
     let vmaf = media.has_filter("libvmaf").await;
     let keyframes = reelfleet_preprocess::ffmpeg::keyframe_count(&settings.preprocess);
-    let renditions = reelfleet_postprocess::plan_renditions(frame.width, frame.height);
-    let sizes: Vec<(&str, u32, u32)> = renditions.iter().map(|r| (r.name.as_str(), r.width, r.height)).collect();
+    let preset = settings.media.tier_presets.of(reelfleet_core::envelope::Tier::Medium);
+    // The ladder as postprocess plans it for the normalized video preprocess made.
+    let made = reelfleet_preprocess::ffmpeg::normalized_encode(&media, &settings.preprocess);
+    let encoding = reelfleet_postprocess::ffmpeg::Encoding {
+        preset,
+        segment_secs: settings.media.hls_segment_secs,
+        fps: frame.fps.into(),
+    };
+    let size = (frame.width, frame.height);
+    let ladder = reelfleet_postprocess::plan_ladder(size, Some(&made), &settings.postprocess, &encoding);
+    assert!(ladder.iter().any(|r| r.copy), "a 720p clip's 720p H.264 rendition is the normalized video, copied");
+    let sizes: Vec<(&str, u32, u32)> =
+        ladder.iter().filter(|r| !r.copy).map(|r| (r.name.as_str(), r.width, r.height)).collect();
     let graphs = vec![
         reelfleet_preprocess::ffmpeg::single_pass_graph(frame, keyframes, duration),
-        reelfleet_postprocess::ffmpeg::ladder_graph(&renditions, settings.postprocess.sprite_frames, duration),
+        reelfleet_postprocess::ffmpeg::ladder_graph(&ladder, settings.postprocess.sprite_frames, duration),
         reelfleet_postprocess::ffmpeg::quality_graph(&sizes, vmaf),
     ];
     for graph in &graphs {
@@ -77,10 +88,10 @@ async fn the_plan_holds_the_stages_own_graphs_and_reads_back_from_shell() {
     };
     assert_eq!(reads(&printed, "clip one.mp4"), 2, "ingest's decode check and preprocess's single pass");
     assert_eq!(reads(&printed, "normalized.mp4"), 2, "the ladder and the quality check");
-    let preset = settings.media.tier_presets.of(reelfleet_core::envelope::Tier::Medium);
     assert!(printed.iter().any(|r| r.windows(2).any(|w| w[0] == "-preset" && w[1] == preset)));
 
-    // The legacy plan (the benchmark's baseline) lists the per-output commands of before.
+    // The legacy plan (the benchmark's baseline) lists the per-output commands of before, every rendition encoded.
+    let renditions = reelfleet_postprocess::plan_renditions(frame.width, frame.height);
     let legacy = runs(&reelfleet(&["--print0", "--legacy"], &clip, &out));
     assert_eq!(reads(&legacy, "clip one.mp4"), 2, "decode check and normalize");
     assert_eq!(

@@ -18,7 +18,7 @@ pub mod seed;
 pub mod store;
 
 pub use row::JobRow;
-pub use store::{Applied, IndexError, JobFilter, JobIndex, Page};
+pub use store::{Applied, IndexError, JobFilter, JobIndex, Page, StoredEvent};
 
 use async_trait::async_trait;
 use reelfleet_core::{

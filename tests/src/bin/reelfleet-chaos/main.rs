@@ -412,7 +412,10 @@ async fn case_cluster(bin: &Path, root: &Path, clip: &Path) -> anyhow::Result<Ca
         s.broker.url = reelfleet_core::settings::Secret::new(cluster::amqp_url(1));
         // Never the shared broker's management API.
         s.broker.management_url = reelfleet_core::settings::Secret::new("http://127.0.0.1:9/");
-        s.runtime.claim_lease_secs = 5;
+        // No worker dies here, so no claim needs to run out: the default
+        // lease (30 s). With 5 s, a live holder whose one renewal took ~5 s
+        // on a machine busy with three nodes' failover lost its claim to the
+        // other replica while its paid request was out: billed twice.
     })
     .await?;
     let ns = format!("{}.", fleet.settings.namespace);

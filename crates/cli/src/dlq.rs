@@ -84,6 +84,25 @@ pub struct DeadLetter {
     pub body: Vec<u8>,
 }
 
+impl DeadLetter {
+    /// The event `kind` (`job.replayed`, `job.purged`) of `job` for this
+    /// letter: its stage, its id and its error, and who acted.
+    fn event(&self, kind: &str, job: &str, by: Option<&str>) -> Event {
+        Event {
+            stage: Some(self.stage.clone()),
+            dead_letter: Some(self.id.clone()),
+            error: Some(ErrorRef {
+                stage: self.stage.clone(),
+                class: self.error_class.clone(),
+                code: self.error_code.clone(),
+                message: self.error_message.clone(),
+            }),
+            by: by.map(str::to_string),
+            ..Event::new(kind, job)
+        }
+    }
+}
+
 /// A header value kept for export: a JSON number or string.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(untagged)]
@@ -354,18 +373,7 @@ pub async fn replay_by(
             msg = msg.header(SIGNATURE_HEADER, HeaderValue::Text(sig));
         }
         // Dated before the message goes back, so the replayed run's own events come after it.
-        let replayed = letter.job.as_ref().map(|job| Event {
-            stage: Some(letter.stage.clone()),
-            dead_letter: Some(letter.id.clone()),
-            error: Some(ErrorRef {
-                stage: letter.stage.clone(),
-                class: letter.error_class.clone(),
-                code: letter.error_code.clone(),
-                message: letter.error_message.clone(),
-            }),
-            by: by.map(str::to_string),
-            ..Event::new(JOB_REPLAYED, job)
-        });
+        let replayed = letter.job.as_ref().map(|job| letter.event(JOB_REPLAYED, job, by));
         publisher.publish(&msg).await.with_context(|| format!("cannot republish {} to {}", letter.id, letter.queue))?;
         delivery
             .acker
@@ -447,18 +455,7 @@ pub async fn purge_by(settings: &Settings, filter: &DlqFilter, by: Option<&str>)
         delivery.acker.ack(BasicAckOptions::default()).await?;
         ids.push(letter.id.clone());
         if let (Some((publisher, signer, topology)), Some(job)) = (&audit, &letter.job) {
-            let event = Event {
-                stage: Some(letter.stage.clone()),
-                dead_letter: Some(letter.id.clone()),
-                error: Some(ErrorRef {
-                    stage: letter.stage.clone(),
-                    class: letter.error_class.clone(),
-                    code: letter.error_code.clone(),
-                    message: letter.error_message.clone(),
-                }),
-                by: by.map(str::to_string),
-                ..Event::new(JOB_PURGED, job)
-            };
+            let event = letter.event(JOB_PURGED, job, by);
             let msg = sign_event(signer, topology, JOB_PURGED.into(), event.to_bytes());
             if let Err(e) = publisher.publish(&msg).await {
                 tracing::warn!(job_id = %job, error = %e, "Could not publish job.purged");

@@ -26,8 +26,8 @@ pub struct ConsoleSettings {
     /// least 32 random bytes; no default: `reelfleet keys generate` makes one
     /// (`reelfleet dev` keeps its own in its data folder).
     pub session_key: Secret,
-    /// Most login attempts per account name in any 60 s, counted over every
-    /// console replica through `state.url`.
+    /// Most login attempts per account in any 60 s (every unknown name
+    /// together counts as one), over every console replica through `state.url`.
     pub login_attempts_per_minute: u32,
 }
 

@@ -193,6 +193,9 @@ async fn a_viewer_looks_around_and_an_operator_replays_a_dead_letter_in_chromium
         c.latency_max_ms = 4000;
     });
     browser.click("button#confirm").await.unwrap();
+    // The confirmed replay's own page (only it lists what was done): going
+    // on before it loaded let that navigation land after the next one.
+    browser.find("ul#done").await.unwrap();
 
     // The jobs page, left open, shows the job completing: it updates itself
     // (a mark set on the page after it loaded is still there, so no reload).

@@ -124,7 +124,7 @@ async fn a_long_sources_timeouts_cover_the_fleets_ffmpeg_runs_scaled_to_its_leng
     }
     eprintln!("{}", report.join("\n"));
     // In order: ingest's decode check (1 s decoded, whatever the length), preprocess's single pass,
-    // postprocess's ladder and quality check.
+    // postprocess's filter listing, its ladder (and a filter pass measuring quality where the encoders cannot).
     let [_, preprocess_needs, postprocess_needs @ ..] = needs.as_slice() else { panic!("{report:?}") };
     assert!(postprocess_needs.len() >= 2, "{report:?}");
     let postprocess_needs: f64 = postprocess_needs.iter().sum();

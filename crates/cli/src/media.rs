@@ -34,8 +34,10 @@ impl Default for PlanOptions {
 
 /// Every run, in order, of one analyze job of `clip` (ingest's probe and
 /// decode check, preprocess's single pass and its probe, postprocess's
-/// ladder (copying the rendition the normalized video already is), probes
-/// and quality check of the encoded renditions; with `legacy`, the per-output commands
+/// ladder (copying the rendition the normalized video already is, the
+/// encoders measuring PSNR and SSIM), probes, and a quality check of the
+/// encoded renditions the encoders cannot measure (with VMAF: every one);
+/// with `legacy`, the per-output commands
 /// of before), the files it makes written to `outdir`, the normalized video
 /// standing in for the reference postprocess downloads. Probes `clip` and
 /// asks ffmpeg for libvmaf, as the stages do; the normalized video's
@@ -45,7 +47,7 @@ impl Default for PlanOptions {
 /// the stages add from the validated input (`-t`, `-frames:v`, `-fs`; see
 /// `media::Bounds`) and without the sandbox and limit wrappers
 /// (`sandbox::Runner`). A rendition that falls below the quality floor adds
-/// a re-encode, a probe and a quality check of its own, not listed.
+/// a re-encode and a probe of its own (and with VMAF a quality check), not listed.
 pub async fn plan(
     settings: &Settings,
     clip: &Path,

@@ -65,6 +65,7 @@ async fn the_plan_holds_the_stages_own_graphs_and_reads_back_from_shell() {
         preset,
         segment_secs: settings.media.hls_segment_secs,
         fps: frame.fps.into(),
+        measure: !vmaf,
     };
     let size = (frame.width, frame.height);
     let ladder = reelfleet_postprocess::plan_ladder(size, Some(&made), &settings.postprocess, &encoding);
@@ -74,12 +75,20 @@ async fn the_plan_holds_the_stages_own_graphs_and_reads_back_from_shell() {
     let graphs = vec![
         reelfleet_preprocess::ffmpeg::single_pass_graph(frame, keyframes, duration),
         reelfleet_postprocess::ffmpeg::ladder_graph(&ladder, settings.postprocess.sprite_frames, duration),
-        reelfleet_postprocess::ffmpeg::quality_graph(&sizes, vmaf),
     ];
     for graph in &graphs {
         assert!(words.contains(&graph.as_str()), "the plan lacks the stage's graph {graph}");
     }
-    // One decode of the source in preprocess; the ladder and the quality check decode the reference once each.
+    let quality = reelfleet_postprocess::ffmpeg::quality_graph(&sizes, vmaf);
+    assert_eq!(words.contains(&quality.as_str()), vmaf, "a filter pass measures only for VMAF: {quality}");
+    if !vmaf {
+        // The one encoded rendition (H.265) measures itself, into its own CSV file.
+        let h265 = ladder.iter().find(|r| r.encoder == "libx265").unwrap();
+        let csv = reelfleet_postprocess::ffmpeg::x265_stats_file(&out, h265);
+        let params = words.iter().find(|w| w.contains("psnr=1:ssim=1")).expect("x265 measures");
+        assert!(params.contains(&format!("csv={}", csv.display()).replace(' ', "\\ ")), "{params}");
+    }
+    // One decode of the source in preprocess; the ladder decodes the reference once (and a VMAF pass once more).
     let reads = |runs: &[Vec<String>], file: &str| {
         runs.iter()
             .filter(|r| r[0] == "ffmpeg")
@@ -87,7 +96,7 @@ async fn the_plan_holds_the_stages_own_graphs_and_reads_back_from_shell() {
             .count()
     };
     assert_eq!(reads(&printed, "clip one.mp4"), 2, "ingest's decode check and preprocess's single pass");
-    assert_eq!(reads(&printed, "normalized.mp4"), 2, "the ladder and the quality check");
+    assert_eq!(reads(&printed, "normalized.mp4"), 1 + usize::from(vmaf), "the ladder (and the VMAF pass)");
     assert!(printed.iter().any(|r| r.windows(2).any(|w| w[0] == "-preset" && w[1] == preset)));
 
     // The legacy plan (the benchmark's baseline) lists the per-output commands of before, every rendition encoded.

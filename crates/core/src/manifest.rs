@@ -256,9 +256,13 @@ pub struct OutputFile {
     pub bitrate: Option<u64>,
     /// Size of the file in bytes.
     pub size_bytes: u64,
-    /// PSNR against the normalized video, dB.
+    /// PSNR against the normalized video scaled as the rendition is, dB: of
+    /// the mean squared error over every frame and plane (ffmpeg's psnr
+    /// filter's `average`, x264's `Global`). Measured by the encoder where it
+    /// can say which rendition it measured, else by ffmpeg's filters.
     pub psnr_db: Option<f64>,
-    /// SSIM against the normalized video.
+    /// SSIM of the luma plane against the same, the mean over frames
+    /// (ffmpeg's ssim filter's `Y`, x264's and x265's `SSIM Mean Y`).
     pub ssim: Option<f64>,
     /// VMAF against the normalized video, where ffmpeg has libvmaf.
     pub vmaf: Option<f64>,

@@ -3,9 +3,11 @@
 //! normalized resolution, H.265 at 720p, never upscaling, each as a faststart
 //! MP4 and as an HLS variant of CMAF segments aligned across renditions; a
 //! poster and a thumbnail sprite; the H.264 rendition the normalized video
-//! already is copied from it, not encoded), checks every encoded rendition's
-//! PSNR/SSIM (VMAF where ffmpeg has libvmaf) against the normalized video in
-//! a second one, encodes a rendition below the floor again alone at a better quality,
+//! already is copied from it, not encoded; the encoders measuring each
+//! encoded rendition's PSNR and SSIM against the frames they were given),
+//! measures in a second process only what the encoders cannot (VMAF where
+//! ffmpeg has libvmaf; x264 encodes the ladder's log cannot tell apart),
+//! encodes a rendition below the floor again alone at a better quality,
 //! writes the HLS master playlist and the final manifest, calls the CDN purge
 //! hook and publishes `job.completed`.
 //!
@@ -36,6 +38,21 @@ use reelfleet_core::{
 };
 use std::{path::Path, sync::Arc, time::Duration};
 use tracing::{info, warn};
+
+/// Removes the x265 CSV logs of `renditions` in `dir`, if any: x265 appends
+/// to one it finds, so a re-encode's would be averaged with the first's.
+async fn remove_stats(dir: &Path, renditions: &[RenditionPlan]) -> std::io::Result<()> {
+    for r in renditions {
+        match tokio::fs::remove_file(ffmpeg::x265_stats_file(dir, r)).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A rendition's PSNR (dB), SSIM and VMAF.
+type Scores = (Option<f64>, Option<f64>, Option<f64>);
 
 /// The postprocess stage.
 #[derive(Clone, Debug)]
@@ -201,8 +218,9 @@ impl Stage for Postprocess {
 }
 
 /// `job.completed` and the record that it was published.
-/// ffmpeg calls postprocess may make of one job: the ladder, the quality
-/// check, and a rendition under the floor encoded and measured again.
+/// ffmpeg calls postprocess may make of one job: the ladder, a quality check
+/// (VMAF, or x264 encodes the ladder's log cannot tell apart), and a
+/// rendition under the floor encoded and measured again.
 pub const POSTPROCESS_FFMPEG_CALLS: u32 = 4;
 
 fn completed(m: &JobManifest) -> Vec<Dispatch> {
@@ -231,7 +249,7 @@ fn completed_event(m: &JobManifest) -> Dispatch {
 
 /// PSNR, SSIM and VMAF of the rendition `name` from the log of a
 /// [`ffmpeg::quality_args`] run, whose filters are named `psnr@<name>` and so on.
-pub fn parse_quality_of(log: &str, name: &str) -> (Option<f64>, Option<f64>, Option<f64>) {
+pub fn parse_quality_of(log: &str, name: &str) -> Scores {
     let mine: String = log
         .lines()
         .filter(|l| ["psnr", "ssim", "libvmaf"].iter().any(|f| l.starts_with(&format!("[{f}@{name} @"))))
@@ -240,8 +258,10 @@ pub fn parse_quality_of(log: &str, name: &str) -> (Option<f64>, Option<f64>, Opt
     parse_quality(&mine)
 }
 
-/// PSNR and SSIM parsed from ffmpeg's log.
-pub fn parse_quality(log: &str) -> (Option<f64>, Option<f64>, Option<f64>) {
+/// PSNR (`average`: of the mean squared error over every plane and frame),
+/// luma SSIM (`Y`, the mean over frames: what x264 and x265 report of
+/// themselves, [`ffmpeg::x265_scores`]) and VMAF parsed from ffmpeg's log.
+pub fn parse_quality(log: &str) -> Scores {
     let find = |marker: &str, key: &str| {
         log.lines()
             .filter(|l| l.contains(marker))
@@ -250,7 +270,7 @@ pub fn parse_quality(log: &str) -> (Option<f64>, Option<f64>, Option<f64>) {
             .filter_map(|v| if v == "inf" { Some(100.0) } else { v.parse::<f64>().ok() })
             .next_back()
     };
-    (find("PSNR", "average:"), find("SSIM", "All:"), find("VMAF score", "VMAF score:"))
+    (find("PSNR", "average:"), find("SSIM", " Y:"), find("VMAF score", "VMAF score:"))
 }
 
 impl Postprocess {
@@ -306,7 +326,8 @@ impl Postprocess {
             Some(tier) => media_settings.tier_presets.of(tier),
             None => media_settings.preset.as_str(),
         };
-        let encoding = ffmpeg::Encoding { preset, segment_secs: media_settings.hls_segment_secs, fps };
+        // The encoders measure PSNR and SSIM unless a filter pass runs for VMAF anyway.
+        let encoding = ffmpeg::Encoding { preset, segment_secs: media_settings.hls_segment_secs, fps, measure: !vmaf };
         // What preprocess recorded of how it encoded the reference, if it is the normalized video.
         let made = manifest
             .preprocess
@@ -322,7 +343,8 @@ impl Postprocess {
         }
 
         let args = ffmpeg::ladder_args(media, &reference, dir, &renditions, &encoding, s, duration);
-        media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("ladder"))?;
+        remove_stats(dir, &renditions).await?;
+        let log = media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("ladder"))?;
         let mut described = Vec::new();
         for r in &renditions {
             let (mut out, probe) = self.describe(&dir.join(ffmpeg::rendition_file(r)), &r.name, "video/mp4").await?;
@@ -334,7 +356,7 @@ impl Postprocess {
         let (sprite, _) = self.describe(&dir.join(ffmpeg::SPRITE), "sprite", "image/jpeg").await?;
         // A copied rendition is the reference: there is nothing to measure.
         let encoded: Vec<RenditionPlan> = renditions.iter().filter(|r| !r.copy).cloned().collect();
-        let mut scores = self.quality(media, &reference, dir, &encoded, vmaf).await?.into_iter();
+        let mut scores = self.scores(media, &reference, dir, &encoded, &log, vmaf).await?.into_iter();
         for (r, (out, _)) in renditions.iter().zip(described.iter_mut()) {
             if !r.copy {
                 (out.psnr_db, out.ssim, out.vmaf) = scores.next().unwrap_or_default();
@@ -356,9 +378,11 @@ impl Postprocess {
             );
             info!(rendition = %r.name, "{first}");
             let args = ffmpeg::reencode_args(media, &reference, dir, r, &encoding, s, step);
-            media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context(format!("re-encode {}", r.name)))?;
+            remove_stats(dir, std::slice::from_ref(r)).await?;
+            let log =
+                media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context(format!("re-encode {}", r.name)))?;
             let (mut again, probe) = self.describe(&dir.join(ffmpeg::rendition_file(r)), &r.name, "video/mp4").await?;
-            let score = self.quality(media, &reference, dir, std::slice::from_ref(r), vmaf).await?;
+            let score = self.scores(media, &reference, dir, std::slice::from_ref(r), &log, vmaf).await?;
             (again.psnr_db, again.ssim, again.vmaf) = score[0];
             again.reencoded = Some(first);
             again.encode = Some(RenditionEncode::Encode);
@@ -502,6 +526,51 @@ impl Postprocess {
         Ok((out, probe))
     }
 
+    /// PSNR, SSIM (and VMAF) of `encoded`, the renditions one ffmpeg run
+    /// (its log `log`) encoded into `dir`: from their encoders where those
+    /// measured ([`ffmpeg::measured_by_encoder`], not with `vmaf`), the rest
+    /// in one filter pass against the reference ([`Self::quality`]).
+    async fn scores(
+        &self,
+        media: &Media,
+        reference: &Path,
+        dir: &Path,
+        encoded: &[RenditionPlan],
+        log: &str,
+        vmaf: bool,
+    ) -> Result<Vec<Scores>, StageError> {
+        let all: Vec<&RenditionPlan> = encoded.iter().collect();
+        let by_filters: Vec<RenditionPlan> = ffmpeg::measured_by_filters(&all, !vmaf).into_iter().cloned().collect();
+        let mut filtered = self.quality(media, reference, dir, &by_filters, vmaf).await?.into_iter();
+        let mut scores = Vec::new();
+        for r in encoded {
+            if by_filters.iter().any(|f| f.name == r.name) {
+                scores.push(filtered.next().unwrap_or_default());
+                continue;
+            }
+            let measured = if r.encoder == "libx265" {
+                let csv = ffmpeg::x265_stats_file(dir, r);
+                tokio::task::spawn_blocking(move || match std::fs::File::open(&csv) {
+                    Ok(f) => ffmpeg::x265_scores(std::io::BufReader::new(f)),
+                    // x265 did not measure: no retry would make it.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(e),
+                })
+                .await
+                .map_err(|e| StageError::transient("quality", format!("reading x265's log: {e}")))??
+            } else {
+                ffmpeg::x264_scores(log)
+            };
+            let (psnr, ssim) = measured.ok_or_else(|| {
+                let said = reelfleet_core::media::tail(log, 400);
+                StageError::permanent("quality", format!("{} reported no PSNR/SSIM for {}: {said}", r.encoder, r.name))
+            })?;
+            info!(rendition = %r.name, psnr_db = psnr, ssim, "Quality measured by the encoder");
+            scores.push((Some(psnr), Some(ssim), None));
+        }
+        Ok(scores)
+    }
+
     /// PSNR, SSIM (and VMAF) of each rendition in `dir` against the
     /// reference scaled the same way (the loss the encoder added, not the
     /// intended downscale), all in one ffmpeg run.
@@ -512,7 +581,7 @@ impl Postprocess {
         dir: &Path,
         renditions: &[RenditionPlan],
         vmaf: bool,
-    ) -> Result<Vec<(Option<f64>, Option<f64>, Option<f64>)>, StageError> {
+    ) -> Result<Vec<Scores>, StageError> {
         if renditions.is_empty() {
             return Ok(Vec::new());
         }
@@ -581,7 +650,7 @@ mod tests {
     #[test]
     fn the_rendition_the_reference_already_is_is_copied_and_nothing_else() {
         let s = PostprocessSettings::default();
-        let e = ffmpeg::Encoding { preset: "veryfast", segment_secs: 4.0, fps: 24.0 };
+        let e = ffmpeg::Encoding { preset: "veryfast", segment_secs: 4.0, fps: 24.0, measure: true };
         let made =
             VideoEncode { encoder: "libx264".into(), preset: "veryfast".into(), crf: 23, keyframe_secs: Some(4.0) };
         let copied = |size: (u32, u32), made: &VideoEncode, s: &PostprocessSettings, e: &ffmpeg::Encoding<'_>| {
@@ -617,14 +686,14 @@ mod tests {
     #[test]
     fn the_quality_of_each_rendition_is_read_from_its_named_filters() {
         let log = "[ssim@h265_720p @ 0x1] SSIM Y:0.97 (16.3) U:0.98 (17.7) V:0.98 (17.3) All:0.978578 (16.69)\n[psnr@h265_720p @ 0x2] PSNR y:35.8 u:37.9 v:37.6 average:36.394660 min:34.2 max:46.0\n[ssim@h264_720p @ 0x3] SSIM Y:0.98 (19.2) U:0.98 (19.5) V:0.98 (19.4) All:0.988340 (19.33)\n[psnr@h264_720p @ 0x4] PSNR y:39.8 u:40.5 v:40.1 average:40.029894 min:37.7 max:47.7";
-        assert_eq!(parse_quality_of(log, "h264_720p"), (Some(40.029894), Some(0.98834), None));
-        assert_eq!(parse_quality_of(log, "h265_720p"), (Some(36.39466), Some(0.978578), None));
+        assert_eq!(parse_quality_of(log, "h264_720p"), (Some(40.029894), Some(0.98), None));
+        assert_eq!(parse_quality_of(log, "h265_720p"), (Some(36.39466), Some(0.97), None));
         assert_eq!(parse_quality_of(log, "h264_1080p"), (None, None, None));
     }
 
     #[test]
     fn quality_log() {
         let log = "[Parsed_psnr_2 @ 0x1] PSNR y:40.1 u:44.0 v:45.0 average:41.23 min:39.0 max:44.0\n[Parsed_ssim_3 @ 0x2] SSIM Y:0.98 (17.1) U:0.99 V:0.99 All:0.985 (18.2)";
-        assert_eq!(parse_quality(log), (Some(41.23), Some(0.985), None));
+        assert_eq!(parse_quality(log), (Some(41.23), Some(0.98), None));
     }
 }

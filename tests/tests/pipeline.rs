@@ -192,26 +192,8 @@ async fn a_rendition_below_the_quality_floor_is_encoded_again_alone_and_the_mani
         std::fs::write(&file, &bytes).unwrap();
         let normalized = m.preprocess.as_ref().unwrap().normalized_key.clone().unwrap();
         std::fs::write(&reference, stack.read_object(&normalized).await).unwrap();
-        let log = std::process::Command::new("ffmpeg")
-            .args(["-hide_banner", "-i"])
-            .arg(&file)
-            .arg("-i")
-            .arg(&reference)
-            .args(["-lavfi", "[0:v]split[a][b];[1:v]split[c][d];[a][c]psnr;[b][d]ssim", "-f", "null", "-"])
-            .output()
-            .unwrap();
         // The encoders measured themselves (no filter pass without VMAF): ffmpeg's filters on the stored bytes agree.
-        let log = String::from_utf8_lossy(&log.stderr);
-        let after = |key: &str| -> f64 { log.split(key).nth(1).unwrap().split(' ').next().unwrap().parse().unwrap() };
-        let (psnr, ssim) = (after("average:"), after("SSIM Y:"));
-        eprintln!("{}: ffmpeg {psnr} dB {ssim}, manifest {:?} {:?}", out.name, out.psnr_db, out.ssim);
-        assert!(
-            (psnr - out.psnr_db.unwrap()).abs() < 0.01,
-            "{} measures {psnr} dB, the manifest says {:?}",
-            out.name,
-            out.psnr_db
-        );
-        assert!((ssim - out.ssim.unwrap()).abs() < 0.002, "{} SSIM {ssim}, the manifest says {:?}", out.name, out.ssim);
+        assert_measured_as_ffmpeg_does(out, &file, &reference);
     }
     // The HLS variants were made again with their renditions, still aligned.
     let hls = m.hls.as_ref().expect("HLS output");
@@ -222,6 +204,67 @@ async fn a_rendition_below_the_quality_floor_is_encoded_again_alone_and_the_mani
     }
     assert_eq!(timelines[0], [0.0, 1.0]);
     assert_eq!(timelines[0], timelines[1]);
+    stack.cleanup().await;
+}
+
+/// PSNR (`average`) and luma SSIM of the rendition `file` against
+/// `reference` scaled to its size as the ladder scales it, by ffmpeg's
+/// filters, held to what the manifest's output `out` says.
+fn assert_measured_as_ffmpeg_does(
+    out: &reelfleet_core::manifest::OutputFile,
+    file: &std::path::Path,
+    reference: &std::path::Path,
+) {
+    let graph = format!(
+        "[1:v]scale={}:{}:flags=bicubic,setsar=1,format=yuv420p,split[c][d];[0:v]setsar=1,format=yuv420p,split[a][b];[a][c]psnr;[b][d]ssim",
+        out.width, out.height
+    );
+    let log = std::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-i"])
+        .arg(file)
+        .arg("-i")
+        .arg(reference)
+        .args(["-lavfi", &graph, "-f", "null", "-"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&log.stderr);
+    let after = |key: &str| -> f64 { log.split(key).nth(1).unwrap().split(' ').next().unwrap().parse().unwrap() };
+    let (psnr, ssim) = (after("average:"), after("SSIM Y:"));
+    eprintln!("{}: ffmpeg {psnr} dB {ssim}, manifest {:?} {:?}", out.name, out.psnr_db, out.ssim);
+    assert!(
+        (psnr - out.psnr_db.unwrap()).abs() < 0.01,
+        "{} measures {psnr} dB, the manifest says {:?}",
+        out.name,
+        out.psnr_db
+    );
+    assert!((ssim - out.ssim.unwrap()).abs() < 0.002, "{} SSIM {ssim}, the manifest says {:?}", out.name, out.ssim);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_x264_encodes_in_one_ladder_are_measured_by_a_filter_pass_and_x265_by_itself_all_as_ffmpeg_measures() {
+    // At `fast` (slower than normalize's `veryfast`) nothing is copied: two x264 encodes and one x265 in the ladder.
+    let stack = TestStack::start_with(|s| {
+        s.media.tier_presets = reelfleet_core::settings::TierPresets::all("fast");
+        s.media.hls_segment_secs = 1.0;
+    })
+    .await;
+    let clip = make_clip(stack.dir.path(), "tall.mp4", "testsrc2=size=1280x960:rate=24", 1.0, &[]);
+    let job = stack.upload("tall-fast/clip.mp4", &clip).await;
+    let m = stack.wait_for(&job, JOB_TIMEOUT, finished).await;
+    assert_eq!(m.status, JobStatus::Completed, "{:?}", m.error);
+    let dir = tempfile::tempdir().unwrap();
+    let reference = dir.path().join("normalized.mp4");
+    let normalized_key = m.preprocess.as_ref().unwrap().normalized_key.clone().unwrap();
+    std::fs::write(&reference, stack.read_object(&normalized_key).await).unwrap();
+    let renditions: Vec<_> = m.outputs.iter().filter(|o| o.content_type == "video/mp4").collect();
+    let names: Vec<_> = renditions.iter().map(|o| (o.name.as_str(), o.encode)).collect();
+    let encoded = Some(RenditionEncode::Encode);
+    assert_eq!(names, [("h264_720p", encoded), ("h264_960p", encoded), ("h265_720p", encoded)]);
+    for out in renditions {
+        let file = dir.path().join(format!("{}.mp4", out.name));
+        std::fs::write(&file, stack.read_object(&out.key).await).unwrap();
+        assert_measured_as_ffmpeg_does(out, &file, &reference);
+    }
     stack.cleanup().await;
 }
 

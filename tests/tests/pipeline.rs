@@ -145,6 +145,10 @@ async fn a_plain_s3_upload_runs_through_all_four_stages() {
     assert_eq!(video_stream_hash(&copied), reference, "the copied MP4's video is not the normalized video's");
     assert_eq!(video_stream_hash(&local.path().join(&variants[0].0)), reference, "nor its HLS variant's");
     assert_ne!(video_stream_hash(&local.path().join(&variants[1].0)), reference, "the H.265 variant is encoded");
+    // The encoded rendition's audio is the normalized video's AAC, copied, not encoded a second time.
+    let encoded = local.path().join("h265_720p.mp4");
+    std::fs::write(&encoded, stack.read_object(&m.outputs[1].key).await).unwrap();
+    assert_eq!(stream_hash(&encoded, "0:a:0"), stream_hash(&normalized, "0:a:0"), "the H.265 rendition's audio");
 
     let purges = cdn.requests();
     assert_eq!(purges.len(), 1, "one CDN purge call");
@@ -693,10 +697,15 @@ fn attr(list: &str, name: &str) -> String {
 /// The SHA-256 of the packets of the first video stream of `path` (ffmpeg's
 /// `streamhash` muxer over a stream copy: the bytes, not their container).
 fn video_stream_hash(path: &std::path::Path) -> String {
+    stream_hash(path, "0:v:0")
+}
+
+/// The SHA-256 of the packets of the stream `map` selects in `path`.
+fn stream_hash(path: &std::path::Path, map: &str) -> String {
     let out = std::process::Command::new("ffmpeg")
         .args(["-hide_banner", "-v", "error", "-i"])
         .arg(path)
-        .args(["-map", "0:v:0", "-c", "copy", "-f", "streamhash", "-hash", "sha256", "-"])
+        .args(["-map", map, "-c", "copy", "-f", "streamhash", "-hash", "sha256", "-"])
         .output()
         .expect("ffmpeg runs");
     assert!(out.status.success(), "ffmpeg {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));

@@ -66,6 +66,7 @@ async fn the_plan_holds_the_stages_own_graphs_and_reads_back_from_shell() {
         segment_secs: settings.media.hls_segment_secs,
         fps: frame.fps.into(),
         measure: !vmaf,
+        audio_copy: true,
     };
     let size = (frame.width, frame.height);
     let ladder = reelfleet_postprocess::plan_ladder(size, Some(&made), &settings.postprocess, &encoding);

@@ -224,6 +224,11 @@ pub struct Encoding<'a> {
     /// Whether the encoders measure PSNR and SSIM of what they encode
     /// ([`measured_by_encoder`]); off when a filter pass runs anyway (VMAF).
     pub measure: bool,
+    /// Whether the reference's audio already is the renditions' (the
+    /// normalized video's: preprocess encodes it to AAC at 128 kb/s), so it
+    /// is copied, not decoded and encoded again (a generation lost for
+    /// nothing); off for a generated video's, which is as the provider made it.
+    pub audio_copy: bool,
 }
 
 /// The CRF a rendition is encoded at: the configured one, less `lower` (a second encode after the quality floor).
@@ -261,7 +266,11 @@ pub fn rendition_output_args(
     } else if measure {
         args.extend(["-x264-params", "psnr=1:ssim=1"].map(String::from));
     }
-    args.extend(["-c:a", "aac", "-b:a", "128k"].map(String::from));
+    if e.audio_copy {
+        args.extend(["-c:a", "copy"].map(String::from));
+    } else {
+        args.extend(["-c:a", "aac", "-b:a", "128k"].map(String::from));
+    }
     args.extend(rendition_tee(plan, e, dir));
     args
 }
@@ -408,7 +417,13 @@ pub fn plan(
     dir: &Path,
 ) -> Vec<ToolCommand> {
     let mut runs = vec![media.probe_command(reference), media.filters_command()];
-    let e = Encoding { preset, segment_secs: media.settings().hls_segment_secs, fps, measure: !vmaf };
+    let e = Encoding {
+        preset,
+        segment_secs: media.settings().hls_segment_secs,
+        fps,
+        measure: !vmaf,
+        audio_copy: made.is_some(),
+    };
     let renditions = plan_ladder((width, height), made, s, &e);
     runs.push(media.ffmpeg_command(&ladder_args(media, reference, dir, &renditions, &e, s, duration)));
     let files: Vec<PathBuf> = renditions.iter().map(|r| dir.join(rendition_file(r))).collect();
@@ -603,7 +618,7 @@ mod tests {
         assert!(names(measured_by_filters(&[&h264, &h265], true)).is_empty());
         assert_eq!(names(measured_by_filters(&[&h264, &h264_big, &h265], true)), ["h264_720p", "h264_1080p"]);
         assert_eq!(names(measured_by_filters(&[&h264, &h265], false)), ["h264_720p", "h265_720p"], "VMAF: all");
-        let e = Encoding { preset: "veryfast", segment_secs: 4.0, fps: 30.0, measure: true };
+        let e = Encoding { preset: "veryfast", segment_secs: 4.0, fps: 30.0, measure: true, audio_copy: false };
         let dir = Path::new("/scratch/job a:b");
         let args = rendition_output_args(&h265, 28, &e, dir, true);
         let params = args.iter().find(|a| a.starts_with("log-level=")).unwrap();

@@ -326,14 +326,21 @@ impl Postprocess {
             Some(tier) => media_settings.tier_presets.of(tier),
             None => media_settings.preset.as_str(),
         };
-        // The encoders measure PSNR and SSIM unless a filter pass runs for VMAF anyway.
-        let encoding = ffmpeg::Encoding { preset, segment_secs: media_settings.hls_segment_secs, fps, measure: !vmaf };
         // What preprocess recorded of how it encoded the reference, if it is the normalized video.
         let made = manifest
             .preprocess
             .as_ref()
             .filter(|p| p.normalized_key.as_ref() == Some(reference_key))
             .and_then(|p| p.video_encode.as_ref());
+        // The encoders measure PSNR and SSIM unless a filter pass runs for VMAF anyway;
+        // the normalized video's audio is the renditions' already.
+        let encoding = ffmpeg::Encoding {
+            preset,
+            segment_secs: media_settings.hls_segment_secs,
+            fps,
+            measure: !vmaf,
+            audio_copy: made.is_some(),
+        };
         let renditions = plan_ladder((w, h), made, s, &encoding);
         for r in renditions.iter().filter(|r| r.copy) {
             info!(rendition = %r.name, "Rendition copied from the normalized video, not encoded");
@@ -650,7 +657,7 @@ mod tests {
     #[test]
     fn the_rendition_the_reference_already_is_is_copied_and_nothing_else() {
         let s = PostprocessSettings::default();
-        let e = ffmpeg::Encoding { preset: "veryfast", segment_secs: 4.0, fps: 24.0, measure: true };
+        let e = ffmpeg::Encoding { preset: "veryfast", segment_secs: 4.0, fps: 24.0, measure: true, audio_copy: true };
         let made =
             VideoEncode { encoder: "libx264".into(), preset: "veryfast".into(), crf: 23, keyframe_secs: Some(4.0) };
         let copied = |size: (u32, u32), made: &VideoEncode, s: &PostprocessSettings, e: &ffmpeg::Encoding<'_>| {

@@ -431,12 +431,13 @@ pub fn plan(
     runs.push(media.probe_command(&dir.join(POSTER)));
     runs.push(media.probe_command(&dir.join(SPRITE)));
     let encoded: Vec<&RenditionPlan> = renditions.iter().filter(|r| !r.copy).collect();
-    let measured: Vec<(&str, PathBuf, u32, u32)> = measured_by_filters(&encoded, e.measure)
-        .into_iter()
-        .map(|r| (r.name.as_str(), dir.join(rendition_file(r)), r.width, r.height))
+    let by_filters = measured_by_filters(&encoded, e.measure);
+    let measured: Vec<(&str, &Path, u32, u32)> = renditions
+        .iter()
+        .zip(&files)
+        .filter(|(r, _)| by_filters.iter().any(|f| f.name == r.name))
+        .map(|(r, f)| (r.name.as_str(), f.as_path(), r.width, r.height))
         .collect();
-    let measured: Vec<(&str, &Path, u32, u32)> =
-        measured.iter().map(|(n, f, w, h)| (*n, f.as_path(), *w, *h)).collect();
     if !measured.is_empty() {
         runs.push(media.ffmpeg_command(&quality_args(media, reference, &measured, vmaf)));
     }

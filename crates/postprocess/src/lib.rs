@@ -39,18 +39,6 @@ use reelfleet_core::{
 use std::{path::Path, sync::Arc, time::Duration};
 use tracing::{info, warn};
 
-/// Removes the x265 CSV logs of `renditions` in `dir`, if any: x265 appends
-/// to one it finds, so a re-encode's would be averaged with the first's.
-async fn remove_stats(dir: &Path, renditions: &[RenditionPlan]) -> std::io::Result<()> {
-    for r in renditions {
-        match tokio::fs::remove_file(ffmpeg::x265_stats_file(dir, r)).await {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
 /// A rendition's PSNR (dB), SSIM and VMAF.
 type Scores = (Option<f64>, Option<f64>, Option<f64>);
 
@@ -350,7 +338,6 @@ impl Postprocess {
         }
 
         let args = ffmpeg::ladder_args(media, &reference, dir, &renditions, &encoding, s, duration);
-        remove_stats(dir, &renditions).await?;
         let log = media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context("ladder"))?;
         let mut described = Vec::new();
         for r in &renditions {
@@ -385,7 +372,6 @@ impl Postprocess {
             );
             info!(rendition = %r.name, "{first}");
             let args = ffmpeg::reencode_args(media, &reference, dir, r, &encoding, s, step);
-            remove_stats(dir, std::slice::from_ref(r)).await?;
             let log =
                 media.ffmpeg(&args).await.map_err(|e| StageError::from(e).context(format!("re-encode {}", r.name)))?;
             let (mut again, probe) = self.describe(&dir.join(ffmpeg::rendition_file(r)), &r.name, "video/mp4").await?;
@@ -557,8 +543,14 @@ impl Postprocess {
             }
             let measured = if r.encoder == "libx265" {
                 let csv = ffmpeg::x265_stats_file(dir, r);
+                // Read, then removed: x265 appends to a log it finds, so a
+                // re-encode's scores would be averaged with the first encode's.
                 tokio::task::spawn_blocking(move || match std::fs::File::open(&csv) {
-                    Ok(f) => ffmpeg::x265_scores(std::io::BufReader::new(f)),
+                    Ok(f) => {
+                        let scores = ffmpeg::x265_scores(std::io::BufReader::new(f))?;
+                        std::fs::remove_file(&csv)?;
+                        Ok(scores)
+                    }
                     // x265 did not measure: no retry would make it.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                     Err(e) => Err(e),
